@@ -1,0 +1,3 @@
+from emolens.cli import main
+
+main()

@@ -1,0 +1,57 @@
+"""The ``emolens`` command.
+
+Each subcommand lives in its own module under :mod:`emolens.commands` and registers itself
+through a ``register(app)`` function, so features stay self-contained. Every
+:class:`~emolens.errors.EmolensError` becomes one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import sys
+
+import typer
+
+from emolens.errors import EmolensError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Mechanistic interpretability of emotion inference in causal language models.")
+
+
+def _register_commands() -> None:
+    import emolens.commands as commands
+
+    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
+        module = importlib.import_module(f"emolens.commands.{info.name}")
+        register = getattr(module, "register", None)
+        if register is not None:
+            register(app)
+
+
+_register_commands()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: run the app, mapping user errors to one line and exit status 2."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except EmolensError as exc:
+        print(f"emolens: error: {exc}", file=sys.stderr)
+        sys.exit(EmolensError.exit_code)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except Exception as exc:  # click usage errors (bad option, missing argument)
+        import click
+
+        if isinstance(exc, click.exceptions.Abort):
+            print("emolens: interrupted", file=sys.stderr)
+            sys.exit(130)
+        if isinstance(exc, click.ClickException):
+            print(f"emolens: error: {exc.format_message()}", file=sys.stderr)
+            sys.exit(2)
+        raise
+
+
+if __name__ == "__main__":
+    main()

