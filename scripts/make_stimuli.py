@@ -597,7 +597,8 @@ def expand(template: str) -> tuple[str, str]:
     return a, b
 
 
-def main() -> None:
+def build() -> dict[str, list[dict]]:
+    """The lines of both JSONL files, keyed by file name."""
     schema = json.loads((RESOURCES / "stimuli_schema.json").read_text())
     rules = schema["x-pair-types"]
     pair_lines, n = [], 0
@@ -621,7 +622,11 @@ def main() -> None:
         for i, (domain, text) in enumerate(items, start=1):
             single_lines.append({"id": f"single-{emotion}-{i:02d}", "emotion": emotion, "domain": domain,
                                  "text": text, "appraisals": dict(PROTOTYPES[emotion])})
-    for name, lines in (("stimuli_pairs.jsonl", pair_lines), ("stimuli_singles.jsonl", single_lines)):
+    return {"stimuli_pairs.jsonl": pair_lines, "stimuli_singles.jsonl": single_lines}
+
+
+def main() -> None:
+    for name, lines in build().items():
         with open(RESOURCES / name, "w", encoding="utf-8") as fh:
             for line in lines:
                 fh.write(json.dumps(line, ensure_ascii=False) + "\n")
