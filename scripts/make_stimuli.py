@@ -85,8 +85,9 @@ TYPE_DESIGN: dict[str, dict] = {
 
 # frame -> base profile and extra fixed settings (norm frames fix who acts).
 FRAME_BASE = {"harm": "harm", "benefit": "benefit", "outcome": "neutral", "pleasant": "benefit",
-              "neutral": "neutral", "self": "neutral", "other": "neutral"}
-FRAME_FIXED = {"self": {"self_responsblt": 5}, "other": {"other_responsblt": 5}}
+              "neutral": "neutral", "self_public": "neutral", "self_private": "neutral", "other": "neutral"}
+FRAME_FIXED = {"self_public": {"self_responsblt": 5}, "self_private": {"self_responsblt": 5},
+               "other": {"other_responsblt": 5}}
 
 DOMAINS = ("work", "family", "health", "friends", "money", "travel")
 
@@ -251,28 +252,28 @@ PAIRS: dict[str, list[tuple[str, str, str]]] = {
         ("travel", "harm", "My father got altitude sickness on our trip, and I {was in a position|was in no position} to change our route."),
     ],
     "norm_violation": [
-        ("work", "self", "At the team meeting, I took credit for {Sara's|my own} idea."),
-        ("work", "self", "I {went through the drawers of|left a note on} my colleague's desk while she was at lunch."),
+        ("work", "self_public", "At the team meeting, I took credit for {Sara's|my own} idea."),
+        ("work", "self_private", "I {went through the drawers of|left a note on} my colleague's desk while she was at lunch."),
         ("work", "other", "My manager {shouted insults at|gave feedback to} the new trainee in front of the whole team."),
         ("work", "other", "A colleague of mine {lied to|was honest with} the client about our delivery date."),
-        ("family", "self", "At my grandmother's funeral, I {laughed out loud during|sat quietly through} the eulogy."),
-        ("family", "self", "I {read|returned} my sister's diary while she was out."),
+        ("family", "self_public", "At my grandmother's funeral, I {laughed out loud during|sat quietly through} the eulogy."),
+        ("family", "self_private", "I {read|returned} my sister's diary while she was out."),
         ("family", "other", "My uncle {made a racist joke|told a story about his youth} at the family dinner."),
         ("family", "other", "My cousin {took money from|put money into} Grandma's purse without asking."),
-        ("health", "self", "In the waiting room, I {pushed in front of|chatted politely with} an elderly patient."),
-        ("health", "self", "I {lied to the doctor about|told the doctor honestly} how much I drink."),
+        ("health", "self_public", "In the waiting room, I {pushed in front of|chatted politely with} an elderly patient."),
+        ("health", "self_private", "I {lied to the doctor about|told the doctor honestly} how much I drink."),
         ("health", "other", "A man with a bad cough {refused|agreed} to wear a mask in the crowded waiting room where I sat."),
         ("health", "other", "The nurse {discussed|kept quiet about} my father's diagnosis in front of other patients."),
-        ("friends", "self", "At my best friend's wedding, I {got drunk and interrupted|listened to} the speeches."),
-        ("friends", "self", "At the party, I {told everyone|kept quiet about} my friend's secret."),
+        ("friends", "self_public", "At my best friend's wedding, I {got drunk and interrupted|listened to} the speeches."),
+        ("friends", "self_public", "At the party, I {told everyone|kept quiet about} my friend's secret."),
         ("friends", "other", "My friend {cheated|played fairly} at the board game night to win the prize."),
         ("friends", "other", "At our dinner, Mark {mocked|asked about} the waiter's accent."),
-        ("money", "self", "At the shop, I {kept|returned} the extra change the cashier gave me by mistake."),
-        ("money", "self", "I {left without paying for|paid for} my coffee at the busy café."),
+        ("money", "self_private", "At the shop, I {kept|returned} the extra change the cashier gave me by mistake."),
+        ("money", "self_public", "I {left without paying for|paid for} my coffee at the busy café."),
         ("money", "other", "The car dealer {hid|pointed out} the rust damage before my brother signed the contract."),
         ("money", "other", "A man ahead of me at the cash machine {pocketed|handed back} the banknotes the woman before him had left behind."),
-        ("travel", "self", "I {pushed ahead of|waited behind} the other passengers at the boarding gate."),
-        ("travel", "self", "When we visited the temple, I {kept my shoes on|took my shoes off} at the entrance."),
+        ("travel", "self_public", "I {pushed ahead of|waited behind} the other passengers at the boarding gate."),
+        ("travel", "self_public", "When we visited the temple, I {kept my shoes on|took my shoes off} at the entrance."),
         ("travel", "other", "On our tour, a tourist {carved his name into|took a photo of} the ancient wall."),
         ("travel", "other", "The taxi driver {charged us triple|charged us} the posted fare from the airport."),
     ],

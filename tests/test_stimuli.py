@@ -135,7 +135,8 @@ def test_predicted_emotions_follow_appraisal_theory(pairs):
         ("suddenness", "pleasant"): ("joy", "surprise"),
         ("suddenness", "neutral"): ("neutral", "surprise"),
         ("control", "harm"): ("guilt", "sadness"),
-        ("norm_violation", "self"): ("shame", "neutral"),
+        ("norm_violation", "self_public"): ("shame", "neutral"),
+        ("norm_violation", "self_private"): ("guilt", "neutral"),
         ("norm_violation", "other"): ("anger", "neutral"),
     }
     for p in pairs:
@@ -145,8 +146,9 @@ def test_predicted_emotions_follow_appraisal_theory(pairs):
             assert a["unpleasantness"] > a["pleasantness"]
         if p["frame"] in ("benefit", "pleasant"):
             assert a["pleasantness"] > a["unpleasantness"]
-        if p["frame"] in ("self", "other"):
-            assert a[f"{p['frame']}_responsblt"] == 5
+        if p["type"] == "norm_violation":
+            actor = "other" if p["frame"] == "other" else "self"
+            assert a[f"{actor}_responsblt"] == 5 and p["b"]["appraisals"][f"{actor}_responsblt"] == 5
 
 
 def test_word_edit_distance_counts_whole_words():
@@ -221,6 +223,25 @@ def test_singles_carry_emotion_typical_design_values(singles):
     assert mean("anger", "other_responsblt") > mean("guilt", "other_responsblt")
     assert mean("surprise", "suddenness") > mean("boredom", "suddenness")
     assert mean("shame", "social_norms") > mean("joy", "social_norms")
+
+
+def test_singles_share_one_prototype_per_emotion(singles):
+    profiles: dict[str, set] = {}
+    for s in singles:
+        profiles.setdefault(s["emotion"], set()).add(tuple(s["appraisals"].values()))
+    assert all(len(p) == 1 for p in profiles.values())
+    assert len({next(iter(p)) for p in profiles.values()}) == len(EMOTIONS)
+
+
+def test_docs_tables_are_current():
+    script = ROOT / "scripts" / "stimuli_table.py"
+    if not script.exists() or not (ROOT / "docs" / "stimuli.md").exists():
+        pytest.skip("docs or scripts not present (installed package)")
+    spec = importlib.util.spec_from_file_location("stimuli_table", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    page = (ROOT / "docs" / "stimuli.md").read_text(encoding="utf-8")
+    assert module.render(page) == page, "run scripts/stimuli_table.py"
 
 
 def test_shipped_jsonl_matches_the_generator():
