@@ -243,7 +243,6 @@ def load_model(
     ``device`` is ignored.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()

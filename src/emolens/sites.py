@@ -239,8 +239,8 @@ def resolve_sites(model: nn.Module, overrides: Mapping[str, str] | None = None) 
     layers = list(_get(model, paths.layers))
     config = model.config
     text_config = getattr(config, "get_text_config", lambda: config)()
-    d_model = getattr(text_config, "hidden_size", None) or getattr(text_config, "n_embd")
-    n_heads = getattr(text_config, "num_attention_heads", None) or getattr(text_config, "n_head")
+    d_model = getattr(text_config, "hidden_size", None) or text_config.n_embd
+    n_heads = getattr(text_config, "num_attention_heads", None) or text_config.n_head
     head_dim = getattr(text_config, "head_dim", None) or d_model // n_heads
 
     def per_layer(rel: str | None, fallback: str) -> list[nn.Module]:
