@@ -1,0 +1,304 @@
+"""On-disk activation store: one memory-mapped ``.npy`` per site, ``[item, layer, position, *width]``.
+
+Layout of a store folder::
+
+    manifest.json     what was extracted, from what (model, weights, data, prompts, sites...)
+    <site>.npy        a standard .npy file; readers memory-map it (np.load(mmap_mode="r"))
+    progress.json     {"chunks_done": k} -- replaced atomically after each chunk is durable
+    readout/          per-chunk label readouts while running (parquet, atomically renamed)
+    readout.parquet   the readout of every item, in item order (when requested)
+    COMPLETE          written last; only a complete store is reused or opened by default
+
+Why this shape: items are written in fixed chunks of consecutive items, so each chunk is one
+contiguous byte range per site, written with ``pwrite`` from a chunk-sized buffer (host memory
+is bounded by the chunk, never the corpus) and made durable (``fsync``) before ``progress.json``
+moves forward. A kill at any moment leaves a store that resumes at the first incomplete chunk;
+because a chunk's items and their batching are fixed, the resumed run writes the same bytes an
+uninterrupted one would. A store whose identity (model, data, prompts, sites, layers, positions,
+dtype) differs from the request is refused, never appended to.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from emolens.errors import EmolensError
+
+FORMAT = "emolens-activations"
+VERSION = 1
+STORE_DTYPES: dict[str, np.dtype] = {"float32": np.dtype("float32"), "float16": np.dtype("float16")}
+_OWN = {"manifest.json", "progress.json", "COMPLETE", "readout.parquet", "readout"}
+
+
+def storage_dtype(name: str) -> np.dtype:
+    """A storage dtype by name; bfloat16 has no NumPy dtype, so it is refused with the fix."""
+    if name not in STORE_DTYPES:
+        raise EmolensError(f"unknown storage dtype {name!r}", f"use one of {list(STORE_DTYPES)}")
+    return STORE_DTYPES[name]
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _dump(obj: Any) -> bytes:
+    return (json.dumps(obj, indent=1, sort_keys=False) + "\n").encode()
+
+
+def library_versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {}
+    for name in ("emolens", "torch", "transformers", "numpy"):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            out[name] = "unknown"
+    return out
+
+
+class ActivationStore:
+    """Read side of a store: ``ActivationStore.open(dir).read(site)`` -> memmap ``[item, layer, position, *w]``."""
+
+    def __init__(self, root: Path, manifest: dict):
+        self.root = Path(root)
+        self.manifest = manifest
+
+    @classmethod
+    def open(cls, root: str | Path, allow_incomplete: bool = False) -> ActivationStore:
+        root = Path(root)
+        path = root / "manifest.json"
+        if not path.exists():
+            raise EmolensError(f"{str(root)!r} is not an activation store (no manifest.json)",
+                               "run `emolens extract --out` to create one")
+        manifest = json.loads(path.read_text())
+        if manifest.get("format") != FORMAT:
+            raise EmolensError(f"{str(root)!r} holds no emolens activations", "point at an extract output folder")
+        if not allow_incomplete and not (root / "COMPLETE").exists():
+            raise EmolensError(f"activation store {str(root)!r} is incomplete",
+                               "rerun the same extract command to resume it")
+        return cls(root, manifest)
+
+    # -- what is inside ----------------------------------------------------------------------
+
+    @property
+    def identity(self) -> dict:
+        return self.manifest["identity"]
+
+    @property
+    def item_ids(self) -> list[str]:
+        return list(self.manifest["item_ids"])
+
+    @property
+    def sites(self) -> list[str]:
+        return list(self.manifest["arrays"])
+
+    @property
+    def layers(self) -> list[int]:
+        """Layers of the per-layer sites (``embed``/``final`` have only layer 0: see :meth:`layers_of`)."""
+        return list(self.identity["layers"])
+
+    def layers_of(self, site: str) -> list[int]:
+        return list(self.identity["site_layers"][site])
+
+    @property
+    def positions(self) -> list[int | str]:
+        """Position labels in storage order: relative ints, or span names (mean-pooled)."""
+        return list(self.identity["positions"])
+
+    @property
+    def complete(self) -> bool:
+        return (self.root / "COMPLETE").exists()
+
+    def __len__(self) -> int:
+        return len(self.manifest["item_ids"])
+
+    def _path(self, site: str) -> Path:
+        if site not in self.manifest["arrays"]:
+            raise EmolensError(f"site {site!r} is not in store {str(self.root)!r}", f"stored sites: {self.sites}")
+        return self.root / f"{site}.npy"
+
+    # -- data ----------------------------------------------------------------------------------
+
+    def read(self, site: str) -> np.memmap:
+        """Memory-mapped, read-only ``[item, layer, position, *width]``; nothing is loaded up front."""
+        return np.load(self._path(site), mmap_mode="r")
+
+    def torch(self, site: str):
+        """A CPU tensor viewing the file (copy-on-write map, so torch gets a writable buffer)."""
+        import torch
+
+        return torch.from_numpy(np.load(self._path(site), mmap_mode="c"))
+
+    def readout(self):
+        """The stored label readout as a DataFrame (id, gold, pred, correct, top1, logp_<label>)."""
+        import pandas as pd
+
+        path = self.root / "readout.parquet"
+        if not path.exists():
+            raise EmolensError(f"store {str(self.root)!r} has no readout", "extract with --readout")
+        return pd.read_parquet(path)
+
+    def index_of(self, ids: Sequence[str]) -> np.ndarray:
+        """Row numbers of item ids (to align a store with a subset such as the correct items)."""
+        pos = {item: i for i, item in enumerate(self.manifest["item_ids"])}
+        missing = [i for i in ids if i not in pos]
+        if missing:
+            raise EmolensError(f"{len(missing)} ids are not in the store (first: {missing[0]!r})",
+                               "extract the items first or check the id list")
+        return np.array([pos[i] for i in ids], dtype=np.int64)
+
+
+class StoreWriter:
+    """Write side: chunked, durable, resumable. Get one from :func:`prepare_store`."""
+
+    def __init__(self, root: Path, manifest: dict, chunks_done: int):
+        self.root = root
+        self.manifest = manifest
+        self.chunks_done = chunks_done
+        self.chunk_size = int(manifest["run"]["chunk_size"])
+        self.n_items = len(manifest["item_ids"])
+        self._offsets = {}
+        for site in manifest["arrays"]:
+            mm = np.load(root / f"{site}.npy", mmap_mode="r")
+            self._offsets[site] = mm.offset  # bytes of the .npy header
+            del mm
+
+    @property
+    def n_chunks(self) -> int:
+        return -(-self.n_items // self.chunk_size)
+
+    def chunk_range(self, chunk: int) -> range:
+        return range(chunk * self.chunk_size, min(self.n_items, (chunk + 1) * self.chunk_size))
+
+    def buffers(self, chunk: int) -> dict[str, np.ndarray]:
+        """Fresh host buffers for one chunk of every site (the only host memory the data needs)."""
+        n = len(self.chunk_range(chunk))
+        return {site: np.zeros((n, *spec["shape"][1:]), dtype=spec["dtype"])
+                for site, spec in self.manifest["arrays"].items()}
+
+    def commit(self, chunk: int, buffers: Mapping[str, np.ndarray], readout=None) -> None:
+        """Write one chunk's rows durably, then advance ``progress.json`` (the commit point)."""
+        if chunk != self.chunks_done:
+            raise EmolensError(f"chunk {chunk} committed out of order (next is {self.chunks_done})",
+                               "commit chunks in order")
+        start = self.chunk_range(chunk).start
+        for site, spec in self.manifest["arrays"].items():
+            buf = np.ascontiguousarray(buffers[site], dtype=spec["dtype"])
+            if buf.shape != (len(self.chunk_range(chunk)), *spec["shape"][1:]):
+                raise ValueError(f"buffer of {site} has shape {buf.shape}")
+            row_bytes = buf[0].nbytes if len(buf) else 0
+            fd = os.open(self.root / f"{site}.npy", os.O_WRONLY)
+            try:
+                view = memoryview(buf.reshape(-1).view(np.uint8))
+                pos, offset = 0, self._offsets[site] + start * row_bytes
+                while pos < len(view):
+                    pos += os.pwrite(fd, view[pos:], offset + pos)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        if readout is not None:
+            (self.root / "readout").mkdir(exist_ok=True)
+            path = self.root / "readout" / f"chunk-{chunk:05d}.parquet"
+            tmp = path.with_name(path.name + ".tmp")
+            readout.to_parquet(tmp, index=False)
+            os.replace(tmp, path)
+        self.chunks_done = chunk + 1
+        _atomic_write(self.root / "progress.json", _dump({"chunks_done": self.chunks_done}))
+
+    def finish(self) -> ActivationStore:
+        """Join the readout chunks, then write ``COMPLETE`` (a store is usable only after this)."""
+        if self.chunks_done != self.n_chunks:
+            raise EmolensError(f"store has {self.chunks_done} of {self.n_chunks} chunks", "finish extraction first")
+        chunk_dir = self.root / "readout"
+        if self.manifest["identity"].get("readout") and chunk_dir.exists():
+            import pandas as pd
+
+            parts = [pd.read_parquet(chunk_dir / f"chunk-{c:05d}.parquet") for c in range(self.n_chunks)]
+            frame = pd.concat(parts, ignore_index=True)
+            tmp = self.root / "readout.parquet.tmp"
+            frame.to_parquet(tmp, index=False)
+            os.replace(tmp, self.root / "readout.parquet")
+        done = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+        _atomic_write(self.root / "COMPLETE", f"{done}\n".encode())
+        shutil.rmtree(chunk_dir, ignore_errors=True)
+        return ActivationStore.open(self.root)
+
+
+def _identity_diff(old: Mapping, new: Mapping) -> list[str]:
+    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+
+
+def prepare_store(root: str | Path, identity: dict, item_ids: Sequence[str],
+                  arrays: Mapping[str, tuple[tuple[int, ...], str]], run: dict,
+                  info: dict | None = None) -> StoreWriter | ActivationStore:
+    """Create, resume or reuse the store at ``root`` for a request.
+
+    ``identity`` is everything that determines the stored values (compared exactly);
+    ``arrays`` maps site -> (shape, dtype name); ``run`` holds what must also match to *resume*
+    bit-identically (chunk and batch size, device), but not to reuse a complete store. Returns
+    the complete :class:`ActivationStore` when one matching the request exists, else a
+    :class:`StoreWriter` positioned at the first incomplete chunk.
+    """
+    root = Path(root)
+    identity = json.loads(json.dumps(identity))  # normalise tuples etc. to what JSON reads back
+    run = json.loads(json.dumps(run))
+    manifest_path = root / "manifest.json"
+    if manifest_path.exists():
+        old = json.loads(manifest_path.read_text())
+        if old.get("format") != FORMAT:
+            raise EmolensError(f"{str(root)!r} holds something other than emolens activations",
+                               "choose a new --out folder")
+        diff = _identity_diff(old["identity"], identity)
+        if diff or old["item_ids"] != list(item_ids):
+            fields = diff or ["item_ids"]
+            raise EmolensError(f"store {str(root)!r} was extracted with different {', '.join(fields)}",
+                               "choose a new --out folder or delete the old store")
+        if (root / "COMPLETE").exists():
+            return ActivationStore.open(root)
+        run_diff = _identity_diff(old["run"], run)
+        if run_diff:
+            was = ", ".join(f"{k}={old['run'].get(k)!r}" for k in run_diff)
+            raise EmolensError(f"incomplete store {str(root)!r} was started with other settings ({was})",
+                               "resume with the same settings or choose a new --out folder")
+        progress = root / "progress.json"
+        done = json.loads(progress.read_text())["chunks_done"] if progress.exists() else 0
+        return StoreWriter(root, old, done)
+    if root.exists():
+        foreign = [p.name for p in root.iterdir()
+                   if p.name not in _OWN and not p.name.endswith((".npy", ".tmp"))]
+        if foreign:
+            raise EmolensError(f"{str(root)!r} exists and is not an activation store (holds {foreign[0]!r})",
+                               "choose a new or empty --out folder")
+        for p in root.iterdir():  # leftovers of a run killed before its manifest was written
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+    root.mkdir(parents=True, exist_ok=True)
+    specs = {}
+    for site, (shape, dtype) in arrays.items():
+        np_dtype = storage_dtype(dtype)
+        tmp = root / f"{site}.npy.tmp"
+        mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np_dtype, shape=tuple(shape))
+        del mm  # a sparse file of the full size; chunks fill it
+        os.replace(tmp, root / f"{site}.npy")
+        specs[site] = {"shape": list(shape), "dtype": dtype}
+    manifest = {
+        "format": FORMAT, "version": VERSION, "identity": identity, "arrays": specs,
+        "item_ids": list(item_ids), "run": run,
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "versions": library_versions(), **({"info": info} if info else {}),
+    }
+    _atomic_write(manifest_path, _dump(manifest))
+    return StoreWriter(root, manifest, 0)
