@@ -1,0 +1,118 @@
+"""Extraction end to end on a tiny model: values, readout, resume after a kill, refusal, the CLI."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from emolens.batching import encode
+from emolens.data import EmotionDataset
+from emolens.errors import EmolensError
+from emolens.extract import extract
+from emolens.labels import EMOTIONS
+from emolens.prompts import PromptSpec, build_prompts
+from emolens.readout import LabelReader
+from emolens.store import ActivationStore
+
+TEXTS = ["I saw mouldy food.", "My first child was born.", "My dog died last week.", "I was confronted by a thief.",
+         "I gave my wallet to a friend.", "I saw my teacher on an aeroplane!", "I failed a maths test.",
+         "I found out my mam didn't need a serious surgery and we all went out to celebrate."]
+
+
+@pytest.fixture(scope="module")
+def dataset() -> EmotionDataset:
+    labels = [EMOTIONS[i % len(EMOTIONS)] for i in range(len(TEXTS))]
+    return EmotionDataset(ids=[f"t{i}" for i in range(len(TEXTS))], texts=TEXTS, labels=labels,
+                          appraisals=np.zeros((len(TEXTS), 21)), name="tiny-set")
+
+
+KW = dict(sites="resid,attn,heads,embed", layers="all", positions="-1,-2,context", batch_size=3, chunk_size=3,
+          progress=False)
+
+
+def test_values_match_single_forward(tiny_llama, dataset, tmp_path):
+    lm = tiny_llama
+    store = extract(lm, dataset, tmp_path / "s", readout=True, dtype="float32", **KW)
+    assert store.sites == ["resid", "attn", "heads", "embed"] and store.positions == [-1, -2, "context"]
+    reg = lm.sites
+    assert store.read("resid").shape == (8, reg.n_layers, 3, reg.d_model)
+    assert store.read("heads").shape == (8, reg.n_layers, 3, reg.n_heads, reg.head_dim)
+    assert store.read("embed").shape == (8, 1, 3, reg.d_model) and store.layers_of("embed") == [0]
+    spec = PromptSpec()
+    prompts = build_prompts(dataset.texts, spec, lm.tokenizer)
+    reader = LabelReader.build(lm.tokenizer, spec.labels, prompts[0].text, prompts[0].label_prefix)
+    frame = store.readout()
+    assert list(frame["id"]) == dataset.ids
+    for i in (0, 7):  # one item alone, no padding
+        batch = encode(lm.tokenizer, [prompts[i]])
+        with torch.no_grad():
+            out = lm.model(**batch.model_inputs(), output_hidden_states=True)
+        hs = out.hidden_states
+        for layer in range(reg.n_layers - 1):
+            got = store.read("resid")[i, layer]
+            np.testing.assert_allclose(got[0], hs[layer + 1][0, -1].numpy(), atol=1e-4, rtol=0)
+            np.testing.assert_allclose(got[1], hs[layer + 1][0, -2].numpy(), atol=1e-4, rtol=0)
+            ctx = batch.span_masks["context"][0]
+            np.testing.assert_allclose(got[2], hs[layer + 1][0][ctx].mean(0).numpy(), atol=1e-4, rtol=0)
+        np.testing.assert_allclose(store.read("embed")[i, 0, 0], hs[0][0, -1].numpy(), atol=1e-5, rtol=0)
+        scores = reader.score(lm.model, batch, out.logits[:, -1]).numpy()[0]
+        stored = frame.loc[i, [f"logp_{lab}" for lab in spec.labels]].to_numpy(dtype=np.float32)
+        np.testing.assert_allclose(stored, scores, atol=1e-4, rtol=0)
+        assert frame.loc[i, "pred"] == spec.labels[int(scores.argmax())]
+    assert set(frame.columns) >= {"id", "gold", "pred", "correct"}
+
+
+def test_resume_after_kill_bit_identical(tiny_llama, dataset, tmp_path):
+    full = extract(tiny_llama, dataset, tmp_path / "full", **KW)
+
+    class Killed(Exception):
+        pass
+
+    def kill(chunk):
+        if chunk == 1:
+            raise Killed
+
+    with pytest.raises(Killed):
+        extract(tiny_llama, dataset, tmp_path / "part", on_chunk=kill, **KW)
+    with pytest.raises(EmolensError, match="incomplete"):
+        ActivationStore.open(tmp_path / "part")
+    resumed = extract(tiny_llama, dataset, tmp_path / "part", **KW)
+    for site in full.sites:
+        assert (tmp_path / "full" / f"{site}.npy").read_bytes() == (tmp_path / "part" / f"{site}.npy").read_bytes()
+    # a complete, matching store is reused as is; a mismatched one is refused
+    again = extract(tiny_llama, dataset, tmp_path / "part", **KW)
+    assert again.manifest == resumed.manifest
+    with pytest.raises(EmolensError, match="different positions"):
+        extract(tiny_llama, dataset, tmp_path / "part", **{**KW, "positions": "-1"})
+    with pytest.raises(EmolensError, match="different"):
+        extract(tiny_llama, dataset, tmp_path / "part", spec=PromptSpec(template="T4"), **KW)
+
+
+def test_bad_inputs(tiny_llama, dataset, tmp_path):
+    for kw, match in ((dict(sites="resid,nope"), "unknown site"), (dict(layers="9"), "out of range"),
+                      (dict(positions="-1,banana"), "bad position"), (dict(positions="-60"), "outside"),
+                      (dict(dtype="bfloat16"), "storage dtype")):
+        with pytest.raises(EmolensError, match=match):
+            extract(tiny_llama, dataset, tmp_path / f"bad-{match[:4]}", **{**KW, **kw})
+
+
+def test_cli_extract(tmp_path, dataset, capsys):
+    from emolens.cli import main
+
+    path = tmp_path / "data.csv"
+    import pandas as pd
+
+    pd.DataFrame({"id": dataset.ids, "text": dataset.texts, "label": dataset.labels}).to_csv(path, index=False)
+    out = tmp_path / "store"
+    main(["extract", "--model", "tiny:gpt2", "--data", str(path), "--sites", "attn,mlp,resid",
+          "--positions=-1,-2", "--readout", "--batch-size", "4", "--out", str(out)])
+    store = ActivationStore.open(out)
+    assert store.read("mlp").shape[:3] == (8, 3, 2) and store.read("mlp").dtype == np.float16
+    assert len(store.readout()) == 8
+    assert "8 items" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exc:
+        main(["extract", "--model", "tiny:gpt2", "--data", str(path), "--sites", "resid", "--out", str(out)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("emolens: error:") and "different" in err and len(err.strip().splitlines()) == 1
