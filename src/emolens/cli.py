@@ -41,13 +41,16 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(EmolensError.exit_code)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except Exception as exc:  # click usage errors (bad option, missing argument)
-        import click
-
-        if isinstance(exc, click.exceptions.Abort):
-            print("emolens: interrupted", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("emolens: interrupted; rerun the same command to resume", file=sys.stderr)
+        sys.exit(130)
+    except Exception as exc:
+        # Usage errors (bad option, missing argument) come from the click typer vendors; match
+        # them by shape rather than by a private class path.
+        if type(exc).__name__ == "Abort":
+            print("emolens: interrupted; rerun the same command to resume", file=sys.stderr)
             sys.exit(130)
-        if isinstance(exc, click.ClickException):
+        if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):
             print(f"emolens: error: {exc.format_message()}", file=sys.stderr)
             sys.exit(2)
         raise

@@ -125,6 +125,8 @@ class ReadoutResult:
 def score_prompts(lm, prompts, reader: LabelReader, batch_size: int = 16, top_k: int = 1,
                   progress: bool = False, desc: str = "readout") -> tuple[np.ndarray, list[str]]:
     """Label log-probabilities ``[N, K]`` and the top-1 vocabulary token for each prompt."""
+    if batch_size < 1:
+        raise EmolensError(f"batch size {batch_size} is not positive", "pass --batch-size 1 or more")
     scores = np.zeros((len(prompts), len(reader.labels)), dtype=np.float32)
     top: list[str] = [""] * len(prompts)
     bar = tqdm(total=len(prompts), desc=desc, unit="item", disable=not progress, leave=False)

@@ -46,6 +46,8 @@ def register(app: typer.Typer) -> None:
         from emolens.prompts import PromptSpec, parse_shots
         from emolens.readout import readout as run_readout
 
+        if batch_size < 1:
+            raise EmolensError(f"batch size {batch_size} is not positive", "pass --batch-size 1 or more")
         if separator not in ("space", "newline"):
             raise EmolensError(f"unknown separator {separator!r}", "use 'space' or 'newline'")
         spec = PromptSpec(template=template, shots=parse_shots(shots), chat=chat,
