@@ -1,0 +1,51 @@
+"""``emolens run``: a whole study from one config, resumable, with a self-contained report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def run(
+        config: str = typer.Argument(None, help="study config (YAML) or a preset name; default: the quick preset"),
+        out: Path = typer.Option(None, help="run folder (default: <output>/<config name>-<hash8>)"),
+        preset: str = typer.Option(None, help="quick or paper (instead of a config file)"),
+        backend: str = typer.Option("local", help="local, or ray (not implemented yet)"),
+        address: str = typer.Option(None, help="Ray cluster address (with --backend ray)"),
+        progress: bool = typer.Option(True, help="show progress bars"),
+    ) -> None:
+        """Run a study: readout, extraction, probes, causal analyses, steering, robustness, report.
+
+        Stages whose inputs did not change are skipped; an interrupted run resumes where it stopped.
+        Without a config this runs the `quick` preset on gemma-3-270m.
+        """
+        from emolens.config import load_config, load_preset
+        from emolens.errors import EmolensError
+        from emolens.pipeline import run_study
+
+        if backend not in ("local", "ray"):
+            raise EmolensError(f"unknown backend {backend!r}", "use local or ray")
+        if backend == "ray":
+            raise EmolensError("--backend ray is not implemented yet", "use --backend local (the default)")
+        if address is not None:
+            raise EmolensError("--address only applies to --backend ray", "drop --address")
+        if config is not None and preset is not None:
+            raise EmolensError("pass a config file or --preset, not both",
+                               "put `base: <preset>` in the config to start from a preset")
+        cfg = load_config(config) if config is not None else load_preset(preset or "quick")
+        result = run_study(cfg, out=out, progress=progress, echo=typer.echo)
+        done = sum(o.status == "done" for o in result.outcomes)
+        skipped = sum(o.status in ("cached", "reused") for o in result.outcomes)
+        missing = [f"{o.model}/{o.stage}" for o in result.outcomes if o.status in ("unavailable", "skipped")]
+        line = f"{done} stage(s) computed, {skipped} reused from cache"
+        if missing:
+            line += f", {len(missing)} not available or skipped ({', '.join(missing)})"
+        typer.echo(line)
+        if result.failed:
+            names = ", ".join(f"{o.model}/{o.stage}" for o in result.failed)
+            typer.echo(f"emolens: error: {len(result.failed)} stage(s) failed ({names}); see error.txt in their "
+                       "folders, fix and rerun to resume", err=True)
+            raise typer.Exit(1)

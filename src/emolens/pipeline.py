@@ -1,0 +1,665 @@
+"""The staged study pipeline: content-addressed stages, resume after a kill, no silent overwrites.
+
+Layout of a run (``RUN_DIR`` defaults to ``<output>/<config name>-<hash8>``)::
+
+    run.json                the study: config, data used, models, status and timings of every stage
+    config.yaml             the validated config, as run
+    report.html             the self-contained report (rebuilt after every run)
+    <model>/<stage>/        one folder per model and stage: the stage's tables and files
+    <model>/<stage>/stage.json   written last, by atomic rename: key, status, timings, summary
+
+Every stage has a **key**: the SHA-256 of its own config section, the model's weights id, the
+dataset fingerprint, the prompt fingerprint, the keys of the stages it reads and the emolens
+version. A stage whose folder holds a ``stage.json`` with the same key is skipped. A stage whose
+folder has no ``stage.json`` was interrupted: it is cleared and redone, or resumed where the stage
+can resume (``extract`` resumes its activation store chunk by chunk; ``robustness`` keeps the
+prompt variants it finished). A finished stage whose key changed is moved aside to
+``<model>/.superseded/`` -- never overwritten. Before computing a stage, sibling runs under the
+same output root are searched for a finished stage with the same key; its files are hard-linked
+(or copied) instead of recomputed, so changing one config value re-runs only the stages it
+affects.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import gc
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from emolens import __version__
+from emolens.config import STAGE_NEEDS, STAGE_ORDER, StudyConfig, model_slug
+from emolens.errors import EmolensError
+from emolens.paths import atomic_write_bytes, dump_json
+
+RUN_FORMAT = "emolens-run"
+DONE = ("done", "reused")
+
+
+# ----------------------------------------------------------------------------------------------
+# data and models
+
+
+@dataclass
+class ResolvedData:
+    """The dataset a study actually uses and a sentence saying where it came from and why."""
+
+    dataset: Any
+    spec: str
+    how: str
+    fallback_reason: str | None = None
+
+    @property
+    def fingerprint(self) -> str:
+        return self.dataset.fingerprint()
+
+
+def _describe_crowd_envent(dataset) -> str:
+    env = os.environ.get("EMOLENS_CROWD_ENVENT")
+    if env:
+        return f"crowd-enVENT from EMOLENS_CROWD_ENVENT ({dataset.source})"
+    from emolens.paths import cache_dir
+
+    if str(cache_dir()) in str(dataset.source):
+        return f"crowd-enVENT from the cache ({dataset.source})"
+    return f"crowd-enVENT ({dataset.source})"
+
+
+def resolve_dataset(cfg: StudyConfig) -> ResolvedData:
+    """Load ``dataset.spec`` (or ``dataset.fallback`` when the spec cannot be loaded), then sample."""
+    from emolens.data import load_dataset
+
+    spec = cfg.dataset.spec
+    reason = None
+    try:
+        dataset = load_dataset(spec)
+        how = _describe_crowd_envent(dataset) if dataset.name == "crowd-enVENT" else f"{dataset.name} ({spec})"
+    except EmolensError as exc:
+        if not cfg.dataset.fallback:
+            raise
+        reason = str(exc)
+        spec = cfg.dataset.fallback
+        dataset = load_dataset(spec)
+        how = (f"{dataset.name} (dataset.fallback: {spec}) because {cfg.dataset.spec} is not reachable "
+               f"here: {reason}")
+    if cfg.dataset.limit:
+        dataset = dataset.sample(cfg.dataset.limit, seed=cfg.dataset.seed)
+    return ResolvedData(dataset, spec, f"{how}; {len(dataset)} items", reason)
+
+
+def model_identity(spec: str) -> str:
+    """The id of a model's exact weights, without loading it (used in stage keys)."""
+    if spec.startswith("tiny:"):
+        return f"{spec}:seed0"
+    from emolens.model import _resolve_weights
+
+    return _resolve_weights(spec, None)[1]
+
+
+class ModelHandle:
+    """A model loaded on first use, so a fully cached run never loads weights."""
+
+    def __init__(self, spec: str, cfg: StudyConfig):
+        self.spec = spec
+        self.slug = model_slug(spec)
+        self.cfg = cfg
+        self._lm = None
+        self._identity: str | None = None
+
+    @property
+    def identity(self) -> str:
+        if self._identity is None:
+            self._identity = model_identity(self.spec)
+        return self._identity
+
+    @property
+    def dtype_name(self) -> str:
+        from emolens.model import resolve_device, resolve_dtype
+
+        return str(resolve_dtype(self.cfg.dtype, resolve_device(self.cfg.device))).replace("torch.", "")
+
+    @property
+    def lm(self):
+        if self._lm is None:
+            from emolens.model import load_model
+
+            self._lm = load_model(self.spec, dtype=self.cfg.dtype, device=self.cfg.device)
+        return self._lm
+
+    @property
+    def loaded(self) -> bool:
+        return self._lm is not None
+
+    def release(self) -> None:
+        self._lm = None
+        gc.collect()
+
+
+# ----------------------------------------------------------------------------------------------
+# stages
+
+
+@dataclass
+class StageContext:
+    """What a stage function gets: its folder, the study, the model and its upstream folders."""
+
+    name: str
+    dir: Path
+    key: str
+    cfg: StudyConfig
+    data: ResolvedData
+    model: ModelHandle
+    upstream: dict[str, Path]
+    resumed: bool = False
+    progress: bool = True
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def prompt(self):
+        return self.cfg.prompt_spec()
+
+    @property
+    def dataset(self):
+        return self.data.dataset
+
+    def items(self):
+        """The items the analyses use: all study items, or the model's correctly read ones."""
+        if self.cfg.items == "all":
+            return self.dataset
+        from emolens.data import read_ids
+
+        ids = read_ids(self.upstream["readout"] / "correct_ids.txt")
+        if not ids:
+            raise EmolensError(f"{self.model.spec} reads no item correctly, so items: correct leaves nothing",
+                               "use items: all or more items")
+        return self.dataset.subset(ids, name=f"{self.dataset.name}-correct")
+
+    def n_layers(self) -> int:
+        meta = json.loads((self.upstream["readout"] / "metrics.json").read_text())
+        return int(meta["n_layers"])
+
+    def windows(self, span: int, section) -> list[tuple[int, list[int]]]:
+        """(centre, layers) of every window of ``span`` layers that the section asks for."""
+        n = self.n_layers()
+        half = span // 2
+        valid = list(range(half, n - (span - 1 - half)))
+        centres = valid if section.centers == "all" else [c for c in section.centers if c in valid]
+        centres = centres[:: section.stride]
+        return [(c, list(range(c - half, c - half + span))) for c in centres]
+
+    def limited(self, dataset, max_items: int):
+        if max_items and len(dataset) > max_items:
+            return dataset.sample(max_items, seed=self.cfg.seed)
+        return dataset
+
+
+@dataclass
+class StageDef:
+    name: str
+    run: Callable[[StageContext], dict] | None
+    section: Callable[[StudyConfig], dict]
+    needs: tuple[str, ...] = ()
+    modules: tuple[str, ...] = ()
+    resumable: bool = False
+
+    def unavailable(self) -> str | None:
+        if self.run is None:
+            return f"not available: the {self.name} stage is not wired into the pipeline in this emolens version"
+        missing = [m for m in self.modules if importlib.util.find_spec(m) is None]
+        if missing:
+            return f"not available: module {', '.join(missing)} is not part of this emolens version yet"
+        return None
+
+
+STAGES: dict[str, StageDef] = {}
+
+
+def stage(name: str, section: Callable[[StudyConfig], dict], modules: tuple[str, ...] = (), resumable: bool = False):
+    def wrap(fn: Callable[[StageContext], dict]) -> Callable[[StageContext], dict]:
+        STAGES[name] = StageDef(name, fn, section, STAGE_NEEDS[name], modules, resumable)
+        return fn
+
+    return wrap
+
+
+def _dump(model) -> dict:
+    return model.model_dump(mode="json")
+
+
+# -- readout ------------------------------------------------------------------------------------
+
+
+@stage("readout", lambda c: {"calibrate": c.prompts.calibrate, **_dump(c.readout)})
+def _readout(ctx: StageContext) -> dict:
+    from emolens.data import write_ids
+    from emolens.readout import readout
+
+    lm = ctx.model.lm
+    result = readout(lm, ctx.dataset, ctx.prompt, batch_size=ctx.cfg.batch_size, calibrate=ctx.cfg.prompts.calibrate,
+                     progress=ctx.progress)
+    result.frame.to_parquet(ctx.dir / "readout.parquet", index=False)
+    write_ids(ctx.dir / "correct_ids.txt", result.correct_ids)
+    metrics = {**result.metrics, "model": ctx.model.spec, "source_id": lm.source_id, "n_layers": lm.n_layers,
+               "family": lm.sites.family, "dataset": ctx.dataset.name, "dataset_fingerprint": ctx.data.fingerprint,
+               "prompt": ctx.cfg.prompts.model_dump(), "prompt_fingerprint": ctx.prompt.fingerprint()}
+    dump_json(ctx.dir / "metrics.json", metrics)
+    raw = result.metrics["raw"]
+    return {"accuracy": raw.get("accuracy"), "n": raw.get("n"), "n_correct": len(result.correct_ids),
+            "n_layers": lm.n_layers}
+
+
+# -- extract ------------------------------------------------------------------------------------
+
+
+@stage("extract", lambda c: {"items": c.items, "sites": c.sites, "layers": c.layers, "positions": c.positions,
+                             **_dump(c.extract)}, modules=("emolens.extract", "emolens.store"), resumable=True)
+def _extract(ctx: StageContext) -> dict:
+    from emolens.extract import extract
+
+    items = ctx.items()
+    store = extract(ctx.model.lm, items, ctx.dir / "store", sites=ctx.cfg.sites, layers=ctx.cfg.layers,
+                    positions=ctx.cfg.positions, spec=ctx.prompt, readout=False, dtype=ctx.cfg.extract.dtype,
+                    batch_size=ctx.cfg.batch_size, chunk_size=ctx.cfg.extract.chunk_size, progress=ctx.progress)
+    return {"n_items": len(store), "sites": store.sites, "shapes": {s: list(store.read(s).shape) for s in store.sites}}
+
+
+# -- probe --------------------------------------------------------------------------------------
+
+
+def _slices_of(store, site: str, idx: np.ndarray) -> tuple[np.ndarray, list[tuple[str, int, int]]]:
+    arr = np.asarray(store.read(site)[idx])  # [n, L, P, d]
+    n, L, P = arr.shape[:3]
+    X = np.ascontiguousarray(arr.reshape(n, L * P, -1).transpose(1, 0, 2))
+    layers, positions = store.layers_of(site), store.positions
+    return X, [(site, int(layers[i]), int(positions[j])) for i in range(L) for j in range(P)]
+
+
+@stage("probe", lambda c: {"items": c.items, "seed": c.seed, **_dump(c.probe)},
+       modules=("emolens.store", "emolens.probe_eval"))
+def _probe(ctx: StageContext) -> dict:
+    import torch
+
+    from emolens import probe_eval as pe
+    from emolens.labels import ALL_APPRAISALS, PAPER_APPRAISALS
+    from emolens.store import ActivationStore
+
+    p = ctx.cfg.probe
+    store = ActivationStore.open(ctx.upstream["extract"] / "store")
+    items = ctx.items()
+    idx = store.index_of(items.ids)
+    y = items.label_ids
+    names = {"paper": PAPER_APPRAISALS, "all": ALL_APPRAISALS, "none": ()}[p.appraisals]
+    names = tuple(a for a in names if a in items.appraisal_names)
+    Y = np.stack([items.appraisal(a) for a in names], 1) if names else None
+    rated = None if Y is None else np.isfinite(Y).all(1)
+    if rated is not None and rated.sum() < 10:
+        ctx.notes.append(f"appraisal probes skipped: only {int(rated.sum())} items have all ratings")
+        Y = None
+    frames, directions, slice_index = [], {}, []
+    shuffled = "shuffled" in p.controls
+    for site in store.sites:
+        X, slices = _slices_of(store, site, idx)
+        for kind in p.probes:
+            frames.append(pe.evaluate_classifier(X, y, slices, task="emotion" if kind == "logistic" else "emotion/mlp",
+                                                 probe=kind, protocol=p.protocol, k=p.k, seed=ctx.cfg.seed + 42,
+                                                 C=p.C, n_classes=len(items.label_names), n_boot=p.n_boot,
+                                                 shuffled=shuffled, drop_invalid=True))
+        if Y is not None:
+            frames.append(pe.evaluate_regressor(X[:, rated], Y[rated], slices, list(names), protocol=p.protocol,
+                                                k=p.k, seed=ctx.cfg.seed + 42, alpha=p.alpha, n_boot=p.n_boot,
+                                                shuffled=shuffled, drop_invalid=True))
+        valid = y >= 0
+        dirs = pe.compute_directions(X[:, valid], y=y[valid], n_classes=len(items.label_names), C=p.C)
+        if Y is not None:
+            dirs.update({k: v for k, v in pe.compute_directions(X[:, rated], Y=Y[rated], alpha=p.alpha).items()})
+        for k, v in dirs.items():
+            directions.setdefault(k, []).append(v)
+        slice_index += slices
+    if p.human_baseline and Y is not None:
+        ok = rated & (y >= 0)
+        hb = pe.human_baseline(Y[ok], y[ok], appraisal_names=list(names), protocol=p.protocol, k=p.k,
+                               seed=ctx.cfg.seed + 42, n_boot=p.n_boot)
+        frames.append(hb.results)
+    table = pd.concat(frames, ignore_index=True)
+    table.to_parquet(ctx.dir / "probes.parquet", index=False)
+    pe.save_directions(ctx.dir / "directions.safetensors", {k: torch.cat(v) for k, v in directions.items()},
+                       {"slices": [list(s) for s in slice_index], "emotions": list(items.label_names),
+                        "appraisals": list(names)})
+    best = table[(table.task == "emotion") & (table.metric == "accuracy")].sort_values("value").tail(1)
+    summary = {"rows": len(table), "n_items": len(items)}
+    if len(best):
+        b = best.iloc[0]
+        summary.update(best_site=b.site, best_layer=int(b.layer), best_accuracy=float(b.value))
+    return summary
+
+
+# -- stages whose analysis modules have not landed yet -------------------------------------------
+
+for _name, _section in (("ablate", lambda c: {"items": c.items, "sites": c.sites, "positions": c.positions,
+                                               "seed": c.seed, **_dump(c.ablate)}),
+                        ("patch", lambda c: {"items": c.items, "sites": c.sites, "positions": c.positions,
+                                              "seed": c.seed, **_dump(c.patch)}),
+                        ("knockout", lambda c: {"items": c.items, "seed": c.seed, **_dump(c.knockout)}),
+                        ("steer", lambda c: {"items": c.items, "seed": c.seed, **_dump(c.steer)})):
+    STAGES[_name] = StageDef(_name, None, _section, STAGE_NEEDS[_name])
+
+
+# -- robustness ---------------------------------------------------------------------------------
+
+
+@stage("robustness", lambda c: {"variants": c.prompts.variants, "seed": c.seed, "separator": c.prompts.separator,
+                                "chat": c.prompts.chat, **_dump(c.robustness)}, resumable=True)
+def _robustness(ctx: StageContext) -> dict:
+    from emolens.prompts import PAPER_PROMPT_VARIANTS
+    from emolens.readout import readout
+
+    items = ctx.limited(ctx.dataset, ctx.cfg.robustness.limit)
+    partial = ctx.dir / "partial"
+    partial.mkdir(exist_ok=True)
+    frames = []
+    for name, template, shots in PAPER_PROMPT_VARIANTS:
+        path = partial / f"{name}.parquet"
+        if path.exists():
+            frames.append(pd.read_parquet(path))
+            continue
+        spec = ctx.cfg.prompt_spec(template, shots)
+        result = readout(ctx.model.lm, items, spec, batch_size=ctx.cfg.batch_size, progress=ctx.progress)
+        raw = result.metrics["raw"]
+        rows = [{"variant": name, "template": template, "shots": len(shots), "metric": m, "value": raw[m],
+                 "ci_low": raw["accuracy_ci_low"] if m == "accuracy" else np.nan,
+                 "ci_high": raw["accuracy_ci_high"] if m == "accuracy" else np.nan, "n": raw["n"],
+                 "chance": raw["majority_baseline"] if m == "accuracy" else raw["chance"]}
+                for m in ("accuracy", "balanced_accuracy", "macro_f1")]
+        frame = pd.DataFrame(rows)
+        atomic_write_bytes(path, frame.to_parquet(index=False))
+        frames.append(frame)
+        _after_unit(ctx, name)
+    table = pd.concat(frames, ignore_index=True)
+    table.to_parquet(ctx.dir / "robustness.parquet", index=False)
+    acc = table[table.metric == "accuracy"]
+    return {"variants": len(acc), "accuracy_min": float(acc.value.min()), "accuracy_max": float(acc.value.max()),
+            "n_items": len(items)}
+
+
+def _after_unit(ctx: StageContext, unit: str) -> None:
+    """Called after each durable unit of a resumable stage (tests inject interruptions here)."""
+
+
+# ----------------------------------------------------------------------------------------------
+# keys, stage records, run folders
+
+
+def _sha(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def stage_key(name: str, cfg: StudyConfig, model: ModelHandle, data: ResolvedData,
+              upstream_keys: dict[str, str]) -> str:
+    return _sha({"stage": name, "section": STAGES[name].section(cfg), "model": model.identity,
+                 "model_dtype": model.dtype_name, "dataset": data.fingerprint,
+                 "prompt": cfg.prompt_spec().fingerprint(), "upstream": upstream_keys, "emolens": __version__})
+
+
+def read_stage(folder: Path) -> dict | None:
+    path = folder / "stage.json"
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+
+
+def study_hash(cfg: StudyConfig, data: ResolvedData) -> str:
+    """The run's identity: the config plus the data actually used (a fallback is another study)."""
+    return _sha({"config": cfg.canonical(), "dataset": data.fingerprint})
+
+
+def default_run_dir(cfg: StudyConfig, data: ResolvedData) -> Path:
+    return Path(cfg.output) / f"{cfg.name}-{study_hash(cfg, data)[:8]}"
+
+
+def claim_run_dir(run_dir: Path, cfg: StudyConfig, data: ResolvedData) -> dict:
+    """Create or reopen a run folder; refuse one that holds another study or foreign files."""
+    run_dir = Path(run_dir)
+    ident = study_hash(cfg, data)
+    meta_path = run_dir / "run.json"
+    if meta_path.exists():
+        meta = json.loads(meta_path.read_text())
+        if meta.get("format") != RUN_FORMAT:
+            raise EmolensError(f"{str(run_dir)!r} holds a run.json that is not an emolens run", "choose another --out")
+        if meta.get("study_hash") != ident:
+            raise EmolensError(
+                f"{str(run_dir)!r} holds the run of a different study (config {meta.get('config', {}).get('name')!r}, "
+                f"hash {str(meta.get('study_hash'))[:8]}; this one is {ident[:8]})",
+                "choose another --out, or leave --out away to get a folder named after this config")
+        return meta
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise EmolensError(f"{str(run_dir)!r} is not empty and holds no emolens run", "choose an empty or new --out")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    meta = {"format": RUN_FORMAT, "study_hash": ident, "created": _now(), "emolens": __version__,
+            "config": cfg.model_dump(mode="json"), "dataset": {"spec": data.spec, "how": data.how,
+                                                                "name": data.dataset.name,
+                                                                "fingerprint": data.fingerprint,
+                                                                "n_items": len(data.dataset)},
+            "models": {model_slug(m): {"spec": m} for m in cfg.models}, "stages": {}}
+    atomic_write_bytes(run_dir / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False).encode())
+    dump_json(meta_path, meta)
+    return meta
+
+
+def _link_or_copy(src: str, dst: str) -> str:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+    return dst
+
+
+def _find_reusable(run_dir: Path, slug: str, name: str, key: str) -> Path | None:
+    root = run_dir.parent
+    if not root.exists():
+        return None
+    for sibling in sorted(root.iterdir()):
+        if sibling == run_dir or not sibling.is_dir():
+            continue
+        folder = sibling / slug / name
+        rec = read_stage(folder)
+        if rec and rec.get("key") == key and rec.get("status") in DONE:
+            return folder
+    return None
+
+
+# ----------------------------------------------------------------------------------------------
+# running
+
+
+@dataclass
+class StageOutcome:
+    model: str
+    stage: str
+    status: str  # done, reused, cached, unavailable, failed, skipped
+    seconds: float = 0.0
+    note: str = ""
+    key: str = ""
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    data: ResolvedData
+    outcomes: list[StageOutcome]
+    report: Path | None = None
+
+    @property
+    def failed(self) -> list[StageOutcome]:
+        return [o for o in self.outcomes if o.status == "failed"]
+
+
+def _prepare_folder(folder: Path, key: str, resumable: bool, echo) -> bool:
+    """Clear or keep an interrupted folder, move a finished one of another key aside. Returns resumed."""
+    rec = read_stage(folder)
+    if rec is not None:  # finished, but for another key: keep it, out of the way
+        aside = folder.parent / ".superseded" / f"{folder.name}-{str(rec.get('key'))[:8]}-{int(time.time())}"
+        aside.parent.mkdir(parents=True, exist_ok=True)
+        folder.replace(aside)
+        echo(f"  {folder.parent.name}/{folder.name}: inputs changed; previous result kept in {aside}")
+        return False
+    if not folder.exists():
+        return False
+    started = folder / ".started.json"
+    same = started.exists() and json.loads(started.read_text()).get("key") == key
+    if resumable and same:
+        return True
+    shutil.rmtree(folder)
+    return False
+
+
+def run_stage(ctx: StageContext, sdef: StageDef, echo=print) -> StageOutcome:
+    folder = ctx.dir
+    slug = ctx.model.slug
+    rec = read_stage(folder)
+    if rec and rec.get("key") == ctx.key and rec.get("status") in DONE:
+        return StageOutcome(slug, sdef.name, "cached", float(rec.get("seconds", 0.0)), key=ctx.key)
+    reason = sdef.unavailable()
+    if reason:
+        return StageOutcome(slug, sdef.name, "unavailable", note=reason, key=ctx.key)
+    ctx.resumed = _prepare_folder(folder, ctx.key, sdef.resumable, echo)
+    if not ctx.resumed:
+        source = _find_reusable(folder.parents[1], slug, sdef.name, ctx.key)
+        if source is not None:
+            tmp = folder.parent / f".{folder.name}.reuse-{os.getpid()}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(source, tmp, copy_function=_link_or_copy)
+            tmp.replace(folder)
+            old = read_stage(folder) or {}
+            rec = {**old, "status": "reused", "reused_from": str(source), "reused_at": _now()}
+            dump_json(folder / "stage.json", rec)
+            return StageOutcome(slug, sdef.name, "reused", float(old.get("seconds", 0.0)),
+                                note=f"from {source.parents[1].name}", key=ctx.key)
+    folder.mkdir(parents=True, exist_ok=True)
+    dump_json(folder / ".started.json", {"key": ctx.key, "started": _now()})
+    start = time.perf_counter()
+    started = _now()
+    load_before = ctx.model.loaded
+    summary = sdef.run(ctx)
+    seconds = time.perf_counter() - start
+    rec = {"stage": sdef.name, "model": ctx.model.spec, "key": ctx.key, "status": "done", "started": started,
+           "finished": _now(), "seconds": round(seconds, 3), "resumed": ctx.resumed,
+           "model_load_seconds": round(ctx.model.lm.load_seconds, 3) if ctx.model.loaded and not load_before else 0.0,
+           "inputs": {"model": ctx.model.identity, "model_dtype": ctx.model.dtype_name,
+                      "dataset": ctx.data.fingerprint, "prompt": ctx.prompt.fingerprint(),
+                      "upstream": {k: (read_stage(v) or {}).get("key") for k, v in ctx.upstream.items()}},
+           "section": STAGES[sdef.name].section(ctx.cfg), "emolens": __version__, "summary": summary,
+           "notes": ctx.notes}
+    (folder / ".started.json").unlink(missing_ok=True)
+    dump_json(folder / "stage.json", rec)
+    return StageOutcome(slug, sdef.name, "done", seconds, note="; ".join(ctx.notes), key=ctx.key)
+
+
+def run_study(cfg: StudyConfig, out: str | Path | None = None, progress: bool = True, echo=print,
+              report: bool = True) -> RunResult:
+    """Run every requested stage for every model; skip what is cached; write the report."""
+    from tqdm.auto import tqdm
+
+    data = resolve_dataset(cfg)
+    echo(f"data: {data.how}")
+    run_dir = Path(out) if out is not None else default_run_dir(cfg, data)
+    meta = claim_run_dir(run_dir, cfg, data)
+    echo(f"run: {run_dir}")
+    outcomes: list[StageOutcome] = []
+    bar = tqdm(total=len(cfg.models) * len(cfg.stages), desc="study", unit="stage", disable=not progress)
+    try:
+        for spec in cfg.models:
+            handle = ModelHandle(spec, cfg)
+            keys: dict[str, str] = {}
+            status: dict[str, str] = {}
+            for name in cfg.stages:
+                sdef = STAGES[name]
+                bar.set_postfix_str(f"{handle.slug}/{name}")
+                blocked = [n for n in sdef.needs if status.get(n) not in ("done", "reused", "cached")]
+                if blocked:
+                    why = ", ".join(f"{b} {status.get(b, '?')}" for b in blocked)
+                    outcome = StageOutcome(handle.slug, name, "skipped", note=f"needs {why}")
+                else:
+                    key = stage_key(name, cfg, handle, data, {n: keys[n] for n in sdef.needs})
+                    keys[name] = key
+                    ctx = StageContext(name, run_dir / handle.slug / name, key, cfg, data, handle,
+                                       {n: run_dir / handle.slug / n for n in sdef.needs}, progress=progress)
+                    try:
+                        outcome = run_stage(ctx, sdef, echo)
+                    except EmolensError:
+                        raise
+                    except Exception as exc:  # record, keep going with stages that do not need this one
+                        ctx.dir.mkdir(parents=True, exist_ok=True)
+                        (ctx.dir / "error.txt").write_text(traceback.format_exc())
+                        outcome = StageOutcome(handle.slug, name, "failed", note=f"{type(exc).__name__}: {exc}",
+                                               key=key)
+                status[name] = outcome.status
+                outcomes.append(outcome)
+                echo(_outcome_line(outcome))
+                meta["stages"].setdefault(handle.slug, {})[name] = {
+                    "status": outcome.status, "seconds": round(outcome.seconds, 3), "note": outcome.note,
+                    "key": outcome.key, "at": _now()}
+                meta["updated"] = _now()
+                dump_json(run_dir / "run.json", meta)
+                bar.update(1)
+            if handle.loaded:
+                meta["models"][handle.slug].update(source_id=handle.lm.source_id, n_layers=handle.lm.n_layers,
+                                                   load_seconds=round(handle.lm.load_seconds, 3))
+                dump_json(run_dir / "run.json", meta)
+            handle.release()
+    finally:
+        bar.close()
+    result = RunResult(run_dir, data, outcomes)
+    if report:
+        from emolens.report import write_report
+
+        result.report = write_report(run_dir)
+        echo(f"report: {result.report}")
+    return result
+
+
+def _outcome_line(o: StageOutcome) -> str:
+    timing = f"{o.seconds:7.1f}s" if o.status in ("done", "reused", "cached") else " " * 8
+    note = f"  {o.note}" if o.note else ""
+    return f"  {o.model:<24} {o.stage:<11} {o.status:<11} {timing}{note}"
+
+
+def load_run(run_dir: str | Path) -> dict:
+    """``run.json`` of a run folder (an error that says so when it is not one)."""
+    path = Path(run_dir) / "run.json"
+    if not path.exists():
+        raise EmolensError(f"{str(run_dir)!r} is not an emolens run (no run.json)", "pass a folder made by emolens run")
+    meta = json.loads(path.read_text())
+    if meta.get("format") != RUN_FORMAT:
+        raise EmolensError(f"{str(run_dir)!r} holds no emolens run", "pass a folder made by emolens run")
+    return meta
+
+
+def stage_dir(run_dir: str | Path, model: str, name: str) -> Path | None:
+    """The folder of a finished stage of a run, or None when it did not run (to completion)."""
+    folder = Path(run_dir) / model / name
+    rec = read_stage(folder)
+    return folder if rec and rec.get("status") in DONE else None
+
+
+__all__ = ["STAGES", "STAGE_ORDER", "ModelHandle", "ResolvedData", "RunResult", "StageContext", "load_run",
+           "resolve_dataset", "run_study", "stage_dir", "stage_key"]

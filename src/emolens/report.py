@@ -1,0 +1,578 @@
+"""``report.html`` for a run: one self-contained page drawn only from the run's saved tables.
+
+Figures are PNGs embedded as base64 (no CDN, no script, opens offline). Each section reads the
+tables its stage saved; a section whose tables are absent says why (the stage was not requested,
+did not finish, or its analysis module is not available). Layers are 0-indexed in the tables and
+1-indexed in every figure and sentence here; *relative depth* is ``(layer + 1) / n_layers``, so
+the last layer is 1.0 (the paper's convention, e.g. layer 10 of 16 = 0.63).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from emolens.paths import atomic_write_bytes  # noqa: E402
+
+SITE_COLORS = {"attn": "#d62728", "mlp": "#1f77b4", "resid": "#2ca02c", "attn_post": "#ff9896",
+               "mlp_post": "#aec7e8", "heads": "#9467bd", "embed": "#7f7f7f", "final": "#17becf"}
+#: Table file of each stage (relative to the stage folder).
+TABLES = {"readout": "readout.parquet", "probe": "probes.parquet", "ablate": "ablation.parquet",
+          "patch": "patching.parquet", "knockout": "knockout.parquet", "steer": "steering.parquet",
+          "alignment": "alignment.parquet", "generations": "generations.parquet",
+          "robustness": "robustness.parquet"}
+_TABLE_STAGE = {"alignment": "steer", "generations": "steer"}
+
+
+# ----------------------------------------------------------------------------------------------
+# reading a run
+
+
+def relative_depth(layer: float, n_layers: int) -> float:
+    return (float(layer) + 1.0) / float(n_layers)
+
+
+class ModelRun:
+    """The saved results of one model in a run folder."""
+
+    def __init__(self, run_dir: Path, slug: str, meta: dict):
+        self.run_dir = Path(run_dir)
+        self.slug = slug
+        self.meta = meta
+        self.spec = meta.get("models", {}).get(slug, {}).get("spec", slug)
+
+    def stage_record(self, stage: str) -> dict | None:
+        path = self.run_dir / self.slug / stage / "stage.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def stage_status(self, stage: str) -> tuple[bool, str]:
+        """(finished, why not) for a stage of this model."""
+        rec = self.stage_record(stage)
+        if rec and rec.get("status") in ("done", "reused"):
+            return True, ""
+        info = self.meta.get("stages", {}).get(self.slug, {}).get(stage)
+        if stage not in self.meta.get("config", {}).get("stages", []):
+            return False, f"the {stage} stage was not requested in this study's config"
+        if info is None:
+            return False, f"the {stage} stage has not run yet"
+        return False, f"the {stage} stage is {info['status']}" + (f": {info['note']}" if info.get("note") else "")
+
+    def table(self, name: str) -> pd.DataFrame | None:
+        stage = _TABLE_STAGE.get(name, name)
+        ok, _ = self.stage_status(stage)
+        path = self.run_dir / self.slug / stage / TABLES[name]
+        if not ok or not path.exists():
+            return None
+        return pd.read_parquet(path)
+
+    def json(self, stage: str, name: str) -> dict | None:
+        ok, _ = self.stage_status(stage)
+        path = self.run_dir / self.slug / stage / name
+        return json.loads(path.read_text()) if ok and path.exists() else None
+
+    @property
+    def n_layers(self) -> int | None:
+        n = self.meta.get("models", {}).get(self.slug, {}).get("n_layers")
+        if n:
+            return int(n)
+        metrics = self.json("readout", "metrics.json")
+        return int(metrics["n_layers"]) if metrics and "n_layers" in metrics else None
+
+    @property
+    def label(self) -> str:
+        n = self.n_layers
+        return f"{self.spec} ({n} layers)" if n else self.spec
+
+
+def model_runs(run_dir: str | Path) -> list[ModelRun]:
+    from emolens.pipeline import load_run
+
+    meta = load_run(run_dir)
+    return [ModelRun(Path(run_dir), slug, meta) for slug in meta.get("models", {})]
+
+
+# ----------------------------------------------------------------------------------------------
+# figures
+
+
+def fig_png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _img(png: bytes, alt: str) -> str:
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+
+
+def main_position(frame: pd.DataFrame) -> int | None:
+    if "position" not in frame or frame["position"].isna().all():
+        return None
+    positions = sorted(set(int(p) for p in frame["position"].dropna()))
+    return -1 if -1 in positions else positions[-1]
+
+
+def probe_curves(ax, probes: pd.DataFrame, n_layers: int | None = None, metric: str = "accuracy",
+                 task: str = "emotion", legend: bool = True, depth: bool = False) -> bool:
+    """Held-out probe metric by layer, one line per site, CI band, shuffled control dashed, chance dotted."""
+    t = probes[(probes.task == task) & (probes.metric == metric)]
+    if t.empty:
+        return False
+    pos = main_position(t)
+    t = t[t.position == pos] if pos is not None else t
+    ctrl = probes[(probes.task == f"{task}/shuffled") & (probes.metric == metric)]
+    for site, g in t.groupby("site", sort=False):
+        g = g.sort_values("layer")
+        x = _x(g.layer, n_layers, depth)
+        color = SITE_COLORS.get(site)
+        ax.plot(x, g.value, marker="o", ms=3, label=site, color=color)
+        ax.fill_between(x, g.ci_low, g.ci_high, alpha=0.2, color=color)
+        c = ctrl[(ctrl.site == site) & (ctrl.position == pos)].sort_values("layer")
+        if len(c):
+            ax.plot(_x(c.layer, n_layers, depth), c.value, ls="--", lw=1, color=color, alpha=0.7)
+    ax.axhline(float(t.chance.iloc[0]), ls=":", color="grey", lw=1, label="chance (majority)")
+    ax.set_ylabel(f"probe {metric.replace('_', ' ')}")
+    ax.set_xlabel("relative depth" if depth else "layer (1-indexed)")
+    ax.set_ylim(0, 1.02)
+    if legend:
+        ax.legend(fontsize=7, title="dashed: shuffled labels" if len(ctrl) else None, title_fontsize=7)
+    return True
+
+
+def _x(layers, n_layers: int | None, depth: bool):
+    layers = np.asarray(layers, dtype=float)
+    return (layers + 1) / n_layers if depth and n_layers else layers + 1
+
+
+def probe_heatmaps(probes: pd.DataFrame, metric: str = "accuracy") -> bytes | None:
+    t = probes[(probes.task == "emotion") & (probes.metric == metric)]
+    if t.empty or t.position.nunique() < 2:
+        return None
+    sites = list(dict.fromkeys(t.site))
+    fig, axes = plt.subplots(1, len(sites), figsize=(4.2 * len(sites), 3.2), squeeze=False)
+    for ax, site in zip(axes[0], sites, strict=True):
+        piv = t[t.site == site].pivot_table(index="position", columns="layer", values="value").sort_index(
+            ascending=False)
+        im = ax.imshow(piv.to_numpy(), aspect="auto", cmap="magma", vmin=0, vmax=1)
+        ax.set_yticks(range(len(piv.index)), [str(p) for p in piv.index])
+        ax.set_xticks(range(len(piv.columns)), [str(c + 1) for c in piv.columns], fontsize=6)
+        ax.set_title(site)
+        ax.set_xlabel("layer (1-indexed)")
+        ax.set_ylabel("position")
+    fig.colorbar(im, ax=axes[0].tolist(), label=f"probe {metric}")
+    return fig_png(fig)
+
+
+def appraisal_heatmap(probes: pd.DataFrame, site: str = "resid") -> bytes | None:
+    t = probes[(probes.task == "appraisal") & (probes.metric == "r2")]
+    if t.empty:
+        return None
+    if site not in set(t.site):
+        site = t.site.iloc[0]
+    pos = main_position(t)
+    t = t[(t.site == site) & (t.position == pos)]
+    piv = t.pivot_table(index="target", columns="layer", values="value")
+    piv = piv.loc[piv.max(1).sort_values(ascending=False).index]
+    fig, ax = plt.subplots(figsize=(7, 0.25 * len(piv) + 1.5))
+    im = ax.imshow(piv.to_numpy(), aspect="auto", cmap="viridis", vmin=min(0, float(np.nanmin(piv.to_numpy()))),
+                   vmax=max(0.1, float(np.nanmax(piv.to_numpy()))))
+    ax.set_yticks(range(len(piv.index)), piv.index, fontsize=7)
+    ax.set_xticks(range(len(piv.columns)), [str(c + 1) for c in piv.columns], fontsize=6)
+    ax.set_xlabel("layer (1-indexed)")
+    ax.set_title(f"appraisal probes: held-out R² ({site}, position {pos})")
+    fig.colorbar(im, ax=ax, label="R²")
+    return fig_png(fig)
+
+
+def effect_heatmaps(table: pd.DataFrame, title: str, n_layers: int | None = None) -> list[tuple[str, bytes]]:
+    """One heatmap (rows: kind x site, columns: window centre) per (analysis, span, position, metric)."""
+    if table is None or table.empty:
+        return []
+    t = table.copy()
+    if "head" in t:
+        t = t[t["head"].isna()] if t["head"].notna().any() and t["head"].isna().any() else t
+    for col in ("analysis", "kind", "position", "window_span"):
+        if col not in t:
+            t[col] = "" if col in ("analysis", "kind") else 0
+    out = []
+    for (analysis, span, pos, metric), g in t.groupby(["analysis", "window_span", "position", "metric"], sort=False,
+                                                        dropna=False):
+        g = g.assign(row=g["kind"].astype(str) + " " + g["site"].astype(str))
+        piv = g.pivot_table(index="row", columns="window_center", values="value")
+        if piv.empty:
+            continue
+        fig, ax = plt.subplots(figsize=(max(4.0, 0.35 * piv.shape[1] + 2), 0.45 * piv.shape[0] + 1.4))
+        vals = piv.to_numpy(dtype=float)
+        im = ax.imshow(vals, aspect="auto", cmap="magma", vmin=min(0.0, np.nanmin(vals)),
+                       vmax=max(1.0, np.nanmax(vals)))
+        ax.set_yticks(range(len(piv.index)), piv.index, fontsize=8)
+        ax.set_xticks(range(len(piv.columns)), [str(int(c) + 1) for c in piv.columns], fontsize=7)
+        for i in range(vals.shape[0]):
+            for j in range(vals.shape[1]):
+                if np.isfinite(vals[i, j]):
+                    ax.text(j, i, f"{vals[i, j]:.2f}", ha="center", va="center", fontsize=6,
+                            color="white" if vals[i, j] < 0.6 else "black")
+        ax.set_xlabel("window centre layer (1-indexed)")
+        name = f"{analysis} {metric}, span {span}, position {pos}".strip()
+        ax.set_title(f"{title}: {name}", fontsize=9)
+        fig.colorbar(im, ax=ax)
+        out.append((name, fig_png(fig)))
+    return out
+
+
+def confusion_figure(frame: pd.DataFrame, title: str) -> bytes | None:
+    from emolens.labels import EMOTIONS
+    from emolens.metrics import confusion
+
+    labels = [c.removeprefix("logp_") for c in frame.columns if c.startswith("logp_")] or list(EMOTIONS)
+    known = frame["gold"].isin(labels)
+    if not known.any():
+        return None
+    gold = frame.loc[known, "gold"].map(labels.index).to_numpy()
+    pred = frame.loc[known, "pred"].map(labels.index).to_numpy()
+    matrix = confusion(gold, pred, len(labels))
+    rows = matrix.sum(1, keepdims=True)
+    norm = np.divide(matrix, rows, out=np.zeros(matrix.shape, dtype=float), where=rows > 0)
+    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    im = ax.imshow(norm, cmap="magma", vmin=0, vmax=1)
+    ax.set_xticks(range(len(labels)), labels, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(len(labels)), labels, fontsize=8)
+    for i in range(len(labels)):
+        for j in range(len(labels)):
+            if matrix[i, j]:
+                ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=6,
+                        color="white" if norm[i, j] < 0.6 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("gold")
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(im, ax=ax, label="fraction of gold row")
+    return fig_png(fig)
+
+
+def robustness_figure(table: pd.DataFrame) -> bytes:
+    t = table[table.metric == "accuracy"]
+    fig, ax = plt.subplots(figsize=(7, 3))
+    x = np.arange(len(t))
+    ax.bar(x, t.value, color="#4c72b0")
+    ax.errorbar(x, t.value, yerr=[t.value - t.ci_low, t.ci_high - t.value], fmt="none", color="black", lw=1)
+    ax.axhline(float(t.chance.max()), ls=":", color="grey", label="majority baseline")
+    ax.set_xticks(x, t.variant, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("readout accuracy")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=7)
+    ax.set_title(f"prompt robustness (n={int(t.n.iloc[0])} items per variant)", fontsize=9)
+    return fig_png(fig)
+
+
+def steering_figures(table: pd.DataFrame, n_layers: int | None = None) -> list[tuple[str, bytes]]:
+    """Steering success by window centre: one panel per direction family, one line per target and beta."""
+    if table is None or table.empty:
+        return []
+    metric_col = "metric" if "metric" in table else None
+    out = []
+    t = table
+    if metric_col:
+        metrics = list(dict.fromkeys(t.metric))
+        main = next((m for m in metrics if "success" in str(m)), metrics[0])
+        t = t[t.metric == main]
+    else:
+        main = "value"
+    group = "direction" if "direction" in t else ("kind" if "kind" in t else None)
+    target = next((c for c in ("target", "emotion", "config") if c in t), None)
+    x = "window_center" if "window_center" in t else ("layer" if "layer" in t else None)
+    if x is None:
+        return []
+    for name, g in (t.groupby(group, sort=False) if group else [("steering", t)]):
+        fig, ax = plt.subplots(figsize=(6.5, 3.4))
+        keys = [target, "beta"] if target and "beta" in g else ([target] if target else [])
+        for k, line in (g.groupby(keys, sort=False) if keys else [("all", g)]):
+            line = line.groupby(x, as_index=False)["value"].mean().sort_values(x)
+            label = " β=".join(str(v) for v in (k if isinstance(k, tuple) else (k,)))
+            ax.plot(line[x] + 1, line["value"], marker="o", ms=3, label=label)
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.set_xlabel(f"{'window centre ' if x == 'window_center' else ''}layer (1-indexed)")
+        ax.set_ylabel(str(main))
+        ax.set_title(f"steering: {name}", fontsize=9)
+        ax.legend(fontsize=6, ncol=2)
+        out.append((str(name), fig_png(fig)))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# where is the emotion computed?
+
+
+def _first_at_least(g: pd.DataFrame, frac: float) -> int | None:
+    g = g.sort_values("layer")
+    top = g.value.max()
+    hit = g[g.value >= frac * top]
+    return int(hit.layer.iloc[0]) if len(hit) else None
+
+
+def findings(mr: ModelRun) -> dict[str, Any]:
+    """Numbers behind the summary sentence, from the saved tables only."""
+    n = mr.n_layers
+    out: dict[str, Any] = {"model": mr.spec, "n_layers": n}
+    readout = mr.json("readout", "metrics.json")
+    if readout:
+        out["accuracy"] = readout.get("raw", {}).get("accuracy")
+    probes = mr.table("probe")
+    if probes is not None:
+        t = probes[(probes.task == "emotion") & (probes.metric == "accuracy")]
+        pos = main_position(t)
+        t = t[t.position == pos]
+        if len(t):
+            best = t.loc[t.value.idxmax()]
+            out["probe_best"] = {"site": best.site, "layer": int(best.layer), "value": float(best.value),
+                                 "ci": [float(best.ci_low), float(best.ci_high)], "chance": float(best.chance)}
+            resid = t[t.site == "resid"] if "resid" in set(t.site) else t[t.site == best.site]
+            first = _first_at_least(resid, 0.9)
+            if first is not None:
+                out["probe_rise"] = {"site": resid.site.iloc[0], "layer": first}
+    for key, name, pick in (("patch_peak", "patch", "max"), ("ablate_dip", "ablate", "min")):
+        table = mr.table(name)
+        if table is None or table.empty:
+            continue
+        t = table
+        if "head" in t:
+            t = t[t["head"].isna()] if t["head"].isna().any() else t
+        metrics = list(dict.fromkeys(t.metric))
+        prefer = ("transfer", "success") if pick == "max" else ("agreement", "accuracy")
+        metric = next((m for p in prefer for m in metrics if p in str(m)), metrics[0])
+        t = t[t.metric == metric]
+        pos = main_position(t)
+        if pos is not None:
+            t = t[t.position == pos]
+        per_site = {}
+        for site, g in t.groupby("site"):
+            g = g.groupby("window_center", as_index=False)["value"].mean() if "kind" not in g else (
+                g[g["kind"] == g["kind"].iloc[0]].groupby("window_center", as_index=False)["value"].mean())
+            row = g.loc[g.value.idxmax() if pick == "max" else g.value.idxmin()]
+            per_site[site] = {"layer": int(row.window_center), "value": float(row.value)}
+        out[key] = {"metric": metric, "sites": per_site}
+    return out
+
+
+def summary_text(f: dict[str, Any]) -> str:
+    n = f.get("n_layers")
+    parts = []
+
+    def at(layer: int) -> str:
+        return f"layer {layer + 1}" + (f" ({relative_depth(layer, n):.0%} depth)" if n else "")
+
+    if f.get("accuracy") is not None:
+        parts.append(f"{f['model']} reads the emotion label correctly for {f['accuracy']:.1%} of the items.")
+    if "probe_best" in f:
+        b = f["probe_best"]
+        parts.append(f"A linear probe decodes the emotion best from {b['site']} at {at(b['layer'])}: "
+                     f"{b['value']:.2f} [{b['ci'][0]:.2f}, {b['ci'][1]:.2f}] against chance {b['chance']:.2f}.")
+    if "probe_rise" in f:
+        r = f["probe_rise"]
+        parts.append(f"The {r['site']} probe reaches 90% of its best accuracy at {at(r['layer'])}.")
+    if "patch_peak" in f:
+        sites = f["patch_peak"]["sites"]
+        site = "attn" if "attn" in sites else max(sites, key=lambda s: sites[s]["value"])
+        p = sites[site]
+        parts.append(f"Patching {site} moves the source's emotion most with the window centred on {at(p['layer'])} "
+                     f"({f['patch_peak']['metric']} {p['value']:.2f}).")
+    if "ablate_dip" in f:
+        sites = f["ablate_dip"]["sites"]
+        site = "attn" if "attn" in sites else min(sites, key=lambda s: sites[s]["value"])
+        d = sites[site]
+        parts.append(f"Ablating {site} hurts most with the window centred on {at(d['layer'])} "
+                     f"({f['ablate_dip']['metric']} {d['value']:.2f}).")
+    if len(parts) <= 1:
+        parts.append("No probe or causal tables yet, so nothing can be said about where the emotion is computed.")
+    return " ".join(parts)
+
+
+# ----------------------------------------------------------------------------------------------
+# HTML
+
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1100px;margin:2em auto;
+padding:0 1em;color:#222;line-height:1.45}
+h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}h3{margin-top:1.4em}
+table{border-collapse:collapse;font-size:.85em;margin:.5em 0}
+td,th{border:1px solid #ddd;padding:3px 7px;text-align:left}
+th{background:#f4f4f4}img{max-width:100%;margin:.4em 0}pre{background:#f7f7f7;padding:.6em;overflow:auto;font-size:.8em}
+.absent{color:#8a5a00;background:#fff7e6;padding:.3em .6em;border-left:3px solid #f0ad4e}
+.summary{background:#eef6ee;padding:.6em 1em;border-left:4px solid #2ca02c}
+"""
+
+
+def _table_html(frame: pd.DataFrame, max_rows: int = 40) -> str:
+    if len(frame) > max_rows:
+        frame = frame.head(max_rows)
+    return frame.to_html(index=False, float_format=lambda v: f"{v:.3f}", border=0, escape=True)
+
+
+def _absent(text: str) -> str:
+    return f'<p class="absent">{html.escape(text)}</p>'
+
+
+def _section_readout(mr: ModelRun) -> str:
+    ok, why = mr.stage_status("readout")
+    if not ok:
+        return _absent(f"No readout: {why}.")
+    metrics = mr.json("readout", "metrics.json") or {}
+    frame = mr.table("readout")
+    raw = metrics.get("raw", {})
+    rows = [("items", raw.get("n")), ("accuracy", raw.get("accuracy")),
+            ("95% CI", f"[{raw.get('accuracy_ci_low', np.nan):.3f}, {raw.get('accuracy_ci_high', np.nan):.3f}]"),
+            ("balanced accuracy", raw.get("balanced_accuracy")), ("macro-F1", raw.get("macro_f1")),
+            ("majority baseline", raw.get("majority_baseline")), ("label scoring", metrics.get("label_scoring"))]
+    if "calibrated" in metrics:
+        rows.append(("calibrated accuracy", metrics["calibrated"].get("accuracy")))
+    body = _table_html(pd.DataFrame(rows, columns=["metric", "value"]))
+    if frame is not None:
+        png = confusion_figure(frame, f"{mr.spec}: confusion (n={len(frame)})")
+        if png:
+            body += _img(png, "confusion matrix")
+    return body
+
+
+def _section_probe(mr: ModelRun) -> str:
+    ok, why = mr.stage_status("probe")
+    probes = mr.table("probe") if ok else None
+    if probes is None:
+        return _absent(f"No probe tables: {why or 'probes.parquet is missing'}.")
+    body = ""
+    tasks = [t for t in ("emotion", "emotion/mlp") if t in set(probes.task)]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+    probe_curves(axes[0], probes, mr.n_layers, "accuracy", tasks[0] if tasks else "emotion")
+    axes[0].set_title("emotion probe: held-out accuracy", fontsize=9)
+    probe_curves(axes[1], probes, mr.n_layers, "balanced_accuracy", tasks[0] if tasks else "emotion", legend=False)
+    bal = probes[(probes.task == "emotion") & (probes.metric == "balanced_accuracy")]
+    if len(bal):
+        axes[1].axhline(float(bal.chance.iloc[0]), ls=":", color="grey")
+    axes[1].set_title("balanced accuracy (chance 1/K)", fontsize=9)
+    body += _img(fig_png(fig), "probe curves")
+    if "emotion/mlp" in tasks:
+        fig, ax = plt.subplots(figsize=(6, 3.4))
+        probe_curves(ax, probes, mr.n_layers, "accuracy", "emotion/mlp")
+        ax.set_title("MLP probe (non-linear control)", fontsize=9)
+        body += _img(fig_png(fig), "mlp probe curves")
+    heat = probe_heatmaps(probes)
+    if heat:
+        body += "<h3>Position x layer</h3>" + _img(heat, "probe heatmaps")
+    app = appraisal_heatmap(probes)
+    if app:
+        body += "<h3>Appraisal probes</h3>" + _img(app, "appraisal probes")
+    human = probes[probes.task == "human_baseline"]
+    if len(human):
+        body += "<h3>Human baseline (appraisal ratings → emotion)</h3>" + _table_html(
+            human[["metric", "value", "ci_low", "ci_high", "n", "chance"]])
+    return body
+
+
+def _section_effects(mr: ModelRun, stage: str, title: str) -> str:
+    ok, why = mr.stage_status(stage)
+    table = mr.table(stage) if ok else None
+    if table is None:
+        return _absent(f"No {title.lower()} tables: {why or 'the table is missing'}.")
+    figs = effect_heatmaps(table, title, mr.n_layers)
+    return "".join(_img(png, name) for name, png in figs) or _absent("The table has no rows to draw.")
+
+
+def _section_steer(mr: ModelRun) -> str:
+    ok, why = mr.stage_status("steer")
+    if not ok:
+        return _absent(f"No steering tables: {why}.")
+    body = ""
+    table = mr.table("steer")
+    for name, png in steering_figures(table, mr.n_layers):
+        body += _img(png, f"steering {name}")
+    align = mr.table("alignment")
+    if align is not None and len(align):
+        body += "<h3>Theory alignment</h3>" + _table_html(align)
+    else:
+        body += _absent("No theory-alignment table.")
+    gens = mr.table("generations")
+    if gens is not None and len(gens):
+        body += "<h3>Sample generations</h3>" + _table_html(gens, 20)
+    else:
+        body += _absent("No sample generations were saved.")
+    return body or _absent("The steering stage saved no tables.")
+
+
+def _section_robustness(mr: ModelRun) -> str:
+    ok, why = mr.stage_status("robustness")
+    table = mr.table("robustness") if ok else None
+    if table is None:
+        return _absent(f"No robustness table: {why}.")
+    return _img(robustness_figure(table), "robustness") + _table_html(table[table.metric == "accuracy"])
+
+
+def _stage_table(meta: dict) -> str:
+    rows = []
+    for slug, stages in meta.get("stages", {}).items():
+        for name, info in stages.items():
+            rows.append({"model": slug, "stage": name, "status": info.get("status"), "seconds": info.get("seconds"),
+                         "note": info.get("note", "")})
+    return _table_html(pd.DataFrame(rows), 200) if rows else "<p>No stage has run yet.</p>"
+
+
+def render_report(run_dir: str | Path) -> str:
+    run_dir = Path(run_dir)
+    runs = model_runs(run_dir)
+    meta = runs[0].meta if runs else {}
+    cfg = meta.get("config", {})
+    parts = [f"<h1>emolens report: {html.escape(str(cfg.get('name', run_dir.name)))}</h1>"]
+    data = meta.get("dataset", {})
+    parts.append(_table_html(pd.DataFrame([
+        ("run folder", str(run_dir)), ("study hash", meta.get("study_hash", "")[:16]),
+        ("created", meta.get("created")), ("updated", meta.get("updated")), ("emolens", meta.get("emolens")),
+        ("data", data.get("how")), ("models", ", ".join(mr.label for mr in runs)),
+        ("items analysed", cfg.get("items")), ("sites", ", ".join(cfg.get("sites", []))),
+        ("positions", ", ".join(str(p) for p in cfg.get("positions", []))),
+    ], columns=["", ""])))
+    parts.append("<h2>Where is the emotion computed?</h2>")
+    for mr in runs:
+        parts.append(f'<p class="summary">{html.escape(summary_text(findings(mr)))}</p>')
+    for mr in runs:
+        parts.append(f"<h2>{html.escape(mr.label)}</h2>")
+        parts.append("<h3>Readout</h3>" + _section_readout(mr))
+        parts.append("<h3>Probes</h3>" + _section_probe(mr))
+        parts.append("<h3>Ablation</h3>" + _section_effects(mr, "ablate", "Ablation"))
+        parts.append("<h3>Activation patching</h3>" + _section_effects(mr, "patch", "Patching"))
+        parts.append("<h3>Attention knockout</h3>" + _section_effects(mr, "knockout", "Knockout"))
+        parts.append("<h3>Steering</h3>" + _section_steer(mr))
+        parts.append("<h3>Prompt robustness</h3>" + _section_robustness(mr))
+    parts.append("<h2>Stages</h2>" + _stage_table(meta))
+    parts.append("<h2>Config</h2><pre>" + html.escape(_yaml(cfg)) + "</pre>")
+    parts.append("<p><small>Every figure is drawn from the tables saved in the run folder. Layers are 1-indexed "
+                 "in figures and text, 0-indexed in the tables.</small></p>")
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>emolens report</title><style>{_CSS}</style>"
+            f"</head><body>{''.join(parts)}</body></html>")
+
+
+def _yaml(obj: Any) -> str:
+    import yaml
+
+    return yaml.safe_dump(obj, sort_keys=False)
+
+
+def write_report(run_dir: str | Path) -> Path:
+    """Render ``report.html`` into the run folder (atomically) and return its path."""
+    path = Path(run_dir) / "report.html"
+    atomic_write_bytes(path, render_report(run_dir).encode())
+    return path
+
+
+__all__: Sequence[str] = ["ModelRun", "findings", "model_runs", "relative_depth", "render_report", "summary_text",
+                          "write_report"]
