@@ -1,0 +1,878 @@
+"""Steering the residual stream along appraisal and emotion directions, with controls.
+
+Tak et al. add ``β · w/‖w‖`` (a probe weight, unit-normalised) to the residual stream at the last
+token of three consecutive layers and read which emotion wins (paper-protocol §7). This module
+does the same with stock hooks, and fixes or extends what the paper left open (§10.4):
+
+* **Directions** come from difference-of-means (default: items rated ``>= 4`` minus items rated
+  ``<= 2`` for an appraisal, class minus rest for an emotion), probe weights (the paper) or the
+  first principal axis of matched high-minus-low differences. They are computed per layer from
+  residual activations captured here, or loaded from a store or ``directions.safetensors``.
+* **Combinations** such as ``"pleasantness+,other_responsblt-"`` are signed sums normalised to
+  unit norm per layer. ``partial=True`` removes the span of the "kept fixed" appraisals from each
+  term first (with a pseudo-inverse, stable for rank-deficient sets) -- the paper's stated
+  intent, which its code computed and then discarded. ``partial=False`` is what it published.
+* **Scale** is ``β`` in raw units (``scale="unit"``, the paper) or ``β`` times the mean residual
+  norm at that layer over the steered positions, first-token sink excluded
+  (``scale="relative"``), so one β means the same push across layers and models.
+* **Sweeps** stack many conditions into one forward by repeating items, always include the clean
+  run in the same batch (so the baseline shares every kernel and padding choice), and add
+  controls to every sweep: norm-matched random directions and a specificity control (another
+  appraisal's direction at the same norm).
+* **Steered generation** continues an event description under steering, reads the continuation's
+  emotion with the model's own label scoring, and flags degenerate text by its log-probability
+  under the unsteered model.
+
+Layers are 0-indexed; a window is named by its centre layer.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from emolens.batching import Batch, iter_batches
+from emolens.errors import EmolensError
+from emolens.hooks import Add, Apply, Capture, Intervention, run_forward
+from emolens.labels import EMOTIONS, PAPER_APPRAISALS
+from emolens.metrics import wilson_interval
+from emolens.prompts import PromptSpec, build_prompts
+from emolens.readout import LabelReader
+
+METHODS: tuple[str, ...] = ("diffmean", "probe", "pca")
+SCALES: tuple[str, ...] = ("unit", "relative")
+POSITIONS: tuple[str, ...] = ("last", "prompt", "generated")
+#: The four appraisals the paper's surgery holds fixed against each other (paper-protocol §7.3).
+SURGERY_APPRAISALS: tuple[str, ...] = ("pleasantness", "other_responsblt", "predict_event", "chance_control")
+#: Candidates for the specificity control, in order: appraisals not central to the paper's surgery.
+CONTROL_CANDIDATES: tuple[str, ...] = ("familiarity", "suddenness", "attention", "effort", "goal_relevance")
+#: Columns of the steering table, in order.
+COLUMNS: tuple[str, ...] = ("direction", "kind", "method", "partial", "scale", "window", "layers", "beta",
+                            "position", "metric", "label", "value", "ci_low", "ci_high", "n")
+
+_TERM = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*([+-]?)\s*$")
+
+
+# ----------------------------------------------------------------------------------------------
+# direction specs
+
+
+@dataclass(frozen=True)
+class Term:
+    """One named concept in a direction spec, with its sign (+1 or -1)."""
+
+    name: str
+    sign: float
+
+
+def parse_direction(spec: str, known: Iterable[str]) -> tuple[Term, ...]:
+    """``"pleasantness+,other_responsblt-"`` -> terms; a bare name means ``+``.
+
+    ``known`` is every concept name allowed (appraisals and emotions); anything else, a repeated
+    name or a malformed term is an :class:`EmolensError`.
+    """
+    known = list(known)
+    terms: list[Term] = []
+    if not spec or not spec.strip():
+        raise EmolensError("empty steering direction", "write e.g. pleasantness+ or pleasantness+,other_responsblt-")
+    for part in spec.split(","):
+        m = _TERM.match(part)
+        if not m:
+            raise EmolensError(f"bad direction term {part.strip()!r} in {spec!r}",
+                               "write each term as a name followed by + or -, e.g. pleasantness+")
+        name, sign = m.group(1), m.group(2)
+        if name not in known:
+            raise EmolensError(f"unknown appraisal or emotion {name!r} in direction {spec!r}",
+                               f"use one of {known}")
+        if any(t.name == name for t in terms):
+            raise EmolensError(f"{name!r} appears twice in direction {spec!r}", "name each concept once")
+        terms.append(Term(name, -1.0 if sign == "-" else 1.0))
+    return tuple(terms)
+
+
+def format_terms(terms: Sequence[Term]) -> str:
+    """The canonical spec string of a list of terms."""
+    return ",".join(f"{t.name}{'+' if t.sign > 0 else '-'}" for t in terms)
+
+
+def window_layers(centre: int, span: int, n_layers: int) -> list[int]:
+    """The ``span`` consecutive layers around ``centre`` (an even span leans left); must fit the model."""
+    if span < 1:
+        raise EmolensError(f"span {span} is not positive", "use --span 1 or more")
+    start = centre - (span - 1) // 2
+    layers = list(range(start, start + span))
+    if layers[0] < 0 or layers[-1] >= n_layers:
+        lo, hi = (span - 1) // 2, n_layers - 1 - span // 2
+        raise EmolensError(f"window centred on layer {centre} with span {span} falls outside the model's "
+                           f"{n_layers} layers", f"use centres {lo}..{hi} (0-indexed)" if lo <= hi
+                           else "use a smaller --span")
+    return layers
+
+
+def parse_windows(text: str | Sequence[int], span: int, n_layers: int) -> list[int]:
+    """Window centres from ``"3,5,8"`` or ``"auto"`` (every valid centre, at most 8, evenly spread)."""
+    lo, hi = (span - 1) // 2, n_layers - 1 - span // 2
+    if isinstance(text, str) and text.strip().lower() == "auto":
+        if lo > hi:
+            raise EmolensError(f"span {span} is wider than the model's {n_layers} layers", "use a smaller --span")
+        valid = list(range(lo, hi + 1))
+        if len(valid) > 8:
+            valid = sorted({valid[round(i)] for i in np.linspace(0, len(valid) - 1, 8)})
+        return valid
+    if isinstance(text, str):
+        try:
+            centres = [int(x) for x in text.split(",") if x.strip()]
+        except ValueError as exc:
+            raise EmolensError(f"bad windows {text!r}", "write centre layers like 3,5,8 or auto") from exc
+    else:
+        centres = [int(x) for x in text]
+    if not centres:
+        raise EmolensError("no windows given", "write centre layers like 3,5,8 or auto")
+    for c in centres:
+        window_layers(c, span, n_layers)
+    return sorted(set(centres))
+
+
+# ----------------------------------------------------------------------------------------------
+# activations and concept directions
+
+
+def capture_resid(lm, prompts, layers: Sequence[int], batch_size: int = 16) -> torch.Tensor:
+    """Residual stream at the answer cue (position -1) for each prompt: ``[N, len(layers), d]`` float32."""
+    out = torch.zeros(len(prompts), len(layers), lm.sites.d_model)
+    op = Capture("resid", layers=list(layers), positions=-1, dtype=torch.float32, device="cpu")
+    for batch in iter_batches(lm.tokenizer, prompts, batch_size, lm.device):
+        _, run = run_forward(lm, batch, [op], need_logits=False)
+        out[torch.as_tensor(batch.indices)] = run.captures["resid"][:, :, 0]
+    return out
+
+
+@dataclass
+class ConceptBank:
+    """Raw per-layer directions of named concepts: ``vectors[layer_idx, concept_idx, d]``.
+
+    Raw (not unit) so that partialling and combining see the directions as estimated; steering
+    normalises at the end.
+    """
+
+    layers: list[int]
+    names: list[str]
+    vectors: torch.Tensor
+    method: str
+    info: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if tuple(self.vectors.shape[:2]) != (len(self.layers), len(self.names)):
+            raise EmolensError(f"direction tensor of shape {tuple(self.vectors.shape)} does not match "
+                               f"{len(self.layers)} layers x {len(self.names)} concepts")
+
+    def get(self, name: str, layers: Sequence[int] | None = None) -> torch.Tensor:
+        """One concept's raw vectors at ``layers`` (default all): ``[L, d]``."""
+        if name not in self.names:
+            raise EmolensError(f"no direction for {name!r} (method {self.method})", f"available: {self.names}")
+        return self._rows(layers)[:, self.names.index(name)]
+
+    def _rows(self, layers: Sequence[int] | None) -> torch.Tensor:
+        if layers is None:
+            return self.vectors
+        missing = [layer for layer in layers if layer not in self.layers]
+        if missing:
+            raise EmolensError(f"directions were computed for layers {self.layers}, not {missing}",
+                               "compute or load directions for every layer of the windows")
+        return self.vectors[[self.layers.index(layer) for layer in layers]]
+
+    def check_defined(self, names: Iterable[str]) -> None:
+        for name in names:
+            v = self.get(name)
+            if not bool(torch.isfinite(v).all()) or bool((v.norm(dim=-1) == 0).any()):
+                raise EmolensError(f"the {self.method} direction of {name!r} is undefined at some layer",
+                                   "it needs items on both sides (rated >= 4 and <= 2, or in and out of the "
+                                   "class); use more data or another concept")
+
+
+def _ratings_and_labels(dataset, appraisals: Sequence[str], emotions: Sequence[str]):
+    R = np.stack([dataset.appraisal(a) for a in appraisals], 1) if appraisals else np.zeros((len(dataset), 0))
+    index = {e: i for i, e in enumerate(emotions)}
+    y = np.array([index.get(lab, -1) if lab is not None else -1 for lab in dataset.labels])
+    return R.astype(np.float64), y
+
+
+def diffmean_directions(X: torch.Tensor, ratings: np.ndarray | None = None, labels: np.ndarray | None = None,
+                        n_classes: int = len(EMOTIONS), high: float = 4, low: float = 2) -> torch.Tensor:
+    """Difference-of-means directions ``[L, A + K, d]`` from activations ``X[N, L, d]``.
+
+    Appraisal ``a``: mean over items rated ``>= high`` minus mean over items rated ``<= low``
+    (NaN ratings fall on neither side). Emotion ``k``: mean of class ``k`` minus mean of the rest
+    (items without a label on neither side). An empty side gives NaN, never a silent zero.
+    """
+    from emolens.probe_eval import class_diffmeans
+
+    Xs = X.permute(1, 0, 2).double()  # [L, N, d]
+    parts = []
+    if ratings is not None and ratings.shape[1]:
+        T = torch.as_tensor(ratings, dtype=torch.float64)
+        parts.append(class_diffmeans(Xs, torch.ge(T, high).long(), torch.le(T, low).long()))
+    if labels is not None:
+        y = torch.as_tensor(labels)
+        member = torch.nn.functional.one_hot(y.clamp_min(0), n_classes) * (y >= 0)[:, None]
+        other = (1 - member) * (y >= 0)[:, None]
+        parts.append(class_diffmeans(Xs, member, other))
+    return torch.cat(parts, 1).float()
+
+
+def probe_directions(X: torch.Tensor, ratings: np.ndarray | None = None, labels: np.ndarray | None = None,
+                     n_classes: int = len(EMOTIONS), alpha: float = 5.0, C: float = 1.0) -> torch.Tensor:
+    """Probe-weight directions ``[L, A + K, d]`` (the paper): ridge per appraisal, logistic per emotion.
+
+    Each appraisal's ridge is fitted on the items that rate it; the logistic on labelled items.
+    """
+    from emolens import probes
+
+    Xs = X.permute(1, 0, 2).contiguous()
+    parts = []
+    if ratings is not None and ratings.shape[1]:
+        cols = []
+        for j in range(ratings.shape[1]):
+            keep = np.isfinite(ratings[:, j])
+            if keep.sum() < 3:
+                cols.append(torch.full((Xs.shape[0], 1, Xs.shape[2]), float("nan")))
+                continue
+            fit = probes.fit_ridge(Xs[:, keep], ratings[keep, j:j + 1], alpha=alpha)
+            cols.append(fit.coef.reshape(Xs.shape[0], 1, -1).float())
+        parts.append(torch.cat(cols, 1))
+    if labels is not None:
+        keep = labels >= 0
+        fit = probes.fit_logistic(Xs[:, keep], labels[keep], C=C, n_classes=n_classes)
+        parts.append(fit.coef.float())
+    return torch.cat(parts, 1)
+
+
+def pca_directions(X: torch.Tensor, ratings: np.ndarray, high: float = 4, low: float = 2,
+                   pairs: Mapping[int, tuple[np.ndarray, np.ndarray]] | None = None, seed: int = 0) -> torch.Tensor:
+    """First principal axis of matched high-minus-low differences, per appraisal: ``[L, A, d]``.
+
+    Items rated ``>= high`` are matched one-to-one with items rated ``<= low`` (a seeded random
+    matching, or the given ``pairs[j] = (high_idx, low_idx)``, e.g. minimal pairs). The axis is
+    the top right-singular vector of the *uncentred* difference matrix -- the direction that
+    best explains the paired differences, mean shift included -- with its sign fixed so it
+    points along the mean difference, and scaled to the mean difference's length along it.
+    """
+    L, _, d = X.shape[1], X.shape[0], X.shape[2]
+    out = torch.full((L, ratings.shape[1], d), float("nan"))
+    rng = np.random.default_rng(seed)
+    for j in range(ratings.shape[1]):
+        if pairs is not None and j in pairs:
+            hi, lo = (np.asarray(p) for p in pairs[j])
+        else:
+            hi, lo = np.flatnonzero(ratings[:, j] >= high), np.flatnonzero(ratings[:, j] <= low)
+            k = min(len(hi), len(lo))
+            hi, lo = rng.permutation(hi)[:k], rng.permutation(lo)[:k]
+        if len(hi) == 0:
+            continue
+        D = (X[hi] - X[lo]).permute(1, 0, 2).double()  # [L, P, d]
+        _, _, Vh = torch.linalg.svd(D, full_matrices=False)
+        axis = Vh[:, 0]  # [L, d]
+        mean = D.mean(1)
+        proj = (axis * mean).sum(-1, keepdim=True)
+        sign = torch.where(proj < 0, -1.0, 1.0).to(axis)
+        out[:, j] = (axis * sign * proj.abs()).float()
+    return out
+
+
+def compute_bank(X: torch.Tensor, layers: Sequence[int], dataset, method: str = "diffmean",
+                 appraisals: Sequence[str] | None = None, emotions: Sequence[str] = EMOTIONS,
+                 high: float = 4, low: float = 2, seed: int = 0) -> ConceptBank:
+    """Directions of every appraisal in ``appraisals`` (default: the dataset's) and every emotion."""
+    if method not in METHODS:
+        raise EmolensError(f"unknown direction method {method!r}", f"use one of {list(METHODS)}")
+    appraisals = list(appraisals if appraisals is not None else dataset.appraisal_names)
+    R, y = _ratings_and_labels(dataset, appraisals, emotions)
+    has_labels = bool((y >= 0).any())
+    if method == "diffmean":
+        V = diffmean_directions(X, R, y if has_labels else None, len(emotions), high, low)
+    elif method == "probe":
+        V = probe_directions(X, R, y if has_labels else None, len(emotions))
+    else:  # pca: appraisals from paired differences; emotions fall back to diff-of-means
+        V = pca_directions(X, R, high, low, seed=seed)
+        if has_labels:
+            V = torch.cat([V, diffmean_directions(X, None, y, len(emotions))], 1)
+    names = appraisals + (list(emotions) if has_labels else [])
+    return ConceptBank(list(layers), names, V, method, {"n_items": len(dataset), "high": high, "low": low})
+
+
+def bank_from_store(store_dir: str | Path, dataset, layers: Sequence[int], method: str = "diffmean",
+                    appraisals: Sequence[str] | None = None, seed: int = 0) -> ConceptBank:
+    """Directions from an :class:`~emolens.store.ActivationStore` (site ``resid``, position -1)."""
+    from emolens.store import ActivationStore
+
+    store = ActivationStore.open(store_dir)
+    if -1 not in store.positions:
+        raise EmolensError(f"store {str(store_dir)!r} has no position -1", "extract with positions -1")
+    stored = store.layers_of("resid") if "resid" in store.sites else []
+    missing = [layer for layer in layers if layer not in stored]
+    if missing:
+        raise EmolensError(f"store {str(store_dir)!r} lacks resid layers {missing}", "extract those layers")
+    arr = store.read("resid")
+    rows = store.index_of(dataset.ids)
+    p = store.positions.index(-1)
+    X = torch.from_numpy(np.stack([np.asarray(arr[rows, stored.index(layer), p], dtype=np.float32)
+                                   for layer in layers], 1))
+    return compute_bank(X, layers, dataset, method, appraisals, seed=seed)
+
+
+def bank_from_file(path: str | Path, method: str = "diffmean") -> ConceptBank:
+    """Directions saved by :func:`emolens.probe_eval.save_directions` (keys ``appraisal/<method>``...).
+
+    Uses the metadata ``slices`` (``[site, layer, position]`` per slice; resid at -1 is kept) and
+    ``appraisals``/``emotions`` name lists when present, else the paper's orders.
+    """
+    from emolens.labels import ALL_APPRAISALS
+    from emolens.probe_eval import load_directions
+
+    key = {"diffmean": "diffmean", "probe": "probe"}.get(method)
+    if key is None:
+        raise EmolensError(f"method {method!r} cannot be loaded from a directions file", "use diffmean or probe")
+    dirs, meta = load_directions(path)
+    S = next(iter(dirs.values())).shape[0] if dirs else 0
+    slices = json.loads(meta["slices"]) if "slices" in meta else [["resid", i, -1] for i in range(S)]
+    keep = [i for i, s in enumerate(slices) if s[0] == "resid" and s[2] == -1]
+    layers = [int(slices[i][1]) for i in keep]
+    names, parts = [], []
+    if f"appraisal/{key}" in dirs:
+        V = dirs[f"appraisal/{key}"][keep]
+        default = PAPER_APPRAISALS if V.shape[1] == len(PAPER_APPRAISALS) else ALL_APPRAISALS
+        names += list(json.loads(meta["appraisals"])) if "appraisals" in meta else list(default)
+        parts.append(V)
+    if f"emotion/{key}" in dirs:
+        V = dirs[f"emotion/{key}"][keep]
+        names += list(json.loads(meta["emotions"])) if "emotions" in meta else list(EMOTIONS)
+        parts.append(V)
+    if not parts or not layers:
+        raise EmolensError(f"{str(path)!r} holds no resid/-1 {method} directions", "save them with save_directions")
+    return ConceptBank(layers, names, torch.cat(parts, 1).float(), method, {"file": str(path)})
+
+
+# ----------------------------------------------------------------------------------------------
+# combining, partialling, scaling
+
+
+def project_out(v: torch.Tensor, span: torch.Tensor) -> torch.Tensor:
+    """Remove from ``v[..., d]`` its component in the row span of ``span[..., k, d]``.
+
+    Uses the pseudo-inverse (``P = pinv(W) W``), so a rank-deficient set -- e.g. multinomial
+    logistic weights, which sum to about zero -- is handled instead of inverting a singular
+    ``W Wᵀ`` as the paper's ``make_projections`` does.
+    """
+    if span.shape[-2] == 0:
+        return v
+    W = span.double()
+    coeff = torch.einsum("...kd,...d->...k", torch.linalg.pinv(W).transpose(-1, -2), v.double())
+    return (v.double() - torch.einsum("...k,...kd->...d", coeff, W)).to(v.dtype)
+
+
+def combine(bank: ConceptBank, terms: Sequence[Term], layers: Sequence[int], partial: bool = False,
+            fixed: Sequence[str] | None = None) -> torch.Tensor:
+    """Unit direction ``[L, d]`` of a signed combination at ``layers``.
+
+    ``partial=False`` (the paper): normalise ``Σ sign·w``. ``partial=True``: first project each
+    ``w`` off the span of the ``fixed`` concepts (default: the paper's four surgery appraisals not
+    in the combination), so steering one appraisal does not move the ones held fixed.
+    """
+    names = [t.name for t in terms]
+    total = torch.zeros(len(layers), bank.vectors.shape[-1], dtype=torch.float64)
+    fixed_names = default_fixed(terms, bank.names) if fixed is None else [f for f in fixed if f not in names]
+    span = torch.stack([bank.get(f, layers) for f in fixed_names], 1) if (partial and fixed_names) else None
+    for t in terms:
+        w = bank.get(t.name, layers).double()
+        if span is not None:
+            w = project_out(w, span.double())
+        total += t.sign * w
+    norm = total.norm(dim=-1, keepdim=True)
+    if bool((norm < 1e-12).any()) or not bool(torch.isfinite(norm).all()):
+        raise EmolensError(f"direction {format_terms(terms)!r} is zero or undefined at some layer",
+                           "it cancels out or lies inside the span held fixed; change the terms or --fixed")
+    return (total / norm).float()
+
+
+def default_fixed(terms: Sequence[Term], available: Sequence[str]) -> list[str]:
+    """The paper's surgery appraisals that are not steered and that the bank knows."""
+    names = {t.name for t in terms}
+    return [a for a in SURGERY_APPRAISALS if a not in names and a in available]
+
+
+def random_unit(n_layers_total: int, d: int, seed: int) -> torch.Tensor:
+    """Seeded Gaussian unit vectors ``[n_layers_total, d]``, one per model layer.
+
+    Indexed by absolute layer, so a layer's random direction is the same in every window that
+    contains it (and never re-drawn per window, unlike the paper's loop).
+    """
+    g = torch.Generator().manual_seed(int(seed))
+    v = torch.randn(n_layers_total, d, generator=g, dtype=torch.float64)
+    return (v / v.norm(dim=-1, keepdim=True)).float()
+
+
+def position_mask(attention_mask: torch.Tensor, position: str) -> torch.Tensor:
+    """Steered prompt positions ``[B, T]``: ``last`` = the answer cue; ``prompt`` = every real
+    token but the first (the attention sink, which steering would wreck rather than steer);
+    ``generated`` = the answer cue (the generated tokens follow during ``generate()``).
+    """
+    if position not in POSITIONS:
+        raise EmolensError(f"unknown steering position {position!r}", f"use one of {list(POSITIONS)}")
+    from emolens.hooks import row_bounds
+
+    m = attention_mask.bool()
+    first, last = row_bounds(m)
+    rows = torch.arange(m.shape[0], device=m.device)
+    out = torch.zeros_like(m)
+    if position == "prompt":
+        out = m.clone()
+        out[rows, first] = False
+    else:
+        out[rows, last] = True
+    return out
+
+
+@torch.no_grad()
+def mean_resid_norm(lm, prompts, layers: Sequence[int], position: str = "last", batch_size: int = 16
+                    ) -> torch.Tensor:
+    """Mean ‖resid‖ at each layer over the steered positions (``generated``: the prompt's), sink excluded.
+
+    The reference for ``scale="relative"``: β = 1 adds a vector as long as a typical residual
+    vector at that layer and position.
+    """
+    where = "prompt" if position == "generated" else position
+    sums = torch.zeros(len(layers), dtype=torch.float64)
+    count = 0
+    for batch in iter_batches(lm.tokenizer, prompts, batch_size, lm.device):
+        sel = position_mask(batch.attention_mask, where)
+        norms: dict[int, torch.Tensor] = {}
+
+        def record(x, layer, norms=norms):
+            norms[layer] = x.detach().float().norm(dim=-1)
+            return x
+
+        ops = [Apply("resid", layers=[layer], positions="all", fn=lambda x, layer=layer: record(x, layer))
+               for layer in layers]
+        run_forward(lm, batch, ops, need_logits=False)
+        for i, layer in enumerate(layers):
+            sums[i] += float(norms[layer][sel.to(norms[layer].device)].double().sum())
+        count += int(sel.sum())
+    return (sums / max(count, 1)).float()
+
+
+def scaled(unit: torch.Tensor, beta: float, scale: str = "unit", ref_norm: torch.Tensor | None = None
+           ) -> torch.Tensor:
+    """``β · u`` (``unit``) or ``β · ref_norm[layer] · u`` (``relative``) for unit vectors ``u[L, d]``."""
+    if scale == "unit":
+        return unit * float(beta)
+    if scale == "relative":
+        if ref_norm is None:
+            raise EmolensError("relative scale needs the reference residual norms", "pass ref_norm")
+        return unit * float(beta) * ref_norm.to(unit)[:, None]
+    raise EmolensError(f"unknown scale {scale!r}", f"use one of {list(SCALES)}")
+
+
+# ----------------------------------------------------------------------------------------------
+# steering primitives
+
+
+def steering_op(layers: Sequence[int], value: torch.Tensor, positions: torch.Tensor | str,
+                every_token: bool = False) -> Add:
+    """The one op steering needs: add ``value`` (``[L, d]`` or ``[B, L, d]``) to resid at ``layers``."""
+    dims = "bl" if value.ndim == 3 else ("l" if value.ndim == 2 else None)
+    return Add("resid", layers=list(layers), positions=positions, value=value, dims=dims,
+               every_token=every_token)
+
+
+@torch.no_grad()
+def steered_label_scores(lm, reader: LabelReader, batch: Batch, layers: Sequence[int] | None = None,
+                         value: torch.Tensor | None = None, pos_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Label log-probabilities ``[B, K]`` with ``value`` added at ``pos_mask`` (no steering when None).
+
+    Multi-token labels are scored by teacher forcing with the same steering at the same prompt
+    positions (the mask is padded with False over the label tokens).
+    """
+    model = lm.model
+    inputs = batch.model_inputs()
+
+    def forward(ids, mask, pos, keep, pmask):
+        if value is None:
+            return model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=keep)
+        with Intervention(lm, [steering_op(layers, value, pmask)], batch_mask=mask):
+            return model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=keep)
+
+    out = forward(inputs["input_ids"], inputs["attention_mask"], inputs["position_ids"], 1, pos_mask)
+    logp = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
+    scores = logp[:, torch.tensor([t[0] for t in reader.token_ids], device=logp.device)]
+    if reader.single_token:
+        return scores
+    n_rows = len(batch)
+    for k, ids in enumerate(reader.token_ids):
+        if len(ids) == 1:
+            continue
+        extra = torch.tensor(ids, device=batch.input_ids.device).expand(n_rows, -1)
+        ids2 = torch.cat([inputs["input_ids"], extra], 1)
+        mask2 = torch.cat([inputs["attention_mask"], torch.ones_like(extra)], 1)
+        pos2 = torch.cat([inputs["position_ids"], inputs["position_ids"][:, -1:]
+                          + torch.arange(1, len(ids) + 1, device=extra.device)], 1)
+        pmask2 = None if pos_mask is None else torch.cat([pos_mask, torch.zeros_like(extra, dtype=torch.bool)], 1)
+        out2 = forward(ids2, mask2, pos2, len(ids) + 1, pmask2)
+        lp = torch.log_softmax(out2.logits[:, :-1].float(), dim=-1)
+        scores[:, k] = lp.gather(-1, extra.unsqueeze(-1)).squeeze(-1).sum(-1)
+    return scores
+
+
+def _repeat(batch: Batch, times: int) -> Batch:
+    """The batch stacked ``times`` over (condition-major rows: row = c * B + i)."""
+    return Batch(batch.input_ids.repeat(times, 1), batch.attention_mask.repeat(times, 1),
+                 batch.position_ids.repeat(times, 1), {}, None)
+
+
+# ----------------------------------------------------------------------------------------------
+# conditions and sweeps
+
+
+@dataclass
+class Condition:
+    """One steering setting: which vector, where, how strong."""
+
+    direction: str
+    kind: str  # real | random | specificity
+    window: int
+    layers: tuple[int, ...]
+    beta: float
+    position: str
+    vector: torch.Tensor  # [L, d], already scaled
+
+
+def success_score(p0: np.ndarray | float, p1: np.ndarray | float) -> np.ndarray:
+    """The paper's promotion success score: ``Δ/(1-p0)`` if ``Δ > 0``, ``Δ/p0`` if ``Δ < 0``, else 0."""
+    p0, p1 = np.asarray(p0, dtype=float), np.asarray(p1, dtype=float)
+    delta = p1 - p0
+    up = np.divide(delta, 1 - p0, out=np.zeros_like(delta), where=(delta > 0) & (p0 < 1))
+    down = np.divide(delta, p0, out=np.zeros_like(delta), where=(delta < 0) & (p0 > 0))
+    return np.where(delta > 0, up, np.where(delta < 0, down, 0.0))
+
+
+def _norm_ci(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    n = x.shape[0]
+    mean = x.mean(0)
+    se = x.std(0, ddof=1) / math.sqrt(n) if n > 1 else np.full_like(mean, np.nan)
+    return mean, mean - 1.96 * se, mean + 1.96 * se
+
+
+def outcome_rows(clean: np.ndarray, steered: np.ndarray, labels: Sequence[str], n_boot: int = 200,
+                 seed: int = 0) -> list[dict]:
+    """Metrics of one condition from label scores ``[N, K]`` (clean and steered, same items).
+
+    ``fraction`` (share of items whose argmax is the label, Wilson CI), ``success`` (the paper's
+    score for promoting that label, bootstrap CI over items), ``delta_logp`` (mean change of the
+    label's log-probability renormalised over the labels, normal CI) and ``flip_rate``.
+    """
+    N, K = clean.shape
+    norm0 = clean - np.logaddexp.reduce(clean, axis=1, keepdims=True)
+    norm1 = steered - np.logaddexp.reduce(steered, axis=1, keepdims=True)
+    pred0, pred1 = clean.argmax(1), steered.argmax(1)
+    rows: list[dict] = []
+    onehot0, onehot1 = np.eye(K)[pred0], np.eye(K)[pred1]
+    p0, p1 = onehot0.mean(0), onehot1.mean(0)
+    succ = success_score(p0, p1)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, N, size=(n_boot, N))
+    boot = success_score(onehot0[idx].mean(1), onehot1[idx].mean(1))  # [n_boot, K]
+    s_lo, s_hi = np.quantile(boot, [0.025, 0.975], axis=0)
+    d_mean, d_lo, d_hi = _norm_ci(norm1 - norm0)
+    for k, lab in enumerate(labels):
+        lo, hi = wilson_interval(float(onehot1[:, k].sum()), N)
+        rows.append(dict(metric="fraction", label=lab, value=float(p1[k]), ci_low=lo, ci_high=hi, n=N))
+        rows.append(dict(metric="success", label=lab, value=float(succ[k]), ci_low=float(s_lo[k]),
+                         ci_high=float(s_hi[k]), n=N))
+        rows.append(dict(metric="delta_logp", label=lab, value=float(d_mean[k]), ci_low=float(d_lo[k]),
+                         ci_high=float(d_hi[k]), n=N))
+    flips = int((pred0 != pred1).sum())
+    lo, hi = wilson_interval(flips, N)
+    rows.append(dict(metric="flip_rate", label="*", value=flips / N, ci_low=lo, ci_high=hi, n=N))
+    return rows
+
+
+@torch.no_grad()
+def run_conditions(lm, prompts, reader: LabelReader, conditions: Sequence[Condition], batch_size: int = 16,
+                   max_rows: int = 64, progress: bool = False) -> tuple[dict[tuple, np.ndarray], list[np.ndarray]]:
+    """Label scores ``[N, K]`` of every condition, plus the clean scores per (layers, position) group.
+
+    Conditions sharing a window and position run together: each forward holds a batch of items
+    repeated once per condition, with the clean (zero-vector) condition always in the stack, so
+    the baseline comes from the very same batch shapes. Returns ``(clean_by_group, scores)``
+    where ``scores[i]`` belongs to ``conditions[i]``.
+    """
+    from tqdm.auto import tqdm
+
+    groups: dict[tuple, list[int]] = {}
+    for i, c in enumerate(conditions):
+        groups.setdefault((c.layers, c.position), []).append(i)
+    K = len(reader.labels)
+    N = len(prompts)
+    scores = [np.zeros((N, K), dtype=np.float64) for _ in conditions]
+    clean: dict[tuple, np.ndarray] = {}
+    item_bs = max(1, min(batch_size, N))
+    total = sum(len(v) + 1 for v in groups.values()) * N
+    bar = tqdm(total=total, desc="steer", unit="row", disable=not progress, leave=False)
+    for (layers, position), members in groups.items():
+        d = conditions[members[0]].vector.shape[-1]
+        stack = torch.stack([torch.zeros(len(layers), d)] + [conditions[i].vector for i in members])
+        clean[(layers, position)] = np.zeros((N, K))
+        for batch in iter_batches(lm.tokenizer, prompts, item_bs, lm.device):
+            B = len(batch)
+            per = max(1, max_rows // B)
+            base_mask = position_mask(batch.attention_mask, position)
+            for c0 in range(0, stack.shape[0], per):
+                chunk = stack[c0:c0 + per].to(lm.device, lm.dtype)
+                C = chunk.shape[0]
+                value = chunk.repeat_interleave(B, 0)  # [C*B, L, d], condition-major
+                got = steered_label_scores(lm, reader, _repeat(batch, C), list(layers), value,
+                                           base_mask.repeat(C, 1)).double().cpu().numpy()
+                for j in range(C):
+                    target = clean[(layers, position)] if c0 + j == 0 else scores[members[c0 + j - 1]]
+                    target[batch.indices] = got[j * B:(j + 1) * B]
+                bar.update(C * B)
+    bar.close()
+    return clean, scores
+
+
+@dataclass
+class SweepResult:
+    """A sweep's tidy table plus what produced it (conditions, scores, the bank)."""
+
+    frame: pd.DataFrame
+    conditions: list[Condition]
+    scores: list[np.ndarray]
+    clean: dict[tuple, np.ndarray]
+    bank: ConceptBank
+    ref_norm: dict[str, torch.Tensor]
+    info: dict = field(default_factory=dict)
+
+
+def pick_control(terms: Sequence[Term], available: Sequence[str], control: str | None = None) -> str | None:
+    """The specificity-control appraisal: ``control`` if given, else the first candidate not steered."""
+    names = {t.name for t in terms}
+    if control is not None:
+        if control not in available:
+            raise EmolensError(f"unknown control appraisal {control!r}", f"use one of {list(available)}")
+        return control
+    for c in CONTROL_CANDIDATES + tuple(available):
+        if c not in names and c in available and c not in EMOTIONS:
+            return c
+    return None
+
+
+def build_conditions(lm, bank: ConceptBank, directions: Sequence[str], windows: Sequence[int], span: int,
+                     betas: Sequence[float], positions: Sequence[str], scale: str = "unit",
+                     ref_norm: Mapping[str, torch.Tensor] | None = None, partial: bool = False,
+                     fixed: Sequence[str] | None = None, n_random: int = 3, control: str | None = "auto",
+                     seed: int = 0) -> list[Condition]:
+    """Every (direction, window, β, position) plus its controls, vectors scaled and ready.
+
+    Controls per (window, β, position): ``n_random`` seeded random directions and, per real
+    direction, a specificity control (another appraisal's unit direction); both take the norm of
+    the real vector at each layer, so only the direction differs.
+    """
+    n_layers, d = lm.n_layers, lm.sites.d_model
+    parsed = {spec: parse_direction(spec, bank.names) for spec in directions}
+    for terms in parsed.values():
+        bank.check_defined(t.name for t in terms)
+    randoms = {s: random_unit(n_layers, d, seed + s) for s in range(n_random)}
+    appraisal_names = [n for n in bank.names if n not in EMOTIONS]
+    out: list[Condition] = []
+    for centre in windows:
+        layers = tuple(window_layers(centre, span, n_layers))
+        for position in positions:
+            ref = None if ref_norm is None else ref_norm[position][[bank.layers.index(x) for x in layers]]
+            for beta in betas:
+                norms = None
+                controls_done: set[str] = set()
+                for terms in parsed.values():
+                    unit = combine(bank, terms, layers, partial, fixed)
+                    vec = scaled(unit, beta, scale, ref)
+                    norms = vec.norm(dim=-1, keepdim=True)
+                    out.append(Condition(format_terms(terms), "real", centre, layers, float(beta), position, vec))
+                    ctrl = pick_control(terms, appraisal_names, None if control == "auto" else control) \
+                        if control else None
+                    if ctrl is not None and ctrl not in controls_done:
+                        controls_done.add(ctrl)
+                        bank.check_defined([ctrl])
+                        cu = combine(bank, [Term(ctrl, 1.0)], layers, False)
+                        out.append(Condition(f"control:{ctrl}+", "specificity", centre, layers, float(beta),
+                                             position, cu * norms))
+                if norms is None:
+                    norms = scaled(torch.ones(len(layers), 1), beta, scale, ref).abs()
+                for s, r in randoms.items():
+                    out.append(Condition(f"random:{seed + s}", "random", centre, layers, float(beta), position,
+                                         r[list(layers)] * norms))
+    return out
+
+
+def sweep(lm, dataset, directions: Sequence[str], *, bank: ConceptBank | None = None, method: str = "diffmean",
+          windows: Sequence[int] | str = "auto", span: int = 3, betas: Sequence[float] = (1, 2, 4),
+          positions: Sequence[str] = ("last",), scale: str = "unit", partial: bool = False,
+          fixed: Sequence[str] | None = None, n_random: int = 3, control: str | None = "auto",
+          spec: PromptSpec | None = None, fit_dataset=None, batch_size: int = 16, max_rows: int = 64,
+          n_boot: int = 200, seed: int = 0, progress: bool = False) -> SweepResult:
+    """Steer ``dataset``'s prompts along each direction over windows × β × positions, with controls.
+
+    Directions come from ``bank`` or are computed with ``method`` from residuals captured on
+    ``fit_dataset`` (default: ``dataset``). Returns a tidy table (:data:`COLUMNS`); β = 0 rows
+    (the clean run) are included for every real direction, so dose-response curves start at 0.
+    """
+    for p in positions:
+        if p not in ("last", "prompt"):
+            raise EmolensError(f"position {p!r} cannot steer a label readout",
+                               "use last or prompt here; 'generated' applies to steered generation")
+    if scale not in SCALES:
+        raise EmolensError(f"unknown scale {scale!r}", f"use one of {list(SCALES)}")
+    spec = spec or PromptSpec()
+    centres = parse_windows(windows if not isinstance(windows, str) else windows, span, lm.n_layers)
+    layers = sorted({x for c in centres for x in window_layers(c, span, lm.n_layers)})
+    prompts = build_prompts(dataset.texts, spec, lm.tokenizer)
+    if bank is None:
+        fit = fit_dataset if fit_dataset is not None else dataset
+        fit_prompts = prompts if fit is dataset else build_prompts(fit.texts, spec, lm.tokenizer)
+        X = capture_resid(lm, fit_prompts, layers, batch_size)
+        bank = compute_bank(X, layers, fit, method, seed=seed)
+    ref_norm = {p: mean_resid_norm(lm, prompts, bank.layers, p, batch_size) for p in positions} \
+        if scale == "relative" else {}
+    conditions = build_conditions(lm, bank, directions, centres, span, betas, positions, scale,
+                                  ref_norm or None, partial, fixed, n_random, control, seed)
+    reader = LabelReader.build(lm.tokenizer, spec.labels, prompts[0].text, prompts[0].label_prefix)
+    clean, scores = run_conditions(lm, prompts, reader, conditions, batch_size, max_rows, progress)
+    rows = []
+    common = dict(method=bank.method, partial=bool(partial), scale=scale)
+    done_zero: set[tuple] = set()
+    for c, s in zip(conditions, scores, strict=True):
+        base = clean[(c.layers, c.position)]
+        meta = dict(direction=c.direction, kind=c.kind, window=c.window, layers=_layers_text(c.layers),
+                    position=c.position, **common)
+        for r in outcome_rows(base, s, spec.labels, n_boot, seed):
+            rows.append({**meta, "beta": c.beta, **r})
+        key = (c.direction, c.window, c.position)
+        if key not in done_zero:
+            done_zero.add(key)
+            for r in outcome_rows(base, base, spec.labels, n_boot, seed):
+                rows.append({**meta, "beta": 0.0, **r})
+    frame = pd.DataFrame(rows)[list(COLUMNS)]
+    info = {"n_items": len(dataset), "windows": centres, "span": span, "betas": list(map(float, betas)),
+            "positions": list(positions), "n_random": n_random, "seed": seed,
+            "label_scoring": reader.describe(), "fixed": list(fixed) if fixed is not None else "default"}
+    return SweepResult(frame, conditions, scores, clean, bank, ref_norm, info)
+
+
+def _layers_text(layers: Sequence[int]) -> str:
+    return f"{layers[0]}-{layers[-1]}" if len(layers) > 1 else str(layers[0])
+
+
+# ----------------------------------------------------------------------------------------------
+# steered generation
+
+
+@torch.no_grad()
+def continuation_logprob(lm, prompts: Sequence[str], continuations: Sequence[str]) -> np.ndarray:
+    """Mean per-token log-probability of each continuation given its prompt, under the *unsteered* model.
+
+    The fluency guard: steering that breaks the model produces text the clean model finds very
+    unlikely (or repeats one token), which shows here before anyone reads the samples.
+    """
+    out = np.full(len(prompts), np.nan)
+    tok = lm.tokenizer
+    for i, (p, c) in enumerate(zip(prompts, continuations, strict=True)):
+        p_ids = tok(p, return_tensors="pt")["input_ids"]
+        c_ids = tok(c, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        if c_ids.shape[1] == 0:
+            continue
+        ids = torch.cat([p_ids, c_ids], 1).to(lm.device)
+        logits = lm.model(input_ids=ids).logits[0, p_ids.shape[1] - 1:-1].float()
+        lp = torch.log_softmax(logits, -1).gather(-1, c_ids[0].to(lm.device)[:, None]).squeeze(-1)
+        out[i] = float(lp.mean())
+    return out
+
+
+@torch.no_grad()
+def generate_steered(lm, texts: Sequence[str], layers: Sequence[int] | None = None,
+                     vector: torch.Tensor | None = None, position: str = "generated", max_new_tokens: int = 24,
+                     batch_size: int = 8) -> list[str]:
+    """Greedy continuations of ``texts`` with ``vector [L, d]`` added at ``layers``.
+
+    ``position``: ``last`` (the prompt's last token, prefill only), ``prompt`` (every prompt
+    token but the first) or ``generated`` (the last prompt token and every generated token, via
+    the KV-cached decode steps). ``vector=None`` generates unsteered.
+    """
+    tok = lm.tokenizer
+    tok.padding_side = "left"
+    out: list[str] = []
+    for s in range(0, len(texts), batch_size):
+        chunk = list(texts[s:s + batch_size])
+        enc = tok(chunk, return_tensors="pt", padding=True).to(lm.device)
+        kw = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
+        if vector is None:
+            gen = lm.model.generate(**enc, **kw)
+        else:
+            pmask = position_mask(enc["attention_mask"], position)
+            op = steering_op(layers, vector.to(lm.device, lm.dtype), pmask, every_token=position == "generated")
+            with Intervention(lm, [op]):
+                gen = lm.model.generate(**enc, **kw)
+        new = gen[:, enc["input_ids"].shape[1]:]
+        out.extend(tok.decode(row, skip_special_tokens=True) for row in new)
+    return out
+
+
+def degenerate(text: str, mean_logp: float, min_logp: float = -6.0, min_distinct: float = 0.3) -> bool:
+    """Flag a continuation as degenerate: very unlikely under the clean model, empty, or repetitive."""
+    words = text.split()
+    if not words or not np.isfinite(mean_logp):
+        return True
+    return mean_logp < min_logp or (len(words) >= 6 and len(set(words)) / len(words) < min_distinct)
+
+
+def steered_generations(lm, dataset, conditions: Sequence[Condition], n_items: int = 3,
+                        spec: PromptSpec | None = None, max_new_tokens: int = 24,
+                        clean_label: Callable | None = None) -> list[dict]:
+    """Continuations of ``n_items`` event descriptions, clean and under each condition, with readout.
+
+    The emotion of text + continuation is read by the model's own label scoring on the T1
+    prompt (unsteered); ``mean_logp`` is the fluency guard and ``degenerate`` its verdict.
+    """
+    spec = spec or PromptSpec()
+    texts = list(dataset.texts[:n_items])
+    ids = list(dataset.ids[:n_items])
+    clean = generate_steered(lm, texts, max_new_tokens=max_new_tokens)
+    records = []
+    settings: list[tuple[Condition | None, list[str]]] = [(None, clean)]
+    for c in conditions:
+        settings.append((c, generate_steered(lm, texts, list(c.layers), c.vector, c.position, max_new_tokens)))
+    for c, conts in settings:
+        full = [f"{t} {x.strip()}".strip() for t, x in zip(texts, conts, strict=True)]
+        prompts = build_prompts(full, spec, lm.tokenizer)
+        reader = LabelReader.build(lm.tokenizer, spec.labels, prompts[0].text, prompts[0].label_prefix)
+        scores = np.zeros((len(full), len(spec.labels)))
+        for batch in iter_batches(lm.tokenizer, prompts, 8, lm.device):
+            scores[batch.indices] = steered_label_scores(lm, reader, batch).double().cpu().numpy()
+        fluency = continuation_logprob(lm, texts, conts)
+        for i in range(len(texts)):
+            probs = np.exp(scores[i] - np.logaddexp.reduce(scores[i]))
+            records.append({
+                "id": ids[i], "text": texts[i], "direction": c.direction if c else "clean",
+                "kind": c.kind if c else "clean", "window": c.window if c else None,
+                "layers": _layers_text(c.layers) if c else None, "beta": c.beta if c else 0.0,
+                "position": c.position if c else None, "continuation": conts[i],
+                "emotion": spec.labels[int(scores[i].argmax())],
+                "probs": {lab: round(float(p), 4) for lab, p in zip(spec.labels, probs, strict=True)},
+                "mean_logp": None if not np.isfinite(fluency[i]) else round(float(fluency[i]), 4),
+                "degenerate": degenerate(conts[i], float(fluency[i])),
+            })
+    return records
