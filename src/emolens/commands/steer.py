@@ -1,0 +1,165 @@
+"""``emolens steer``: push the residual stream along appraisal directions and measure what changes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from emolens.errors import EmolensError
+
+
+def _floats(text: str, what: str) -> list[float]:
+    try:
+        values = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError as exc:
+        raise EmolensError(f"bad {what} {text!r}", "write numbers separated by commas, e.g. 1,2,4") from exc
+    if not values:
+        raise EmolensError(f"no {what} given", "write numbers separated by commas, e.g. 1,2,4")
+    return values
+
+
+def _bank(acts: str, lm, dataset, layers, method, seed):
+    from emolens import steering
+
+    path = Path(acts)
+    if path.suffix == ".safetensors" or (path / "directions.safetensors").exists():
+        file = path if path.suffix == ".safetensors" else path / "directions.safetensors"
+        return steering.bank_from_file(file, method)
+    if not path.exists():
+        raise EmolensError(f"--acts {acts!r} does not exist", "pass an activation store folder or a .safetensors file")
+    return steering.bank_from_store(path, dataset, layers, method, seed=seed)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def steer(
+        model: str = typer.Option("gemma-3-270m", help="alias, hub id, local folder or .gguf file"),
+        data: str = typer.Option("crowd-envent", help="crowd-envent, stimuli, or a CSV/TSV/JSONL/zip path"),
+        out: Path = typer.Option(..., help="output folder"),
+        direction: list[str] = typer.Option(["pleasantness+"], help="signed terms, e.g. pleasantness+,"
+                                            "other_responsblt- (repeat the option for several directions)"),
+        acts: str = typer.Option("", help="activation store folder or directions.safetensors to take "
+                                 "directions from (default: capture them here)"),
+        method: str = typer.Option("diffmean", help="diffmean, probe (the paper) or pca"),
+        partial: bool = typer.Option(False, help="project the kept-fixed appraisals out of each term"),
+        fixed: str = typer.Option("", help="appraisals held fixed with --partial (default: the paper's four "
+                                  "surgery appraisals not steered)"),
+        windows: str = typer.Option("auto", help="window centre layers (0-indexed), e.g. 3,5,8, or auto"),
+        span: int = typer.Option(3, help="layers per window"),
+        beta: str = typer.Option("1,2,4", help="strengths"),
+        scale: str = typer.Option("unit", help="unit (β in raw units, the paper) or relative (β × mean "
+                                  "residual norm at the layer)"),
+        positions: str = typer.Option("last", help="last, prompt and/or generated (comma-separated)"),
+        n_random: int = typer.Option(3, help="random-direction controls per condition"),
+        control: str = typer.Option("auto", help="specificity-control appraisal, auto, or none"),
+        reference: str = typer.Option("ratings", help="theory reference: ratings (z-scored mean rating per "
+                                      "emotion) or classifier (human-baseline coefficients)"),
+        limit: int = typer.Option(0, help="seeded label-stratified sample of N items (0 = all)"),
+        generate: int = typer.Option(0, help="write steered continuations of this many items"),
+        max_new_tokens: int = typer.Option(24, help="tokens per continuation"),
+        seed: int = typer.Option(0, help="seed of the sample, random directions and bootstrap"),
+        batch_size: int = typer.Option(16, help="items per forward"),
+        max_rows: int = typer.Option(64, help="rows per forward when conditions are stacked"),
+        device: str = typer.Option("auto", help="auto, cpu, cuda ..."),
+        dtype: str = typer.Option("auto", help="auto, float32, bfloat16, float16"),
+        force: bool = typer.Option(False, help="overwrite an existing result in --out"),
+    ) -> None:
+        """Steering sweep with random and specificity controls, theory alignment and steered generation."""
+        import json
+        import time
+
+        from emolens import steering, theory
+        from emolens.commands.readout import prepare_out_dir
+        from emolens.data import load_dataset
+        from emolens.model import load_model
+        from emolens.paths import dump_json
+        from emolens.probe_eval import save_directions
+        from emolens.steering import plot_dose_response, plot_label_bars
+
+        if method not in steering.METHODS:
+            raise EmolensError(f"unknown method {method!r}", f"use one of {list(steering.METHODS)}")
+        if scale not in steering.SCALES:
+            raise EmolensError(f"unknown scale {scale!r}", f"use one of {list(steering.SCALES)}")
+        if reference not in ("ratings", "classifier"):
+            raise EmolensError(f"unknown reference {reference!r}", "use ratings or classifier")
+        pos = [p.strip() for p in positions.split(",") if p.strip()]
+        for p in pos:
+            if p not in steering.POSITIONS:
+                raise EmolensError(f"unknown position {p!r}", f"use {list(steering.POSITIONS)}")
+        sweep_pos = [p for p in pos if p != "generated"]
+        gen_pos = "generated" if "generated" in pos else (sweep_pos[0] if sweep_pos else "generated")
+        if not sweep_pos and not generate:
+            raise EmolensError("--positions generated only applies to steered generation", "add --generate N")
+        betas = _floats(beta, "beta")
+        dirs = [d for spec in direction for d in spec.split(";") if d.strip()]
+        dataset = load_dataset(data)
+        if limit:
+            dataset = dataset.sample(limit, seed=seed)
+        known = list(dataset.appraisal_names) + list(steering.EMOTIONS)
+        parsed = {d: steering.parse_direction(d, known) for d in dirs}  # bad syntax fails before loading
+        fixed_list = [f.strip() for f in fixed.split(",") if f.strip()] or None
+        for f in fixed_list or []:
+            if f not in known:
+                raise EmolensError(f"unknown appraisal {f!r} in --fixed", f"use one of {known}")
+        out_dir = prepare_out_dir(out, force, marker="steering.parquet")
+        lm = load_model(model, dtype=dtype, device=device)
+        centres = steering.parse_windows(windows, span, lm.n_layers)
+        layers = sorted({x for c in centres for x in steering.window_layers(c, span, lm.n_layers)})
+        bank = _bank(acts, lm, dataset, layers, method, seed) if acts else None
+        start = time.perf_counter()
+        result = steering.sweep(
+            lm, dataset, dirs, bank=bank, method=method, windows=centres, span=span, betas=betas,
+            positions=sweep_pos or ["last"], scale=scale, partial=partial, fixed=fixed_list, n_random=n_random,
+            control=None if control == "none" else control, batch_size=batch_size, max_rows=max_rows, seed=seed,
+            progress=True)
+        seconds = time.perf_counter() - start
+        frame = result.frame.assign(model=model)
+        frame.to_parquet(out_dir / "steering.parquet", index=False)
+        save_directions(out_dir / "directions.safetensors",
+                        {f"bank/{result.bank.method}": result.bank.vectors},
+                        {"layers": result.bank.layers, "names": result.bank.names, "model": model})
+        appraisals = [n for n in dataset.appraisal_names]
+        ref = theory.rating_profile(dataset, appraisals) if reference == "ratings" \
+            else theory.classifier_profile(dataset, appraisals)
+        terms = {steering.format_terms(t): [(x.name, x.sign) for x in t] for t in parsed.values()}
+        align, cells = theory.sweep_alignment(result.frame, ref, terms)
+        if len(align):
+            align = align.assign(model=model, reference=reference)
+        align.to_parquet(out_dir / "alignment.parquet", index=False)
+        cells.to_parquet(out_dir / "alignment_cells.parquet", index=False)
+        figures = []
+        for name in terms:
+            figures.append(plot_label_bars(result.frame, name, out_dir / f"labels_{_slug(name)}.png"))
+        figures.append(plot_dose_response(result.frame, out_dir / "dose_response.png"))
+        n_gen = 0
+        if generate:
+            top = max(betas)
+            chosen = [c for c in result.conditions if c.kind in ("real", "specificity") and c.beta == top
+                      and c.window == centres[len(centres) // 2] and c.position == (sweep_pos or ["last"])[0]]
+            chosen += [c for c in result.conditions if c.kind == "random" and c.beta == top
+                       and c.window == centres[len(centres) // 2] and c.position == (sweep_pos or ["last"])[0]][:1]
+            chosen = [steering.Condition(c.direction, c.kind, c.window, c.layers, c.beta, gen_pos, c.vector)
+                      for c in chosen]
+            records = steering.steered_generations(lm, dataset, chosen, generate, max_new_tokens=max_new_tokens)
+            with open(out_dir / "generations.jsonl", "w") as fh:
+                for r in records:
+                    fh.write(json.dumps(r) + "\n")
+            n_gen = len(records)
+        summary = {"model": model, "source_id": lm.source_id, "data": data, "dataset_fingerprint":
+                   dataset.fingerprint(), "directions": list(terms), "method": method, "partial": partial,
+                   "scale": scale, "reference": reference, "seconds_sweep": round(seconds, 2),
+                   "figures": [str(f) for f in figures], "generations": n_gen, **result.info}
+        dump_json(out_dir / "summary.json", summary)
+        head = align[align.metric == "alignment"] if len(align) else align
+        line = f"{len(result.conditions)} conditions on {len(dataset)} items in {seconds:.1f}s"
+        if len(head):
+            best = head.sort_values("value", ascending=False).iloc[0]
+            line += (f"; best theory alignment {best.value:.2f} (p={best.p_value:.2g}) at window {best.window}, "
+                     f"beta {best.beta:g}")
+        typer.echo(f"{line}; results in {out_dir}")
+
+
+def _slug(text: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "_-" else ("p" if ch == "+" else "m" if ch == "-" else "_")
+                   for ch in text)
