@@ -1,0 +1,300 @@
+"""Steering: exactness of the hooks, direction algebra, scaling, controls, scores and theory alignment."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from emolens import steering as st
+from emolens import theory
+from emolens.batching import encode
+from emolens.errors import EmolensError
+from emolens.hooks import Capture, Intervention
+from emolens.labels import EMOTIONS
+from emolens.prompts import build_prompts
+from emolens.readout import LabelReader
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Two shared CPU cores: one torch thread is ~10x faster than two under contention."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def stim():
+    from emolens.stimuli import load_stimuli
+
+    return load_stimuli("all").sample(16, seed=0)
+
+
+@pytest.fixture(scope="module")
+def batch(tiny_llama, stim):
+    return encode(tiny_llama.tokenizer, build_prompts(stim.texts[:6], None, tiny_llama.tokenizer))
+
+
+def _logits(lm, batch, op=None):
+    with torch.no_grad():
+        if op is None:
+            return lm.model(**batch.model_inputs()).logits
+        with Intervention(lm, [op], batch_mask=batch.attention_mask):
+            return lm.model(**batch.model_inputs()).logits
+
+
+def _vec(lm, n_layers, scale=30.0, seed=1):
+    return torch.randn(n_layers, lm.sites.d_model, generator=torch.Generator().manual_seed(seed)) * scale
+
+
+# ---------------------------------------------------------------------------------------------- exactness
+
+
+@pytest.mark.parametrize("position", ["last", "prompt"])
+def test_beta_zero_is_bit_identical_and_removal_restores(tiny_llama, batch, position):
+    lm = tiny_llama
+    clean = _logits(lm, batch)
+    mask = st.position_mask(batch.attention_mask, position)
+    zero = st.scaled(torch.ones(2, lm.sites.d_model) / lm.sites.d_model ** 0.5, 0.0)
+    assert torch.equal(_logits(lm, batch, st.steering_op([0, 1], zero, mask)), clean)
+    steered = _logits(lm, batch, st.steering_op([0, 1], _vec(lm, 2), mask))
+    assert not torch.allclose(steered, clean)
+    assert torch.equal(_logits(lm, batch), clean)  # hooks gone: the model is exactly restored
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in lm.model.modules())
+    reader = LabelReader.build(lm.tokenizer, EMOTIONS, "Context: x Answer:")
+    base = st.steered_label_scores(lm, reader, batch)
+    z = torch.zeros(len(batch), 2, lm.sites.d_model)
+    assert torch.equal(st.steered_label_scores(lm, reader, batch, [0, 1], z, mask), base)
+
+
+def test_window_leaves_earlier_activations_bit_identical(tiny_llama, batch):
+    lm = tiny_llama
+    caps = [Capture("embed", layers=0, positions="all", pool="mean", name="e"),
+            Capture("resid", layers=[0], positions=[-1, -2, 0], name="r0"),
+            Capture("attn", layers=[0, 1], positions=[-1, -2], name="a"),
+            Capture("resid", layers=[1, 2], positions=[-1], name="late")]
+    mask = st.position_mask(batch.attention_mask, "prompt")
+    with torch.no_grad():
+        with Intervention(lm, caps, batch_mask=batch.attention_mask) as clean:
+            lm.model(**batch.model_inputs())
+        with Intervention(lm, [st.steering_op([1, 2], _vec(lm, 2), mask), *caps],
+                          batch_mask=batch.attention_mask) as steered:
+            lm.model(**batch.model_inputs())
+    for key in ("e", "r0", "a"):  # layer 1's attention runs before layer 1's output is steered
+        assert torch.equal(clean.captures[key], steered.captures[key]), key
+    assert not torch.allclose(clean.captures["late"], steered.captures["late"])
+
+
+def test_generation_beta_zero_equals_plain_and_steering_changes_it(tiny_llama, stim):
+    lm = tiny_llama
+    texts = stim.texts[:3]
+    plain = st.generate_steered(lm, texts, max_new_tokens=5)
+    for position in ("generated", "last", "prompt"):
+        same = st.generate_steered(lm, texts, [0, 1], torch.zeros(2, lm.sites.d_model), position, 5)
+        assert same == plain
+    assert st.generate_steered(lm, texts, [0, 1], _vec(lm, 2, 80.0), "generated", 5) != plain
+    assert st.generate_steered(lm, texts, max_new_tokens=5) == plain
+
+
+# ---------------------------------------------------------------------------------------------- directions
+
+
+def _bank(n_layers=2, names=("a", "b", "c", "d"), d=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return st.ConceptBank(list(range(n_layers)), list(names), torch.randn(n_layers, len(names), d, generator=g),
+                          "diffmean")
+
+
+def test_partialled_direction_is_orthogonal_to_fixed_span_and_paper_variant_is_plain_sum():
+    bank = _bank()
+    terms = st.parse_direction("a+,b-", bank.names)
+    u = st.combine(bank, terms, [0, 1], partial=True, fixed=["c", "d"])
+    fixed = torch.stack([bank.get("c"), bank.get("d")], 1)  # [L, 2, d]
+    assert torch.allclose(u.norm(dim=-1), torch.ones(2), atol=1e-6)
+    assert torch.einsum("lkd,ld->lk", fixed, u).abs().max() < 1e-5
+    plain = st.combine(bank, terms, [0, 1], partial=False, fixed=["c", "d"])
+    want = bank.get("a") - bank.get("b")
+    assert torch.allclose(plain, want / want.norm(dim=-1, keepdim=True), atol=1e-6)
+    # a rank-deficient fixed set (c, d and c + d) is handled by the pseudo-inverse
+    bank.vectors[:, 3] = bank.vectors[:, 2] * 2.0
+    u2 = st.combine(bank, terms, [0, 1], partial=True, fixed=["c", "d"])
+    assert torch.einsum("ld,ld->l", bank.get("c"), u2).abs().max() < 1e-5
+    with pytest.raises(EmolensError, match="zero or undefined"):
+        st.combine(bank, st.parse_direction("c+", bank.names), [0], partial=True, fixed=["d"])
+
+
+def test_diffmean_equals_direct_computation_and_pca_sign():
+    g = np.random.default_rng(0)
+    X = torch.from_numpy(g.normal(size=(40, 2, 8))).float()
+    R = g.integers(1, 6, size=(40, 2)).astype(float)
+    R[3, 0] = np.nan
+    y = g.integers(0, 3, size=40)
+    y[5] = -1
+    V = st.diffmean_directions(X, R, y, n_classes=3)
+    assert V.shape == (2, 5, 8)
+    for j in range(2):
+        hi, lo = R[:, j] >= 4, R[:, j] <= 2
+        want = X[torch.from_numpy(hi)].mean(0) - X[torch.from_numpy(lo)].mean(0)
+        assert torch.allclose(V[:, j], want, atol=1e-5)
+    for k in range(3):
+        inn, out = y == k, (y != k) & (y >= 0)
+        want = X[torch.from_numpy(inn)].mean(0) - X[torch.from_numpy(out)].mean(0)
+        assert torch.allclose(V[:, 2 + k], want, atol=1e-5)
+    shift = torch.zeros(8)
+    shift[0] = 5.0
+    Xs = X + torch.from_numpy(R[:, 0:1] >= 4)[:, :, None].float() * shift
+    P = st.pca_directions(Xs, R[:, :1])
+    assert (P[:, 0, 0] > 0).all() and (P[:, 0, 0].abs() / P[:, 0].norm(dim=-1) > 0.8).all()
+
+
+def test_relative_scale_has_intended_norm(tiny_llama, stim):
+    lm = tiny_llama
+    prompts = build_prompts(stim.texts[:5], None, lm.tokenizer)
+    b = encode(lm.tokenizer, prompts)
+    with torch.no_grad():
+        hs = lm.model(**b.model_inputs(), output_hidden_states=True).hidden_states
+    for position in ("last", "prompt"):
+        ref = st.mean_resid_norm(lm, prompts, [0, 1], position, batch_size=2)
+        m = st.position_mask(b.attention_mask, position)
+        want = torch.stack([hs[layer + 1][m].norm(dim=-1).mean() for layer in (0, 1)])
+        assert torch.allclose(ref, want, rtol=1e-4)
+        unit = st.random_unit(2, lm.sites.d_model, 3)
+        v = st.scaled(unit, 0.5, "relative", ref)
+        assert torch.allclose(v.norm(dim=-1), 0.5 * ref, rtol=1e-5)
+    first = st.position_mask(b.attention_mask, "prompt")
+    rows = torch.arange(len(b))
+    assert not first[rows, b.attention_mask.int().argmax(1)].any()  # the sink is never steered
+
+
+def test_controls_are_norm_matched(tiny_llama, stim):
+    lm = tiny_llama
+    X = torch.randn(len(stim), 3, lm.sites.d_model, generator=torch.Generator().manual_seed(0))
+    bank = st.compute_bank(X, [0, 1, 2], stim)
+    ref = {"last": torch.tensor([2.0, 3.0, 5.0])}
+    conds = st.build_conditions(lm, bank, ["pleasantness+,other_responsblt-"], [0, 1], 1, [1.0, 2.0], ["last"],
+                                "relative", ref, n_random=3)
+    kinds = {c.kind for c in conds}
+    assert kinds == {"real", "random", "specificity"}
+    for window in (0, 1):
+        for beta in (1.0, 2.0):
+            group = [c for c in conds if c.window == window and c.beta == beta]
+            real = next(c for c in group if c.kind == "real").vector.norm(dim=-1)
+            assert torch.allclose(real, beta * ref["last"][[window]], rtol=1e-5)
+            for c in group:
+                assert torch.allclose(c.vector.norm(dim=-1), real, rtol=1e-5), c.direction
+            rnd = [c.vector for c in group if c.kind == "random"]
+            assert len(rnd) == 3 and not torch.allclose(rnd[0], rnd[1])
+    spec = next(c for c in conds if c.kind == "specificity")
+    assert spec.direction == "control:familiarity+"
+
+
+def test_success_score_formula():
+    got = st.success_score([0.2, 0.5, 0.3, 0.0, 1.0, 0.4], [0.6, 0.25, 0.3, 1.0, 0.0, 0.4])
+    assert np.allclose(got, [0.5, -0.5, 0.0, 1.0, -1.0, 0.0])
+    clean = np.log(np.array([[0.7, 0.2, 0.1], [0.6, 0.3, 0.1], [0.1, 0.8, 0.1], [0.2, 0.2, 0.6]]))
+    steered = clean.copy()
+    steered[:, 2] += 5  # everything flips to label c
+    rows = pd.DataFrame(st.outcome_rows(clean, steered, ["a", "b", "c"], n_boot=50))
+    s = rows[rows.metric == "success"].set_index("label")["value"]
+    assert s["c"] == pytest.approx(1.0) and s["a"] == pytest.approx(-1.0)
+    assert rows[rows.metric == "flip_rate"]["value"].item() == pytest.approx(0.75)
+    assert (rows[rows.metric == "delta_logp"].set_index("label")["value"]["c"] > 0)
+
+
+# ---------------------------------------------------------------------------------------------- theory
+
+
+def test_theory_alignment_identity_and_permutation():
+    g = np.random.default_rng(0)
+    ref = pd.DataFrame(g.normal(size=(3, 13)), index=["p+", "o+", "s+"], columns=list(EMOTIONS))
+    same = theory.alignment(ref.copy(), ref)
+    assert same.score == pytest.approx(1.0) and same.spearman == pytest.approx(1.0)
+    assert same.sign_agreement == 1.0
+    perm = ref.copy()
+    perm[:] = ref.to_numpy()[:, g.permutation(13)]
+    worse = theory.alignment(perm, ref)
+    assert worse.score < same.score and worse.sign_agreement < 1.0
+    rnd = pd.DataFrame(g.normal(size=(9, 13)), columns=list(EMOTIONS))
+    with_null = theory.alignment(ref.copy(), ref, rnd)
+    assert with_null.p_value == pytest.approx(0.1) and with_null.n_random == 9
+    assert len(with_null.cells) == 3 * 13
+
+
+def test_rating_profile_and_combination_reference(stim):
+    prof = theory.rating_profile(stim, ["pleasantness", "other_responsblt"])
+    assert list(prof.columns) == list(EMOTIONS)
+    joy = [i for i, lab in enumerate(stim.labels) if lab == "joy"]
+    if joy:
+        r = stim.appraisal("pleasantness")
+        z = (r - r.mean()) / r.std()
+        assert prof.loc["pleasantness", "joy"] == pytest.approx(z[joy].mean(), rel=1e-5)
+    combo = theory.reference_for([("pleasantness", 1.0), ("other_responsblt", -1.0)], prof)
+    assert np.allclose(combo.fillna(0), (prof.loc["pleasantness"] - prof.loc["other_responsblt"]).fillna(0))
+
+
+# ---------------------------------------------------------------------------------------------- input checks
+
+
+def test_bad_inputs_are_one_line_errors():
+    names = ["pleasantness", "other_responsblt", "joy"]
+    assert st.parse_direction("pleasantness+, other_responsblt-", names) == (
+        st.Term("pleasantness", 1.0), st.Term("other_responsblt", -1.0))
+    assert st.parse_direction("joy", names) == (st.Term("joy", 1.0),)
+    for bad, match in (("pleasentness+", "unknown appraisal"), ("pleasantness*", "bad direction term"),
+                       ("pleasantness++", "bad direction term"), ("", "empty"), ("joy+,joy-", "twice")):
+        with pytest.raises(EmolensError, match=match) as info:
+            st.parse_direction(bad, names)
+        assert "\n" not in str(info.value)
+    with pytest.raises(EmolensError, match="falls outside"):
+        st.parse_windows("0,5", 3, 6)
+    assert st.parse_windows("auto", 3, 6) == [1, 2, 3, 4]
+    assert st.parse_windows("auto", 3, 30) == sorted(set(st.parse_windows("auto", 3, 30)))
+    assert len(st.parse_windows("auto", 3, 30)) == 8
+    assert st.window_layers(4, 3, 10) == [3, 4, 5]
+
+
+# ---------------------------------------------------------------------------------------------- end to end
+
+
+def test_sweep_and_cli_end_to_end(tmp_path, stim):
+    from emolens.cli import main
+
+    out = tmp_path / "run"
+    main(["steer", "--model", "tiny:llama", "--data", "stimuli", "--limit", "12", "--direction",
+          "pleasantness+;other_responsblt-", "--windows", "1", "--span", "3", "--beta", "2,8", "--scale",
+          "relative", "--positions", "last,generated", "--n-random", "3", "--generate", "1",
+          "--max-new-tokens", "4", "--out", str(out)])
+    frame = pd.read_parquet(out / "steering.parquet")
+    assert set(st.COLUMNS) <= set(frame.columns)
+    assert set(frame.kind) == {"real", "random", "specificity"}
+    assert sorted(frame.beta.unique()) == [0.0, 2.0, 8.0]
+    zero = frame[(frame.beta == 0) & (frame.metric == "flip_rate")]
+    assert (zero.value == 0).all()
+    align = pd.read_parquet(out / "alignment.parquet")
+    assert {"alignment", "spearman", "sign_agreement"} <= set(align.metric)
+    assert (align[align.metric == "alignment"].n_random == 3).all()
+    gens = [json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines()]
+    assert gens[0]["direction"] == "clean" and {"continuation", "emotion", "mean_logp", "degenerate"} <= set(gens[0])
+    assert (out / "dose_response.png").exists() and (out / "labels_pleasantnessp.png").exists()
+    with pytest.raises(SystemExit) as info:
+        main(["steer", "--model", "tiny:llama", "--data", "stimuli", "--direction", "pleasantness+",
+              "--windows", "9", "--out", str(tmp_path / "bad")])
+    assert info.value.code == 2
+
+
+@pytest.mark.real_model
+def test_real_model_steering_moves_labels(real_model):
+    from emolens.stimuli import load_stimuli
+
+    ds = load_stimuli("singles").sample(4, seed=1)
+    res = st.sweep(real_model, ds, ["pleasantness-"], windows=[6], span=3, betas=[0.5], scale="relative",
+                   n_random=1, control=None, batch_size=4)
+    frame = res.frame
+    assert (frame[(frame.beta == 0) & (frame.metric == "flip_rate")].value == 0).all()
+    real = frame[(frame.kind == "real") & (frame.beta == 0.5) & (frame.metric == "delta_logp")]
+    assert real.value.abs().max() > 0.01 and real.n.eq(4).all()
