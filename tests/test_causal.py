@@ -1,0 +1,239 @@
+"""Causal analyses: windows, ablation, patching and attention-edge knockout on tiny models."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from emolens.causal import Scorer, Window, clean_pass, explicit_window, layer_windows, make_batches, run_conditions
+from emolens.causal_ablation import ablation_condition, derangement, norm_matched_noise
+from emolens.causal_patching import draw_pairs, normalised_difference, patch, patch_condition
+from emolens.data import load_dataset
+from emolens.errors import EmolensError
+from emolens.hooks import Capture, Set
+from emolens.knockout import EdgeKnockout, positions_mask
+from emolens.prompts import PromptSpec, build_prompts
+from emolens.readout import LabelReader
+
+TEXTS = ["My dog died last week.", "I was recognised for doing well at work by my line manager today.",
+         "I saw mouldy food.", "A stranger returned my lost wallet with all the cash still inside it.",
+         "I failed the exam.", "My flight was cancelled and nobody told us why for hours."]
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_llama):
+    prompts = build_prompts(TEXTS, PromptSpec(), tiny_llama.tokenizer)
+    reader = LabelReader.build(tiny_llama.tokenizer, prompt_text=prompts[0].text, prefix=prompts[0].label_prefix)
+    return tiny_llama, prompts, reader
+
+
+def test_windows():
+    w = layer_windows(16, [1, 3, 5])
+    assert [x.center for x in w if x.span == 3] == list(range(1, 15))
+    assert [x.center for x in w if x.span == 5] == list(range(2, 14))
+    assert Window(10, 5, (8, 9, 10, 11, 12)) in w
+    assert explicit_window([3, 1, 2], 16) == Window(2, 3, (1, 2, 3))
+    for bad in ([2], [17]):
+        with pytest.raises(EmolensError):
+            layer_windows(16, bad)
+    with pytest.raises(EmolensError):
+        layer_windows(16, [3], centers=[0])
+
+
+def test_self_patch_and_clean_set_are_bit_identical(setup):
+    lm, prompts, reader = setup
+    scorer = Scorer(lm, reader)
+    batches = make_batches(lm, prompts, 4)
+    for path, position in (("fast", -1), ("full", -2)):
+        caps = [Capture(s, layers="all", positions=[position], name=s) for s in ("resid", "attn", "heads")]
+        clean = clean_pass(scorer, batches, len(prompts), caps if path == "fast" else (),
+                           caps if path == "full" else (), paths=(path,))
+        src = np.arange(len(prompts))  # each target patched with its own activations
+        conds = [patch_condition(site, Window(1, 3, (0, 1, 2)), position, head, clean.captures[path], site, src,
+                                 path == "fast") for site, head in (("resid", None), ("attn", None), ("heads", 1))]
+        for got in run_conditions(scorer, batches, len(prompts), conds):
+            assert np.array_equal(got, clean.scores[path])
+
+
+def test_fast_path_matches_full_forward(setup):
+    lm, prompts, reader = setup
+    scorer = Scorer(lm, reader)
+    batches = make_batches(lm, prompts, 3)
+    clean = clean_pass(scorer, batches, len(prompts), paths=("fast", "full"))
+    np.testing.assert_allclose(clean.scores["fast"], clean.scores["full"], atol=1e-4)
+    w = Window(1, 1, (1,))
+    conds = [ablation_condition("zero", "attn", w, -1, None, clean, "", None, 0, fast) for fast in (True, False)]
+    fast, full = run_conditions(scorer, batches, len(prompts), conds)
+    np.testing.assert_allclose(fast, full, atol=1e-4)
+    assert not np.allclose(fast, clean.scores["fast"], atol=1e-6)
+
+
+def test_resid_last_layer_transfers_and_batching_is_invariant(setup):
+    lm, prompts, reader = setup
+    scorer = Scorer(lm, reader)
+    n = len(prompts)
+    clean = clean_pass(scorer, make_batches(lm, prompts, 4), n, [Capture("resid", layers="all", positions=[-1],
+                                                                         name="resid")], paths=("fast",))
+    src = np.roll(np.arange(n), 1)
+    last = Window(lm.n_layers - 1, 1, (lm.n_layers - 1,))
+    out = {}
+    for bs in (1, 4):
+        cond = patch_condition("resid", last, -1, None, clean.captures["fast"], "resid", src, True)
+        out[bs] = run_conditions(scorer, make_batches(lm, prompts, bs), n, [cond])[0]
+    np.testing.assert_allclose(out[4], out[1], atol=1e-5)  # batched = one pair at a time
+    np.testing.assert_allclose(out[4], clean.scores["fast"][src], atol=1e-5)  # the source's own readout
+    assert (out[4].argmax(1) == clean.scores["fast"][src].argmax(1)).all()
+
+
+def test_patch_metrics_and_pairs(tiny_llama, tmp_path):
+    ds = load_dataset("stimuli").sample(24, seed=1)
+    pairs = draw_pairs(ds.ids, ds.labels, 12, seed=5)
+    assert pairs.equals(draw_pairs(ds.ids, ds.labels, 12, seed=5))
+    assert not pairs.equals(draw_pairs(ds.ids, ds.labels, 12, seed=6))
+    assert (pairs["source_label"] != pairs["target_label"]).all()
+    pairs.to_parquet(tmp_path / "pairs.parquet")
+    assert pd.read_parquet(tmp_path / "pairs.parquet").equals(pairs)
+    with pytest.raises(EmolensError):
+        draw_pairs(["a", "b"], ["joy", "joy"], 3)
+    last = Window(tiny_llama.n_layers - 1, 1, (tiny_llama.n_layers - 1,))
+    res = patch(tiny_llama, ds, pairs=pairs, sites=["resid"], windows=[last], batch_size=6, progress=False)
+    frame = res.frame.set_index("metric")
+    if frame.loc["transfer", "n"] > 0:
+        assert frame.loc["transfer", "value"] == 1.0
+        assert frame.loc["normalised_logit_diff", "value"] == pytest.approx(1.0, abs=1e-3)
+    # ND is 0 at the target's clean scores and 1 at the source's
+    src, tgt = np.array([[0.0, -1.0, -3.0]]), np.array([[-2.0, 0.0, -3.0]])
+    s, t = np.array([0]), np.array([1])
+    assert normalised_difference(tgt, src, tgt, s, t)[0] == 0.0
+    assert normalised_difference(src, src, tgt, s, t)[0] == 1.0
+
+
+def test_mean_and_random_ablation(setup):
+    lm, prompts, reader = setup
+    scorer = Scorer(lm, reader)
+    batches = make_batches(lm, prompts, 4)
+    clean = clean_pass(scorer, batches, len(prompts), [Capture("mlp", layers="all", positions=[-1], name="k")])
+    w = Window(1, 3, (0, 1, 2))
+    cond = ablation_condition("mean", "mlp", w, -1, None, clean, "k", None, 0, True)
+    op = cond.build(batches[0])[0][0]
+    assert torch.allclose(op.value, clean.captures["fast"]["k"].mean(0))  # the reference mean, per layer
+    x = torch.randn(5, 2, 64) * 3
+    rows = np.arange(5)
+    noise = norm_matched_noise(x, rows, "c")
+    torch.testing.assert_close(noise.norm(dim=-1), x.norm(dim=-1))
+    assert torch.equal(noise, norm_matched_noise(x, rows, "c"))
+    assert not torch.equal(noise, norm_matched_noise(x, rows, "other"))
+    assert torch.equal(noise[2:], norm_matched_noise(x[2:], rows[2:], "c"))  # batch-independent
+    perm = derangement(7, 0)
+    assert sorted(perm) == list(range(7)) and (perm != np.arange(7)).all()
+    # Set to the clean value changes nothing; zero ablation does
+    value = clean.captures["fast"]["k"][:, list(w.layers)]
+    clean_set = ablation_condition("zero", "mlp", w, -1, None, clean, "k", None, 0, True)
+    clean_set.build = lambda b: ([Set("mlp", layers=list(w.layers), positions=[-1], value=value[b.indices],
+                                      dims="blp")], None)
+    got = run_conditions(scorer, batches, len(prompts), [clean_set])[0]
+    assert np.array_equal(got, clean.scores["fast"])
+
+
+# ------------------------------------------------------------------------------ knockout
+
+_REF_BLOCK: dict = {}
+
+
+def _ref_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """Eager attention that zeroes the blocked weights and renormalises rows (the definition)."""
+    rep = query.shape[1] // key.shape[1]
+    key, value = key.repeat_interleave(rep, 1), value.repeat_interleave(rep, 1)
+    scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
+    w = query @ key.transpose(-1, -2) * scaling
+    if attention_mask is not None:
+        w = w + attention_mask[..., : key.shape[-2]]
+    w = torch.softmax(w.float(), -1)
+    block = _REF_BLOCK.get(id(module))
+    if block is not None:
+        w = w.masked_fill(block, 0.0)
+        w = w / w.sum(-1, keepdim=True)
+    return (w.to(value.dtype) @ value).transpose(1, 2).contiguous(), w
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3_text", "gpt2", "qwen2"])
+def test_knockout_equals_zero_and_renormalise(family):
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, eager_mask
+
+    from emolens.model import load_model
+    from emolens.sites import resolve_sites
+    from emolens.testing import tiny_model
+
+    AttentionInterface.register("emolens_ref", _ref_attention)
+    AttentionMaskInterface.register("emolens_ref", eager_mask)
+    lm = load_model(f"tiny:{family}", validate=False)
+    eager = load_model(f"tiny:{family}", attn_implementation="eager", validate=False)
+    ref = tiny_model(family, attn_implementation="emolens_ref")
+    ref_sites = resolve_sites(ref)
+    prompts = build_prompts(TEXTS[:3], PromptSpec(), lm.tokenizer)
+    batch = make_batches(lm, prompts, 3)[0]  # padded rows
+    inputs = batch.model_inputs()
+    layers, heads = [1, 2], [0, 2]
+    queries, keys = positions_mask(batch, -1), positions_mask(batch, "context")
+    plain = lm.model(**inputs).logits[:, -1]
+    for model in (lm, eager):
+        with EdgeKnockout(model, layers, queries, positions_mask(batch, "none")):
+            assert torch.equal(model.model(**inputs).logits[:, -1], model.model(**inputs).logits[:, -1])
+    with EdgeKnockout(lm, layers, queries, positions_mask(batch, "none")):
+        assert torch.equal(lm.model(**inputs).logits[:, -1], plain)  # empty knockout: bit-identical
+    ko = EdgeKnockout(lm, layers, queries, keys, heads)
+    with ko:
+        got_sdpa = lm.model(**inputs).logits[:, -1]
+    with EdgeKnockout(eager, layers, queries, keys, heads):
+        got_eager = eager.model(**inputs).logits[:, -1]
+    T = batch.input_ids.shape[1]
+    _REF_BLOCK.clear()
+    for layer in layers:
+        _REF_BLOCK[id(ref_sites.point("attn", layer).module)] = ko.block(T, batch.input_ids.device)
+    try:
+        want = ref(**inputs).logits[:, -1]
+    finally:
+        _REF_BLOCK.clear()
+    assert not torch.allclose(got_sdpa, plain, atol=1e-4)
+    torch.testing.assert_close(got_sdpa, want, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(got_eager, want, atol=1e-4, rtol=1e-4)
+
+
+def test_knockout_fast_path_and_errors(setup):
+    from emolens.knockout import knockout
+
+    lm, prompts, reader = setup
+    ds = load_dataset("stimuli").sample(6, seed=0)
+    w = [Window(1, 3, (0, 1, 2))]
+    fast = knockout(lm, ds, keys=["context"], windows=w, batch_size=3, progress=False)
+    full = knockout(lm, ds, keys=["context"], windows=w, batch_size=3, fast=False, progress=False)
+    np.testing.assert_allclose(fast.scores[0], full.scores[0], atol=1e-4)
+    batch = make_batches(lm, prompts, 2)[0]
+    starve = EdgeKnockout(lm, [0], positions_mask(batch, -1), positions_mask(batch, "all"))
+    with pytest.raises(EmolensError), starve:  # blocking every key leaves the query nothing to read
+        lm.model(**batch.model_inputs())
+    with pytest.raises(EmolensError):
+        EdgeKnockout(lm, [0], positions_mask(batch, -1), positions_mask(batch, "context"), heads=[9])
+
+
+@pytest.mark.real_model
+def test_real_model_noop_knockout_and_resid_transfer(real_model):
+    lm = real_model
+    prompts = build_prompts(TEXTS[:4], PromptSpec(), lm.tokenizer)
+    reader = LabelReader.build(lm.tokenizer, prompt_text=prompts[0].text, prefix=prompts[0].label_prefix)
+    scorer = Scorer(lm, reader)
+    batches = make_batches(lm, prompts, 4)
+    clean = clean_pass(scorer, batches, 4, [Capture("resid", layers="all", positions=[-1], name="resid")])
+    batch = batches[0]
+    prefix = scorer.prefix(batch)
+    empty = EdgeKnockout(lm, [5, 6], positions_mask(batch, -1), positions_mask(batch, "none"))
+    got, _ = scorer.run(batch, knock=empty, prefix=prefix)
+    assert np.array_equal(got.numpy(), clean.scores["fast"][batch.indices])
+    src = np.roll(np.arange(4), 1)
+    last = Window(lm.n_layers - 1, 1, (lm.n_layers - 1,))
+    cond = patch_condition("resid", last, -1, None, clean.captures["fast"], "resid", src, True)
+    out = run_conditions(scorer, batches, 4, [cond])[0]
+    assert (out.argmax(1) == clean.scores["fast"][src].argmax(1)).all()
