@@ -114,20 +114,33 @@ class _Windowed(_Section):
     max_items: int = Field(0, ge=0)
 
 
+def _odd_spans(value: list[int]) -> list[int]:
+    bad = [v for v in value if v < 1 or v % 2 == 0]
+    if bad or not value:
+        raise ValueError(f"spans must be positive odd numbers (windows are centred on a layer), got {value}")
+    return value
+
+
 class AblateConfig(_Windowed):
     kinds: list[Literal["zero", "random", "mean"]] = Field(default_factory=lambda: ["zero", "random"])
     spans: list[int] = Field(default_factory=lambda: [1, 3])
+
+    _spans = field_validator("spans")(classmethod(lambda cls, v: _odd_spans(v)))
 
 
 class PatchConfig(_Windowed):
     spans: list[int] = Field(default_factory=lambda: [1, 3, 5])
     pairs: int = Field(200, ge=1)
 
+    _spans = field_validator("spans")(classmethod(lambda cls, v: _odd_spans(v)))
+
 
 class KnockoutConfig(_Windowed):
     spans: list[int] = Field(default_factory=lambda: [3])
     #: attention edges cut from the answer cue to these prompt parts
     sources: list[str] = Field(default_factory=lambda: ["context", "shots", "instruction"])
+
+    _spans = field_validator("spans")(classmethod(lambda cls, v: _odd_spans(v)))
 
 
 class SteerConfig(_Windowed):
@@ -165,7 +178,8 @@ class StudyConfig(_Section):
     sites: list[str] = Field(default_factory=lambda: ["attn", "mlp", "resid"], min_length=1)
     layers: Literal["all"] | list[int] = "all"
     positions: list[int] = Field(default_factory=lambda: [-1], min_length=1)
-    stages: list[StageName] = Field(default_factory=lambda: list(STAGE_ORDER), min_length=1)
+    stages: list[StageName] = Field(default_factory=lambda: [s for s in STAGE_ORDER if s != "robustness"],
+                                    min_length=1)
     readout: ReadoutConfig = Field(default_factory=ReadoutConfig)
     extract: ExtractConfig = Field(default_factory=ExtractConfig)
     probe: ProbeConfig = Field(default_factory=ProbeConfig)

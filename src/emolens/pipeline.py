@@ -346,15 +346,155 @@ def _probe(ctx: StageContext) -> dict:
     return summary
 
 
-# -- stages whose analysis modules have not landed yet -------------------------------------------
+# -- causal analyses (emolens.causal*, emolens.knockout) -----------------------------------------
 
-for _name, _section in (("ablate", lambda c: {"items": c.items, "sites": c.sites, "positions": c.positions,
-                                               "seed": c.seed, **_dump(c.ablate)}),
-                        ("patch", lambda c: {"items": c.items, "sites": c.sites, "positions": c.positions,
-                                              "seed": c.seed, **_dump(c.patch)}),
-                        ("knockout", lambda c: {"items": c.items, "seed": c.seed, **_dump(c.knockout)}),
-                        ("steer", lambda c: {"items": c.items, "seed": c.seed, **_dump(c.steer)})):
-    STAGES[_name] = StageDef(_name, None, _section, STAGE_NEEDS[_name])
+
+def _causal_windows(ctx: StageContext, section) -> list:
+    from emolens.causal import layer_windows
+
+    out = []
+    for span in section.spans:
+        out += layer_windows(ctx.n_layers(), [span], [c for c, _ in ctx.windows(span, section)])
+    return out
+
+
+def _save_causal(ctx: StageContext, result, name: str) -> dict:
+    frame = result.frame.copy()
+    frame["head"] = frame["head"].astype("float64")  # nullable ints do not round-trip everywhere
+    frame.to_parquet(ctx.dir / f"{name}.parquet", index=False)
+    if result.pairs is not None:
+        result.pairs.to_parquet(ctx.dir / "pairs.parquet", index=False)
+    dump_json(ctx.dir / "info.json", result.info)
+    return {"rows": len(frame), "conditions": len(result.conditions), **{k: v for k, v in result.info.items()
+                                                                        if isinstance(v, (int, float, str))}}
+
+
+_CAUSAL_SECTION = {"ablate": lambda c: {"items": c.items, "sites": c.sites, "positions": c.positions,
+                                        "seed": c.seed, **_dump(c.ablate)},
+                   "patch": lambda c: {"items": c.items, "sites": c.sites, "positions": c.positions,
+                                       "seed": c.seed, **_dump(c.patch)},
+                   "knockout": lambda c: {"items": c.items, "seed": c.seed, **_dump(c.knockout)}}
+
+
+@stage("ablate", _CAUSAL_SECTION["ablate"], modules=("emolens.causal", "emolens.causal_ablation"))
+def _ablate(ctx: StageContext) -> dict:
+    from emolens.causal_ablation import ablate
+
+    s = ctx.cfg.ablate
+    items = ctx.limited(ctx.items(), s.max_items)
+    result = ablate(ctx.model.lm, items, sites=ctx.cfg.sites, windows=_causal_windows(ctx, s),
+                    positions=ctx.cfg.positions, kinds=s.kinds, spec=ctx.prompt, batch_size=ctx.cfg.batch_size,
+                    seed=ctx.cfg.seed + 100, progress=ctx.progress)
+    return _save_causal(ctx, result, "ablation")
+
+
+@stage("patch", _CAUSAL_SECTION["patch"], modules=("emolens.causal", "emolens.causal_patching"))
+def _patch(ctx: StageContext) -> dict:
+    from emolens.causal_patching import patch
+
+    s = ctx.cfg.patch
+    items = ctx.limited(ctx.items(), s.max_items)
+    result = patch(ctx.model.lm, items, pairs=s.pairs, sites=ctx.cfg.sites, windows=_causal_windows(ctx, s),
+                   positions=ctx.cfg.positions, spec=ctx.prompt, batch_size=ctx.cfg.batch_size,
+                   seed=ctx.cfg.seed + 100, progress=ctx.progress)
+    return _save_causal(ctx, result, "patching")
+
+
+@stage("knockout", _CAUSAL_SECTION["knockout"], modules=("emolens.causal", "emolens.knockout"))
+def _knockout(ctx: StageContext) -> dict:
+    from emolens.knockout import knockout
+
+    s = ctx.cfg.knockout
+    items = ctx.limited(ctx.items(), s.max_items)
+    result = knockout(ctx.model.lm, items, keys=s.sources, queries=-1, windows=_causal_windows(ctx, s),
+                      spec=ctx.prompt, batch_size=ctx.cfg.batch_size, progress=ctx.progress)
+    return _save_causal(ctx, result, "knockout")
+
+
+# -- steering (emolens.steering, emolens.theory) ---------------------------------------------------
+
+#: The paper's appraisal surgery directions (paper-protocol §7.3), as steering specs.
+SURGERY_DIRECTIONS: tuple[str, ...] = (
+    "pleasantness+", "pleasantness-", "other_responsblt+", "other_responsblt-",
+    "pleasantness+,other_responsblt+", "pleasantness+,other_responsblt-",
+    "pleasantness-,other_responsblt+", "pleasantness-,other_responsblt-",
+)
+
+
+@stage("steer", lambda c: {"items": c.items, "seed": c.seed, "sites": c.sites, "positions": c.positions,
+                           **_dump(c.steer)}, modules=("emolens.steering", "emolens.theory"))
+def _steer(ctx: StageContext) -> dict:
+    import torch
+
+    from emolens import steering as st
+    from emolens import theory
+
+    s = ctx.cfg.steer
+    lm = ctx.model.lm
+    items = ctx.items()
+    evaluate = ctx.limited(items, s.max_items)
+    centres = [c for c, _ in ctx.windows(s.span, s)]
+    if not centres:
+        raise EmolensError(f"steer: no window of span {s.span} fits {ctx.n_layers()} layers with centers "
+                           f"{s.centers}", "change steer.span or steer.centers")
+    directions_file = ctx.upstream["probe"] / "directions.safetensors"
+    frames, terms, conditions = [], {}, []
+    for method in s.directions:
+        try:
+            bank = st.bank_from_file(directions_file, method)
+            needed = {x for c in centres for x in st.window_layers(c, s.span, ctx.n_layers())}
+            if not needed <= set(bank.layers):
+                raise EmolensError("directions file lacks some layers")
+        except EmolensError:
+            ctx.notes.append(f"{method} directions recomputed from resid at position -1 (not in the probe stage)")
+            bank = None
+        names = bank.names if bank is not None else list(items.appraisal_names) + list(items.label_names)
+
+        def defined(name: str, bank=bank) -> bool:
+            if bank is None:
+                return True
+            v = bank.get(name)
+            return bool(torch.isfinite(v).all()) and bool((v.norm(dim=-1) > 0).all())
+
+        specs = [f"{e}+" for e in s.emotions if e in names and defined(e)]
+        if s.appraisals:
+            specs += [d for d in SURGERY_DIRECTIONS
+                      if all(t.name in names and defined(t.name) for t in st.parse_direction(d, names))]
+        skipped = [e for e in s.emotions if f"{e}+" not in specs]
+        if skipped:
+            ctx.notes.append(f"no {method} direction for {skipped} (no items of that class)")
+        if not specs:
+            continue
+        res = st.sweep(lm, evaluate, specs, bank=bank, method=method, windows=centres, span=s.span, betas=s.betas,
+                       n_random=s.random_controls, spec=ctx.prompt, fit_dataset=items, batch_size=ctx.cfg.batch_size,
+                       seed=ctx.cfg.seed, progress=ctx.progress)
+        frames.append(res.frame)
+        terms.update({d: [(t.name, t.sign) for t in st.parse_direction(d, res.bank.names)] for d in specs})
+        conditions += [c for c in res.conditions if c.kind == "real"]
+    if not frames:
+        raise EmolensError("steer: no direction could be built", "check steer.emotions and the probe stage's items")
+    table = pd.concat(frames, ignore_index=True)
+    table.to_parquet(ctx.dir / "steering.parquet", index=False)
+    summary: dict = {"rows": len(table), "n_items": len(evaluate)}
+    reference = theory.rating_profile(items)
+    if reference.notna().any().any():
+        rows, cells = theory.sweep_alignment(table, reference, terms)
+        if len(rows):
+            rows.to_parquet(ctx.dir / "alignment.parquet", index=False)
+            cells.to_parquet(ctx.dir / "alignment_cells.parquet", index=False)
+            best = rows[rows.metric == "alignment"].sort_values("value").tail(1)
+            if len(best):
+                summary["best_alignment"] = float(best.value.iloc[0])
+    if s.generations and conditions:
+        top_beta = max(s.betas)
+        mid = centres[len(centres) // 2]
+        chosen = [c for c in conditions if c.beta == top_beta and c.window == mid][:4]
+        records = st.steered_generations(lm, evaluate, chosen, n_items=s.generations, spec=ctx.prompt)
+        gens = pd.DataFrame(records)
+        gens["probs"] = gens["probs"].map(lambda d: json.dumps(d, sort_keys=True))
+        gens.to_parquet(ctx.dir / "generations.parquet", index=False)
+        summary["generations"] = len(gens)
+    return summary
 
 
 # -- robustness ---------------------------------------------------------------------------------

@@ -118,10 +118,21 @@ def _img(png: bytes, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
 
 
+def numeric_positions(frame: pd.DataFrame) -> pd.DataFrame:
+    """Positions as numbers (causal tables store them as text; clean rows have none)."""
+    if "position" in frame and not pd.api.types.is_numeric_dtype(frame["position"]):
+        frame = frame.assign(position=pd.to_numeric(frame["position"], errors="coerce"))
+    return frame
+
+
 def main_position(frame: pd.DataFrame) -> int | None:
-    if "position" not in frame or frame["position"].isna().all():
+    """The position figures show: -1 (the answer cue) when present."""
+    if "position" not in frame:
         return None
-    positions = sorted(set(int(p) for p in frame["position"].dropna()))
+    values = pd.to_numeric(frame["position"], errors="coerce").dropna()
+    if values.empty:
+        return None
+    positions = sorted(set(int(p) for p in values))
     return -1 if -1 in positions else positions[-1]
 
 
@@ -197,11 +208,16 @@ def appraisal_heatmap(probes: pd.DataFrame, site: str = "resid") -> bytes | None
     return fig_png(fig)
 
 
-def effect_heatmaps(table: pd.DataFrame, title: str, n_layers: int | None = None) -> list[tuple[str, bytes]]:
+def effect_heatmaps(table: pd.DataFrame, title: str, n_layers: int | None = None,
+                    metrics: Sequence[str] | None = None) -> list[tuple[str, bytes]]:
     """One heatmap (rows: kind x site, columns: window centre) per (analysis, span, position, metric)."""
     if table is None or table.empty:
         return []
-    t = table.copy()
+    t = numeric_positions(table.copy())
+    if metrics is not None and set(metrics) & set(t.metric):
+        t = t[t.metric.isin(metrics)]
+    if "kind" in t:
+        t = t[t["kind"] != "clean"]
     if "head" in t:
         t = t[t["head"].isna()] if t["head"].notna().any() and t["head"].isna().any() else t
     for col in ("analysis", "kind", "position", "window_span"):
@@ -226,7 +242,8 @@ def effect_heatmaps(table: pd.DataFrame, title: str, n_layers: int | None = None
                     ax.text(j, i, f"{vals[i, j]:.2f}", ha="center", va="center", fontsize=6,
                             color="white" if vals[i, j] < 0.6 else "black")
         ax.set_xlabel("window centre layer (1-indexed)")
-        name = f"{analysis} {metric}, span {span}, position {pos}".strip()
+        pos_text = str(int(pos)) if isinstance(pos, (int, float, np.number)) and np.isfinite(pos) else str(pos)
+        name = f"{metric}, span {span}, position {pos_text}"
         ax.set_title(f"{title}: {name}", fontsize=9)
         fig.colorbar(im, ax=ax)
         out.append((name, fig_png(fig)))
@@ -277,37 +294,68 @@ def robustness_figure(table: pd.DataFrame) -> bytes:
     return fig_png(fig)
 
 
+def promotion_success(table: pd.DataFrame) -> pd.DataFrame:
+    """Emotion promotion rows of a steering table: success on the promoted label, by window and beta.
+
+    Columns: emotion, method, window_center, beta, value, ci_low, ci_high, random (the mean success
+    that the norm-matched random directions of the same window and beta reach on that label).
+    """
+    from emolens.labels import EMOTIONS
+
+    need = {"direction", "kind", "metric", "label", "window", "beta", "value"}
+    if table is None or not need <= set(table.columns):
+        return pd.DataFrame()
+    t = table[(table.metric == "success") & (table.beta > 0)]
+    emo = t[(t.kind == "real") & t.direction.isin([f"{e}+" for e in EMOTIONS])]
+    emo = emo[emo.label == emo.direction.str[:-1]]
+    rnd = t[t.kind == "random"].groupby(["method", "window", "beta", "label"], as_index=False)["value"].mean()
+    out = emo.merge(rnd.rename(columns={"value": "random"}), on=["method", "window", "beta", "label"], how="left")
+    return out.rename(columns={"label": "emotion", "window": "window_center"})[
+        ["emotion", "method", "window_center", "beta", "value", "ci_low", "ci_high", "random"]]
+
+
 def steering_figures(table: pd.DataFrame, n_layers: int | None = None) -> list[tuple[str, bytes]]:
-    """Steering success by window centre: one panel per direction family, one line per target and beta."""
+    """Emotion promotion success by window (one panel per beta) and the appraisal-surgery outcome."""
     if table is None or table.empty:
         return []
-    metric_col = "metric" if "metric" in table else None
     out = []
-    t = table
-    if metric_col:
-        metrics = list(dict.fromkeys(t.metric))
-        main = next((m for m in metrics if "success" in str(m)), metrics[0])
-        t = t[t.metric == main]
-    else:
-        main = "value"
-    group = "direction" if "direction" in t else ("kind" if "kind" in t else None)
-    target = next((c for c in ("target", "emotion", "config") if c in t), None)
-    x = "window_center" if "window_center" in t else ("layer" if "layer" in t else None)
-    if x is None:
-        return []
-    for name, g in (t.groupby(group, sort=False) if group else [("steering", t)]):
-        fig, ax = plt.subplots(figsize=(6.5, 3.4))
-        keys = [target, "beta"] if target and "beta" in g else ([target] if target else [])
-        for k, line in (g.groupby(keys, sort=False) if keys else [("all", g)]):
-            line = line.groupby(x, as_index=False)["value"].mean().sort_values(x)
-            label = " β=".join(str(v) for v in (k if isinstance(k, tuple) else (k,)))
-            ax.plot(line[x] + 1, line["value"], marker="o", ms=3, label=label)
-        ax.axhline(0, color="grey", lw=0.8)
-        ax.set_xlabel(f"{'window centre ' if x == 'window_center' else ''}layer (1-indexed)")
-        ax.set_ylabel(str(main))
-        ax.set_title(f"steering: {name}", fontsize=9)
-        ax.legend(fontsize=6, ncol=2)
-        out.append((str(name), fig_png(fig)))
+    promo = promotion_success(table)
+    if len(promo):
+        betas = sorted(promo.beta.unique())
+        fig, axes = plt.subplots(1, len(betas), figsize=(4.3 * len(betas), 3.3), squeeze=False, sharey=True)
+        for ax, beta in zip(axes[0], betas, strict=True):
+            g = promo[promo.beta == beta]
+            for emotion, line in g.groupby("emotion", sort=False):
+                line = line.sort_values("window_center")
+                ax.plot(line.window_center + 1, line.value, marker="o", ms=3, label=emotion)
+            rnd = g.groupby("window_center", as_index=False)["random"].mean().sort_values("window_center")
+            ax.plot(rnd.window_center + 1, rnd.random, ls="--", color="grey", label="random directions")
+            ax.axhline(0, color="grey", lw=0.6)
+            ax.set_ylim(-1.05, 1.05)
+            ax.set_title(f"β = {beta:g}", fontsize=9)
+            ax.set_xlabel("window centre layer (1-indexed)")
+        axes[0][0].set_ylabel("promotion success")
+        axes[0][-1].legend(fontsize=6)
+        fig.suptitle("emotion promotion (paper §7.2 success score)", fontsize=10)
+        out.append(("emotion promotion", fig_png(fig)))
+    surgery = table[(table.metric == "fraction") & (table.beta == table.beta.max()) & ~table.direction.isin(
+        [f"{e}+" for e in promo.emotion.unique()] if len(promo) else [])]
+    if len(surgery):
+        windows = sorted(surgery.window.unique())
+        mid = windows[len(windows) // 2]
+        g = surgery[surgery.window == mid]
+        piv = g.pivot_table(index="direction", columns="label", values="value", aggfunc="mean")
+        clean = table[(table.metric == "fraction") & (table.beta == 0) & (table.window == mid)]
+        if len(clean):
+            piv.loc["(clean)"] = clean.groupby("label")["value"].mean()
+        fig, ax = plt.subplots(figsize=(8, 0.35 * len(piv) + 1.6))
+        im = ax.imshow(piv.to_numpy(dtype=float), aspect="auto", cmap="magma", vmin=0, vmax=1)
+        ax.set_yticks(range(len(piv.index)), piv.index, fontsize=7)
+        ax.set_xticks(range(len(piv.columns)), piv.columns, rotation=60, ha="right", fontsize=7)
+        ax.set_title(f"predicted-label distribution under steering (window centre {mid + 1}, "
+                     f"β = {table.beta.max():g})", fontsize=9)
+        fig.colorbar(im, ax=ax, label="fraction of items")
+        out.append(("appraisal surgery", fig_png(fig)))
     return out
 
 
@@ -346,7 +394,9 @@ def findings(mr: ModelRun) -> dict[str, Any]:
         table = mr.table(name)
         if table is None or table.empty:
             continue
-        t = table
+        t = numeric_positions(table)
+        if "kind" in t:
+            t = t[t["kind"] != "clean"]
         if "head" in t:
             t = t[t["head"].isna()] if t["head"].isna().any() else t
         metrics = list(dict.fromkeys(t.metric))
@@ -363,6 +413,10 @@ def findings(mr: ModelRun) -> dict[str, Any]:
             row = g.loc[g.value.idxmax() if pick == "max" else g.value.idxmin()]
             per_site[site] = {"layer": int(row.window_center), "value": float(row.value)}
         out[key] = {"metric": metric, "sites": per_site}
+    promo = promotion_success(mr.table("steer")) if mr.table("steer") is not None else pd.DataFrame()
+    if len(promo):
+        top = promo[promo.beta == promo.beta.max()].groupby("window_center")["value"].mean()
+        out["steer_peak"] = {"layer": int(top.idxmax()), "value": float(top.max()), "beta": float(promo.beta.max())}
     return out
 
 
@@ -382,18 +436,22 @@ def summary_text(f: dict[str, Any]) -> str:
     if "probe_rise" in f:
         r = f["probe_rise"]
         parts.append(f"The {r['site']} probe reaches 90% of its best accuracy at {at(r['layer'])}.")
-    if "patch_peak" in f:
+    if f.get("patch_peak", {}).get("sites"):
         sites = f["patch_peak"]["sites"]
         site = "attn" if "attn" in sites else max(sites, key=lambda s: sites[s]["value"])
         p = sites[site]
         parts.append(f"Patching {site} moves the source's emotion most with the window centred on {at(p['layer'])} "
                      f"({f['patch_peak']['metric']} {p['value']:.2f}).")
-    if "ablate_dip" in f:
+    if f.get("ablate_dip", {}).get("sites"):
         sites = f["ablate_dip"]["sites"]
         site = "attn" if "attn" in sites else min(sites, key=lambda s: sites[s]["value"])
         d = sites[site]
         parts.append(f"Ablating {site} hurts most with the window centred on {at(d['layer'])} "
                      f"({f['ablate_dip']['metric']} {d['value']:.2f}).")
+    if "steer_peak" in f:
+        p = f["steer_peak"]
+        parts.append(f"Adding emotion directions (β={p['beta']:g}) promotes the emotion most in the window centred "
+                     f"on {at(p['layer'])} (mean success {p['value']:.2f}).")
     if len(parts) <= 1:
         parts.append("No probe or causal tables yet, so nothing can be said about where the emotion is computed.")
     return " ".join(parts)
@@ -480,12 +538,16 @@ def _section_probe(mr: ModelRun) -> str:
     return body
 
 
+_MAIN_METRICS = {"ablate": ("agreement", "delta_logp_gold"), "patch": ("transfer", "normalised_logit_diff"),
+                 "knockout": ("agreement", "delta_logp_gold")}
+
+
 def _section_effects(mr: ModelRun, stage: str, title: str) -> str:
     ok, why = mr.stage_status(stage)
     table = mr.table(stage) if ok else None
     if table is None:
         return _absent(f"No {title.lower()} tables: {why or 'the table is missing'}.")
-    figs = effect_heatmaps(table, title, mr.n_layers)
+    figs = effect_heatmaps(table, title, mr.n_layers, _MAIN_METRICS.get(stage))
     return "".join(_img(png, name) for name, png in figs) or _absent("The table has no rows to draw.")
 
 
