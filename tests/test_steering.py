@@ -291,7 +291,9 @@ def test_sweep_and_cli_end_to_end(tmp_path, stim):
 def test_real_model_steering_moves_labels(real_model):
     from emolens.stimuli import load_stimuli
 
-    ds = load_stimuli("singles").sample(4, seed=1)
+    singles = load_stimuli("singles")
+    r = singles.appraisal("pleasantness")
+    ds = singles.subset(np.concatenate([np.flatnonzero(r >= 4)[:2], np.flatnonzero(r <= 2)[:2]]))
     res = st.sweep(real_model, ds, ["pleasantness-"], windows=[6], span=3, betas=[0.5], scale="relative",
                    n_random=1, control=None, batch_size=4)
     frame = res.frame
