@@ -72,6 +72,25 @@ def test_beta_zero_is_bit_identical_and_removal_restores(tiny_llama, batch, posi
     assert torch.equal(st.steered_label_scores(lm, reader, batch, [0, 1], z, mask), base)
 
 
+def test_multi_token_labels_are_steered_at_the_prompt_only(tiny_llama, batch):
+    lm = tiny_llama
+    single = LabelReader.build(lm.tokenizer, EMOTIONS, "Context: x Answer:")
+    ids = [list(t) for t in single.token_ids]
+    ids[0] = ids[0] + ids[1]  # "anger" scored as a two-token label
+    reader = LabelReader(single.labels, ids, single_token=False)
+    with torch.no_grad():
+        last = lm.model(**batch.model_inputs(), logits_to_keep=1).logits[:, -1]
+        want = reader.score(lm.model, batch, last)
+    base = st.steered_label_scores(lm, reader, batch)
+    assert torch.allclose(base, want, atol=1e-5)
+    mask = st.position_mask(batch.attention_mask, "last")
+    z = torch.zeros(len(batch), 2, lm.sites.d_model)
+    assert torch.equal(st.steered_label_scores(lm, reader, batch, [0, 1], z, mask), base)
+    v = _vec(lm, 2)[None].expand(len(batch), -1, -1)
+    steered = st.steered_label_scores(lm, reader, batch, [0, 1], v, mask)
+    assert not torch.allclose(steered[:, 0], base[:, 0])
+
+
 def test_window_leaves_earlier_activations_bit_identical(tiny_llama, batch):
     lm = tiny_llama
     caps = [Capture("embed", layers=0, positions="all", pool="mean", name="e"),

@@ -738,7 +738,7 @@ def sweep(lm, dataset, directions: Sequence[str], *, bank: ConceptBank | None = 
     if scale not in SCALES:
         raise EmolensError(f"unknown scale {scale!r}", f"use one of {list(SCALES)}")
     spec = spec or PromptSpec()
-    centres = parse_windows(windows if not isinstance(windows, str) else windows, span, lm.n_layers)
+    centres = parse_windows(windows, span, lm.n_layers)
     layers = sorted({x for c in centres for x in window_layers(c, span, lm.n_layers)})
     prompts = build_prompts(dataset.texts, spec, lm.tokenizer)
     if bank is None:
