@@ -290,6 +290,15 @@ def _slices_of(store, site: str, idx: np.ndarray) -> tuple[np.ndarray, list[tupl
 @stage("probe", lambda c: {"items": c.items, "seed": c.seed, **_dump(c.probe)},
        modules=("emolens.store", "emolens.probe_eval"))
 def _probe(ctx: StageContext) -> dict:
+    import warnings
+
+    with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
+        # constant targets (e.g. an appraisal every test item rates alike) give NaN metrics, not noise
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return _probe_impl(ctx)
+
+
+def _probe_impl(ctx: StageContext) -> dict:
     import torch
 
     from emolens import probe_eval as pe

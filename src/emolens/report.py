@@ -196,7 +196,7 @@ def appraisal_heatmap(probes: pd.DataFrame, site: str = "resid") -> bytes | None
     pos = main_position(t)
     t = t[(t.site == site) & (t.position == pos)]
     piv = t.pivot_table(index="target", columns="layer", values="value")
-    piv = piv.loc[piv.max(1).sort_values(ascending=False).index]
+    piv = piv.loc[piv.max(axis=1).sort_values(ascending=False).index]
     fig, ax = plt.subplots(figsize=(7, 0.25 * len(piv) + 1.5))
     im = ax.imshow(piv.to_numpy(), aspect="auto", cmap="viridis", vmin=min(0, float(np.nanmin(piv.to_numpy()))),
                    vmax=max(0.1, float(np.nanmax(piv.to_numpy()))))
@@ -224,7 +224,7 @@ def effect_heatmaps(table: pd.DataFrame, title: str, n_layers: int | None = None
         if col not in t:
             t[col] = "" if col in ("analysis", "kind") else 0
     out = []
-    for (analysis, span, pos, metric), g in t.groupby(["analysis", "window_span", "position", "metric"], sort=False,
+    for (_analysis, span, pos, metric), g in t.groupby(["analysis", "window_span", "position", "metric"], sort=False,
                                                         dropna=False):
         g = g.assign(row=g["kind"].astype(str) + " " + g["site"].astype(str))
         piv = g.pivot_table(index="row", columns="window_center", values="value")

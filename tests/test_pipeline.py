@@ -1,0 +1,242 @@
+"""Study pipeline: config validation, presets, cached and resumable stages, refusal, report, compare."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from emolens import pipeline
+from emolens.cli import main
+from emolens.config import config_from_dict, load_config, load_preset
+from emolens.errors import EmolensError
+
+BASE = {
+    "name": "tiny",
+    "models": ["tiny:llama"],
+    "dataset": {"spec": "stimuli", "limit": 26, "seed": 0},
+    "prompts": {"variants": "paper"},
+    "stages": ["readout", "extract", "probe", "robustness"],
+    "probe": {"n_boot": 20, "human_baseline": False},
+    "robustness": {"limit": 13},
+    "batch_size": 16,
+}
+
+
+def cfg_with(root: Path, **changes) -> object:
+    data = json.loads(json.dumps(BASE))
+    for key, value in changes.items():
+        if isinstance(value, dict):
+            data.setdefault(key, {}).update(value)
+        else:
+            data[key] = value
+    data["output"] = str(root)
+    return config_from_dict(data, "test.yaml")
+
+
+def statuses(result) -> dict[str, str]:
+    return {o.stage: o.status for o in result.outcomes}
+
+
+def quiet(*_args, **_kwargs) -> None:
+    pass
+
+
+@pytest.fixture(scope="module")
+def base_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    cfg = cfg_with(root)
+    result = pipeline.run_study(cfg, progress=False, echo=quiet)
+    return cfg, result
+
+
+# ---------------------------------------------------------------------------------- config
+
+
+def test_config_errors_name_the_key(tmp_path, capsys):
+    with pytest.raises(EmolensError, match=r"unknown key 'dataset\.limt'"):
+        config_from_dict({"dataset": {"limt": 3}}, "x.yaml")
+    with pytest.raises(EmolensError, match=r"'patch\.spans'"):
+        config_from_dict({"patch": {"spans": [2]}}, "x.yaml")
+    with pytest.raises(EmolensError, match=r"'steer\.emotions'"):
+        config_from_dict({"steer": {"emotions": ["rage"]}}, "x.yaml")
+    path = tmp_path / "bad.yaml"
+    path.write_text("models: [tiny:llama]\nprobe:\n  protocl: cv\n")
+    with pytest.raises(SystemExit) as exc:
+        main(["run", str(path)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "probe.protocl" in err[0]
+    path.write_text("models: [tiny:llama\n")
+    with pytest.raises(EmolensError, match="not valid YAML"):
+        load_config(path)
+
+
+def test_presets_load():
+    quick, paper = load_preset("quick"), load_preset("paper")
+    assert paper.items == "correct" and paper.positions == [-1, -2, -3, -4, -5]
+    assert paper.patch.spans == [1, 3, 5] and paper.patch.pairs == 200 and paper.steer.betas == [1, 2, 4]
+    assert paper.ablate.spans == [1, 3] and paper.prompts.variants == "paper" and "robustness" in paper.stages
+    assert paper.sites == ["attn", "mlp", "resid"] and paper.layers == "all"
+    assert quick.dataset.fallback == "stimuli" and quick.positions == [-1]
+    assert quick.fingerprint() != paper.fingerprint()
+    derived = config_from_dict({"base": "quick", "probe": {"C": 0.5}})
+    assert derived.probe.C == 0.5 and derived.ablate.stride == quick.ablate.stride
+
+
+def test_backend_ray_is_refused(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["run", "--backend", "ray"])
+    assert exc.value.code == 2
+    assert "not implemented" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------- runs
+
+
+def test_run_writes_stages_and_report(base_run):
+    cfg, result = base_run
+    assert statuses(result) == {s: "done" for s in cfg.stages}
+    run_dir = result.run_dir
+    assert run_dir.name.startswith("tiny-")
+    for stage in cfg.stages:
+        rec = json.loads((run_dir / "tiny-llama" / stage / "stage.json").read_text())
+        assert rec["status"] == "done" and rec["seconds"] >= 0 and len(rec["key"]) == 64
+    assert (run_dir / "tiny-llama/readout/readout.parquet").exists()
+    assert (run_dir / "tiny-llama/probe/probes.parquet").exists()
+    assert len(pd.read_parquet(run_dir / "tiny-llama/robustness/robustness.parquet").variant.unique()) == 9
+    html = (run_dir / "report.html").read_text()
+    assert "data:image/png;base64," in html and "<script" not in html and "http" not in html
+    assert "the ablate stage was not requested" in html  # absent sections say so
+    meta = json.loads((run_dir / "run.json").read_text())
+    assert meta["models"]["tiny-llama"]["n_layers"] == 3
+
+
+def test_rerun_skips_cached_stages(base_run):
+    cfg, first = base_run
+    before = {s: json.loads((first.run_dir / "tiny-llama" / s / "stage.json").read_text()) for s in cfg.stages}
+    again = pipeline.run_study(cfg, progress=False, echo=quiet, report=False)
+    assert again.run_dir == first.run_dir
+    assert statuses(again) == {s: "cached" for s in cfg.stages}
+    after = {s: json.loads((first.run_dir / "tiny-llama" / s / "stage.json").read_text()) for s in cfg.stages}
+    assert before == after
+
+
+def test_changed_value_reruns_only_affected_stages(base_run):
+    cfg, first = base_run
+    changed = cfg_with(Path(cfg.output), probe={"C": 0.5})
+    result = pipeline.run_study(changed, progress=False, echo=quiet, report=False)
+    assert result.run_dir != first.run_dir  # a new run folder: the old results stay as they were
+    assert statuses(result) == {"readout": "reused", "extract": "reused", "probe": "done", "robustness": "reused"}
+    old = pd.read_parquet(first.run_dir / "tiny-llama/readout/readout.parquet")
+    new = pd.read_parquet(result.run_dir / "tiny-llama/readout/readout.parquet")
+    pd.testing.assert_frame_equal(old, new)
+
+
+def test_out_holding_another_study_is_refused(base_run, capsys):
+    cfg, first = base_run
+    other = cfg_with(Path(cfg.output), probe={"C": 2.0})
+    with pytest.raises(EmolensError, match="different study"):
+        pipeline.run_study(other, out=first.run_dir, progress=False, echo=quiet)
+    path = Path(cfg.output) / "other.yaml"
+    path.write_text(json.dumps({**BASE, "seed": 7, "output": cfg.output}))
+    with pytest.raises(SystemExit) as exc:
+        main(["run", str(path), "--out", str(first.run_dir), "--no-progress"])
+    assert exc.value.code == 2
+    assert "different study" in capsys.readouterr().err
+
+
+def _copy_without(first, stage: str, root: Path) -> Path:
+    """The finished base run copied to a fresh root (no siblings to reuse from), minus one stage."""
+    target = root / first.run_dir.name
+    shutil.copytree(first.run_dir, target)
+    shutil.rmtree(target / "tiny-llama" / stage)
+    return target
+
+
+def test_kill_resumable_stage_then_resume_gives_identical_results(base_run, tmp_path, monkeypatch):
+    cfg, first = base_run
+    run_dir = _copy_without(first, "robustness", tmp_path)
+    seen = []
+
+    def interrupt(ctx, unit):
+        seen.append(unit)
+        if len(seen) == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "_after_unit", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.run_study(cfg, out=run_dir, progress=False, echo=quiet, report=False)
+    folder = run_dir / "tiny-llama/robustness"
+    assert not (folder / "stage.json").exists() and len(list((folder / "partial").glob("*.parquet"))) == 3
+    monkeypatch.setattr(pipeline, "_after_unit", lambda ctx, unit: seen.append(unit))
+    result = pipeline.run_study(cfg, out=run_dir, progress=False, echo=quiet, report=False)
+    assert statuses(result)["robustness"] == "done" and statuses(result)["probe"] == "cached"
+    assert len(seen) == 9  # only the 6 unfinished variants were computed on resume
+    assert json.loads((folder / "stage.json").read_text())["resumed"] is True
+    pd.testing.assert_frame_equal(pd.read_parquet(folder / "robustness.parquet"),
+                                  pd.read_parquet(first.run_dir / "tiny-llama/robustness/robustness.parquet"))
+
+
+def test_kill_plain_stage_clears_and_redoes_it(base_run, tmp_path, monkeypatch):
+    cfg, first = base_run
+    run_dir = _copy_without(first, "probe", tmp_path)
+    sdef = pipeline.STAGES["probe"]
+    real = sdef.run
+
+    def half_then_die(ctx):
+        (ctx.dir / "probes.parquet").write_text("half-written")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sdef, "run", half_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.run_study(cfg, out=run_dir, progress=False, echo=quiet, report=False)
+    assert not (run_dir / "tiny-llama/probe/stage.json").exists()
+    monkeypatch.setattr(sdef, "run", real)
+    result = pipeline.run_study(cfg, out=run_dir, progress=False, echo=quiet, report=False)
+    assert statuses(result)["probe"] == "done"
+    pd.testing.assert_frame_equal(pd.read_parquet(run_dir / "tiny-llama/probe/probes.parquet"),
+                                  pd.read_parquet(first.run_dir / "tiny-llama/probe/probes.parquet"))
+
+
+def test_unavailable_stage_is_reported_not_faked(base_run, tmp_path, monkeypatch):
+    cfg, first = base_run
+    run_dir = _copy_without(first, "robustness", tmp_path)
+    monkeypatch.setattr(pipeline.STAGES["robustness"], "modules", ("emolens.not_landed_yet",))
+    result = pipeline.run_study(cfg, out=run_dir, progress=False, echo=quiet)
+    outcome = next(o for o in result.outcomes if o.stage == "robustness")
+    assert outcome.status == "unavailable" and "not available" in outcome.note
+    assert not (run_dir / "tiny-llama/robustness").exists()
+    assert "not available: module emolens.not_landed_yet" in (run_dir / "report.html").read_text()
+
+
+def test_dataset_fallback_says_why(monkeypatch):
+    import emolens.data as data
+
+    def unreachable(*_args, **_kwargs):
+        raise EmolensError("could not download crowd-enVENT (URLError)")
+
+    monkeypatch.setattr(data, "load_crowd_envent", unreachable)
+    cfg = config_from_dict({"dataset": {"spec": "crowd-envent", "limit": 20, "fallback": "stimuli"}})
+    resolved = pipeline.resolve_dataset(cfg)
+    assert len(resolved.dataset) == 20 and "because crowd-envent is not reachable" in resolved.how
+    with pytest.raises(EmolensError, match="could not download"):
+        pipeline.resolve_dataset(config_from_dict({"dataset": {"spec": "crowd-envent"}}))
+
+
+def test_compare_two_runs(base_run, tmp_path):
+    cfg, first = base_run
+    second = pipeline.run_study(cfg_with(Path(cfg.output), probe={"C": 0.5}), progress=False, echo=quiet,
+                                report=False)
+    out = tmp_path / "cmp"
+    main(["compare", str(first.run_dir), str(second.run_dir), "--out", str(out)])
+    assert (out / "compare.png").stat().st_size > 1000
+    peaks = pd.read_csv(out / "peaks.csv")
+    assert set(peaks.analysis) >= {"probe_best"} and peaks.relative_depth.between(0, 1).all()
+    with pytest.raises(EmolensError, match="not an emolens run"):
+        from emolens.commands.compare import compare_runs
+
+        compare_runs([tmp_path], tmp_path / "x")
