@@ -237,3 +237,20 @@ def test_real_model_noop_knockout_and_resid_transfer(real_model):
     cond = patch_condition("resid", last, -1, None, clean.captures["fast"], "resid", src, True)
     out = run_conditions(scorer, batches, 4, [cond])[0]
     assert (out.argmax(1) == clean.scores["fast"][src].argmax(1)).all()
+
+
+def test_cli_knockout_and_errors(tmp_path, capsys):
+    from emolens.cli import main
+
+    out = tmp_path / "ko"
+    main(["knockout", "--model", "tiny:llama", "--data", "stimuli", "--items", "all", "--limit", "6", "--span", "3",
+          "--keys", "context", "--out", str(out)])
+    frame = pd.read_parquet(out / "results.parquet")
+    assert {"analysis", "window_center", "metric", "ci_low", "n", "model"} <= set(frame.columns)
+    assert (out / "run.json").exists()
+    for args in (["ablate", "--sites", "foo"], ["patch", "--span", "9"], ["patch", "--pairs", "1", "--limit", "1"]):
+        with pytest.raises(SystemExit) as exc:
+            main([*args, "--model", "tiny:llama", "--data", "stimuli", "--items", "all",
+                  "--out", str(tmp_path / "bad")])
+        assert exc.value.code == 2
+    assert "error" in capsys.readouterr().err
