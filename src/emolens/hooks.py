@@ -297,6 +297,12 @@ def broadcast_value(value: torch.Tensor, n_layers: int, batch: int, width_ndim: 
 # ------------------------------------------------------------------------------- engine
 
 
+def _index_where(sel: torch.Tensor, x: torch.Tensor) -> tuple[str, torch.Tensor, torch.Tensor]:
+    """Per-row indices ``[B, P]`` plus their flat form into ``x`` viewed as ``[B*T, ...]``."""
+    rows = torch.arange(sel.shape[0], device=sel.device)[:, None]
+    return "index", sel, (rows * x.shape[1] + sel).reshape(-1)
+
+
 class _StopForward(Exception):
     """Raised by the stop hook once every needed layer has run; swallowed by the context."""
 
@@ -465,22 +471,23 @@ class Intervention:
         return mask.to(x.device)
 
     def _where(self, i: int, x: torch.Tensor) -> tuple[str, torch.Tensor] | None:
-        """Resolve op ``i``'s positions for this forward: ("index", [B, P]) or ("mask", [B, T]), or None."""
+        """Op ``i``'s positions this forward: ("index", [B, P], flat) or ("mask", [B, T]), or None."""
         op = self.ops[i]
-        key = (i, x.shape[0], x.shape[1], x.device)
+        index = _as_index_list(op.positions)
+        shared = index is not None and not self._state.decode  # ops with the same positions share one
+        key = (tuple(index) if shared else i, x.shape[0], x.shape[1], x.device)
         if key in self._state.cache:
             return self._state.cache[key]
         if self._state.decode:
             active = op.every_token or op.positions == "generated"
             where = ("mask", torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)) if active else None
             if active and isinstance(op, Capture):
-                where = ("index", torch.arange(x.shape[1], device=x.device).expand(x.shape[0], -1))
+                where = _index_where(torch.arange(x.shape[1], device=x.device).expand(x.shape[0], -1), x)
         elif op.positions == "generated":
             where = None
         else:
-            index = _as_index_list(op.positions)
             if index is not None:
-                where = ("index", position_index(self._mask_for(x), index))
+                where = _index_where(position_index(self._mask_for(x), index), x)
             else:
                 if isinstance(op.positions, torch.Tensor):
                     m = op.positions
@@ -519,11 +526,10 @@ class Intervention:
         return hook
 
     def _capture(self, i: int, op: Capture, layer: int, x: torch.Tensor, where) -> None:
-        kind, sel = where
+        kind, sel = where[:2]
         heads = self._heads[i]
-        if kind == "index":
-            rows = torch.arange(x.shape[0], device=x.device)[:, None]
-            got = x[rows, sel]  # [B, P, *w] (a copy)
+        if kind == "index":  # one gather of just the requested rows: [B, P, *w] (a copy)
+            got = x.reshape(-1, *x.shape[2:]).index_select(0, where[2]).view(*sel.shape, *x.shape[2:])
             if op.pool == "mean":
                 got = got.mean(1, keepdim=True)
         else:
@@ -535,7 +541,7 @@ class Intervention:
         if op.dtype is not None:
             got = got.to(op.dtype)
         if op.device is not None:
-            got = got.to(op.device, non_blocking=True)
+            got = _to_device(got, torch.device(op.device))
         store = self._gen if self._state.decode else self._caps
         step = self._state.step if self._state.decode else self._state.forward_no
         store.setdefault(op.key, {}).setdefault(step, {})[layer] = got
@@ -568,7 +574,7 @@ class Intervention:
         return value
 
     def _edit(self, i: int, op: Op, layer: int, x: torch.Tensor, where) -> torch.Tensor:
-        kind, sel = where
+        kind, sel = where[:2]
         value = self._value(i, op, layer, x, where)
         heads = self._heads[i]
         if kind == "index":
@@ -628,6 +634,21 @@ class Intervention:
 
 
 # ------------------------------------------------------------------------------- helpers
+
+
+def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Move a captured slice; accelerator -> CPU goes through pinned memory without a host sync.
+
+    A pageable copy would stall the host once per hooked layer (most of the capture cost on a
+    GPU); a pinned non-blocking copy lets the forward keep launching, and the context
+    synchronises once when captures are read.
+    """
+    if t.device == device:
+        return t
+    if device.type == "cpu" and t.device.type == "cuda":
+        dst = torch.empty(t.shape, dtype=t.dtype, device="cpu", pin_memory=True)
+        return dst.copy_(t, non_blocking=True)
+    return t.to(device)
 
 
 def _field(batch: Any, name: str):
