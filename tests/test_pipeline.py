@@ -240,3 +240,18 @@ def test_compare_two_runs(base_run, tmp_path):
         from emolens.commands.compare import compare_runs
 
         compare_runs([tmp_path], tmp_path / "x")
+
+
+def test_failed_stage_is_recorded_and_the_rest_runs(base_run, tmp_path, monkeypatch):
+    cfg, first = base_run
+    run_dir = _copy_without(first, "probe", tmp_path)
+
+    def boom(ctx):
+        raise RuntimeError("probe exploded")
+
+    monkeypatch.setattr(pipeline.STAGES["probe"], "run", boom)
+    result = pipeline.run_study(cfg, out=run_dir, progress=False, echo=quiet, report=False)
+    assert statuses(result) == {"readout": "cached", "extract": "cached", "probe": "failed", "robustness": "cached"}
+    assert "probe exploded" in (run_dir / "tiny-llama/probe/error.txt").read_text()
+    meta = json.loads((run_dir / "run.json").read_text())
+    assert meta["stages"]["tiny-llama"]["probe"]["status"] == "failed"

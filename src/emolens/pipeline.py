@@ -754,13 +754,11 @@ def run_study(cfg: StudyConfig, out: str | Path | None = None, progress: bool = 
                                        {n: run_dir / handle.slug / n for n in sdef.needs}, progress=progress)
                     try:
                         outcome = run_stage(ctx, sdef, echo)
-                    except EmolensError:
-                        raise
                     except Exception as exc:  # record, keep going with stages that do not need this one
                         ctx.dir.mkdir(parents=True, exist_ok=True)
                         (ctx.dir / "error.txt").write_text(traceback.format_exc())
-                        outcome = StageOutcome(handle.slug, name, "failed", note=f"{type(exc).__name__}: {exc}",
-                                               key=key)
+                        what = str(exc) if isinstance(exc, EmolensError) else f"{type(exc).__name__}: {exc}"
+                        outcome = StageOutcome(handle.slug, name, "failed", note=what, key=key)
                 status[name] = outcome.status
                 outcomes.append(outcome)
                 echo(_outcome_line(outcome))
