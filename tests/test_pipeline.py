@@ -255,3 +255,10 @@ def test_failed_stage_is_recorded_and_the_rest_runs(base_run, tmp_path, monkeypa
     assert "probe exploded" in (run_dir / "tiny-llama/probe/error.txt").read_text()
     meta = json.loads((run_dir / "run.json").read_text())
     assert meta["stages"]["tiny-llama"]["probe"]["status"] == "failed"
+
+
+def test_readout_only_change_keeps_downstream_with_all_items(base_run):
+    cfg, first = base_run
+    changed = cfg_with(Path(cfg.output), prompts={"variants": "paper", "calibrate": True})
+    result = pipeline.run_study(changed, progress=False, echo=quiet, report=False)
+    assert statuses(result) == {"readout": "done", "extract": "reused", "probe": "reused", "robustness": "reused"}

@@ -748,7 +748,10 @@ def run_study(cfg: StudyConfig, out: str | Path | None = None, progress: bool = 
                     why = ", ".join(f"{b} {status.get(b, '?')}" for b in blocked)
                     outcome = StageOutcome(handle.slug, name, "skipped", note=f"needs {why}")
                 else:
-                    key = stage_key(name, cfg, handle, data, {n: keys[n] for n in sdef.needs})
+                    # with items: all, later stages read only the model's depth from the readout, which its
+                    # weights fix: a readout-only change (e.g. calibrate) must not re-run them
+                    key = stage_key(name, cfg, handle, data, {n: keys[n] for n in sdef.needs
+                                                              if n != "readout" or cfg.items == "correct"})
                     keys[name] = key
                     ctx = StageContext(name, run_dir / handle.slug / name, key, cfg, data, handle,
                                        {n: run_dir / handle.slug / n for n in sdef.needs}, progress=progress)
