@@ -24,6 +24,9 @@ Why this shape:
   to CPU without blocking), never whole ``[B, T, d]`` outputs.
 * **Edits are out of place**: a hook returns a new tensor, so leaving the context (which removes
   every handle) restores the model exactly.
+* **transformers' own recorders**: ``output_hidden_states=True`` installs persistent hooks the
+  first time it is used; hooks fire in registration order, so those hidden states may show a
+  layer's value *before* an edit at that layer. Capture what you need instead.
 * **Early stop**: with ``stop_early=True`` the forward is cut after the deepest layer any op
   needs (a private exception, swallowed by the context); only for runs that need no logits.
 """
@@ -158,9 +161,11 @@ class Resample(Op):
 
 @dataclass(eq=False)
 class Apply(Op):
-    """Escape hatch: ``fn(selected) -> replacement`` on the selected slice ``[B, P, *width]``.
+    """Escape hatch: ``fn(selected) -> replacement`` for ops outside the vocabulary.
 
-    For ops outside the vocabulary (e.g. norm-matched random ablation) without a new hook path.
+    ``fn`` gets ``[B, P, *width]`` for int positions; for spans/``"all"`` it gets the whole
+    ``[B, T, *width]`` and only the span's positions are kept. E.g. norm-matched random ablation
+    (paper §6.2) without a new hook path.
     """
 
     fn: Callable[[torch.Tensor], torch.Tensor] | None = None
