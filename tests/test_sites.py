@@ -57,6 +57,13 @@ def test_post_norm_sites_differ_from_raw_block_outputs(batch):
     assert not torch.allclose(got["mlp"], got["mlp_post"])
 
 
+@pytest.mark.parametrize("family", ["llama", "gpt_neox", "gemma3_text", "olmo2"])
+def test_validation_passes_in_bfloat16(family, batch):
+    # bf16 rounding inside the model's residual adds must not be mistaken for a wrong site.
+    model = tiny_model(family).to(torch.bfloat16)
+    validate_sites(model, resolve_sites(model), batch["input_ids"], batch["attention_mask"])
+
+
 def test_wrong_override_breaks_sum_rule_and_is_reported(batch):
     model = tiny_model("gemma3_text")
     # Pretending Gemma is pre-norm (raw block outputs join the residual) must fail validation.

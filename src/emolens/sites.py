@@ -265,8 +265,12 @@ def resolve_sites(model: nn.Module, overrides: Mapping[str, str] | None = None) 
 
 @torch.no_grad()
 def validate_sites(model: nn.Module, registry: SiteRegistry, input_ids: torch.Tensor,
-                   attention_mask: torch.Tensor | None = None, rtol: float = 1e-3) -> None:
+                   attention_mask: torch.Tensor | None = None, rtol: float = 0.05) -> None:
     """Cheap load-time checks that the registry is right for this model.
+
+    The sum-rule tolerance is relative to the largest residual value: a wrong site (a missed
+    post-norm, a wrong module) is off by about 100%, while bf16 rounding of the model's own adds
+    stays below 1%, so 5% separates the two on any dtype and device.
 
     One forward with every site captured checks that each site fires exactly once per layer with
     the expected shape and that the sum rule holds; a second forward with a no-op hook on every
