@@ -527,6 +527,7 @@ def plot_curves(table: pd.DataFrame, path: Path) -> Path:
     if len(chance):
         ax.axhline(float(chance.iloc[0]), color="grey", linewidth=0.8, label="chance (majority)")
     ax.set_ylim(0, 1.02)
+    ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
     ax.set_xlabel("layer (1-indexed)")
     ax.set_ylabel("held-out accuracy")
     ax.set_title("emotion probe at position -1 (bands: 95% CI)", fontsize=9)
