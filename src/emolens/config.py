@@ -32,6 +32,12 @@ STAGE_NEEDS: dict[str, tuple[str, ...]] = {
     "robustness": (),
 }
 PRESETS: tuple[str, ...] = ("quick", "paper")
+#: The paper's appraisal surgery directions (paper-protocol §7.3), as steering specs.
+SURGERY_DIRECTIONS: tuple[str, ...] = (
+    "pleasantness+", "pleasantness-", "other_responsblt+", "other_responsblt-",
+    "pleasantness+,other_responsblt+", "pleasantness+,other_responsblt-",
+    "pleasantness-,other_responsblt+", "pleasantness-,other_responsblt-",
+)
 
 StageName = Literal["readout", "extract", "probe", "ablate", "patch", "knockout", "steer", "robustness"]
 
@@ -146,12 +152,26 @@ class KnockoutConfig(_Windowed):
 class SteerConfig(_Windowed):
     betas: list[float] = Field(default_factory=lambda: [1.0, 2.0, 4.0])
     span: int = Field(3, ge=1)
-    site: str = "resid"
+    site: Literal["resid"] = "resid"  # steering adds to the residual stream (the paper's loc 7)
     emotions: list[str] = Field(default_factory=lambda: ["anger", "joy", "pride", "fear", "guilt", "sadness"])
     directions: list[Literal["probe", "diffmean"]] = Field(default_factory=lambda: ["probe"])
-    appraisals: bool = True
+    #: appraisal directions to steer (signed terms, e.g. ``pleasantness+,other_responsblt-``); default:
+    #: the paper's surgery (pleasantness x other-agency, each sign and both pairs); ``[]`` for none
+    appraisals: list[str] = Field(default_factory=lambda: list(SURGERY_DIRECTIONS))
     random_controls: int = Field(3, ge=0)
     generations: int = Field(0, ge=0)
+
+    @field_validator("appraisals")
+    @classmethod
+    def _known_appraisals(cls, value: list[str]) -> list[str]:
+        from emolens.labels import ALL_APPRAISALS
+
+        for spec in value:
+            for term in spec.split(","):
+                name = term.strip().rstrip("+-").strip()
+                if name not in ALL_APPRAISALS:
+                    raise ValueError(f"unknown appraisal {name!r} in {spec!r}; use {list(ALL_APPRAISALS)}")
+        return value
 
     @field_validator("emotions")
     @classmethod

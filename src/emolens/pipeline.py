@@ -287,7 +287,7 @@ def _slices_of(store, site: str, idx: np.ndarray) -> tuple[np.ndarray, list[tupl
     return X, [(site, int(layers[i]), int(positions[j])) for i in range(L) for j in range(P)]
 
 
-@stage("probe", lambda c: {"items": c.items, "seed": c.seed, **_dump(c.probe)},
+@stage("probe", lambda c: {"items": c.items, "seed": c.seed, "directions_site": c.steer.site, **_dump(c.probe)},
        modules=("emolens.store", "emolens.probe_eval"))
 def _probe(ctx: StageContext) -> dict:
     import warnings
@@ -330,6 +330,8 @@ def _probe_impl(ctx: StageContext) -> dict:
             frames.append(pe.evaluate_regressor(X[:, rated], Y[rated], slices, list(names), protocol=p.protocol,
                                                 k=p.k, seed=ctx.cfg.seed + 42, alpha=p.alpha, n_boot=p.n_boot,
                                                 shuffled=shuffled, drop_invalid=True))
+        if site != ctx.cfg.steer.site:  # directions (a full fit on every item) only where steering reads them
+            continue
         valid = y >= 0
         dirs = pe.compute_directions(X[:, valid], y=y[valid], n_classes=len(items.label_names), C=p.C)
         if Y is not None:
@@ -344,9 +346,10 @@ def _probe_impl(ctx: StageContext) -> dict:
         frames.append(hb.results)
     table = pd.concat(frames, ignore_index=True)
     table.to_parquet(ctx.dir / "probes.parquet", index=False)
-    pe.save_directions(ctx.dir / "directions.safetensors", {k: torch.cat(v) for k, v in directions.items()},
-                       {"slices": [list(s) for s in slice_index], "emotions": list(items.label_names),
-                        "appraisals": list(names)})
+    if directions:
+        pe.save_directions(ctx.dir / "directions.safetensors", {k: torch.cat(v) for k, v in directions.items()},
+                           {"slices": [list(s) for s in slice_index], "emotions": list(items.label_names),
+                            "appraisals": list(names)})
     best = table[(table.task == "emotion") & (table.metric == "accuracy")].sort_values("value").tail(1)
     summary = {"rows": len(table), "n_items": len(items)}
     if len(best):
@@ -422,12 +425,6 @@ def _knockout(ctx: StageContext) -> dict:
 
 # -- steering (emolens.steering, emolens.theory) ---------------------------------------------------
 
-#: The paper's appraisal surgery directions (paper-protocol §7.3), as steering specs.
-SURGERY_DIRECTIONS: tuple[str, ...] = (
-    "pleasantness+", "pleasantness-", "other_responsblt+", "other_responsblt-",
-    "pleasantness+,other_responsblt+", "pleasantness+,other_responsblt-",
-    "pleasantness-,other_responsblt+", "pleasantness-,other_responsblt-",
-)
 
 
 @stage("steer", lambda c: {"items": c.items, "seed": c.seed, "sites": c.sites, "positions": c.positions,
@@ -450,6 +447,8 @@ def _steer(ctx: StageContext) -> dict:
     frames, terms, conditions = [], {}, []
     for method in s.directions:
         try:
+            if not directions_file.exists():
+                raise EmolensError(f"the probe stage saved no directions at site {s.site!r}")
             bank = st.bank_from_file(directions_file, method)
             needed = {x for c in centres for x in st.window_layers(c, s.span, ctx.n_layers())}
             if not needed <= set(bank.layers):
@@ -466,9 +465,12 @@ def _steer(ctx: StageContext) -> dict:
             return bool(torch.isfinite(v).all()) and bool((v.norm(dim=-1) > 0).all())
 
         specs = [f"{e}+" for e in s.emotions if e in names and defined(e)]
-        if s.appraisals:
-            specs += [d for d in SURGERY_DIRECTIONS
-                      if all(t.name in names and defined(t.name) for t in st.parse_direction(d, names))]
+        for d in s.appraisals:
+            terms_d = [t.strip().rstrip("+-").strip() for t in d.split(",")]
+            if all(name in names and defined(name) for name in terms_d):
+                specs.append(d)
+            else:
+                ctx.notes.append(f"no {method} direction for {d!r} (its appraisals lack ratings here)")
         skipped = [e for e in s.emotions if f"{e}+" not in specs]
         if skipped:
             ctx.notes.append(f"no {method} direction for {skipped} (no items of that class)")
