@@ -226,10 +226,13 @@ def run_probing(store, dataset, *, tasks: Sequence[str] = TASKS, items: str = "c
                 protocol: str = "paper", probe: str = "logistic", standardize: bool = False,
                 shuffled: bool = True, appraisals: str | Sequence[str] = "paper", k: int = 5, seed: int = 42,
                 C: float = 1.0, alpha: float = 5.0, n_boot: int = 200, directions: bool = True,
-                log: Callable[[str], None] | None = None) -> ProbingResult:
+                max_iter: int = 1000, log: Callable[[str], None] | None = None) -> ProbingResult:
     """Probe every slice of ``store`` for ``tasks`` on the selected items (see the module docstring).
 
-    ``dataset`` is the store's data in store order (:func:`dataset_for_store`).
+    ``dataset`` is the store's data in store order (:func:`dataset_for_store`). ``max_iter``
+    caps the logistic L-BFGS iterations (probes and directions; the MLP's epochs are its own):
+    raw activations of real models can need several hundred to converge (the paper's sklearn
+    default stops at 100); ``summary.json`` reports how many directions fits converged.
     """
     import torch
 
@@ -283,9 +286,12 @@ def run_probing(store, dataset, *, tasks: Sequence[str] = TASKS, items: str = "c
     say(f"{len(sel.ids)} items ({sel.mode}: {sel.source}); tasks {', '.join(tasks)}")
 
     common = dict(protocol=protocol, k=k, seed=seed, n_boot=n_boot)
+    pkw = {"max_iter": max_iter} if probe == "logistic" else {}
+    summary["max_iter"] = max_iter
     frames: list[pd.DataFrame] = []
     dirs: dict[str, list] = {}
     all_slices: list[tuple[str, int, int]] = []
+    conv_total = [0, 0]  # converged / fitted emotion direction probes
     timing = summary["seconds"]
 
     @contextmanager
@@ -310,12 +316,13 @@ def run_probing(store, dataset, *, tasks: Sequence[str] = TASKS, items: str = "c
                 with timed("emotion"):
                     frames.append(pe.evaluate_classifier(
                         X, y, slices, task="emotion", probe=probe, C=C, n_classes=K, standardize=standardize,
-                        shuffled=shuffled, drop_invalid=True, **common))
+                        shuffled=shuffled, drop_invalid=True, probe_kwargs=pkw, **common))
             if "first-word" in tasks:
                 with timed("first_word"):
                     frames.append(pe.evaluate_classifier(
                         X, fw, slices, task="first_word", probe=probe, C=C, n_classes=len(FIRST_WORDS),
-                        standardize=standardize, shuffled=shuffled, drop_invalid=True, **common))
+                        standardize=standardize, shuffled=shuffled, drop_invalid=True, probe_kwargs=pkw,
+                        **common))
             if "appraisal" in tasks:
                 last = [i for i, s in enumerate(slices) if s[2] == -1]
                 with timed("appraisal"):
@@ -326,7 +333,9 @@ def run_probing(store, dataset, *, tasks: Sequence[str] = TASKS, items: str = "c
                         shuffled=shuffled, **common))
             if directions:
                 with timed("directions"):
-                    got = _directions(X, y, Y, rated, K, C, alpha, standardize)
+                    got, conv = _directions(X, y, Y, rated, K, C, alpha, standardize, max_iter)
+                conv_total[0] += int(conv.sum())
+                conv_total[1] += len(conv)
                 for key, v in got.items():
                     dirs.setdefault(key, []).append(v)
             all_slices += slices
@@ -354,6 +363,8 @@ def run_probing(store, dataset, *, tasks: Sequence[str] = TASKS, items: str = "c
     if human is not None:
         summary["human_baseline"] = {"accuracy": human.accuracy, "ci_low": human.ci_low, "ci_high": human.ci_high,
                                      "n": human.n}
+    if conv_total[1]:
+        summary["directions_converged"] = f"{conv_total[0]}/{conv_total[1]}"
     direction_tensors = {key: torch.cat(v).contiguous() for key, v in dirs.items()}
     metadata = {
         "slices": [list(s) for s in all_slices], "emotions": list(ds.label_names), "appraisals": list(names),
@@ -366,16 +377,25 @@ def run_probing(store, dataset, *, tasks: Sequence[str] = TASKS, items: str = "c
     return ProbingResult(table, direction_tensors, metadata, summary, human, sel.ids)
 
 
-def _directions(X, y, Y, rated, K, C, alpha, standardize) -> dict:
-    from emolens import probe_eval as pe
+def _directions(X, y, Y, rated, K, C, alpha, standardize, max_iter):
+    """Emotion probe weights and class diff-of-means, appraisal ridge weights and high-low means."""
+    import torch
 
-    out = {}
+    from emolens import probe_eval as pe
+    from emolens import probes
+
+    out, conv = {}, np.zeros(0, bool)
     valid = y >= 0
     if valid.sum() >= 2:
-        out.update(pe.compute_directions(X[:, valid], y=y[valid], n_classes=K, C=C, standardize=standardize))
+        Xv, yv = X[:, valid], y[valid]
+        fit = probes.fit_logistic(Xv, yv, C=C, n_classes=K, standardize=standardize, max_iter=max_iter)
+        onehot = torch.nn.functional.one_hot(torch.as_tensor(yv), K)
+        out["emotion/probe"] = fit.coef
+        out["emotion/diffmean"] = pe.class_diffmeans(torch.from_numpy(Xv), onehot, 1 - onehot)
+        conv = fit.converged.numpy()
     if Y is not None and rated.sum() >= 2:
         out.update(pe.compute_directions(X[:, rated], Y=Y[rated], alpha=alpha, standardize=standardize))
-    return out
+    return out, conv
 
 
 PRIMARY = {"emotion": "accuracy", "first_word": "accuracy", "selectivity": "accuracy", "appraisal": "r2",
