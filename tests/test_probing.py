@@ -56,7 +56,7 @@ def full_run(tiny_store, tmp_path_factory):
     store, csv = tiny_store
     out = tmp_path_factory.mktemp("probe-all") / "out"
     main(["probe", "--acts", str(store.root), "--data", str(csv), "--items", "all", "--task", "all",
-          "--n-boot", "20", "--out", str(out)])  # exits only on error
+          "--n-boot", "20", "--max-iter", "100", "--out", str(out)])  # exits only on error
     return out
 
 
