@@ -127,7 +127,7 @@ def test_items_correct_uses_the_readout(tiny_store, tmp_path, capsys):
     out = tmp_path / "c"
     code, stdout, _ = run_cli(["probe", "--acts", str(store.root), "--data", str(csv), "--items", "correct",
                                "--task", "emotion", "--no-shuffled", "--no-directions", "--n-boot", "10",
-                               "--out", str(out)], capsys)
+                               "--positions=-1", "--out", str(out)], capsys)
     assert code == 0 and f"{len(correct)} items (correct)" in stdout
     assert (out / "items.txt").read_text().split() == correct
     summary = json.loads((out / "summary.json").read_text())
@@ -136,6 +136,7 @@ def test_items_correct_uses_the_readout(tiny_store, tmp_path, capsys):
     table = pd.read_parquet(out / "probes.parquet")
     assert set(table.task) == {"emotion", "human_baseline"}
     assert (table[table.task == "emotion"].n == int(np.ceil(0.2 * len(correct)))).all()
+    assert set(table[table.task == "emotion"].position) == {-1}
     assert not (out / "directions.safetensors").exists()
 
 
@@ -161,6 +162,7 @@ def test_bad_input_is_one_line_exit_2(tiny_store, tmp_path, capsys):
         (["probe", "--acts", str(store.root), "--data", str(other)], "fingerprint mismatch"),
         (["probe", "--acts", str(store.root)], "pass --data"),
         (base + ["--appraisals", "pleasantness,joyfulness"], "not in the data"),
+        (base + ["--positions=-7"], "not in the store"),
     ]
     for args, message in cases:
         out = tmp_path / "o"

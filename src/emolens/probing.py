@@ -186,15 +186,17 @@ def select_items(store, items: str = "correct") -> ItemSelection:
     return ItemSelection(mode, [ids[i] for i in order], rows[order], source, n)
 
 
-def site_stack(store, site: str, rows: np.ndarray) -> tuple[np.ndarray, list[tuple[str, int, int]], list]:
+def site_stack(store, site: str, rows: np.ndarray,
+               positions: Sequence[int] | None = None) -> tuple[np.ndarray, list[tuple[str, int, int]], list]:
     """``X [layers*positions, items, width]`` float32 for one site; slices; skipped span positions.
 
     Mean-pooled span positions (strings) are not probed (the result columns hold int positions);
-    multi-dimensional widths (``heads``) are flattened.
+    multi-dimensional widths (``heads``) are flattened. ``positions`` keeps only those stored positions.
     """
     arr = store.read(site)
+    wanted = None if positions is None else set(positions)
     positions = store.positions
-    keep = [j for j, p in enumerate(positions) if isinstance(p, int)]
+    keep = [j for j, p in enumerate(positions) if isinstance(p, int) and (wanted is None or p in wanted)]
     skipped = [p for p in positions if not isinstance(p, int)]
     if not keep:
         return np.zeros((0, len(rows), 0), np.float32), [], skipped
@@ -226,13 +228,15 @@ def run_probing(store, dataset, *, tasks: Sequence[str] = TASKS, items: str = "c
                 protocol: str = "paper", probe: str = "logistic", standardize: bool = False,
                 shuffled: bool = True, appraisals: str | Sequence[str] = "paper", k: int = 5, seed: int = 42,
                 C: float = 1.0, alpha: float = 5.0, n_boot: int = 200, directions: bool = True,
-                max_iter: int = 1000, log: Callable[[str], None] | None = None) -> ProbingResult:
+                max_iter: int = 1000, positions: Sequence[int] | None = None,
+                log: Callable[[str], None] | None = None) -> ProbingResult:
     """Probe every slice of ``store`` for ``tasks`` on the selected items (see the module docstring).
 
     ``dataset`` is the store's data in store order (:func:`dataset_for_store`). ``max_iter``
     caps the logistic L-BFGS iterations (probes and directions; the MLP's epochs are its own):
     raw activations of real models can need several hundred to converge (the paper's sklearn
     default stops at 100); ``summary.json`` reports how many directions fits converged.
+    ``positions`` restricts the stored positions probed.
     """
     import torch
 
@@ -244,6 +248,11 @@ def run_probing(store, dataset, *, tasks: Sequence[str] = TASKS, items: str = "c
         raise EmolensError(f"unknown probe {probe!r}", f"use one of {list(PROBES)}")
     if protocol not in PROTOCOLS:
         raise EmolensError(f"unknown protocol {protocol!r}", f"use one of {list(PROTOCOLS)}")
+    if positions is not None:
+        missing = [p for p in positions if p not in store.positions]
+        if missing or not positions:
+            raise EmolensError(f"positions {missing or list(positions)} are not in the store",
+                               f"stored positions: {store.positions}")
     if list(dataset.ids) != store.item_ids:
         raise EmolensError("dataset items are not the store's items", "load it with dataset_for_store")
     sel = select_items(store, items)
@@ -305,7 +314,7 @@ def run_probing(store, dataset, *, tasks: Sequence[str] = TASKS, items: str = "c
         warnings.filterwarnings("ignore", message=".*least populated class.*")
         for site in store.sites:
             with timed("read"):
-                X, slices, skipped = site_stack(store, site, sel.rows)
+                X, slices, skipped = site_stack(store, site, sel.rows, positions)
             if skipped and "skipped_positions" not in summary:
                 summary["skipped_positions"] = skipped
                 summary["notes"].append(f"span positions {skipped} are not probed (mean-pooled spans)")
@@ -330,7 +339,7 @@ def run_probing(store, dataset, *, tasks: Sequence[str] = TASKS, items: str = "c
                         X[last][:, rated], Y[rated], [slices[i] for i in last], list(names), alpha=alpha,
                         standardize=standardize,
                         strata=y[rated] if protocol == "cv" and (y[rated] >= 0).all() else None,
-                        shuffled=shuffled, **common))
+                        shuffled=shuffled, dtype=torch.float64, **common))
             if directions:
                 with timed("directions"):
                     got, conv = _directions(X, y, Y, rated, K, C, alpha, standardize, max_iter)
@@ -394,7 +403,9 @@ def _directions(X, y, Y, rated, K, C, alpha, standardize, max_iter):
         out["emotion/diffmean"] = pe.class_diffmeans(torch.from_numpy(Xv), onehot, 1 - onehot)
         conv = fit.converged.numpy()
     if Y is not None and rated.sum() >= 2:
-        out.update(pe.compute_directions(X[:, rated], Y=Y[rated], alpha=alpha, standardize=standardize))
+        # float64: with n < d the kernel Cholesky of raw activations (|x| ~ 1e4) fails in float32
+        out.update(pe.compute_directions(X[:, rated], Y=Y[rated], alpha=alpha, standardize=standardize,
+                                         dtype=torch.float64))
     return out, conv
 
 

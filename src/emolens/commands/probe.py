@@ -28,6 +28,8 @@ def register(app: typer.Typer) -> None:
         alpha: float = typer.Option(5.0, help="ridge penalty of the appraisal probes"),
         max_iter: int = typer.Option(1000, help="L-BFGS iteration cap of the logistic probes (the paper's "
                                                  "sklearn default is 100)"),
+        positions: str = typer.Option("", help="probe only these stored positions, e.g. '-1' or '-1,-2' "
+                                               "(default: all int positions)"),
         directions: bool = typer.Option(True, help="write directions.safetensors"),
         force: bool = typer.Option(False, help="overwrite an existing result in --out"),
     ) -> None:
@@ -55,13 +57,17 @@ def register(app: typer.Typer) -> None:
             raise EmolensError(f"unknown protocol {protocol!r}", f"use one of {list(PROTOCOLS)}")
         if k < 2 or n_boot < 10 or c <= 0 or alpha < 0 or max_iter < 1:
             raise EmolensError("bad number: need --k >= 2, --n-boot >= 10, --C > 0, --alpha >= 0, --max-iter >= 1")
+        try:
+            pos = [int(p) for p in positions.split(",") if p.strip()] or None
+        except ValueError as exc:
+            raise EmolensError(f"bad --positions {positions!r}", "pass ints such as -1,-2") from exc
         store = ActivationStore.open(acts)
         dataset = dataset_for_store(store, data)
         out_dir = prepare_out_dir(out, force, marker=TABLE)
         start = time.perf_counter()
         result = run_probing(store, dataset, tasks=tasks, items=items, protocol=protocol, probe=probe,
                              standardize=standardize, shuffled=shuffled, appraisals=appraisals, k=k, seed=seed,
-                             C=c, alpha=alpha, n_boot=n_boot, directions=directions, max_iter=max_iter,
+                             C=c, alpha=alpha, n_boot=n_boot, directions=directions, max_iter=max_iter, positions=pos,
                              log=lambda m: typer.echo(m, err=True))
         result.summary["seconds"]["total"] = round(time.perf_counter() - start, 2)
         write_outputs(result, out_dir)
