@@ -110,6 +110,7 @@ class ProbeConfig(_Section):
     alpha: float = Field(5.0, gt=0)
     k: int = Field(5, ge=2)
     n_boot: int = Field(200, ge=10)
+    max_iter: int = Field(1000, ge=1)
 
 
 class _Windowed(_Section):

@@ -325,7 +325,8 @@ def _probe_impl(ctx: StageContext) -> dict:
             frames.append(pe.evaluate_classifier(X, y, slices, task="emotion" if kind == "logistic" else "emotion/mlp",
                                                  probe=kind, protocol=p.protocol, k=p.k, seed=ctx.cfg.seed + 42,
                                                  C=p.C, n_classes=len(items.label_names), n_boot=p.n_boot,
-                                                 shuffled=shuffled, drop_invalid=True))
+                                                 shuffled=shuffled, drop_invalid=True,
+                                                 probe_kwargs={"max_iter": p.max_iter} if kind == "logistic" else None))
         if Y is not None:
             frames.append(pe.evaluate_regressor(X[:, rated], Y[rated], slices, list(names), protocol=p.protocol,
                                                 k=p.k, seed=ctx.cfg.seed + 42, alpha=p.alpha, n_boot=p.n_boot,
@@ -333,7 +334,8 @@ def _probe_impl(ctx: StageContext) -> dict:
         if site != ctx.cfg.steer.site:  # directions (a full fit on every item) only where steering reads them
             continue
         valid = y >= 0
-        dirs = pe.compute_directions(X[:, valid], y=y[valid], n_classes=len(items.label_names), C=p.C)
+        dirs = pe.compute_directions(X[:, valid], y=y[valid], n_classes=len(items.label_names), C=p.C,
+                                     max_iter=p.max_iter)
         if Y is not None:
             dirs.update({k: v for k, v in pe.compute_directions(X[:, rated], Y=Y[rated], alpha=p.alpha).items()})
         for k, v in dirs.items():
