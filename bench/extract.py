@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import time
 
@@ -27,6 +26,7 @@ import torch
 
 from emolens.hooks import Capture, run_forward
 from emolens.sites import resolve_sites
+from machine import describe as machine
 
 SITES = ("attn", "mlp", "resid")
 POSITIONS = [-1, -2, -3, -4, -5]
@@ -83,17 +83,6 @@ def timed(fns: dict, device: torch.device, repeats: int) -> dict[str, tuple[floa
             times[name].append((time.perf_counter() - start, time.process_time() - cpu))
     return {k: (statistics.median(w for w, _ in v), statistics.median(c for _, c in v)) for k, v in times.items()}
 
-
-def machine(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu = next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {torch.get_num_threads()} torch threads"
 
 
 def main() -> None:

@@ -14,14 +14,14 @@ The paper loop is timed on ``--paper-pairs`` pairs per condition and extrapolate
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from machine import describe as machine
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
@@ -80,12 +80,6 @@ def paper_loop(lm, dataset, sites, windows, n_pairs: int, seed: int, device: str
     sync(device)
     return time.perf_counter() - start, forwards
 
-
-def machine(device: str) -> str:
-    if device.startswith("cuda"):
-        return torch.cuda.get_device_name(0)
-    return f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores visible, torch threads " \
-           f"{torch.get_num_threads()}, load avg {os.getloadavg()[0]:.1f}"
 
 
 def main() -> None:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import time
 import warnings
@@ -31,18 +30,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from machine import describe as machine
+
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "crowd-enVENT" / "enVent_gen_Data.csv"
 
-
-def machine() -> str:
-    cpu = platform.processor() or "unknown cpu"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-            f"numpy {np.__version__}")
 
 
 def load_avg() -> str:

@@ -18,8 +18,6 @@ exactly those slices.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import time
 
 import numpy as np
@@ -27,24 +25,13 @@ import torch
 from sklearn.linear_model import LogisticRegression, Ridge
 
 from emolens.probes import fit_logistic, fit_ridge
+from machine import describe as machine
 
 SHAPES = {
     "gemma": {"layers": 18, "sites": 3, "positions": 5, "items": 3000, "d": 640},
     "8b": {"layers": 32, "sites": 3, "positions": 1, "items": 6600, "d": 4096},
 }
 
-
-def machine(device: str) -> str:
-    cpu = platform.processor() or "unknown cpu"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    desc = f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads)"
-    if device.startswith("cuda"):
-        desc += f", GPU {torch.cuda.get_device_name()}"
-    return desc
 
 
 def make_data(S: int, n: int, d: int, K: int, T: int, depth: np.ndarray, device: str, seed: int = 0):
