@@ -329,7 +329,8 @@ def bank_from_store(store_dir: str | Path, dataset, layers: Sequence[int], metho
 
 
 def bank_from_file(path: str | Path, method: str = "diffmean") -> ConceptBank:
-    """Directions saved by :func:`emolens.probe_eval.save_directions` (keys ``appraisal/<method>``...).
+    """Directions saved by :func:`emolens.probe_eval.save_directions` (keys ``appraisal/<method>``...)
+    or by ``emolens steer`` (key ``bank/<method>``), so a steering run's directions can be reused.
 
     Uses the metadata ``slices`` (``[site, layer, position]`` per slice; resid at -1 is kept) and
     ``appraisals``/``emotions`` name lists when present, else the paper's orders.
@@ -337,10 +338,13 @@ def bank_from_file(path: str | Path, method: str = "diffmean") -> ConceptBank:
     from emolens.labels import ALL_APPRAISALS
     from emolens.probe_eval import load_directions
 
+    dirs, meta = load_directions(path)
+    if f"bank/{method}" in dirs:  # written by `emolens steer`: layers and names in the metadata
+        return ConceptBank([int(x) for x in json.loads(meta["layers"])], list(json.loads(meta["names"])),
+                           dirs[f"bank/{method}"].float(), method, {"file": str(path)})
     key = {"diffmean": "diffmean", "probe": "probe"}.get(method)
     if key is None:
         raise EmolensError(f"method {method!r} cannot be loaded from a directions file", "use diffmean or probe")
-    dirs, meta = load_directions(path)
     S = next(iter(dirs.values())).shape[0] if dirs else 0
     slices = json.loads(meta["slices"]) if "slices" in meta else [["resid", i, -1] for i in range(S)]
     keep = [i for i, s in enumerate(slices) if s[0] == "resid" and s[2] == -1]
