@@ -310,8 +310,7 @@ def test_sweep_and_cli_end_to_end(tmp_path, stim):
     assert (out / "dose_response.png").exists() and (out / "labels_pleasantnessp.png").exists()
     # A run's saved directions load back as the same bank, so they can steer another run (--acts).
     bank = st.bank_from_file(out / "directions.safetensors", "diffmean")
-    saved = json.loads(json.dumps(bank.names))
-    assert "pleasantness" in saved and bank.vectors.shape[:2] == (len(bank.layers), len(bank.names))
+    assert "pleasantness" in bank.names and bank.vectors.shape[:2] == (len(bank.layers), len(bank.names))
     assert torch.isfinite(st.combine(bank, st.parse_direction("pleasantness+", bank.names), bank.layers)).all()
     with pytest.raises(SystemExit) as info:
         main(["steer", "--model", "tiny:llama", "--data", "stimuli", "--direction", "pleasantness+",
