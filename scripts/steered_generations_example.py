@@ -1,25 +1,38 @@
 """Steered generations of qwen2.5-coder-0.5b-instruct at layers 17-19, steering every generated token.
 
-Reads the directions a prior `emolens steer ... --out /tmp/qwen/steer` run saved; prints JSON lines.
+Reads the directions that a prior `emolens steer ... --out /tmp/qwen/steer` run saved and prints one
+JSON line per (condition, text): the continuation and its fluency (mean log-probability under the
+unsteered model).
 """
+
 import json
-from emolens.model import load_model
-from emolens.data import load_crowd_envent
+
 from emolens import steering as st
+from emolens.data import load_crowd_envent
+from emolens.model import load_model
 from emolens.prompts import build_prompts
-lm = load_model("qwen2.5-coder-0.5b-instruct")
-bank = st.bank_from_file("/tmp/qwen/steer/directions.safetensors", "diffmean")
-ds = load_crowd_envent("../shared/data/crowd-enVENT/enVent_gen_Data.csv").sample(52, seed=0)
-texts = ["I forgot my best friend's birthday.", "My flight was cancelled at the last minute.", "I passed my driving test."]
-layers = [17, 18, 19]
-ref = st.mean_resid_norm(lm, build_prompts(ds.texts[:16]), layers, position="generated")
-out = {"clean": st.generate_steered(lm, texts, max_new_tokens=24)}
-for d in ["pleasantness+", "self_responsblt+", "other_responsblt+", "pleasantness-"]:
-    unit = st.combine(bank, st.parse_direction(d, bank.names), layers)
-    for beta in (0.1,):
-        vec = st.scaled(unit, beta, "relative", ref)
-        out[f"{d} beta={beta}"] = st.generate_steered(lm, texts, layers, vec, "generated", 24)
-flu = {k: st.continuation_logprob(lm, texts, v).round(2).tolist() for k, v in out.items()}
-for k, v in out.items():
-    for t, c, f in zip(texts, v, flu[k]):
-        print(json.dumps({"condition": k, "text": t, "continuation": c, "mean_logp": f}))
+
+TEXTS = ["I forgot my best friend's birthday.", "My flight was cancelled at the last minute.",
+         "I passed my driving test."]
+LAYERS = [17, 18, 19]
+DIRECTIONS = ["pleasantness+", "self_responsblt+", "other_responsblt+", "pleasantness-"]
+
+
+def main() -> None:
+    lm = load_model("qwen2.5-coder-0.5b-instruct")
+    bank = st.bank_from_file("/tmp/qwen/steer/directions.safetensors", "diffmean")
+    reference = load_crowd_envent("../shared/data/crowd-enVENT/enVent_gen_Data.csv").sample(52, seed=0)
+    ref_norm = st.mean_resid_norm(lm, build_prompts(reference.texts[:16]), LAYERS, position="generated")
+    out = {"clean": st.generate_steered(lm, TEXTS, max_new_tokens=24)}
+    for direction in DIRECTIONS:
+        unit = st.combine(bank, st.parse_direction(direction, bank.names), LAYERS)
+        vector = st.scaled(unit, 0.1, "relative", ref_norm)
+        out[f"{direction} beta=0.1"] = st.generate_steered(lm, TEXTS, LAYERS, vector, "generated", 24)
+    for condition, continuations in out.items():
+        fluency = st.continuation_logprob(lm, TEXTS, continuations).round(2).tolist()
+        for text, cont, logp in zip(TEXTS, continuations, fluency, strict=True):
+            print(json.dumps({"condition": condition, "text": text, "continuation": cont, "mean_logp": logp}))
+
+
+if __name__ == "__main__":
+    main()
