@@ -210,6 +210,21 @@ def _folds_and_ci(protocol: str, ci: str) -> None:
         raise EmolensError("ci='folds' needs several folds", "use protocol='cv' or ci='bootstrap'")
 
 
+def _fold_chunks(X: Any, keep: np.ndarray, folds, slice_chunk: int | None, dev, dtype):
+    """Yield ``(s0, s1, fold, train, test, Xtrain, Xtest)`` for every slice chunk and fold.
+
+    Slices are moved to the device one chunk at a time (bounded memory), restricted to the kept
+    items, and split by fold; both evaluators iterate exactly this way.
+    """
+    for s0, s1 in probes._chunks(X.shape[0], slice_chunk):
+        Xc = probes._chunk(X, s0, s1, dev, dtype)
+        if len(keep) != X.shape[1]:
+            Xc = Xc[:, torch.as_tensor(keep, device=dev)]
+        for fi, (tr, te) in enumerate(folds):
+            yield s0, s1, fi, tr, te, Xc[:, torch.as_tensor(tr, device=dev)], Xc[:, torch.as_tensor(te, device=dev)]
+        del Xc
+
+
 def evaluate_classifier(X: Any, y: Any, slices: Sequence[Slice], *, task: str = "emotion",
                         probe: str = "logistic", protocol: str = "cv", k: int = 5, seed: int = 42,
                         C: float = 1.0, n_classes: int | None = None, standardize: bool = False,
@@ -237,35 +252,29 @@ def evaluate_classifier(X: Any, y: Any, slices: Sequence[Slice], *, task: str = 
     rng = np.random.default_rng(seed + 1)
     dev = probes._device(X, device)
     kw = dict(probe_kwargs or {})
-    for s0, s1 in probes._chunks(S, slice_chunk):
-        Xc = probes._chunk(X, s0, s1, dev, dtype)
-        if len(keep) != X.shape[1]:
-            Xc = Xc[:, torch.as_tensor(keep, device=dev)]
-        for fi, (tr, te) in enumerate(folds):
-            Xtr, Xte = Xc[:, torch.as_tensor(tr, device=dev)], Xc[:, torch.as_tensor(te, device=dev)]
-            for name, shuf in variants.items():
-                ytr = labels[tr]
-                if shuf:
-                    ytr = np.stack([rng.permutation(ytr) for _ in range(s1 - s0)])
-                if probe == "logistic":
-                    fit = probes.fit_logistic(Xtr, ytr, C=C, n_classes=K, standardize=standardize,
-                                              device=dev, dtype=dtype, **kw)
-                    logits = probes._linear(Xte, fit.coef, fit.intercept, dev, dtype, None)
-                elif probe == "mlp":
-                    mfit = probes.fit_mlp(Xtr, ytr, n_classes=K, standardize=standardize, seed=seed,
+    for s0, s1, fi, tr, te, Xtr, Xte in _fold_chunks(X, keep, folds, slice_chunk, dev, dtype):
+        for name, shuf in variants.items():
+            ytr = labels[tr]
+            if shuf:
+                ytr = np.stack([rng.permutation(ytr) for _ in range(s1 - s0)])
+            if probe == "logistic":
+                fit = probes.fit_logistic(Xtr, ytr, C=C, n_classes=K, standardize=standardize,
                                           device=dev, dtype=dtype, **kw)
-                    logits = probes._mlp_logits(mfit, Xte, dev, dtype, None)
-                else:
-                    raise EmolensError(f"unknown probe {probe!r}", "use 'logistic' or 'mlp'")
-                pred = logits.argmax(-1).numpy()
-                preds[name][s0:s1, te] = pred
-                if ci == "folds":
-                    sc = classification_scores(labels[te], pred, K)
-                    if s0 == 0:
-                        fold_scores[name].append({m: [] for m in sc})
-                    for m, v in sc.items():
-                        fold_scores[name][fi][m].append(v)
-        del Xc
+                logits = probes._linear(Xte, fit.coef, fit.intercept, dev, dtype, None)
+            elif probe == "mlp":
+                mfit = probes.fit_mlp(Xtr, ytr, n_classes=K, standardize=standardize, seed=seed,
+                                      device=dev, dtype=dtype, **kw)
+                logits = probes._mlp_logits(mfit, Xte, dev, dtype, None)
+            else:
+                raise EmolensError(f"unknown probe {probe!r}", "use 'logistic' or 'mlp'")
+            pred = logits.argmax(-1).numpy()
+            preds[name][s0:s1, te] = pred
+            if ci == "folds":
+                sc = classification_scores(labels[te], pred, K)
+                if s0 == 0:
+                    fold_scores[name].append({m: [] for m in sc})
+                for m, v in sc.items():
+                    fold_scores[name][fi][m].append(v)
     tested = np.concatenate([te for _, te in folds])
     chance = classification_chance(labels[tested], K)
     rows: list[dict] = []
@@ -315,23 +324,17 @@ def evaluate_regressor(X: Any, Y: Any, slices: Sequence[Slice], names: Sequence[
     fold_scores: dict[str, list] = {name: [[] for _ in folds] for name in variants}
     rng = np.random.default_rng(seed + 1)
     dev = probes._device(X, device)
-    for s0, s1 in probes._chunks(S, slice_chunk):
-        Xc = probes._chunk(X, s0, s1, dev, dtype)
-        if len(keep) != X.shape[1]:
-            Xc = Xc[:, torch.as_tensor(keep, device=dev)]
-        for fi, (tr, te) in enumerate(folds):
-            Xtr, Xte = Xc[:, torch.as_tensor(tr, device=dev)], Xc[:, torch.as_tensor(te, device=dev)]
-            for name, shuf in variants.items():
-                Ytr = Yk[tr]
-                if shuf:
-                    Ytr = np.stack([Ytr[rng.permutation(len(tr))] for _ in range(s1 - s0)])
-                fit = probes.fit_ridge(Xtr, Ytr, alpha=alpha, standardize=standardize, device=dev,
-                                       dtype=dtype)
-                pred = probes._linear(Xte, fit.coef, fit.intercept, dev, dtype, None).double().numpy()
-                preds[name][s0:s1, te] = pred
-                if ci == "folds":
-                    fold_scores[name][fi].append(regression_scores(Yk[te], pred))
-        del Xc
+    for s0, s1, fi, tr, te, Xtr, Xte in _fold_chunks(X, keep, folds, slice_chunk, dev, dtype):
+        for name, shuf in variants.items():
+            Ytr = Yk[tr]
+            if shuf:
+                Ytr = np.stack([Ytr[rng.permutation(len(tr))] for _ in range(s1 - s0)])
+            fit = probes.fit_ridge(Xtr, Ytr, alpha=alpha, standardize=standardize, device=dev,
+                                   dtype=dtype)
+            pred = probes._linear(Xte, fit.coef, fit.intercept, dev, dtype, None).double().numpy()
+            preds[name][s0:s1, te] = pred
+            if ci == "folds":
+                fold_scores[name][fi].append(regression_scores(Yk[te], pred))
     tested = np.concatenate([te for _, te in folds])
     Yt = Yk[tested]
     chance = {"r2": np.zeros(T), "pearson": np.zeros(T), "spearman": np.zeros(T), "mse": Yt.var(0)}
