@@ -588,7 +588,21 @@ class _Batched(BaseEstimator):
         return {"device": self.device, "dtype": self.dtype, "slice_chunk": self.slice_chunk}
 
 
-class BatchedLogisticProbe(_Batched):
+class _BatchedClassifier(_Batched):
+    """Classifier outputs every batched classifier derives from its ``decision_function`` logits."""
+
+    def predict_proba(self, X: ArrayLike) -> np.ndarray:
+        return _to_np(torch.from_numpy(self.decision_function(X)).softmax(-1))
+
+    def predict(self, X: ArrayLike) -> np.ndarray:
+        return self.decision_function(X).argmax(-1)
+
+    def score(self, X: ArrayLike, y: ArrayLike) -> np.ndarray:
+        """Accuracy per slice ``[S]``."""
+        return (self.predict(X) == np.asarray(y)).mean(-1)
+
+
+class BatchedLogisticProbe(_BatchedClassifier):
     """One multinomial logistic probe per slice: ``fit(X[S, n, d], y[n] or y[S, n])``.
 
     Attributes after ``fit``: ``coef_ [S, K, d]``, ``intercept_ [S, K]`` (numpy, raw input
@@ -615,16 +629,6 @@ class BatchedLogisticProbe(_Batched):
     def decision_function(self, X: ArrayLike) -> np.ndarray:
         """Logits ``[S, n, K]``."""
         return _to_np(_linear(X, self.fit_.coef, self.fit_.intercept, **self._run()))
-
-    def predict_proba(self, X: ArrayLike) -> np.ndarray:
-        return _to_np(torch.from_numpy(self.decision_function(X)).softmax(-1))
-
-    def predict(self, X: ArrayLike) -> np.ndarray:
-        return self.decision_function(X).argmax(-1)
-
-    def score(self, X: ArrayLike, y: ArrayLike) -> np.ndarray:
-        """Accuracy per slice ``[S]``."""
-        return (self.predict(X) == np.asarray(y)).mean(-1)
 
 
 class BatchedRidgeProbe(_Batched):
@@ -663,7 +667,7 @@ class BatchedRidgeProbe(_Batched):
         return 1 - ss_res / ss_tot
 
 
-class BatchedMLPProbe(_Batched):
+class BatchedMLPProbe(_BatchedClassifier):
     """One MLP probe (32 ReLU units by default) per slice, trained together; seeded."""
 
     def __init__(self, hidden: int = 32, *, alpha: float = 1e-4, lr: float = 1e-3, batch_size: int = 200,
@@ -686,15 +690,6 @@ class BatchedMLPProbe(_Batched):
 
     def decision_function(self, X: ArrayLike) -> np.ndarray:
         return _to_np(_mlp_logits(self.fit_, X, **self._run()))
-
-    def predict_proba(self, X: ArrayLike) -> np.ndarray:
-        return _to_np(torch.from_numpy(self.decision_function(X)).softmax(-1))
-
-    def predict(self, X: ArrayLike) -> np.ndarray:
-        return self.decision_function(X).argmax(-1)
-
-    def score(self, X: ArrayLike, y: ArrayLike) -> np.ndarray:
-        return (self.predict(X) == np.asarray(y)).mean(-1)
 
 
 class _SingleClassifier(ClassifierMixin, BaseEstimator):
