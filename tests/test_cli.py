@@ -7,16 +7,6 @@ import json
 import pandas as pd
 import pytest
 
-from emolens.cli import main
-
-
-def run_cli(args, capsys):
-    with pytest.raises(SystemExit) as info:
-        main(args)
-        raise SystemExit(0)
-    captured = capsys.readouterr()
-    return info.value.code, captured.out, captured.err
-
 
 @pytest.mark.parametrize("args, message", [
     (["readout", "--model", "no-such-model", "--data", "stimuli"], "unknown model 'no-such-model'"),
@@ -27,26 +17,25 @@ def run_cli(args, capsys):
     (["readout", "--model", "tiny:llama", "--data", "stimuli", "--dtype", "float8"], "unknown dtype"),
     (["readout", "--model", "tiny:llama", "--data", "stimuli", "--bogus-flag"], "No such option"),
 ])
-def test_bad_input_is_one_line_and_exit_2(args, message, capsys, tmp_path):
-    code, _, err = run_cli(args + ["--out", str(tmp_path / "r")], capsys)
+def test_bad_input_is_one_line_and_exit_2(args, message, run_cli, tmp_path):
+    code, _, err = run_cli(args + ["--out", str(tmp_path / "r")])
     assert code == 2
     assert message in err
     assert err.startswith("emolens: error:") and err.count("\n") == 1
     assert not (tmp_path / "r" / "metrics.json").exists()
 
 
-def test_wrong_columns_are_named(capsys, tmp_path):
+def test_wrong_columns_are_named(run_cli, tmp_path):
     path = tmp_path / "mine.csv"
     pd.DataFrame({"sentence": ["I won."], "emo": ["joy"]}).to_csv(path, index=False)
-    code, _, err = run_cli(["readout", "--model", "tiny:llama", "--data", str(path), "--out", str(tmp_path / "r")],
-                           capsys)
+    code, _, err = run_cli(["readout", "--model", "tiny:llama", "--data", str(path), "--out", str(tmp_path / "r")])
     assert code == 2 and "missing column(s) ['text', 'label']" in err
 
 
-def test_readout_writes_all_outputs_and_refuses_to_overwrite(capsys, tmp_path):
+def test_readout_writes_all_outputs_and_refuses_to_overwrite(run_cli, tmp_path):
     out = tmp_path / "r"
     code, stdout, _ = run_cli(["readout", "--model", "tiny:qwen2", "--data", "stimuli", "--limit", "26",
-                               "--calibrate", "--out", str(out)], capsys)
+                               "--calibrate", "--out", str(out)])
     assert code == 0 and "accuracy" in stdout
     frame = pd.read_parquet(out / "readout.parquet")
     assert len(frame) == 26 and {"id", "gold", "pred", "correct", "logp_anger", "pred_cal"} <= set(frame.columns)
@@ -58,12 +47,12 @@ def test_readout_writes_all_outputs_and_refuses_to_overwrite(capsys, tmp_path):
     assert (out / "confusion.png").stat().st_size > 1000
     # The label-stratified sample keeps every label of the stimuli.
     assert frame["gold"].nunique() == 13
-    code, _, err = run_cli(["readout", "--model", "tiny:qwen2", "--data", "stimuli", "--out", str(out)], capsys)
+    code, _, err = run_cli(["readout", "--model", "tiny:qwen2", "--data", "stimuli", "--out", str(out)])
     assert code == 2 and "already holds results" in err
 
 
-def test_models_lists_every_alias(capsys):
-    code, out, _ = run_cli(["models"], capsys)
+def test_models_lists_every_alias(run_cli):
+    code, out, _ = run_cli(["models"])
     assert code == 0
     for name in ("gemma-3-270m", "qwen2.5-coder-0.5b-instruct", "smollm2-135m-instruct"):
         assert name in out

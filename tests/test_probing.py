@@ -21,14 +21,6 @@ N = 80
 SITES, LAYERS, POSITIONS = ["attn", "mlp", "resid"], 3, [-1, -2]
 
 
-def run_cli(args, capsys):
-    with pytest.raises(SystemExit) as info:
-        main(args)
-        raise SystemExit(0)
-    captured = capsys.readouterr()
-    return info.value.code, captured.out, captured.err
-
-
 @pytest.fixture(scope="module")
 def tiny_store(tmp_path_factory, tiny_llama):
     from emolens.data import load_dataset
@@ -120,14 +112,14 @@ def test_first_word_exclusions_and_selectivity(full_run):
     np.testing.assert_allclose(m.value, m.value_e - m.value_f, atol=1e-12)
 
 
-def test_items_correct_uses_the_readout(tiny_store, tmp_path, capsys):
+def test_items_correct_uses_the_readout(tiny_store, tmp_path, run_cli):
     store, csv = tiny_store
     correct = store.readout().query("correct")["id"].tolist()
     assert 2 <= len(correct) < N
     out = tmp_path / "c"
     code, stdout, _ = run_cli(["probe", "--acts", str(store.root), "--data", str(csv), "--items", "correct",
                                "--task", "emotion", "--no-shuffled", "--no-directions", "--n-boot", "10",
-                               "--positions=-1", "--out", str(out)], capsys)
+                               "--positions=-1", "--out", str(out)])
     assert code == 0 and f"{len(correct)} items (correct)" in stdout
     assert (out / "items.txt").read_text().split() == correct
     summary = json.loads((out / "summary.json").read_text())
@@ -140,7 +132,7 @@ def test_items_correct_uses_the_readout(tiny_store, tmp_path, capsys):
     assert not (out / "directions.safetensors").exists()
 
 
-def test_bad_input_is_one_line_exit_2(tiny_store, tmp_path, capsys):
+def test_bad_input_is_one_line_exit_2(tiny_store, tmp_path, run_cli):
     store, csv = tiny_store
     incomplete = tmp_path / "incomplete"
     shutil.copytree(store.root, incomplete)
@@ -166,7 +158,7 @@ def test_bad_input_is_one_line_exit_2(tiny_store, tmp_path, capsys):
     ]
     for args, message in cases:
         out = tmp_path / "o"
-        code, _, err = run_cli(args + ["--out", str(out), "--n-boot", "10"], capsys)
+        code, _, err = run_cli(args + ["--out", str(out), "--n-boot", "10"])
         assert code == 2, (args, err)
         assert message in err, (message, err)
         assert err.startswith("emolens: error:") and err.count("\n") == 1
