@@ -87,11 +87,12 @@ def test_presets_load():
     assert derived.probe.C == 0.5 and derived.ablate.stride == quick.ablate.stride
 
 
-def test_backend_ray_is_refused(capsys):
+def test_unknown_backend_is_refused(capsys):
     with pytest.raises(SystemExit) as exc:
-        main(["run", "--backend", "ray"])
+        main(["run", "--backend", "dask"])
     assert exc.value.code == 2
-    assert "not implemented" in capsys.readouterr().err
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown backend 'dask'" in err[0]
 
 
 # ---------------------------------------------------------------------------------- runs

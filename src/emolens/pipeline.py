@@ -727,61 +727,128 @@ def run_stage(ctx: StageContext, sdef: StageDef, echo=print) -> StageOutcome:
     return StageOutcome(slug, sdef.name, "done", seconds, note="; ".join(ctx.notes), key=ctx.key)
 
 
+BACKENDS: tuple[str, ...] = ("local", "ray")
+
+
+def run_step(cfg: StudyConfig, data: ResolvedData, run_dir: Path, handle: ModelHandle, name: str,
+             keys: dict[str, str], status: dict[str, str], progress: bool = True, echo=print) -> StageOutcome:
+    """Run one (model, stage) of a study: skip it when a stage it needs did not finish, else key it and
+    run it (cached, reused or computed). ``keys`` and ``status`` hold the model's earlier stages and are
+    updated in place. A failure is recorded (``error.txt``), not raised. Both backends call this."""
+    sdef = STAGES[name]
+    blocked = [n for n in sdef.needs if status.get(n) not in ("done", "reused", "cached")]
+    if blocked:
+        why = ", ".join(f"{b} {status.get(b, '?')}" for b in blocked)
+        outcome = StageOutcome(handle.slug, name, "skipped", note=f"needs {why}")
+    else:
+        # with items: all, later stages read only the model's depth from the readout, which its
+        # weights fix: a readout-only change (e.g. calibrate) must not re-run them
+        key = stage_key(name, cfg, handle, data, {n: keys[n] for n in sdef.needs
+                                                  if n != "readout" or cfg.items == "correct"})
+        keys[name] = key
+        ctx = StageContext(name, run_dir / handle.slug / name, key, cfg, data, handle,
+                           {n: run_dir / handle.slug / n for n in sdef.needs}, progress=progress)
+        try:
+            outcome = run_stage(ctx, sdef, echo)
+        except Exception as exc:  # record, keep going with stages that do not need this one
+            ctx.dir.mkdir(parents=True, exist_ok=True)
+            (ctx.dir / "error.txt").write_text(traceback.format_exc())
+            what = str(exc) if isinstance(exc, EmolensError) else f"{type(exc).__name__}: {exc}"
+            outcome = StageOutcome(handle.slug, name, "failed", note=what, key=key)
+    status[name] = outcome.status
+    return outcome
+
+
+def model_info(handle: ModelHandle) -> dict | None:
+    """What run.json records about a loaded model (None when no stage loaded it)."""
+    if not handle.loaded:
+        return None
+    return {"source_id": handle.lm.source_id, "n_layers": handle.lm.n_layers,
+            "load_seconds": round(handle.lm.load_seconds, 3)}
+
+
+class RunRecorder:
+    """Keeps ``run.json`` and the progress line up to date as (model, stage) outcomes arrive.
+
+    Only the process that runs the study writes ``run.json``; with ``--backend ray`` the workers
+    write their stage folders and the driver records what they return.
+    """
+
+    def __init__(self, run_dir: Path, meta: dict, echo, bar):
+        self.run_dir, self.meta, self.echo, self.bar = run_dir, meta, echo, bar
+        self.outcomes: list[StageOutcome] = []
+
+    def record(self, outcome: StageOutcome) -> None:
+        self.outcomes.append(outcome)
+        self.echo(_outcome_line(outcome))
+        self.meta["stages"].setdefault(outcome.model, {})[outcome.stage] = {
+            "status": outcome.status, "seconds": round(outcome.seconds, 3), "note": outcome.note,
+            "key": outcome.key, "at": _now()}
+        self.meta["updated"] = _now()
+        dump_json(self.run_dir / "run.json", self.meta)
+        self.bar.update(1)
+
+    def model(self, slug: str, info: dict | None) -> None:
+        if info:
+            self.meta["models"].setdefault(slug, {}).update(info)
+            dump_json(self.run_dir / "run.json", self.meta)
+
+
+def _run_local(cfg: StudyConfig, data: ResolvedData, run_dir: Path, recorder: RunRecorder, progress: bool,
+               echo) -> None:
+    for spec in cfg.models:
+        handle = ModelHandle(spec, cfg)
+        keys: dict[str, str] = {}
+        status: dict[str, str] = {}
+        for name in cfg.stages:
+            recorder.bar.set_postfix_str(f"{handle.slug}/{name}")
+            recorder.record(run_step(cfg, data, run_dir, handle, name, keys, status, progress, echo))
+        recorder.model(handle.slug, model_info(handle))
+        handle.release()
+
+
 def run_study(cfg: StudyConfig, out: str | Path | None = None, progress: bool = True, echo=print,
-              report: bool = True) -> RunResult:
-    """Run every requested stage for every model; skip what is cached; write the report."""
+              report: bool = True, backend: str = "local", ray_address: str | None = None,
+              ray_cpus: int | None = None, gpus_per_task: float | None = None) -> RunResult:
+    """Run every requested stage for every model; skip what is cached; write the report.
+
+    ``backend="local"`` runs the (model, stage) steps one after another in this process;
+    ``backend="ray"`` runs each as a Ray task (:mod:`emolens.ray_backend`): a model's stages in
+    order, models in parallel, on a local Ray cluster (``ray_cpus`` CPUs) or the cluster at
+    ``ray_address``, with ``gpus_per_task`` GPUs each (default: 1 when the config's device is CUDA,
+    or ``auto`` on a cluster that has GPUs). Both write the same run folder.
+    """
     from tqdm.auto import tqdm
 
-    data = resolve_dataset(cfg)
-    echo(f"data: {data.how}")
-    run_dir = Path(out) if out is not None else default_run_dir(cfg, data)
-    meta = claim_run_dir(run_dir, cfg, data)
-    echo(f"run: {run_dir}")
-    outcomes: list[StageOutcome] = []
-    bar = tqdm(total=len(cfg.models) * len(cfg.stages), desc="study", unit="stage", disable=not progress)
+    if backend not in BACKENDS:
+        raise EmolensError(f"unknown backend {backend!r}", f"use one of {list(BACKENDS)}")
+    if backend != "ray" and (ray_address is not None or ray_cpus is not None or gpus_per_task is not None):
+        raise EmolensError("Ray options only apply to backend ray", "drop them or use --backend ray")
+    session = None
+    if backend == "ray":  # connect before any work, so a missing Ray or a bad address fails at once
+        from emolens import ray_backend
+
+        session = ray_backend.connect(ray_address, ray_cpus)
     try:
-        for spec in cfg.models:
-            handle = ModelHandle(spec, cfg)
-            keys: dict[str, str] = {}
-            status: dict[str, str] = {}
-            for name in cfg.stages:
-                sdef = STAGES[name]
-                bar.set_postfix_str(f"{handle.slug}/{name}")
-                blocked = [n for n in sdef.needs if status.get(n) not in ("done", "reused", "cached")]
-                if blocked:
-                    why = ", ".join(f"{b} {status.get(b, '?')}" for b in blocked)
-                    outcome = StageOutcome(handle.slug, name, "skipped", note=f"needs {why}")
-                else:
-                    # with items: all, later stages read only the model's depth from the readout, which its
-                    # weights fix: a readout-only change (e.g. calibrate) must not re-run them
-                    key = stage_key(name, cfg, handle, data, {n: keys[n] for n in sdef.needs
-                                                              if n != "readout" or cfg.items == "correct"})
-                    keys[name] = key
-                    ctx = StageContext(name, run_dir / handle.slug / name, key, cfg, data, handle,
-                                       {n: run_dir / handle.slug / n for n in sdef.needs}, progress=progress)
-                    try:
-                        outcome = run_stage(ctx, sdef, echo)
-                    except Exception as exc:  # record, keep going with stages that do not need this one
-                        ctx.dir.mkdir(parents=True, exist_ok=True)
-                        (ctx.dir / "error.txt").write_text(traceback.format_exc())
-                        what = str(exc) if isinstance(exc, EmolensError) else f"{type(exc).__name__}: {exc}"
-                        outcome = StageOutcome(handle.slug, name, "failed", note=what, key=key)
-                status[name] = outcome.status
-                outcomes.append(outcome)
-                echo(_outcome_line(outcome))
-                meta["stages"].setdefault(handle.slug, {})[name] = {
-                    "status": outcome.status, "seconds": round(outcome.seconds, 3), "note": outcome.note,
-                    "key": outcome.key, "at": _now()}
-                meta["updated"] = _now()
-                dump_json(run_dir / "run.json", meta)
-                bar.update(1)
-            if handle.loaded:
-                meta["models"][handle.slug].update(source_id=handle.lm.source_id, n_layers=handle.lm.n_layers,
-                                                   load_seconds=round(handle.lm.load_seconds, 3))
-                dump_json(run_dir / "run.json", meta)
-            handle.release()
+        data = resolve_dataset(cfg)
+        echo(f"data: {data.how}")
+        run_dir = Path(out) if out is not None else default_run_dir(cfg, data)
+        meta = claim_run_dir(run_dir, cfg, data)
+        echo(f"run: {run_dir}" + (f" (ray: {session.describe()})" if session is not None else ""))
+        bar = tqdm(total=len(cfg.models) * len(cfg.stages), desc="study", unit="stage", disable=not progress)
+        recorder = RunRecorder(run_dir, meta, echo, bar)
+        try:
+            if session is None:
+                _run_local(cfg, data, run_dir, recorder, progress, echo)
+            else:
+                session.run(cfg, data, run_dir, recorder, gpus_per_task)
+        finally:
+            bar.close()
     finally:
-        bar.close()
+        if session is not None:
+            session.close()
+    order = {(model_slug(m), s): i for i, (m, s) in enumerate((m, s) for m in cfg.models for s in cfg.stages)}
+    outcomes = sorted(recorder.outcomes, key=lambda o: order.get((o.model, o.stage), len(order)))
     result = RunResult(run_dir, data, outcomes)
     if report:
         from emolens.report import write_report
@@ -815,5 +882,6 @@ def stage_dir(run_dir: str | Path, model: str, name: str) -> Path | None:
     return folder if rec and rec.get("status") in DONE else None
 
 
-__all__ = ["STAGES", "STAGE_ORDER", "ModelHandle", "ResolvedData", "RunResult", "StageContext", "load_run",
-           "resolve_dataset", "run_study", "stage_dir", "stage_key"]
+__all__ = ["BACKENDS", "STAGES", "STAGE_ORDER", "ModelHandle", "ResolvedData", "RunRecorder", "RunResult",
+           "StageContext", "StageOutcome", "load_run", "model_info", "resolve_dataset", "run_step", "run_study",
+           "stage_dir", "stage_key"]
