@@ -326,8 +326,9 @@ def test_real_model_steering_moves_labels(real_model):
     r = singles.appraisal("pleasantness")
     ds = singles.subset(np.concatenate([np.flatnonzero(r >= 4)[:2], np.flatnonzero(r <= 2)[:2]]))
     res = st.sweep(real_model, ds, ["pleasantness-"], windows=[6], span=3, betas=[0.5], scale="relative",
-                   n_random=1, control=None, batch_size=4)
+                   n_random=1, control=None, batch_size=4, holdout=None)
     frame = res.frame
+    assert res.info["fit"] == "all" and res.info["fast_path"] == ["last"]
     assert (frame[(frame.beta == 0) & (frame.metric == "flip_rate")].value == 0).all()
     real = frame[(frame.kind == "real") & (frame.beta == 0.5) & (frame.metric == "delta_logp")]
     assert real.value.abs().max() > 0.01 and real.n.eq(4).all()

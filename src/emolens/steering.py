@@ -55,8 +55,11 @@ SURGERY_APPRAISALS: tuple[str, ...] = ("pleasantness", "other_responsblt", "pred
 #: Candidates for the specificity control, in order: appraisals not central to the paper's surgery.
 CONTROL_CANDIDATES: tuple[str, ...] = ("familiarity", "suddenness", "attention", "effort", "goal_relevance")
 #: Columns of the steering table, in order.
-COLUMNS: tuple[str, ...] = ("direction", "kind", "method", "partial", "scale", "window", "layers", "beta",
+COLUMNS: tuple[str, ...] = ("direction", "kind", "method", "partial", "scale", "fit", "window", "layers", "beta",
                             "position", "metric", "label", "value", "ci_low", "ci_high", "n")
+#: Default number of norm-matched random directions: with 19, the permutation p-value of the theory
+#: alignment can reach 1 / 20 = 0.05.
+N_RANDOM = 19
 
 _TERM = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*([+-]?)\s*$")
 
@@ -541,6 +544,96 @@ def _repeat(batch: Batch, times: int) -> Batch:
 
 
 # ----------------------------------------------------------------------------------------------
+# the last-token fast path
+
+
+def tile_cache(cache, times: int):
+    """A copy of a key/value ``cache`` with every layer's batch stacked ``times`` over (row = t * B + i).
+
+    Layers are copied shallowly and their tensors re-made (``repeat``), so running a forward on the
+    copy never touches ``cache``; ``times = 1`` forks a cache for a continuation (the dynamic
+    layers' ``update`` rebinds its tensors instead of writing into them). Returns ``None`` for a
+    cache this cannot copy safely (static, quantised, indexed or linear-attention layers), so callers
+    fall back to full forwards.
+    """
+    import copy
+
+    from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
+
+    layers = getattr(cache, "layers", None)
+    if not layers or getattr(cache, "offloading", False) \
+            or any(type(layer) not in (DynamicLayer, DynamicSlidingWindowLayer) for layer in layers):
+        return None
+    new = copy.copy(cache)
+    new.layers = []
+    for layer in layers:
+        twin = copy.copy(layer)
+        if layer.is_initialized and layer.keys is not None and layer.keys.ndim == 4:
+            twin.keys = layer.keys.repeat(times, 1, 1, 1) if times > 1 else layer.keys
+            twin.values = layer.values.repeat(times, 1, 1, 1) if times > 1 else layer.values
+        new.layers.append(twin)
+    return new
+
+
+@torch.no_grad()
+def prefix_cache(lm, batch: Batch):
+    """The clean key/value cache of every column but the last (``None`` where the fast path cannot run).
+
+    Steering only the answer cue cannot change any earlier position of a causal model, so this
+    cache is shared by every (direction, window, β) condition of a batch: each then runs the one
+    cue token on a copy of it (:func:`fast_label_scores`).
+    """
+    from transformers import DynamicCache
+
+    if batch.input_ids.shape[1] < 2 or int(batch.attention_mask[:, :-1].sum(1).min()) < 1:
+        return None
+    try:
+        cache = DynamicCache(config=lm.model.config)
+    except Exception:  # noqa: BLE001 - a config DynamicCache cannot build: no fast path
+        return None
+    lm.model(input_ids=batch.input_ids[:, :-1], attention_mask=batch.attention_mask[:, :-1],
+             position_ids=batch.position_ids[:, :-1], cache=cache, use_cache=True, logits_to_keep=1)
+    return cache if tile_cache(cache, 1) is not None else None
+
+
+@torch.no_grad()
+def fast_label_scores(lm, reader: LabelReader, batch: Batch, prefix, times: int = 1,
+                      layers: Sequence[int] | None = None, value: torch.Tensor | None = None) -> torch.Tensor:
+    """Label log-probabilities ``[times * B, K]`` of ``batch`` stacked ``times`` over (condition-major),
+    steering the answer cue only, from the shared ``prefix`` cache of :func:`prefix_cache`.
+
+    The same numbers as :func:`steered_label_scores` with ``position_mask(..., "last")`` on the
+    repeated batch (up to float rounding): one token per row runs instead of the whole prompt.
+    ``value`` is ``[times * B, L, d]`` (or ``[L, d]``); multi-token labels continue each row's
+    steered cache with the label's tokens, unsteered, as the full path does.
+    """
+    cache = tile_cache(prefix, times)
+    ids = batch.input_ids[:, -1:].repeat(times, 1)
+    mask = batch.attention_mask.repeat(times, 1)
+    pos = batch.position_ids[:, -1:].repeat(times, 1)
+    kwargs = dict(input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True,
+                  logits_to_keep=1)
+    if value is None:
+        out = lm.model(**kwargs)
+    else:
+        with Intervention(lm, [steering_op(layers, value, "generated")]):  # the one new token: the cue
+            out = lm.model(**kwargs)
+    logp = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
+    scores = logp[:, torch.tensor([t[0] for t in reader.token_ids], device=logp.device)]
+    for k, toks in enumerate(reader.token_ids):
+        if len(toks) == 1:
+            continue
+        extra = torch.tensor(toks[:-1], device=ids.device).expand(ids.shape[0], -1)
+        out2 = lm.model(input_ids=extra, attention_mask=torch.cat([mask, torch.ones_like(extra)], 1),
+                        position_ids=pos + torch.arange(1, len(toks), device=ids.device), cache=tile_cache(cache, 1),
+                        use_cache=True)
+        rest = torch.log_softmax(out2.logits.float(), dim=-1)
+        target = torch.tensor(toks[1:], device=ids.device).expand(ids.shape[0], -1)
+        scores[:, k] = scores[:, k] + rest.gather(-1, target.unsqueeze(-1)).squeeze(-1).sum(-1)
+    return scores
+
+
+# ----------------------------------------------------------------------------------------------
 # conditions and sweeps
 
 
@@ -609,13 +702,20 @@ def outcome_rows(clean: np.ndarray, steered: np.ndarray, labels: Sequence[str], 
 
 @torch.no_grad()
 def run_conditions(lm, prompts, reader: LabelReader, conditions: Sequence[Condition], batch_size: int = 16,
-                   max_rows: int = 64, progress: bool = False) -> tuple[dict[tuple, np.ndarray], list[np.ndarray]]:
+                   max_rows: int = 64, progress: bool = False, fast: bool | None = None, fast_rows: int = 256,
+                   info: dict | None = None) -> tuple[dict[tuple, np.ndarray], list[np.ndarray]]:
     """Label scores ``[N, K]`` of every condition, plus the clean scores per (layers, position) group.
 
     Conditions sharing a window and position run together: each forward holds a batch of items
     repeated once per condition, with the clean (zero-vector) condition always in the stack, so
     the baseline comes from the very same batch shapes. Returns ``(clean_by_group, scores)``
     where ``scores[i]`` belongs to ``conditions[i]``.
+
+    **Fast path** (``position == "last"``; ``fast=None`` uses it wherever the model's cache
+    allows, ``False`` never): steering only the answer cue cannot change an earlier position, so
+    each item batch runs its first ``T - 1`` tokens once, and every condition of every window
+    then runs only the cue token on a tiled copy of that cache (``fast_rows`` rows per forward).
+    ``info`` (a dict), when given, receives ``fast_path``: the positions that took it.
     """
     from tqdm.auto import tqdm
 
@@ -625,29 +725,53 @@ def run_conditions(lm, prompts, reader: LabelReader, conditions: Sequence[Condit
     K = len(reader.labels)
     N = len(prompts)
     scores = [np.zeros((N, K), dtype=np.float64) for _ in conditions]
-    clean: dict[tuple, np.ndarray] = {}
+    clean: dict[tuple, np.ndarray] = {key: np.zeros((N, K)) for key in groups}
+    stacks = {key: torch.stack([torch.zeros_like(conditions[members[0]].vector)]
+                               + [conditions[i].vector for i in members]) for key, members in groups.items()}
     item_bs = max(1, min(batch_size, N))
     total = sum(len(v) + 1 for v in groups.values()) * N
     bar = tqdm(total=total, desc="steer", unit="row", disable=not progress, leave=False)
-    for (layers, position), members in groups.items():
-        d = conditions[members[0]].vector.shape[-1]
-        stack = torch.stack([torch.zeros(len(layers), d)] + [conditions[i].vector for i in members])
-        clean[(layers, position)] = np.zeros((N, K))
-        for batch in iter_batches(lm.tokenizer, prompts, item_bs, lm.device):
+
+    def store(key, members, c0, got, B, indices):
+        for j in range(got.shape[0] // B):
+            target = clean[key] if c0 + j == 0 else scores[members[c0 + j - 1]]
+            target[indices] = got[j * B:(j + 1) * B]
+        bar.update(got.shape[0])
+
+    fast_keys = [key for key in groups if key[1] == "last"] if fast is not False else []
+    full_batches: dict[tuple, list[Batch]] = {key: [] for key in groups if key not in fast_keys}
+    took_fast = bool(fast_keys)
+    for batch in (iter_batches(lm.tokenizer, prompts, item_bs, lm.device) if fast_keys else ()):
+        prefix = prefix_cache(lm, batch)
+        B = len(batch)
+        for key in fast_keys:
+            if prefix is None:  # this model's cache cannot be shared: full forwards for this batch
+                took_fast = False
+                full_batches.setdefault(key, []).append(batch)
+                continue
+            layers, _ = key
+            per = max(1, fast_rows // B)
+            for c0 in range(0, stacks[key].shape[0], per):
+                chunk = stacks[key][c0:c0 + per].to(lm.device, lm.dtype)
+                got = fast_label_scores(lm, reader, batch, prefix, chunk.shape[0], list(layers),
+                                        chunk.repeat_interleave(B, 0))
+                store(key, groups[key], c0, got.double().cpu().numpy(), B, batch.indices)
+    for key, done in full_batches.items():
+        layers, position = key
+        batches = done if key in fast_keys else iter_batches(lm.tokenizer, prompts, item_bs, lm.device)
+        for batch in batches:
             B = len(batch)
             per = max(1, max_rows // B)
             base_mask = position_mask(batch.attention_mask, position)
-            for c0 in range(0, stack.shape[0], per):
-                chunk = stack[c0:c0 + per].to(lm.device, lm.dtype)
+            for c0 in range(0, stacks[key].shape[0], per):
+                chunk = stacks[key][c0:c0 + per].to(lm.device, lm.dtype)
                 C = chunk.shape[0]
-                value = chunk.repeat_interleave(B, 0)  # [C*B, L, d], condition-major
-                got = steered_label_scores(lm, reader, _repeat(batch, C), list(layers), value,
-                                           base_mask.repeat(C, 1)).double().cpu().numpy()
-                for j in range(C):
-                    target = clean[(layers, position)] if c0 + j == 0 else scores[members[c0 + j - 1]]
-                    target[batch.indices] = got[j * B:(j + 1) * B]
-                bar.update(C * B)
+                got = steered_label_scores(lm, reader, _repeat(batch, C), list(layers), chunk.repeat_interleave(B, 0),
+                                           base_mask.repeat(C, 1))
+                store(key, groups[key], c0, got.double().cpu().numpy(), B, batch.indices)
     bar.close()
+    if info is not None:
+        info["fast_path"] = sorted({key[1] for key in fast_keys}) if took_fast else []
     return clean, scores
 
 
@@ -662,6 +786,7 @@ class SweepResult:
     bank: ConceptBank
     ref_norm: dict[str, torch.Tensor]
     info: dict = field(default_factory=dict)
+    dataset: object = None  # the steered items (the held-out split by default)
 
 
 def pick_control(terms: Sequence[Term], available: Sequence[str], control: str | None = None) -> str | None:
@@ -680,7 +805,7 @@ def pick_control(terms: Sequence[Term], available: Sequence[str], control: str |
 def build_conditions(lm, bank: ConceptBank, directions: Sequence[str], windows: Sequence[int], span: int,
                      betas: Sequence[float], positions: Sequence[str], scale: str = "unit",
                      ref_norm: Mapping[str, torch.Tensor] | None = None, partial: bool = False,
-                     fixed: Sequence[str] | None = None, n_random: int = 3, control: str | None = "auto",
+                     fixed: Sequence[str] | None = None, n_random: int = N_RANDOM, control: str | None = "auto",
                      seed: int = 0) -> list[Condition]:
     """Every (direction, window, β, position) plus its controls, vectors scaled and ready.
 
@@ -723,17 +848,51 @@ def build_conditions(lm, bank: ConceptBank, directions: Sequence[str], windows: 
     return out
 
 
+def fit_split(dataset, holdout: float | None = 0.5, seed: int = 0):
+    """``(fit items, steered items)``: a seeded, label-stratified split (``holdout`` = the steered
+    share), or the whole dataset for both when ``holdout`` is ``None`` or 0 (the paper)."""
+    if not holdout:
+        return dataset, dataset
+    if not 0 < holdout < 1:
+        raise EmolensError(f"holdout {holdout} is outside [0, 1)", "pass a fraction such as 0.5, or 0 for all items")
+    train, test = dataset.split(test_size=holdout, seed=seed, stratify=True)
+    if len(train) < 2 or len(test) < 1:
+        raise EmolensError(f"{len(dataset)} items are too few to hold out {holdout:g} of them",
+                           "use more items or --holdout 0 (fit and steer on all items)")
+    return dataset.subset(train), dataset.subset(test)
+
+
+def fit_relation(fit, steered) -> str:
+    """How the fit items relate to the steered ones: ``heldout`` (disjoint), ``all`` (the same
+    items), ``overlap`` (some shared) or ``given`` (directions from elsewhere; ``fit`` is None)."""
+    if fit is None:
+        return "given"
+    a, b = set(fit.ids), set(steered.ids)
+    return "all" if a == b else "heldout" if not a & b else "overlap"
+
+
 def sweep(lm, dataset, directions: Sequence[str], *, bank: ConceptBank | None = None, method: str = "diffmean",
           windows: Sequence[int] | str = "auto", span: int = 3, betas: Sequence[float] = (1, 2, 4),
           positions: Sequence[str] = ("last",), scale: str = "unit", partial: bool = False,
-          fixed: Sequence[str] | None = None, n_random: int = 3, control: str | None = "auto",
-          spec: PromptSpec | None = None, fit_dataset=None, batch_size: int = 16, max_rows: int = 64,
-          n_boot: int = 200, seed: int = 0, progress: bool = False) -> SweepResult:
-    """Steer ``dataset``'s prompts along each direction over windows × β × positions, with controls.
+          fixed: Sequence[str] | None = None, n_random: int = N_RANDOM, control: str | None = "auto",
+          spec: PromptSpec | None = None, fit_dataset=None, holdout: float | None = 0.5, batch_size: int = 16,
+          max_rows: int = 64, fast: bool | None = None, fast_rows: int = 256, n_boot: int = 200, seed: int = 0,
+          progress: bool = False) -> SweepResult:
+    """Steer prompts along each direction over windows × β × positions, with controls.
 
-    Directions come from ``bank`` or are computed with ``method`` from residuals captured on
-    ``fit_dataset`` (default: ``dataset``). Returns a tidy table (:data:`COLUMNS`); β = 0 rows
-    (the clean run) are included for every real direction, so dose-response curves start at 0.
+    Which items fit the directions and which are steered:
+
+    * by default ``dataset`` is split (seeded by ``seed``, label-stratified): the directions are
+      fitted with ``method`` on ``1 - holdout`` of the items and the effects measured on the
+      held-out rest; ``holdout=None`` or 0 fits and steers every item, as the paper did;
+    * with ``fit_dataset`` the directions are fitted there (or, with ``bank``, were fitted there)
+      and every item of ``dataset`` is steered; ``bank`` alone: fit items unknown.
+
+    The table's ``fit`` column says which it was (:func:`fit_relation`).
+
+    Positions ``last`` take the KV-prefix fast path (see :func:`run_conditions`; ``fast=False``
+    forces full forwards). Returns a tidy table (:data:`COLUMNS`); β = 0 rows (the clean run)
+    are included for every real direction, so dose-response curves start at 0.
     """
     for p in positions:
         if p not in ("last", "prompt"):
@@ -744,10 +903,14 @@ def sweep(lm, dataset, directions: Sequence[str], *, bank: ConceptBank | None = 
     spec = spec or PromptSpec()
     centres = parse_windows(windows, span, lm.n_layers)
     layers = sorted({x for c in centres for x in window_layers(c, span, lm.n_layers)})
-    prompts = build_prompts(dataset.texts, spec, lm.tokenizer)
+    if bank is not None or fit_dataset is not None:
+        fit, steered = fit_dataset, dataset
+    else:
+        fit, steered = fit_split(dataset, holdout, seed)
+    fit_mode = fit_relation(fit, steered)
+    prompts = build_prompts(steered.texts, spec, lm.tokenizer)
     if bank is None:
-        fit = fit_dataset if fit_dataset is not None else dataset
-        fit_prompts = prompts if fit is dataset else build_prompts(fit.texts, spec, lm.tokenizer)
+        fit_prompts = prompts if fit is steered else build_prompts(fit.texts, spec, lm.tokenizer)
         X = capture_resid(lm, fit_prompts, layers, batch_size)
         bank = compute_bank(X, layers, fit, method, seed=seed)
     ref_norm = {p: mean_resid_norm(lm, prompts, bank.layers, p, batch_size) for p in positions} \
@@ -755,9 +918,11 @@ def sweep(lm, dataset, directions: Sequence[str], *, bank: ConceptBank | None = 
     conditions = build_conditions(lm, bank, directions, centres, span, betas, positions, scale,
                                   ref_norm or None, partial, fixed, n_random, control, seed)
     reader = LabelReader.build(lm.tokenizer, spec.labels, prompts[0].text, prompts[0].label_prefix)
-    clean, scores = run_conditions(lm, prompts, reader, conditions, batch_size, max_rows, progress)
+    run_info: dict = {}
+    clean, scores = run_conditions(lm, prompts, reader, conditions, batch_size, max_rows, progress, fast=fast,
+                                   fast_rows=fast_rows, info=run_info)
     rows = []
-    common = dict(method=bank.method, partial=bool(partial), scale=scale)
+    common = dict(method=bank.method, partial=bool(partial), scale=scale, fit=fit_mode)
     done_zero: set[tuple] = set()
     for c, s in zip(conditions, scores, strict=True):
         base = clean[(c.layers, c.position)]
@@ -771,10 +936,14 @@ def sweep(lm, dataset, directions: Sequence[str], *, bank: ConceptBank | None = 
             for r in outcome_rows(base, base, spec.labels, n_boot, seed):
                 rows.append({**meta, "beta": 0.0, **r})
     frame = pd.DataFrame(rows)[list(COLUMNS)]
-    info = {"n_items": len(dataset), "windows": centres, "span": span, "betas": list(map(float, betas)),
-            "positions": list(positions), "n_random": n_random, "seed": seed,
+    info = {"n_items": len(steered), "fit": fit_mode, "n_fit": None if fit is None else len(fit),
+            "holdout": float(holdout) if fit_mode == "heldout" else None, "split_seed": seed,
+            "steered_ids": list(steered.ids), "fit_ids": None if fit is None else list(fit.ids),
+            "windows": centres, "span": span, "betas": list(map(float, betas)), "positions": list(positions),
+            "n_random": n_random, "random_seeds": [seed + s for s in range(n_random)], "seed": seed,
+            "min_p_value": 1 / (1 + n_random), **run_info,
             "label_scoring": reader.describe(), "fixed": list(fixed) if fixed is not None else "default"}
-    return SweepResult(frame, conditions, scores, clean, bank, ref_norm, info)
+    return SweepResult(frame, conditions, scores, clean, bank, ref_norm, info, steered)
 
 
 def _layers_text(layers: Sequence[int]) -> str:
@@ -835,12 +1004,75 @@ def generate_steered(lm, texts: Sequence[str], layers: Sequence[int] | None = No
     return out
 
 
-def degenerate(text: str, mean_logp: float, min_logp: float = -6.0, min_distinct: float = 0.3) -> bool:
-    """Flag a continuation as degenerate: very unlikely under the clean model, empty, or repetitive."""
-    words = text.split()
-    if not words or not np.isfinite(mean_logp):
-        return True
-    return mean_logp < min_logp or (len(words) >= 6 and len(set(words)) / len(words) < min_distinct)
+_WORD = re.compile(r"\S+")
+#: Absolute fluency limits: below/above these a continuation is degenerate whatever the clean one did.
+MIN_LOGP, MIN_DISTINCT2, MAX_REPEAT, MAX_NONALPHA = -6.0, 0.5, 0.4, 0.5
+#: Relative limits: how much worse than the unsteered continuation of the same prompt is too much.
+MAX_LOGP_DROP, MAX_DISTINCT2_DROP, MAX_REPEAT_RISE, MAX_NONALPHA_RISE = 2.5, 0.3, 0.3, 0.3
+
+
+def text_stats(text: str) -> dict[str, float]:
+    """Degeneracy signals of a continuation, over its whitespace-separated words.
+
+    ``distinct2``: distinct word bigrams / bigrams (1 = no bigram repeats; loops drive it to 0);
+    ``repeat``: length of the longest word n-gram (n >= 2) that occurs at least twice, overlaps
+    allowed, over the number of words (a loop of period p over n words scores (n - p) / n);
+    ``nonalpha``: share of words without a letter (symbol or digit salad such as ``!! ## ;;``);
+    ``words``: the number of words. An empty text scores 0 words and neutral signals.
+    """
+    words = _WORD.findall(text.lower())
+    n = len(words)
+    bigrams = list(zip(words, words[1:], strict=False))
+    distinct2 = len(set(bigrams)) / len(bigrams) if bigrams else 1.0
+    longest = 0
+    for size in range(2, n):  # the longest n-gram seen twice; a longer one implies every shorter one
+        grams = [tuple(words[i:i + size]) for i in range(n - size + 1)]
+        if len(set(grams)) == len(grams):
+            break
+        longest = size
+    nonalpha = sum(not any(ch.isalpha() for ch in w) for w in words) / n if n else 0.0
+    return {"words": float(n), "distinct2": distinct2, "repeat": longest / n if n else 0.0, "nonalpha": nonalpha}
+
+
+def fluency_flags(text: str, mean_logp: float, clean: tuple[str, float] | None = None) -> list[str]:
+    """Why a continuation looks degenerate (empty list: it does not).
+
+    Absolute checks: empty, mean log-probability under the unsteered model below
+    :data:`MIN_LOGP`, distinct-2 below :data:`MIN_DISTINCT2` or ``repeat`` above
+    :data:`MAX_REPEAT` (8+ words), non-alphabetic words above :data:`MAX_NONALPHA` (4+ words).
+    Relative checks against ``clean = (text, mean_logp)``, the unsteered continuation of the same
+    prompt: log-probability more than :data:`MAX_LOGP_DROP` nats lower, distinct-2 more than
+    :data:`MAX_DISTINCT2_DROP` lower, ``repeat`` or ``nonalpha`` more than 0.3 higher -- so a
+    prompt whose clean continuation is already odd (a list, code) is judged against itself.
+    """
+    s = text_stats(text)
+    if s["words"] == 0:
+        return ["empty"]
+    flags = []
+    if not np.isfinite(mean_logp) or mean_logp < MIN_LOGP:
+        flags.append("logp")
+    if s["words"] >= 8 and s["distinct2"] < MIN_DISTINCT2:
+        flags.append("distinct2")
+    if s["words"] >= 8 and s["repeat"] > MAX_REPEAT:
+        flags.append("repeat")
+    if s["words"] >= 4 and s["nonalpha"] > MAX_NONALPHA:
+        flags.append("nonalpha")
+    if clean is not None:
+        c = text_stats(clean[0])
+        if np.isfinite(clean[1]) and np.isfinite(mean_logp) and mean_logp < clean[1] - MAX_LOGP_DROP:
+            flags.append("logp_vs_clean")
+        if s["words"] >= 4 and s["distinct2"] < c["distinct2"] - MAX_DISTINCT2_DROP:
+            flags.append("distinct2_vs_clean")
+        if s["words"] >= 4 and s["repeat"] > c["repeat"] + MAX_REPEAT_RISE:
+            flags.append("repeat_vs_clean")
+        if s["words"] >= 4 and s["nonalpha"] > c["nonalpha"] + MAX_NONALPHA_RISE:
+            flags.append("nonalpha_vs_clean")
+    return flags
+
+
+def degenerate(text: str, mean_logp: float, clean: tuple[str, float] | None = None) -> bool:
+    """Whether :func:`fluency_flags` flags the continuation (see there)."""
+    return bool(fluency_flags(text, mean_logp, clean))
 
 
 def steered_generations(lm, dataset, conditions: Sequence[Condition], n_items: int = 3,
@@ -849,7 +1081,9 @@ def steered_generations(lm, dataset, conditions: Sequence[Condition], n_items: i
     """Continuations of ``n_items`` event descriptions, clean and under each condition, with readout.
 
     The emotion of text + continuation is read by the model's own label scoring on the T1
-    prompt (unsteered); ``mean_logp`` is the fluency guard and ``degenerate`` its verdict.
+    prompt (unsteered). Fluency: ``mean_logp`` (under the unsteered model) and the
+    :func:`text_stats` signals; ``flags``/``degenerate`` are :func:`fluency_flags`' verdict,
+    each steered continuation judged also against the clean continuation of the same item.
     """
     spec = spec or PromptSpec()
     texts = list(dataset.texts[:n_items])
@@ -859,6 +1093,7 @@ def steered_generations(lm, dataset, conditions: Sequence[Condition], n_items: i
     settings: list[tuple[Condition | None, list[str]]] = [(None, clean)]
     for c in conditions:
         settings.append((c, generate_steered(lm, texts, list(c.layers), c.vector, c.position, max_new_tokens)))
+    clean_fluency: np.ndarray | None = None
     for c, conts in settings:
         full = [f"{t} {x.strip()}".strip() for t, x in zip(texts, conts, strict=True)]
         prompts = build_prompts(full, spec, lm.tokenizer)
@@ -867,8 +1102,13 @@ def steered_generations(lm, dataset, conditions: Sequence[Condition], n_items: i
         for batch in iter_batches(lm.tokenizer, prompts, 8, lm.device):
             scores[batch.indices] = steered_label_scores(lm, reader, batch).double().cpu().numpy()
         fluency = continuation_logprob(lm, texts, conts)
+        if c is None:
+            clean_fluency = fluency
         for i in range(len(texts)):
             probs = np.exp(scores[i] - np.logaddexp.reduce(scores[i]))
+            versus = None if c is None else (clean[i], float(clean_fluency[i]))
+            flags = fluency_flags(conts[i], float(fluency[i]), versus)
+            stats = text_stats(conts[i])
             records.append({
                 "id": ids[i], "text": texts[i], "direction": c.direction if c else "clean",
                 "kind": c.kind if c else "clean", "window": c.window if c else None,
@@ -877,7 +1117,8 @@ def steered_generations(lm, dataset, conditions: Sequence[Condition], n_items: i
                 "emotion": spec.labels[int(scores[i].argmax())],
                 "probs": {lab: round(float(p), 4) for lab, p in zip(spec.labels, probs, strict=True)},
                 "mean_logp": None if not np.isfinite(fluency[i]) else round(float(fluency[i]), 4),
-                "degenerate": degenerate(conts[i], float(fluency[i])),
+                **{k: round(stats[k], 4) for k in ("distinct2", "repeat", "nonalpha")},
+                "flags": flags, "degenerate": bool(flags),
             })
     return records
 

@@ -180,7 +180,8 @@ def sweep_alignment(frame: pd.DataFrame, reference: pd.DataFrame, terms: Mapping
     if not usable:
         return pd.DataFrame(rows), pd.DataFrame(cells)
     ref_rows = pd.DataFrame({d: reference_for(t, reference) for d, t in usable.items()}).T
-    keys = ["method", "partial", "scale", "window", "layers", "beta", "position"]
+    keys = ["method", "partial", "scale", *(["fit"] if "fit" in frame.columns else []), "window", "layers", "beta",
+            "position"]
     for key, sub in frame[frame["beta"] != 0].groupby(keys, dropna=False):
         eff = effect_matrix(sub)
         eff = eff.loc[[d for d in eff.index if d in usable]]

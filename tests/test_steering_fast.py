@@ -1,0 +1,103 @@
+"""The KV-prefix fast path of last-token steering sweeps equals the full-forward path."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from emolens import steering as st
+from emolens.batching import encode
+from emolens.labels import EMOTIONS
+from emolens.model import load_model
+from emolens.prompts import build_prompts
+from emolens.readout import LabelReader
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def stim():
+    from emolens.stimuli import load_stimuli
+
+    return load_stimuli("all").sample(10, seed=0)
+
+
+def _readers(lm, prompt):
+    """The model's own label reader, and one where ``anger`` is scored as a two-token label."""
+    single = LabelReader.build(lm.tokenizer, EMOTIONS, prompt.text, prompt.label_prefix)
+    ids = [list(t) for t in single.token_ids]
+    ids[0] = ids[0] + ids[1]
+    return single, LabelReader(single.labels, ids, single_token=False)
+
+
+def _conditions(lm, position="last", n=3, scale=3.0):
+    g = torch.Generator().manual_seed(0)
+    out = []
+    for i, layers in enumerate([(0, 1, 2), (1,)] * n):
+        vec = torch.randn(len(layers), lm.sites.d_model, generator=g) * scale
+        out.append(st.Condition(f"v{i}", "real", layers[len(layers) // 2], layers, 1.0, position, vec))
+    return out
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3_text", "qwen2", "gemma2", "gpt2"])
+def test_fast_path_equals_full_forward_on_left_padded_batches(family, stim):
+    lm = load_model(f"tiny:{family}")
+    prompts = build_prompts(stim.texts, None, lm.tokenizer)
+    lengths = [len(lm.tokenizer(p.text)["input_ids"]) for p in prompts]
+    assert len(set(lengths)) > 3  # batches are left-padded
+    assert max(lengths) > 64  # longer than the tiny gemmas' sliding window: the sliding cache is exercised
+    conds = _conditions(lm)
+    for reader in _readers(lm, prompts[0]):
+        info: dict = {}
+        # max_rows / fast_rows small enough that conditions are split over several stacked chunks
+        fast_clean, fast = st.run_conditions(lm, prompts, reader, conds, batch_size=4, fast_rows=8, info=info)
+        full_clean, full = st.run_conditions(lm, prompts, reader, conds, batch_size=4, max_rows=8, fast=False)
+        assert info["fast_path"] == ["last"]
+        for key in full_clean:
+            np.testing.assert_allclose(fast_clean[key], full_clean[key], atol=1e-5, rtol=0)
+            assert (fast_clean[key].argmax(1) == full_clean[key].argmax(1)).all()
+        for a, b, c in zip(fast, full, conds, strict=True):
+            np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
+            assert (a.argmax(1) == b.argmax(1)).all()
+            assert np.abs(a - fast_clean[(c.layers, "last")]).max() > 1e-2  # the steering really acts
+
+
+def test_fast_label_scores_match_steered_label_scores_row_by_row(tiny_llama, stim):
+    lm = tiny_llama
+    prompts = build_prompts(stim.texts[:5], None, lm.tokenizer)
+    batch = encode(lm.tokenizer, prompts)
+    _, multi = _readers(lm, prompts[0])
+    value = torch.randn(3 * len(batch), 2, lm.sites.d_model, generator=torch.Generator().manual_seed(2)) * 5
+    value[: len(batch)] = 0  # the first stacked copy is the clean run
+    full = st.steered_label_scores(lm, multi, st._repeat(batch, 3), [0, 1], value,
+                                   st.position_mask(batch.attention_mask, "last").repeat(3, 1))
+    prefix = st.prefix_cache(lm, batch)
+    before = [(layer.keys.clone(), layer.values.clone()) for layer in prefix.layers]
+    fast = st.fast_label_scores(lm, multi, batch, prefix, 3, [0, 1], value)
+    torch.testing.assert_close(fast, full, atol=1e-5, rtol=0)
+    plain = st.steered_label_scores(lm, multi, batch)
+    torch.testing.assert_close(fast[: len(batch)], plain, atol=1e-5, rtol=0)
+    # the shared prefix is never written to: a second run on it is bit-identical
+    assert all(torch.equal(k, layer.keys) and torch.equal(v, layer.values)
+               for (k, v), layer in zip(before, prefix.layers, strict=True))
+    assert torch.equal(st.fast_label_scores(lm, multi, batch, prefix, 3, [0, 1], value), fast)
+
+
+def test_sweep_uses_fast_path_for_last_only_and_gives_the_same_table(tiny_llama, stim):
+    lm = tiny_llama
+    kw = dict(windows=[1], span=3, betas=[4.0], scale="unit", n_random=2, batch_size=4, holdout=None)
+    fast = st.sweep(lm, stim, ["pleasantness+"], positions=["last", "prompt"], **kw)
+    full = st.sweep(lm, stim, ["pleasantness+"], positions=["last", "prompt"], fast=False, **kw)
+    assert fast.info["fast_path"] == ["last"] and full.info["fast_path"] == []
+    a, b = fast.frame, full.frame
+    assert a[["direction", "position", "metric", "label"]].equals(b[["direction", "position", "metric", "label"]])
+    np.testing.assert_allclose(a["value"], b["value"], atol=1e-4)
+    for x, y in zip(fast.scores, full.scores, strict=True):
+        np.testing.assert_allclose(x, y, atol=1e-5)
