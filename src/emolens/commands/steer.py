@@ -50,17 +50,28 @@ def register(app: typer.Typer) -> None:
         beta: str = typer.Option("1,2,4", help="strengths"),
         scale: str = typer.Option("unit", help="unit (β in raw units, the paper) or relative (β × mean "
                                   "residual norm at the layer)"),
-        positions: str = typer.Option("last", help="last, prompt and/or generated (comma-separated)"),
-        n_random: int = typer.Option(3, help="random-direction controls per condition"),
+        positions: str = typer.Option("last", help="sweep positions: last and/or prompt (comma-separated); "
+                                      "last runs on the shared-prefix fast path"),
+        n_random: int = typer.Option(19, help="norm-matched random-direction controls per condition (19 lets "
+                                     "the alignment p-value reach 0.05)"),
+        holdout: float = typer.Option(0.5, help="share of items held out: directions are fitted on the rest "
+                                      "and effects measured on these (seeded, label-stratified); 0 = fit and "
+                                      "steer on all items, as the paper did"),
         control: str = typer.Option("auto", help="specificity-control appraisal, auto, or none"),
         reference: str = typer.Option("ratings", help="theory reference: ratings (z-scored mean rating per "
                                       "emotion) or classifier (human-baseline coefficients)"),
         limit: int = typer.Option(0, help="seeded label-stratified sample of N items (0 = all)"),
-        generate: int = typer.Option(0, help="write steered continuations of this many items"),
+        generate: int = typer.Option(0, help="write steered continuations of this many (steered) items"),
+        gen_position: str = typer.Option("generated", help="where generation steers: generated (the last "
+                                         "prompt token and every generated token), last or prompt"),
+        gen_window: str = typer.Option("best", help="window of the generations: best (the window and beta of "
+                                       "the highest theory alignment), middle (largest beta), or a centre layer"),
         max_new_tokens: int = typer.Option(24, help="tokens per continuation"),
         seed: int = typer.Option(0, help="seed of the sample, random directions and bootstrap"),
         batch_size: int = typer.Option(16, help="items per forward"),
-        max_rows: int = typer.Option(64, help="rows per forward when conditions are stacked"),
+        max_rows: int = typer.Option(64, help="rows per full forward when conditions are stacked"),
+        fast: bool = typer.Option(True, help="last-token steering on a shared KV prefix (--no-fast: full "
+                                  "forwards, same numbers, for checking)"),
         device: str = typer.Option("auto", help="auto, cpu, cuda ..."),
         dtype: str = typer.Option("auto", help="auto, float32, bfloat16, float16"),
         force: bool = typer.Option(False, help="overwrite an existing result in --out"),
@@ -84,13 +95,14 @@ def register(app: typer.Typer) -> None:
         if reference not in ("ratings", "classifier"):
             raise EmolensError(f"unknown reference {reference!r}", "use ratings or classifier")
         pos = [p.strip() for p in positions.split(",") if p.strip()]
-        for p in pos:
+        for p in pos + [gen_position]:
             if p not in steering.POSITIONS:
                 raise EmolensError(f"unknown position {p!r}", f"use {list(steering.POSITIONS)}")
-        sweep_pos = [p for p in pos if p != "generated"]
-        gen_pos = "generated" if "generated" in pos else (sweep_pos[0] if sweep_pos else "generated")
-        if not sweep_pos and not generate:
-            raise EmolensError("--positions generated only applies to steered generation", "add --generate N")
+        sweep_pos = [p for p in pos if p != "generated"] or ["last"]  # 'generated' here: the old spelling
+        if not 0 <= holdout < 1:
+            raise EmolensError(f"--holdout {holdout} is outside [0, 1)", "pass e.g. 0.5, or 0 for all items")
+        if gen_window not in ("best", "middle") and not gen_window.lstrip("-").isdigit():
+            raise EmolensError(f"bad --gen-window {gen_window!r}", "use best, middle or a centre layer")
         betas = _floats(beta, "beta")
         dirs = [d for spec in direction for d in spec.split(";") if d.strip()]
         dataset = load_dataset(data)
@@ -106,13 +118,15 @@ def register(app: typer.Typer) -> None:
         lm = load_model(model, dtype=dtype, device=device)
         centres = steering.parse_windows(windows, span, lm.n_layers)
         layers = sorted({x for c in centres for x in steering.window_layers(c, span, lm.n_layers)})
-        bank = _bank(acts, lm, dataset, layers, method, seed) if acts else None
+        fit, steered = steering.fit_split(dataset, holdout, seed)
+        bank = _bank(acts, lm, fit, layers, method, seed) if acts else None
+        from_file = bank is not None and "file" in bank.info
         start = time.perf_counter()
         result = steering.sweep(
-            lm, dataset, dirs, bank=bank, method=method, windows=centres, span=span, betas=betas,
-            positions=sweep_pos or ["last"], scale=scale, partial=partial, fixed=fixed_list, n_random=n_random,
-            control=None if control == "none" else control, batch_size=batch_size, max_rows=max_rows, seed=seed,
-            progress=True)
+            lm, steered, dirs, bank=bank, method=method, windows=centres, span=span, betas=betas,
+            positions=sweep_pos, scale=scale, partial=partial, fixed=fixed_list, n_random=n_random,
+            control=None if control == "none" else control, fit_dataset=None if from_file else fit,
+            batch_size=batch_size, max_rows=max_rows, fast=None if fast else False, seed=seed, progress=True)
         seconds = time.perf_counter() - start
         frame = result.frame.assign(model=model)
         frame.to_parquet(out_dir / "steering.parquet", index=False)
@@ -132,16 +146,16 @@ def register(app: typer.Typer) -> None:
         for name in terms:
             figures.append(plot_label_bars(result.frame, name, out_dir / f"labels_{_slug(name)}.png"))
         figures.append(plot_dose_response(result.frame, out_dir / "dose_response.png"))
-        n_gen = 0
+        n_gen, gen_at = 0, None
         if generate:
-            top = max(betas)
-            chosen = [c for c in result.conditions if c.kind in ("real", "specificity") and c.beta == top
-                      and c.window == centres[len(centres) // 2] and c.position == (sweep_pos or ["last"])[0]]
-            chosen += [c for c in result.conditions if c.kind == "random" and c.beta == top
-                       and c.window == centres[len(centres) // 2] and c.position == (sweep_pos or ["last"])[0]][:1]
-            chosen = [steering.Condition(c.direction, c.kind, c.window, c.layers, c.beta, gen_pos, c.vector)
+            gen_at = _generation_setting(align, result.conditions, centres, gen_window, sweep_pos[0])
+            window, top = gen_at
+            at = [c for c in result.conditions if c.beta == top and c.window == window and c.position == sweep_pos[0]]
+            chosen = [c for c in at if c.kind in ("real", "specificity")] + [c for c in at if c.kind == "random"][:1]
+            chosen = [steering.Condition(c.direction, c.kind, c.window, c.layers, c.beta, gen_position, c.vector)
                       for c in chosen]
-            records = steering.steered_generations(lm, dataset, chosen, generate, max_new_tokens=max_new_tokens)
+            records = steering.steered_generations(lm, result.dataset, chosen, generate,
+                                                   max_new_tokens=max_new_tokens)
             with open(out_dir / "generations.jsonl", "w") as fh:
                 for r in records:
                     fh.write(json.dumps(r) + "\n")
@@ -149,15 +163,33 @@ def register(app: typer.Typer) -> None:
         summary = {"model": model, "source_id": lm.source_id, "data": data, "dataset_fingerprint":
                    dataset.fingerprint(), "directions": list(terms), "method": method, "partial": partial,
                    "scale": scale, "reference": reference, "seconds_sweep": round(seconds, 2),
-                   "figures": [str(f) for f in figures], "generations": n_gen, **result.info}
+                   "figures": [str(f) for f in figures], "generations": n_gen, "generation_position": gen_position,
+                   "generation_window_beta": list(gen_at) if gen_at else None, **result.info}
         dump_json(out_dir / "summary.json", summary)
         head = align[align.metric == "alignment"] if len(align) else align
-        line = f"{len(result.conditions)} conditions on {len(dataset)} items in {seconds:.1f}s"
+        line = (f"{len(result.conditions)} conditions on {len(result.dataset)} items "
+                f"({result.info['fit']} fit) in {seconds:.1f}s")
         if len(head):
             best = head.sort_values("value", ascending=False).iloc[0]
             line += (f"; best theory alignment {best.value:.2f} (p={best.p_value:.2g}) at window {best.window}, "
                      f"beta {best.beta:g}")
+            if n_random < 19:
+                line += f" (with {n_random} random directions p cannot go below {1 / (1 + n_random):.2g})"
         typer.echo(f"{line}; results in {out_dir}")
+
+
+def _generation_setting(align, conditions, centres, gen_window: str, position: str) -> tuple[int, float]:
+    """(window, beta) of the steered generations: the best-aligned, the middle window, or a given centre."""
+    if gen_window == "best" and len(align):
+        head = align[(align.metric == "alignment") & (align.position == position)].dropna(subset=["value"])
+        if len(head):
+            best = head.sort_values("value", ascending=False).iloc[0]
+            return int(best.window), float(best.beta)
+    window = centres[len(centres) // 2] if gen_window in ("best", "middle") else int(gen_window)
+    if window not in centres:
+        raise EmolensError(f"--gen-window {window} is not one of the swept windows {centres}",
+                           "pick a swept centre, best or middle")
+    return window, max(c.beta for c in conditions if c.window == window)
 
 
 def _slug(text: str) -> str:
