@@ -305,8 +305,17 @@ def test_sweep_and_cli_end_to_end(tmp_path, stim):
     align = pd.read_parquet(out / "alignment.parquet")
     assert {"alignment", "spearman", "sign_agreement"} <= set(align.metric)
     assert (align[align.metric == "alignment"].n_random == 3).all()
+    assert set(frame.fit) == {"heldout"} and set(align.fit) == {"heldout"}
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["fit"] == "heldout" and summary["fast_path"] == ["last"] and summary["random_seeds"] == [0, 1, 2]
+    assert not set(summary["fit_ids"]) & set(summary["steered_ids"]) and (frame.n == 6).all()
     gens = [json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines()]
-    assert gens[0]["direction"] == "clean" and {"continuation", "emotion", "mean_logp", "degenerate"} <= set(gens[0])
+    assert gens[0]["direction"] == "clean" and {"continuation", "emotion", "mean_logp", "degenerate", "flags",
+                                                "distinct2"} <= set(gens[0])
+    assert gens[0]["id"] in summary["steered_ids"]  # generations continue held-out items
+    assert {g["position"] for g in gens[1:]} == {"generated"}  # steering every generated token by default
+    window, beta = summary["generation_window_beta"]
+    assert all(g["window"] == window and g["beta"] == beta for g in gens[1:])
     assert (out / "dose_response.png").exists() and (out / "labels_pleasantnessp.png").exists()
     # A run's saved directions load back as the same bank, so they can steer another run (--acts).
     bank = st.bank_from_file(out / "directions.safetensors", "diffmean")
@@ -316,6 +325,15 @@ def test_sweep_and_cli_end_to_end(tmp_path, stim):
         main(["steer", "--model", "tiny:llama", "--data", "stimuli", "--direction", "pleasantness+",
               "--windows", "9", "--out", str(tmp_path / "bad")])
     assert info.value.code == 2
+    # the paper's protocol: fit and steer every item, full forwards; --gen-position last
+    out2 = tmp_path / "paper"
+    main(["steer", "--model", "tiny:llama", "--data", "stimuli", "--limit", "12", "--direction", "pleasantness+",
+          "--windows", "1", "--beta", "8", "--n-random", "2", "--holdout", "0", "--no-fast", "--generate", "1",
+          "--gen-position", "last", "--gen-window", "middle", "--max-new-tokens", "3", "--out", str(out2)])
+    summary = json.loads((out2 / "summary.json").read_text())
+    assert summary["fit"] == "all" and summary["fast_path"] == [] and summary["n_items"] == 12
+    gens = [json.loads(line) for line in (out2 / "generations.jsonl").read_text().splitlines()]
+    assert {g["position"] for g in gens[1:]} == {"last"}
 
 
 @pytest.mark.real_model
@@ -332,3 +350,90 @@ def test_real_model_steering_moves_labels(real_model):
     assert (frame[(frame.beta == 0) & (frame.metric == "flip_rate")].value == 0).all()
     real = frame[(frame.kind == "real") & (frame.beta == 0.5) & (frame.metric == "delta_logp")]
     assert real.value.abs().max() > 0.01 and real.n.eq(4).all()
+
+
+# ------------------------------------------------------------------------------ controls, split, fluency
+
+
+def test_default_controls_let_the_permutation_p_value_reach_005(tiny_llama, stim):
+    X = torch.randn(len(stim), 3, tiny_llama.sites.d_model, generator=torch.Generator().manual_seed(0))
+    bank = st.compute_bank(X, [0, 1, 2], stim)
+    conds = st.build_conditions(tiny_llama, bank, ["pleasantness+"], [1], 3, [1.0], ["last"])
+    randoms = [c.direction for c in conds if c.kind == "random"]
+    assert st.N_RANDOM >= 19 and randoms == [f"random:{s}" for s in range(st.N_RANDOM)]
+    # a steering table whose real direction matches the reference exactly and whose 19 random
+    # directions do not: p = (1 + 0) / (1 + 19) = 0.05, computed from the random rows of the table
+    g = np.random.default_rng(1)
+    ref = pd.DataFrame(g.normal(size=(1, 13)), index=["pleasantness"], columns=list(EMOTIONS))
+    rows = [("pleasantness+", "real", ref.loc["pleasantness"].to_numpy())]
+    rows += [(f"random:{s}", "random", g.normal(size=13)) for s in range(19)]
+    frame = pd.DataFrame([dict(direction=d, kind=k, method="diffmean", partial=False, scale="unit", fit="heldout",
+                               window=1, layers="0-2", beta=1.0, position="last", metric="delta_logp", label=e,
+                               value=float(v[j])) for d, k, v in rows for j, e in enumerate(EMOTIONS)])
+    align, _ = theory.sweep_alignment(frame, ref, {"pleasantness+": [("pleasantness", 1.0)]})
+    head = align[align.metric == "alignment"].iloc[0]
+    assert head.value == pytest.approx(1.0) and head.n_random == 19 and head.fit == "heldout"
+    assert head.p_value == pytest.approx(0.05)
+    frame.loc[frame.direction == "random:3", "value"] = ref.loc["pleasantness"].to_numpy()  # one random ties
+    align, _ = theory.sweep_alignment(frame, ref, {"pleasantness+": [("pleasantness", 1.0)]})
+    assert align[align.metric == "alignment"].p_value.item() == pytest.approx(0.1)
+
+
+def test_directions_are_fitted_on_the_train_split_and_measured_on_held_out_items(tiny_llama):
+    from emolens.stimuli import load_stimuli
+
+    ds = load_stimuli("singles").sample(26, seed=0)
+    kw = dict(windows=[1], span=3, betas=[2.0], n_random=2, control=None, batch_size=8)
+    res = st.sweep(tiny_llama, ds, ["pleasantness+"], **kw)
+    fit_ids, steered_ids = set(res.info["fit_ids"]), set(res.info["steered_ids"])
+    assert res.info["fit"] == "heldout" and not fit_ids & steered_ids and fit_ids | steered_ids == set(ds.ids)
+    assert set(res.frame.fit) == {"heldout"} and (res.frame.n == len(steered_ids)).all()
+    assert list(res.dataset.ids) == res.info["steered_ids"]
+    labels = dict(zip(ds.ids, ds.labels, strict=True))
+    for lab in set(ds.labels):  # label-stratified: every label's items split about half and half
+        n_in = sum(labels[i] == lab for i in steered_ids)
+        n_all = sum(x == lab for x in ds.labels)
+        assert abs(n_in - n_all / 2) <= 0.5 + 1e-9
+    # the directions are the train split's own diff-of-means, not the whole set's
+    train = ds.subset(sorted(fit_ids, key=list(ds.ids).index))
+    X = st.capture_resid(tiny_llama, build_prompts(train.texts, None, tiny_llama.tokenizer), [0, 1, 2], 8)
+    assert torch.allclose(res.bank.get("pleasantness"), st.compute_bank(X, [0, 1, 2], train).get("pleasantness"),
+                          atol=1e-5)
+    again = st.sweep(tiny_llama, ds, ["pleasantness+"], **kw)  # seeded: the same split
+    assert again.info["steered_ids"] == res.info["steered_ids"]
+    paper = st.sweep(tiny_llama, ds, ["pleasantness+"], holdout=None, **kw)
+    assert paper.info["fit"] == "all" and set(paper.frame.fit) == {"all"} and (paper.frame.n == len(ds)).all()
+    assert st.fit_relation(ds.subset([0, 1, 2]), ds.subset([2, 3])) == "overlap"
+    assert st.fit_relation(None, ds) == "given"
+
+
+@pytest.mark.parametrize("text, flags", [
+    ("I was so relieved when the doctor called and said the results were fine, so we went out.", []),
+    ("the the the the the the the the the the the the", ["distinct2", "repeat"]),
+    ("I was happy. I was happy. I was happy. I was happy. I was happy.", ["distinct2", "repeat"]),
+    ("!!! ### ??? ;;; ))) 123 *** ... :: ==", ["nonalpha"]),
+    ("", ["empty"]),
+])
+def test_fluency_flags_on_crafted_texts(text, flags):
+    got = st.fluency_flags(text, -2.0)
+    assert got == flags
+    assert st.degenerate(text, -2.0) == bool(flags)
+
+
+def test_fluency_flags_are_judged_against_the_clean_continuation():
+    fluent = "I called my sister and we talked about it for a long time before dinner."
+    assert st.fluency_flags(fluent, -2.0, (fluent, -1.8)) == []
+    # fine-looking text the clean model finds far less likely than its own continuation
+    assert st.fluency_flags(fluent, -4.9, ("We went home after the party and slept.", -1.5)) == ["logp_vs_clean"]
+    assert st.fluency_flags(fluent, -7.0) == ["logp"]
+    # code-like text: fine after a code-like clean continuation, flagged after a prose one
+    code = "x = 1; y = 2; return x"
+    assert st.text_stats(code)["nonalpha"] == pytest.approx(0.5)
+    assert st.fluency_flags(code, -2.0, ("a = 3; b = 4; print b", -2.0)) == []
+    assert st.fluency_flags(code, -2.0, (fluent, -2.0)) == ["nonalpha_vs_clean"]
+    loop = "and then and then and then we"  # too short for the absolute loop checks (8+ words)
+    assert st.fluency_flags(loop, -2.0) == []
+    assert st.fluency_flags(loop, -2.0, (fluent, -2.0)) == ["distinct2_vs_clean", "repeat_vs_clean"]
+    assert st.fluency_flags("!! ## ;; ok", -2.0) == ["nonalpha"]  # absolute flags hold whatever the clean did
+    s = st.text_stats("a b c a b c a b")
+    assert s["words"] == 8 and s["repeat"] == pytest.approx(5 / 8) and s["distinct2"] == pytest.approx(3 / 7)

@@ -849,15 +849,34 @@ def build_conditions(lm, bank: ConceptBank, directions: Sequence[str], windows: 
 
 
 def fit_split(dataset, holdout: float | None = 0.5, seed: int = 0):
-    """``(fit items, steered items)``: a seeded, label-stratified split (``holdout`` = the steered
-    share), or the whole dataset for both when ``holdout`` is ``None`` or 0 (the paper)."""
+    """``(fit items, steered items)``: a seeded, label-stratified split that holds out
+    ``round(holdout · N)`` items, or the whole dataset for both when ``holdout`` is ``None`` or 0
+    (the paper).
+
+    Each label contributes ``holdout`` of its items, rounded by largest remainders with ties
+    broken at random (seeded), so small samples with one or two items per label still hold out
+    the requested share instead of keeping every singleton for fitting.
+    """
     if not holdout:
         return dataset, dataset
     if not 0 < holdout < 1:
         raise EmolensError(f"holdout {holdout} is outside [0, 1)", "pass a fraction such as 0.5, or 0 for all items")
-    train, test = dataset.split(test_size=holdout, seed=seed, stratify=True)
+    n = len(dataset)
+    rng = np.random.default_rng(seed)
+    groups: dict[str, list[int]] = {}
+    for i, lab in enumerate(dataset.labels):
+        groups.setdefault("" if lab is None else str(lab), []).append(i)
+    names = sorted(groups)
+    quota = np.array([len(groups[g]) * holdout for g in names])
+    take = np.floor(quota).astype(int)
+    extra = int(round(holdout * n)) - int(take.sum())
+    order = np.lexsort((rng.permutation(len(names)), -(quota - take)))  # largest remainder, random ties
+    take[order[:max(extra, 0)]] += 1
+    test = np.sort(np.concatenate([rng.permutation(groups[g])[:k] for g, k in zip(names, take, strict=True)]
+                                  + [np.zeros(0, dtype=np.int64)]).astype(np.int64))
+    train = np.setdiff1d(np.arange(n), test)
     if len(train) < 2 or len(test) < 1:
-        raise EmolensError(f"{len(dataset)} items are too few to hold out {holdout:g} of them",
+        raise EmolensError(f"{n} items are too few to hold out {holdout:g} of them",
                            "use more items or --holdout 0 (fit and steer on all items)")
     return dataset.subset(train), dataset.subset(test)
 
