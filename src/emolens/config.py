@@ -211,6 +211,11 @@ class StudyConfig(_Section):
     robustness: RobustnessConfig = Field(default_factory=RobustnessConfig)
     seed: int = 0
     device: str = "auto"
+    #: accelerate placement for models larger than one device: auto, balanced, balanced_low_0,
+    #: sequential, or {module name: device | cpu | disk}; then ``device`` is ignored
+    device_map: Literal["auto", "balanced", "balanced_low_0", "sequential"] | dict[str, int | str] | None = None
+    max_memory: dict[str, str] | None = None  # per device cap with device_map, e.g. {"0": "70GiB", "cpu": "200GiB"}
+    offload_folder: str | None = None  # where device_map's "disk" weights go (when they must be copied)
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     batch_size: int = Field(16, ge=1)
     output: str = "runs"
@@ -250,6 +255,12 @@ class StudyConfig(_Section):
         return value
 
     @model_validator(mode="after")
+    def _placement(self) -> StudyConfig:
+        if self.device_map is None and (self.max_memory or self.offload_folder):
+            raise ValueError("'max_memory' and 'offload_folder' need 'device_map'")
+        return self
+
+    @model_validator(mode="after")
     def _stage_deps(self) -> StudyConfig:
         """Add the stages every requested stage needs, and keep the canonical order."""
         wanted = set(self.stages)
@@ -264,8 +275,20 @@ class StudyConfig(_Section):
     # -- identity ----------------------------------------------------------------------------
 
     def canonical(self) -> dict[str, Any]:
-        """Everything that defines the study's results (the output root is where, not what)."""
-        return self.model_dump(mode="json", exclude={"output"})
+        """Everything that defines the study's results (the output root and the model's placement
+        are where, not what: a dispatched model gives the same numbers; its dtype is in the stage keys)."""
+        return self.model_dump(mode="json", exclude={"output", "device_map", "max_memory", "offload_folder"})
+
+    def load_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`emolens.model.load_model` for this study's models."""
+        kwargs: dict[str, Any] = {"dtype": self.dtype, "device": self.device}
+        if self.device_map is not None:
+            kwargs["device_map"] = self.device_map
+            if self.max_memory:
+                kwargs["max_memory"] = {int(k) if str(k).isdigit() else k: v for k, v in self.max_memory.items()}
+            if self.offload_folder:
+                kwargs["offload_folder"] = self.offload_folder
+        return kwargs
 
     def fingerprint(self) -> str:
         return hashlib.sha256(json.dumps(self.canonical(), sort_keys=True).encode()).hexdigest()

@@ -87,7 +87,13 @@ class LoadedModel:
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        """Where inputs go: the input embedding's device (its execution device when dispatched)."""
+        return input_device(self.model)
+
+    @property
+    def device_map(self) -> dict | None:
+        """accelerate's placement of a dispatched model (``hf_device_map``), else None."""
+        return getattr(self.model, "hf_device_map", None)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -201,6 +207,34 @@ def resolve_device(device: str | None) -> str:
     return device
 
 
+def input_device(model: torch.nn.Module) -> torch.device:
+    """The device a model's inputs belong on, also when accelerate dispatched it (``device_map``).
+
+    A dispatched module whose weights are offloaded (to the CPU or disk) has parameters on the
+    ``meta`` device; its accelerate hook names the device it executes on.
+    """
+    try:
+        emb = model.get_input_embeddings()
+    except (AttributeError, NotImplementedError):
+        emb = None
+    for module in ([emb] if emb is not None else []) + [model]:
+        hook = getattr(module, "_hf_hook", None)
+        dev = getattr(hook, "execution_device", None)
+        if dev is not None:
+            return torch.device(dev) if not isinstance(dev, int) else torch.device("cuda", dev)
+        for param in module.parameters():
+            if param.device.type != "meta":
+                return param.device
+    return torch.device("cpu")
+
+
+def placement_device(device: str | None, device_map: str | dict | None) -> str:
+    """The device that decides ``dtype: auto``: CUDA when a device map can use a GPU, else ``device``."""
+    if device_map is not None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return resolve_device(device)
+
+
 def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
     """``auto`` = bf16 on GPU, fp32 on CPU (fp32 keeps CPU results bit-comparable)."""
     if isinstance(dtype, torch.dtype):
@@ -234,38 +268,52 @@ def load_model(
     validate: bool = True,
     site_overrides: dict[str, str] | None = None,
     revision: str | None = None,
+    offload_folder: str | Path | None = None,
+    max_memory: dict | None = None,
 ) -> LoadedModel:
     """Load a causal LM for analysis.
 
     ``spec`` is a packaged alias (see ``emolens models``), a ``.gguf`` file, a local model folder,
-    a Hugging Face hub id, or ``tiny:<family>`` (a random-initialised test model). ``device_map``
-    (e.g. ``"auto"``) passes through to accelerate for models larger than one device; then
-    ``device`` is ignored.
+    a Hugging Face hub id, or ``tiny:<family>`` (a random-initialised test model).
+
+    ``device_map`` (``"auto"``, ``"balanced"``, ``"sequential"`` or a dict from module names to
+    devices, ``"cpu"`` or ``"disk"``) lets accelerate place the model across GPUs, CPU memory and
+    disk for models larger than one device; then ``device`` is ignored. ``max_memory`` caps each
+    device (e.g. ``{0: "70GiB", "cpu": "100GiB"}``) and ``offload_folder`` holds what goes to
+    disk. Captures and interventions work on such a model as on one device (they act on the
+    stock modules; accelerate's hooks move weights and activations around them).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     start = time.perf_counter()
+    torch_dtype = resolve_dtype(dtype, placement_device(device, device_map))
     device = resolve_device(device) if device_map is None else "cpu"
-    torch_dtype = resolve_dtype(dtype, "cuda" if device_map is not None and torch.cuda.is_available() else device)
+    if device_map is None and (offload_folder is not None or max_memory is not None):
+        raise EmolensError("offload_folder and max_memory only apply with a device_map", "pass device_map too")
     info: dict = {}
-    if spec.startswith("tiny:"):
-        from emolens.testing import TINY_FAMILIES, tiny_model, tiny_tokenizer
+    if spec.startswith("tiny:") and device_map is None:
+        from emolens.testing import tiny_model, tiny_tokenizer
 
-        family = spec.split(":", 1)[1]
-        if family not in TINY_FAMILIES:
-            raise EmolensError(f"unknown tiny model family {family!r}", f"use one of {list(TINY_FAMILIES)}")
+        family = _tiny_family(spec)
         model = tiny_model(family, attn_implementation=attn_implementation).to(torch_dtype)
         tokenizer = tiny_tokenizer()
         source_id = f"tiny:{family}:seed0"
     else:
-        folder, source_id, info = _resolve_weights(spec, revision)
+        if spec.startswith("tiny:"):  # dispatch through from_pretrained like any folder, same weights
+            folder, source_id = str(_tiny_folder(_tiny_family(spec))), f"tiny:{_tiny_family(spec)}:seed0"
+        else:
+            folder, source_id, info = _resolve_weights(spec, revision)
         kwargs: dict = {"dtype": torch_dtype}
         if attn_implementation:
             kwargs["attn_implementation"] = attn_implementation
         if device_map is not None:
             kwargs["device_map"] = device_map
+            if offload_folder is not None:
+                kwargs["offload_folder"] = str(offload_folder)
+            if max_memory is not None:
+                kwargs["max_memory"] = max_memory
         if revision:
             kwargs["revision"] = revision
         try:
@@ -288,10 +336,38 @@ def load_model(
     registry = resolve_sites(model, site_overrides)
     if validate:
         enc = tokenizer(["I saw mouldy food.", "My first child was born."], return_tensors="pt", padding=True)
-        first = next(model.parameters()).device
+        first = input_device(model)
         validate_sites(model, registry, enc["input_ids"].to(first), enc["attention_mask"].to(first))
+    if device_map is not None:
+        info["device_map"] = dict(getattr(model, "hf_device_map", {}) or {})
     return LoadedModel(model=model, tokenizer=tokenizer, sites=registry, spec=spec, source_id=source_id,
                        load_seconds=time.perf_counter() - start, info=info)
+
+
+def _tiny_family(spec: str) -> str:
+    from emolens.testing import TINY_FAMILIES
+
+    family = spec.split(":", 1)[1]
+    if family not in TINY_FAMILIES:
+        raise EmolensError(f"unknown tiny model family {family!r}", f"use one of {list(TINY_FAMILIES)}")
+    return family
+
+
+def _tiny_folder(family: str) -> Path:
+    """A tiny model saved once under the cache, so accelerate can dispatch it like any checkpoint."""
+    from emolens.testing import tiny_model, tiny_tokenizer
+
+    out = cache_dir() / "models" / f"tiny-{family}-seed0"
+    if (out / ".complete").exists():
+        return out
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tiny_model(family).save_pretrained(tmp)
+    tiny_tokenizer().save_pretrained(tmp)
+    (tmp / ".complete").write_text(f"tiny:{family}:seed0")
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.replace(out)
+    return out
 
 
 def _resolve_weights(spec: str, revision: str | None) -> tuple[str, str, dict]:

@@ -127,16 +127,17 @@ class ModelHandle:
 
     @property
     def dtype_name(self) -> str:
-        from emolens.model import resolve_device, resolve_dtype
+        from emolens.model import placement_device, resolve_dtype
 
-        return str(resolve_dtype(self.cfg.dtype, resolve_device(self.cfg.device))).replace("torch.", "")
+        device = placement_device(self.cfg.device, self.cfg.device_map)
+        return str(resolve_dtype(self.cfg.dtype, device)).replace("torch.", "")
 
     @property
     def lm(self):
         if self._lm is None:
             from emolens.model import load_model
 
-            self._lm = load_model(self.spec, dtype=self.cfg.dtype, device=self.cfg.device)
+            self._lm = load_model(self.spec, **self.cfg.load_kwargs())
         return self._lm
 
     @property
@@ -763,8 +764,11 @@ def model_info(handle: ModelHandle) -> dict | None:
     """What run.json records about a loaded model (None when no stage loaded it)."""
     if not handle.loaded:
         return None
-    return {"source_id": handle.lm.source_id, "n_layers": handle.lm.n_layers,
+    info = {"source_id": handle.lm.source_id, "n_layers": handle.lm.n_layers,
             "load_seconds": round(handle.lm.load_seconds, 3)}
+    if handle.lm.device_map:
+        info["device_map"] = {k: str(v) for k, v in handle.lm.device_map.items()}
+    return info
 
 
 class RunRecorder:
