@@ -263,3 +263,22 @@ def test_readout_only_change_keeps_downstream_with_all_items(base_run):
     changed = cfg_with(Path(cfg.output), prompts={"variants": "paper", "calibrate": True})
     result = pipeline.run_study(changed, progress=False, echo=quiet, report=False)
     assert statuses(result) == {"readout": "done", "extract": "reused", "probe": "reused", "robustness": "reused"}
+
+
+def test_probe_stage_is_the_emolens_probe_path(base_run, tmp_path, run_cli):
+    """The study's probe stage and ``emolens probe`` on its store are one code path: same table."""
+    cfg, first = base_run
+    stage = first.run_dir / "tiny-llama/probe"
+    out = tmp_path / "probe"
+    code, _, err = run_cli(["probe", "--acts", str(first.run_dir / "tiny-llama/extract/store"), "--out", str(out),
+                            "--task", "emotion,appraisal", "--items", "all", "--n-boot", str(cfg.probe.n_boot),
+                            "--seed", str(cfg.seed + 42), "--max-iter", str(cfg.probe.max_iter), "--no-directions"])
+    assert code == 0, err
+    cli = pd.read_parquet(out / "probes.parquet")
+    cli = cli[cli.task != "human_baseline"].reset_index(drop=True)  # the study turned the baseline off
+    ours = pd.read_parquet(stage / "probes.parquet")
+    assert set(ours.task) == {"emotion", "emotion/shuffled", "appraisal", "appraisal/shuffled"}
+    pd.testing.assert_frame_equal(ours, cli)
+    summary = json.loads((stage / "summary.json").read_text())  # the stage writes emolens probe's outputs
+    assert summary["items"]["mode"] == "all" and summary["items"]["n_used"] == 26
+    assert (stage / "directions.safetensors").exists() and (stage / "items.txt").read_text().count("\n") == 26

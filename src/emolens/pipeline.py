@@ -280,81 +280,53 @@ def _extract(ctx: StageContext) -> dict:
 # -- probe --------------------------------------------------------------------------------------
 
 
-def _slices_of(store, site: str, idx: np.ndarray) -> tuple[np.ndarray, list[tuple[str, int, int]]]:
-    arr = np.asarray(store.read(site)[idx])  # [n, L, P, d]
-    n, L, P = arr.shape[:3]
-    X = np.ascontiguousarray(arr.reshape(n, L * P, -1).transpose(1, 0, 2))
-    layers, positions = store.layers_of(site), store.positions
-    return X, [(site, int(layers[i]), int(positions[j])) for i in range(L) for j in range(P)]
-
-
 @stage("probe", lambda c: {"items": c.items, "seed": c.seed, "directions_site": c.steer.site, **_dump(c.probe)},
-       modules=("emolens.store", "emolens.probe_eval"))
+       modules=("emolens.store", "emolens.probe_eval", "emolens.probing"))
 def _probe(ctx: StageContext) -> dict:
-    import warnings
+    """The study's probes through :func:`emolens.probing.run_probing` (the path of ``emolens probe``).
 
-    with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
-        # constant targets (e.g. an appraisal every test item rates alike) give NaN metrics, not noise
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return _probe_impl(ctx)
-
-
-def _probe_impl(ctx: StageContext) -> dict:
-    import torch
-
-    from emolens import probe_eval as pe
-    from emolens.labels import ALL_APPRAISALS, PAPER_APPRAISALS
+    The store holds exactly the study's items, so every stored item is probed. Tasks: the 13-way
+    emotion probe of each ``probe.probes`` kind (an MLP's rows are task ``emotion/mlp``) with the
+    shuffled-label control, appraisal ridge probes at position -1 (the paper's), the human
+    baseline, and directions at the steering site for the steer stage.
+    """
+    from emolens import probing
     from emolens.store import ActivationStore
 
     p = ctx.cfg.probe
     store = ActivationStore.open(ctx.upstream["extract"] / "store")
-    items = ctx.items()
-    idx = store.index_of(items.ids)
-    y = items.label_ids
-    names = {"paper": PAPER_APPRAISALS, "all": ALL_APPRAISALS, "none": ()}[p.appraisals]
-    names = tuple(a for a in names if a in items.appraisal_names)
-    Y = np.stack([items.appraisal(a) for a in names], 1) if names else None
-    rated = None if Y is None else np.isfinite(Y).all(1)
-    if rated is not None and rated.sum() < 10:
-        ctx.notes.append(f"appraisal probes skipped: only {int(rated.sum())} items have all ratings")
-        Y = None
-    frames, directions, slice_index = [], {}, []
-    shuffled = "shuffled" in p.controls
-    for site in store.sites:
-        X, slices = _slices_of(store, site, idx)
-        for kind in p.probes:
-            frames.append(pe.evaluate_classifier(X, y, slices, task="emotion" if kind == "logistic" else "emotion/mlp",
-                                                 probe=kind, protocol=p.protocol, k=p.k, seed=ctx.cfg.seed + 42,
-                                                 C=p.C, n_classes=len(items.label_names), n_boot=p.n_boot,
-                                                 shuffled=shuffled, drop_invalid=True,
-                                                 probe_kwargs={"max_iter": p.max_iter} if kind == "logistic" else None))
-        if Y is not None:
-            frames.append(pe.evaluate_regressor(X[:, rated], Y[rated], slices, list(names), protocol=p.protocol,
-                                                k=p.k, seed=ctx.cfg.seed + 42, alpha=p.alpha, n_boot=p.n_boot,
-                                                shuffled=shuffled, drop_invalid=True))
-        if site != ctx.cfg.steer.site:  # directions (a full fit on every item) only where steering reads them
-            continue
-        valid = y >= 0
-        dirs = pe.compute_directions(X[:, valid], y=y[valid], n_classes=len(items.label_names), C=p.C,
-                                     max_iter=p.max_iter)
-        if Y is not None:
-            dirs.update({k: v for k, v in pe.compute_directions(X[:, rated], Y=Y[rated], alpha=p.alpha).items()})
-        for k, v in dirs.items():
-            directions.setdefault(k, []).append(v)
-        slice_index += slices
-    if p.human_baseline and Y is not None:
-        ok = rated & (y >= 0)
-        hb = pe.human_baseline(Y[ok], y[ok], appraisal_names=list(names), protocol=p.protocol, k=p.k,
-                               seed=ctx.cfg.seed + 42, n_boot=p.n_boot)
-        frames.append(hb.results)
-    table = pd.concat(frames, ignore_index=True)
-    table.to_parquet(ctx.dir / "probes.parquet", index=False)
-    if directions:
-        pe.save_directions(ctx.dir / "directions.safetensors", {k: torch.cat(v) for k, v in directions.items()},
-                           {"slices": [list(s) for s in slice_index], "emotions": list(items.label_names),
-                            "appraisals": list(names)})
+    dataset = ctx.items().subset(np.asarray(store.item_ids, dtype=object).astype(str))  # store order
+    names = probing.parse_appraisals(p.appraisals, dataset.appraisal_names)
+    tasks = ["emotion"]
+    if names:
+        rated = int(np.isfinite(np.stack([dataset.appraisal(a) for a in names], 1)).all(1).sum())
+        if rated < max(10, p.k):
+            ctx.notes.append(f"appraisal probes skipped: only {rated} items have all ratings")
+        elif -1 not in store.positions:
+            ctx.notes.append("appraisal probes skipped: they read position -1 (the paper's), which is not extracted")
+        else:
+            tasks.append("appraisal")
+    common = dict(items="all", protocol=p.protocol, shuffled="shuffled" in p.controls, k=p.k, seed=ctx.cfg.seed + 42,
+                  C=p.C, alpha=p.alpha, n_boot=p.n_boot, max_iter=p.max_iter)
+    results = []
+    for i, kind in enumerate(p.probes):  # the first kind also does appraisals, baseline and directions
+        res = probing.run_probing(store, dataset, tasks=tasks if i == 0 else ["emotion"], probe=kind,
+                                  appraisals=names or "none", directions=i == 0,
+                                  human_baseline=i == 0 and p.human_baseline, direction_sites=[ctx.cfg.steer.site],
+                                  **common)
+        if kind == "mlp":
+            emotion = res.table.task.str.startswith("emotion")
+            res.table.loc[emotion, "task"] = res.table.loc[emotion, "task"].str.replace("emotion", "emotion/mlp", n=1)
+        results.append(res)
+    main = results[0]
+    main.table = pd.concat([r.table for r in results], ignore_index=True)
+    main.summary["probes"] = list(p.probes)
+    main.summary["best"] = probing.best_slices(main.table)
+    ctx.notes.extend(main.summary.get("notes", []))
+    probing.write_outputs(main, ctx.dir, figures=False)
+    table = main.table
     best = table[(table.task == "emotion") & (table.metric == "accuracy")].sort_values("value").tail(1)
-    summary = {"rows": len(table), "n_items": len(items)}
+    summary = {"rows": len(table), "n_items": len(dataset)}
     if len(best):
         b = best.iloc[0]
         summary.update(best_site=b.site, best_layer=int(b.layer), best_accuracy=float(b.value))

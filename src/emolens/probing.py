@@ -70,10 +70,12 @@ def parse_tasks(spec: str | Sequence[str]) -> list[str]:
 
 
 def parse_appraisals(spec: str | Sequence[str], available: Sequence[str]) -> tuple[str, ...]:
-    """``paper`` (20), ``all`` (21) or ``a,b,c`` -> names, kept only where the data has them.
+    """``paper`` (20), ``all`` (21), ``none`` or ``a,b,c`` -> names, kept only where the data has them.
 
     A preset keeps the names the dataset has; an explicit name the dataset lacks is an error.
     """
+    if isinstance(spec, str) and spec == "none":
+        return ()
     if isinstance(spec, str) and spec in APPRAISAL_PRESETS:
         return tuple(a for a in APPRAISAL_PRESETS[spec] if a in available)
     names = [s.strip() for s in spec.split(",")] if isinstance(spec, str) else list(spec)
@@ -229,6 +231,7 @@ def run_probing(store, dataset, *, tasks: Sequence[str] = TASKS, items: str = "c
                 shuffled: bool = True, appraisals: str | Sequence[str] = "paper", k: int = 5, seed: int = 42,
                 C: float = 1.0, alpha: float = 5.0, n_boot: int = 200, directions: bool = True,
                 max_iter: int = 1000, positions: Sequence[int] | None = None,
+                human_baseline: bool = True, direction_sites: Sequence[str] | None = None,
                 log: Callable[[str], None] | None = None) -> ProbingResult:
     """Probe every slice of ``store`` for ``tasks`` on the selected items (see the module docstring).
 
@@ -236,7 +239,8 @@ def run_probing(store, dataset, *, tasks: Sequence[str] = TASKS, items: str = "c
     caps the logistic L-BFGS iterations (probes and directions; the MLP's epochs are its own):
     raw activations of real models can need several hundred to converge (the paper's sklearn
     default stops at 100); ``summary.json`` reports how many directions fits converged.
-    ``positions`` restricts the stored positions probed.
+    ``positions`` restricts the stored positions probed. ``human_baseline=False`` skips the
+    ratings-only classifier; ``direction_sites`` fits directions only at those sites (default: all).
     """
     import torch
 
@@ -300,6 +304,7 @@ def run_probing(store, dataset, *, tasks: Sequence[str] = TASKS, items: str = "c
     frames: list[pd.DataFrame] = []
     dirs: dict[str, list] = {}
     all_slices: list[tuple[str, int, int]] = []
+    dir_slices: list[tuple[str, int, int]] = []  # slices of the direction tensors' rows
     conv_total = [0, 0]  # converged / fitted emotion direction probes
     timing = summary["seconds"]
 
@@ -340,20 +345,21 @@ def run_probing(store, dataset, *, tasks: Sequence[str] = TASKS, items: str = "c
                         standardize=standardize,
                         strata=y[rated] if protocol == "cv" and (y[rated] >= 0).all() else None,
                         shuffled=shuffled, dtype=torch.float64, **common))
-            if directions:
+            if directions and (direction_sites is None or site in direction_sites):
                 with timed("directions"):
                     got, conv = _directions(X, y, Y, rated, K, C, alpha, standardize, max_iter)
                 conv_total[0] += int(conv.sum())
                 conv_total[1] += len(conv)
                 for key, v in got.items():
                     dirs.setdefault(key, []).append(v)
+                dir_slices += slices
             all_slices += slices
             del X
         if not all_slices:
             raise EmolensError(f"store {str(store.root)!r} has no int positions to probe",
                                "extract with --positions such as -1,-2")
         human = None
-        if Y is not None and ("emotion" in tasks or "appraisal" in tasks):
+        if human_baseline and Y is not None and ("emotion" in tasks or "appraisal" in tasks):
             ok = rated & labelled
             if ok.sum() >= max(10, k) and len(np.unique(y[ok])) > 1:
                 with timed("human_baseline"):
@@ -376,7 +382,7 @@ def run_probing(store, dataset, *, tasks: Sequence[str] = TASKS, items: str = "c
         summary["directions_converged"] = f"{conv_total[0]}/{conv_total[1]}"
     direction_tensors = {key: torch.cat(v).contiguous() for key, v in dirs.items()}
     metadata = {
-        "slices": [list(s) for s in all_slices], "emotions": list(ds.label_names), "appraisals": list(names),
+        "slices": [list(s) for s in dir_slices], "emotions": list(ds.label_names), "appraisals": list(names),
         "store": str(store.root), "model": str(store.identity.get("model")), "items": sel.mode,
         "n_items": len(sel.ids), "fitted_on": "all used items (not a training split)", "C": C, "alpha": alpha,
         "standardize": standardize,
