@@ -15,13 +15,19 @@ does the same with stock hooks, and fixes or extends what the paper left open (�
 * **Scale** is ``β`` in raw units (``scale="unit"``, the paper) or ``β`` times the mean residual
   norm at that layer over the steered positions, first-token sink excluded
   (``scale="relative"``), so one β means the same push across layers and models.
+* **Held-out fit**: by default the directions are fitted on a seeded, label-stratified part of
+  the items and steering is measured on the rest (:func:`fit_split`; ``holdout=0`` is the
+  paper's fit-and-steer-everything), and the table's ``fit`` column says which.
 * **Sweeps** stack many conditions into one forward by repeating items, always include the clean
   run in the same batch (so the baseline shares every kernel and padding choice), and add
-  controls to every sweep: norm-matched random directions and a specificity control (another
-  appraisal's direction at the same norm).
+  controls to every sweep: 19 norm-matched random directions (so the permutation p-value can
+  reach 0.05) and a specificity control (another appraisal's direction at the same norm).
+  Steering the answer cue only cannot change an earlier position, so those conditions share one
+  key/value prefix per item batch and run just the cue token (:func:`fast_label_scores`).
 * **Steered generation** continues an event description under steering, reads the continuation's
   emotion with the model's own label scoring, and flags degenerate text by its log-probability
-  under the unsteered model.
+  under the unsteered model and by repetition and symbol signals, each also against the clean
+  continuation of the same prompt (:func:`fluency_flags`).
 
 Layers are 0-indexed; a window is named by its centre layer.
 """
