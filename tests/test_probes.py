@@ -169,6 +169,23 @@ def test_ridge_matches_sklearn(d):
         np.testing.assert_allclose(est.coef_[s], ref.coef_, atol=1e-3 * np.abs(ref.coef_).max())
 
 
+def test_ridge_float32_survives_raw_activation_scales():
+    """Residual streams carry a few huge dimensions (|x| ~ 1e3-1e4); in float32 the Gram's rounding
+    then exceeds alpha=5 and a plain Cholesky fails. The fit must still match sklearn."""
+    rng = np.random.default_rng(4)
+    n, d = 120, 200  # d > n: the kernel path, rank-deficient Gram
+    X = rng.normal(size=(2, n, d))
+    X[:, :, :3] *= 3e3  # massive activations
+    X += 40.0
+    Y = X[0, :, 5:10] @ rng.normal(size=(5, 2)) + rng.normal(size=(n, 2))
+    est = BatchedRidgeProbe(5.0, dtype=torch.float32).fit(X, Y)
+    for s in range(2):
+        ref = Ridge(alpha=5.0).fit(X[s], Y)
+        assert np.isfinite(est.coef_[s]).all()
+        ref_r2 = metrics.r2_score(Y, ref.predict(X[s]), multioutput="raw_values")
+        assert np.abs(est.score(X, Y)[s] - ref_r2).max() < 0.01
+
+
 @pytest.mark.parametrize("d", [30, 300])
 def test_ridge_gcv_picks_the_alpha_ridgecv_picks(d):
     rng = np.random.default_rng(2)

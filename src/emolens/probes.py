@@ -478,17 +478,34 @@ def fit_ridge(X: ArrayLike, Y: ArrayLike, *, alpha: float | str | Sequence[float
 
 
 def _ridge_fixed(Xc: torch.Tensor, Yc: torch.Tensor, alpha: float) -> torch.Tensor:
-    """Coefficients ``[S, T, d]`` for one alpha, primal (d <= n) or kernel (d > n) Cholesky."""
+    """Coefficients ``[S, T, d]`` for one alpha, primal (d <= n) or kernel (d > n) Cholesky.
+
+    Raw activations reach scales where a float32 Gram matrix's rounding exceeds ``alpha`` and the
+    factorisation fails; those slices are redone in float64 rather than returned as garbage.
+    """
     S, n, d = Xc.shape
-    if d <= n:
-        A = Xc.transpose(1, 2) @ Xc
+    primal = d <= n
+
+    def solve(X: torch.Tensor, Y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        A = X.transpose(1, 2) @ X if primal else X @ X.transpose(1, 2)
         A.diagonal(dim1=1, dim2=2).add_(alpha)
-        L = torch.linalg.cholesky(A)
-        return torch.cholesky_solve(Xc.transpose(1, 2) @ Yc, L).transpose(1, 2)
-    Kmat = Xc @ Xc.transpose(1, 2)
-    Kmat.diagonal(dim1=1, dim2=2).add_(alpha)
-    L = torch.linalg.cholesky(Kmat)
-    return (Xc.transpose(1, 2) @ torch.cholesky_solve(Yc, L)).transpose(1, 2)
+        L, info = torch.linalg.cholesky_ex(A)
+        if primal:
+            W = torch.cholesky_solve(X.transpose(1, 2) @ Y, L)
+        else:
+            W = X.transpose(1, 2) @ torch.cholesky_solve(Y, L)
+        return W.transpose(1, 2), info > 0
+
+    W, failed = solve(Xc, Yc)
+    if Xc.dtype != torch.float64 and bool(failed.any()):
+        redo = failed.nonzero().squeeze(1)
+        W64, failed64 = solve(Xc[redo].double(), Yc[redo].double())
+        W[redo] = W64.to(W.dtype)
+        failed[redo] = failed64
+    if bool(failed.any()):
+        raise EmolensError(f"ridge: the regularised Gram matrix of {int(failed.sum())} slice(s) is not positive "
+                           f"definite at alpha={alpha}", "use a larger alpha or standardize=True")
+    return W
 
 
 def _ridge_loo(Xc: torch.Tensor, Yc: torch.Tensor, alphas: torch.Tensor):
