@@ -374,6 +374,18 @@ def test_default_controls_let_the_permutation_p_value_reach_005(tiny_llama, stim
     head = align[align.metric == "alignment"].iloc[0]
     assert head.value == pytest.approx(1.0) and head.n_random == 19 and head.fit == "heldout"
     assert head.p_value == pytest.approx(0.05)
+    assert "best_alignment" not in set(align.metric)  # one setting: nothing was picked
+    # a second window where the real direction is noise but random:3 happens to match the reference:
+    # the per-window p stays 0.05 at window 1, the best-window p counts random:3's best too
+    other = frame.assign(window=2, layers="1-3")
+    other.loc[other.kind == "real", "value"] = np.tile(g.normal(size=13), 1)
+    other.loc[other.direction == "random:3", "value"] = ref.loc["pleasantness"].to_numpy()
+    align, _ = theory.sweep_alignment(pd.concat([frame, other]), ref, {"pleasantness+": [("pleasantness", 1.0)]})
+    per = align[align.metric == "alignment"].set_index("window")
+    assert per.loc[1, "p_value"] == pytest.approx(0.05) and per.loc[2, "value"] < 0.9
+    best = align[align.metric == "best_alignment"].iloc[0]
+    assert best.window == 1 and best.value == pytest.approx(1.0) and best.n_settings == 2
+    assert best.p_value == pytest.approx(0.1) and best.n_random == 19
     frame.loc[frame.direction == "random:3", "value"] = ref.loc["pleasantness"].to_numpy()  # one random ties
     align, _ = theory.sweep_alignment(frame, ref, {"pleasantness+": [("pleasantness", 1.0)]})
     assert align[align.metric == "alignment"].p_value.item() == pytest.approx(0.1)

@@ -174,21 +174,54 @@ def sweep_alignment(frame: pd.DataFrame, reference: pd.DataFrame, terms: Mapping
 
     ``terms`` maps each real direction name to its ``(appraisal, sign)`` terms; directions with a
     term outside the reference (e.g. emotions) are left out. β = 0 rows are skipped.
+
+    Besides the per-setting rows, each (method, partial, scale, fit, position) group gets one
+    ``best_alignment`` row when it swept more than one window or β: the highest alignment over
+    them, at its window and β, with a p-value corrected for picking the best -- each random
+    direction (the same seeded vector in every window) contributes its own best score over the
+    same settings to the null (a max-statistic permutation test).
     """
     usable = {d: t for d, t in terms.items() if all(name in reference.index for name, _ in t)}
     rows, cells = [], []
     if not usable:
         return pd.DataFrame(rows), pd.DataFrame(cells)
     ref_rows = pd.DataFrame({d: reference_for(t, reference) for d, t in usable.items()}).T
-    keys = ["method", "partial", "scale", *(["fit"] if "fit" in frame.columns else []), "window", "layers", "beta",
-            "position"]
+    outer = ["method", "partial", "scale", *(["fit"] if "fit" in frame.columns else [])]
+    keys = [*outer, "window", "layers", "beta", "position"]
+    searched: dict[tuple, list[tuple[dict, float, dict[str, float]]]] = {}
     for key, sub in frame[frame["beta"] != 0].groupby(keys, dropna=False):
         eff = effect_matrix(sub)
         eff = eff.loc[[d for d in eff.index if d in usable]]
         if eff.empty:
             continue
-        res = alignment(eff, ref_rows.loc[eff.index], effect_matrix(sub, "random"))
+        rnd = effect_matrix(sub, "random")
+        res = alignment(eff, ref_rows.loc[eff.index], rnd)
         meta = dict(zip(keys, key, strict=True))
         rows += [{**meta, **r, "n_directions": len(eff)} for r in res.as_rows()]
         cells.append(res.cells.assign(**meta))
+        group = tuple(meta[k] for k in outer) + (meta["position"],)
+        null = dict(zip(rnd.index, res.random_scores, strict=True)) if len(rnd) else {}
+        searched.setdefault(group, []).append((meta, res.score, null))
+    for settings in searched.values():
+        if len(settings) < 2:
+            continue
+        rows.append(_best_row(settings))
     return pd.DataFrame(rows), (pd.concat(cells, ignore_index=True) if cells else pd.DataFrame())
+
+
+def _best_row(settings: list[tuple[dict, float, dict[str, float]]]) -> dict:
+    """The best alignment over settings, with its max-statistic permutation p-value."""
+    scores = np.array([s for _, s, _ in settings], dtype=float)
+    if not np.isfinite(scores).any():
+        meta = settings[0][0]
+        return {**meta, "metric": "best_alignment", "value": np.nan, "p_value": np.nan, "n_random": 0,
+                "n_settings": len(settings)}
+    i = int(np.nanargmax(scores))
+    names = sorted({n for _, _, null in settings for n in null})
+    null_max = np.array([np.nanmax([null.get(n, np.nan) for _, _, null in settings])
+                         if any(np.isfinite(null.get(n, np.nan)) for _, _, null in settings) else np.nan
+                         for n in names], dtype=float)
+    null_max = null_max[np.isfinite(null_max)]
+    p = float((1 + (null_max >= scores[i]).sum()) / (1 + null_max.size)) if null_max.size else float("nan")
+    return {**settings[i][0], "metric": "best_alignment", "value": float(scores[i]), "p_value": p,
+            "n_random": int(null_max.size), "n_settings": len(settings)}

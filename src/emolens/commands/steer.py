@@ -173,6 +173,9 @@ def register(app: typer.Typer) -> None:
             best = head.sort_values("value", ascending=False).iloc[0]
             line += (f"; best theory alignment {best.value:.2f} (p={best.p_value:.2g}) at window {best.window}, "
                      f"beta {best.beta:g}")
+            picked = align[(align.metric == "best_alignment") & (align.position == best.position)]
+            if len(picked):
+                line += f" (p={picked.p_value.iloc[0]:.2g} for the best of {int(picked.n_settings.iloc[0])} settings)"
             if n_random < 19:
                 line += f" (with {n_random} random directions p cannot go below {1 / (1 + n_random):.2g})"
         typer.echo(f"{line}; results in {out_dir}")
