@@ -101,3 +101,19 @@ def test_sweep_uses_fast_path_for_last_only_and_gives_the_same_table(tiny_llama,
     np.testing.assert_allclose(a["value"], b["value"], atol=1e-4)
     for x, y in zip(fast.scores, full.scores, strict=True):
         np.testing.assert_allclose(x, y, atol=1e-5)
+
+
+def test_a_cache_that_cannot_be_shared_falls_back_to_full_forwards(tiny_llama, stim, monkeypatch):
+    lm = tiny_llama
+    prompts = build_prompts(stim.texts[:4], None, lm.tokenizer)
+    reader, _ = _readers(lm, prompts[0])
+    conds = _conditions(lm, n=1)
+    monkeypatch.setattr(st, "tile_cache", lambda cache, times: None)  # e.g. a static or linear-attention cache
+    assert st.prefix_cache(lm, encode(lm.tokenizer, prompts)) is None
+    info: dict = {}
+    clean, got = st.run_conditions(lm, prompts, reader, conds, batch_size=2, info=info)
+    assert info["fast_path"] == []
+    monkeypatch.undo()
+    want_clean, want = st.run_conditions(lm, prompts, reader, conds, batch_size=2, fast=False)
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_array_equal(a, b)  # exactly the full path

@@ -599,6 +599,8 @@ def prefix_cache(lm, batch: Batch):
         return None
     lm.model(input_ids=batch.input_ids[:, :-1], attention_mask=batch.attention_mask[:, :-1],
              position_ids=batch.position_ids[:, :-1], cache=cache, use_cache=True, logits_to_keep=1)
+    if cache.get_seq_length() != batch.input_ids.shape[1] - 1:  # the model did not fill this cache
+        return None
     return cache if tile_cache(cache, 1) is not None else None
 
 
