@@ -117,3 +117,17 @@ def test_a_cache_that_cannot_be_shared_falls_back_to_full_forwards(tiny_llama, s
     want_clean, want = st.run_conditions(lm, prompts, reader, conds, batch_size=2, fast=False)
     for a, b in zip(got, want, strict=True):
         np.testing.assert_array_equal(a, b)  # exactly the full path
+
+
+def test_cache_budget_only_changes_how_many_conditions_share_a_forward(tiny_llama, stim):
+    lm = tiny_llama
+    prompts = build_prompts(stim.texts[:4], None, lm.tokenizer)
+    reader, _ = _readers(lm, prompts[0])
+    conds = _conditions(lm, n=2)
+    prefix = st.prefix_cache(lm, encode(lm.tokenizer, prompts))
+    layer = prefix.layers[0]
+    assert st._bytes_per_row(prefix) == len(prefix.layers) * 2 * layer.keys[:1].numel() * 4
+    wide_clean, wide = st.run_conditions(lm, prompts, reader, conds, batch_size=4)
+    one_clean, one = st.run_conditions(lm, prompts, reader, conds, batch_size=4, fast_cache_bytes=1)
+    for a, b in zip(one + list(one_clean.values()), wide + list(wide_clean.values()), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)

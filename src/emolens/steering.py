@@ -581,6 +581,12 @@ def tile_cache(cache, times: int):
     return new
 
 
+def _bytes_per_row(cache) -> int:
+    """Bytes of one batch row of a key/value cache (all layers, keys and values)."""
+    return sum(t[:1].numel() * t.element_size() for layer in cache.layers if layer.is_initialized
+               for t in (layer.keys, layer.values) if t is not None)
+
+
 @torch.no_grad()
 def prefix_cache(lm, batch: Batch):
     """The clean key/value cache of every column but the last (``None`` where the fast path cannot run).
@@ -711,7 +717,8 @@ def outcome_rows(clean: np.ndarray, steered: np.ndarray, labels: Sequence[str], 
 @torch.no_grad()
 def run_conditions(lm, prompts, reader: LabelReader, conditions: Sequence[Condition], batch_size: int = 16,
                    max_rows: int = 64, progress: bool = False, fast: bool | None = None, fast_rows: int = 256,
-                   info: dict | None = None) -> tuple[dict[tuple, np.ndarray], list[np.ndarray]]:
+                   fast_cache_bytes: int = 2 ** 31, info: dict | None = None
+                   ) -> tuple[dict[tuple, np.ndarray], list[np.ndarray]]:
     """Label scores ``[N, K]`` of every condition, plus the clean scores per (layers, position) group.
 
     Conditions sharing a window and position run together: each forward holds a batch of items
@@ -722,7 +729,8 @@ def run_conditions(lm, prompts, reader: LabelReader, conditions: Sequence[Condit
     **Fast path** (``position == "last"``; ``fast=None`` uses it wherever the model's cache
     allows, ``False`` never): steering only the answer cue cannot change an earlier position, so
     each item batch runs its first ``T - 1`` tokens once, and every condition of every window
-    then runs only the cue token on a tiled copy of that cache (``fast_rows`` rows per forward).
+    then runs only the cue token on a tiled copy of that cache (``fast_rows`` rows per forward, fewer
+    where the tiled cache would exceed ``fast_cache_bytes``).
     ``info`` (a dict), when given, receives ``fast_path``: the positions that took it.
     """
     from tqdm.auto import tqdm
@@ -758,7 +766,7 @@ def run_conditions(lm, prompts, reader: LabelReader, conditions: Sequence[Condit
                 full_batches.setdefault(key, []).append(batch)
                 continue
             layers, _ = key
-            per = max(1, fast_rows // B)
+            per = max(1, min(fast_rows // B, fast_cache_bytes // max(1, B * _bytes_per_row(prefix))))
             for c0 in range(0, stacks[key].shape[0], per):
                 chunk = stacks[key][c0:c0 + per].to(lm.device, lm.dtype)
                 got = fast_label_scores(lm, reader, batch, prefix, chunk.shape[0], list(layers),
