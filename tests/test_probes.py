@@ -286,6 +286,10 @@ def test_evaluation_frame_controls_and_selectivity():
     merged = sel.merge(df[df.task == "emotion"], on=["site", "layer", "position", "metric"])
     assert (sel.value > 0.5).all() and len(sel) == 6
     assert np.allclose(merged.value_x, merged.value_y - df[df.task == "emotion/shuffled"].value.to_numpy())
+    half_t = (merged.ci_high_y - merged.ci_low_y) / 2
+    half_c = (df[df.task == "emotion/shuffled"].ci_high - df[df.task == "emotion/shuffled"].ci_low).to_numpy() / 2
+    assert np.allclose(merged.ci_high_x - merged.value_x, np.sqrt(half_t**2 + half_c**2))  # independent CIs
+    assert (merged.ci_low_x < merged.value_x).all()
     X, y = _classes(S=2, n=300, d=10, K=3, sep=0.5)
     folds = pe.evaluate_classifier(X, y, _slices(2), ci="folds", protocol="cv")
     assert (folds.ci_low < folds.value).all() and (folds.value < folds.ci_high).all()

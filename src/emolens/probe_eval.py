@@ -362,16 +362,19 @@ def selectivity(task: pd.DataFrame, control: pd.DataFrame, name: str | None = No
     """Task metric minus control metric per slice, target and metric (Hewitt & Liang style).
 
     ``control`` is e.g. :func:`evaluate_classifier` on the first-word labels or its shuffled
-    rows. The two come from different label vectors and splits, so no paired interval exists:
-    ``ci_low``/``ci_high`` are NaN; ``chance`` is 0 (no selectivity).
+    rows. The two come from different label vectors and splits, so no paired interval exists;
+    ``ci_low``/``ci_high`` treat the two estimates as independent and combine their 95% intervals
+    in quadrature (normal approximation: half-width ``sqrt(h_task^2 + h_control^2)``), NaN where
+    either side has no interval. ``chance`` is 0 (no selectivity).
     """
     keys = ["target", "site", "layer", "position", "metric"]
     merged = task.merge(control, on=keys, suffixes=("", "_c"), validate="one_to_one")
     if len(merged) != len(task):
         raise EmolensError("task and control results do not cover the same slices and metrics")
     label = name or f"{task['task'].iloc[0]}-vs-{control['task'].iloc[0]}"
-    out = merged.assign(task=label, value=merged["value"] - merged["value_c"], ci_low=np.nan, ci_high=np.nan,
-                        chance=0.0)
+    value = merged["value"] - merged["value_c"]
+    half = np.hypot((merged["ci_high"] - merged["ci_low"]) / 2, (merged["ci_high_c"] - merged["ci_low_c"]) / 2)
+    out = merged.assign(task=label, value=value, ci_low=value - half, ci_high=value + half, chance=0.0)
     return out[list(COLUMNS)].reset_index(drop=True)
 
 
