@@ -334,6 +334,14 @@ def test_sweep_and_cli_end_to_end(tmp_path, stim):
     assert summary["fit"] == "all" and summary["fast_path"] == [] and summary["n_items"] == 12
     gens = [json.loads(line) for line in (out2 / "generations.jsonl").read_text().splitlines()]
     assert {g["position"] for g in gens[1:]} == {"last"}
+    # directions from a file were fitted elsewhere: every item is steered and the table says "given"
+    out3 = tmp_path / "given"
+    main(["steer", "--model", "tiny:llama", "--data", "stimuli", "--limit", "12", "--direction", "pleasantness+",
+          "--windows", "1", "--beta", "8", "--n-random", "2", "--acts", str(out / "directions.safetensors"),
+          "--out", str(out3)])
+    summary = json.loads((out3 / "summary.json").read_text())
+    assert summary["fit"] == "given" and summary["n_items"] == 12 and summary["fit_ids"] is None
+    assert set(pd.read_parquet(out3 / "steering.parquet").fit) == {"given"}
 
 
 @pytest.mark.real_model

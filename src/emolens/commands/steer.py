@@ -19,12 +19,20 @@ def _floats(text: str, what: str) -> list[float]:
     return values
 
 
+def _directions_file(acts: str) -> Path | None:
+    """The ``directions.safetensors`` that ``--acts`` names, or None (an activation store)."""
+    path = Path(acts)
+    if path.suffix == ".safetensors":
+        return path
+    return path / "directions.safetensors" if (path / "directions.safetensors").exists() else None
+
+
 def _bank(acts: str, lm, dataset, layers, method, seed):
     from emolens import steering
 
     path = Path(acts)
-    if path.suffix == ".safetensors" or (path / "directions.safetensors").exists():
-        file = path if path.suffix == ".safetensors" else path / "directions.safetensors"
+    file = _directions_file(acts)
+    if file is not None:
         return steering.bank_from_file(file, method)
     if not path.exists():
         raise EmolensError(f"--acts {acts!r} does not exist", "pass an activation store folder or a .safetensors file")
@@ -39,8 +47,9 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(..., help="output folder"),
         direction: list[str] = typer.Option(["pleasantness+"], help="signed terms, e.g. pleasantness+,"
                                             "other_responsblt- (repeat the option for several directions)"),
-        acts: str = typer.Option("", help="activation store folder or directions.safetensors to take "
-                                 "directions from (default: capture them here)"),
+        acts: str = typer.Option("", help="activation store folder (directions fitted on the fit split of its "
+                                 "items) or directions.safetensors (every item steered) to take directions "
+                                 "from (default: capture them here)"),
         method: str = typer.Option("diffmean", help="diffmean, probe (the paper) or pca"),
         partial: bool = typer.Option(False, help="project the kept-fixed appraisals out of each term"),
         fixed: str = typer.Option("", help="appraisals held fixed with --partial (default: the paper's four "
@@ -118,9 +127,10 @@ def register(app: typer.Typer) -> None:
         lm = load_model(model, dtype=dtype, device=device)
         centres = steering.parse_windows(windows, span, lm.n_layers)
         layers = sorted({x for c in centres for x in steering.window_layers(c, span, lm.n_layers)})
-        fit, steered = steering.fit_split(dataset, holdout, seed)
+        from_file = bool(acts) and _directions_file(acts) is not None
+        # directions from a file were fitted elsewhere: steer every item; else fit on a split
+        fit, steered = (None, dataset) if from_file else steering.fit_split(dataset, holdout, seed)
         bank = _bank(acts, lm, fit, layers, method, seed) if acts else None
-        from_file = bank is not None and "file" in bank.info
         start = time.perf_counter()
         result = steering.sweep(
             lm, steered, dirs, bank=bank, method=method, windows=centres, span=span, betas=betas,
