@@ -48,6 +48,20 @@ def real_model():
     return load_model("gemma-3-270m")
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Two shared CPU cores: one torch thread is ~10x faster than two under contention.
+
+    Modules with many small forwards opt in with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def run_cli(capsys):
     """Run ``emolens ARGS`` in-process; returns ``(exit code, stdout, stderr)``."""

@@ -18,14 +18,7 @@ from emolens.labels import EMOTIONS
 from emolens.prompts import build_prompts
 from emolens.readout import LabelReader
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Two shared CPU cores: one torch thread is ~10x faster than two under contention."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

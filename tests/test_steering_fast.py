@@ -13,13 +13,7 @@ from emolens.model import load_model
 from emolens.prompts import build_prompts
 from emolens.readout import LabelReader
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
