@@ -426,6 +426,10 @@ def test_directions_are_fitted_on_the_train_split_and_measured_on_held_out_items
     ("I was happy. I was happy. I was happy. I was happy. I was happy.", ["distinct2", "repeat"]),
     ("!!! ### ??? ;;; ))) 123 *** ... :: ==", ["nonalpha"]),
     ("", ["empty"]),
+    (".import requests\nimport json\n\ndef fetch_data(url):\n    response = requests.get(url)\n"
+     "    if response.status_code", ["code"]),
+    ("public class DrivingTest {\n    public static void main(String[] args) {", ["code"]),
+    ("I told her: we should talk.\nShe said no; I left.\nThen I cried (a lot).", []),
 ])
 def test_fluency_flags_on_crafted_texts(text, flags):
     got = st.fluency_flags(text, -2.0)
@@ -442,8 +446,8 @@ def test_fluency_flags_are_judged_against_the_clean_continuation():
     # code-like text: fine after a code-like clean continuation, flagged after a prose one
     code = "x = 1; y = 2; return x"
     assert st.text_stats(code)["nonalpha"] == pytest.approx(0.5)
-    assert st.fluency_flags(code, -2.0, ("a = 3; b = 4; print b", -2.0)) == []
-    assert st.fluency_flags(code, -2.0, (fluent, -2.0)) == ["nonalpha_vs_clean"]
+    assert st.fluency_flags(code, -2.0, ("a = 3; b = 4; print b", -2.0)) == ["code"]  # code is never fluent prose
+    assert st.fluency_flags(code, -2.0, (fluent, -2.0)) == ["code", "nonalpha_vs_clean"]
     loop = "and then and then and then we"  # too short for the absolute loop checks (8+ words)
     assert st.fluency_flags(loop, -2.0) == []
     assert st.fluency_flags(loop, -2.0, (fluent, -2.0)) == ["distinct2_vs_clean", "repeat_vs_clean"]

@@ -1040,8 +1040,18 @@ def generate_steered(lm, texts: Sequence[str], layers: Sequence[int] | None = No
 
 
 _WORD = re.compile(r"\S+")
+#: A line that reads as source code rather than prose: imports, definitions, assignments,
+#: statement punctuation at the end, calls on dotted names, comment markers.
+_CODE_LINE = re.compile(
+    r"""^(\.?(import|from)\s+[\w.]+"""
+    r"""|(def|class|public|private|protected|static|function|var|let|const|return|package|using)\b"""
+    r"""|#include|#\s|//|/\*|@\w+|\"\"\"|'''"""
+    r"""|['"][\w ]+['"]\s*:"""
+    r"""|[\w.\[\]'"]+\s*[-+*/]?=\s*\S"""
+    r"""|.*[;{}]$|.*\)\s*:$"""
+    r"""|[\w.]+\.\w+\(.*)""")
 #: Absolute fluency limits: below/above these a continuation is degenerate whatever the clean one did.
-MIN_LOGP, MIN_DISTINCT2, MAX_REPEAT, MAX_NONALPHA = -6.0, 0.5, 0.4, 0.5
+MIN_LOGP, MIN_DISTINCT2, MAX_REPEAT, MAX_NONALPHA, MAX_CODE = -6.0, 0.5, 0.4, 0.5, 0.5
 #: Relative limits: how much worse than the unsteered continuation of the same prompt is too much.
 MAX_LOGP_DROP, MAX_DISTINCT2_DROP, MAX_REPEAT_RISE, MAX_NONALPHA_RISE = 2.5, 0.3, 0.3, 0.3
 
@@ -1053,6 +1063,9 @@ def text_stats(text: str) -> dict[str, float]:
     ``repeat``: length of the longest word n-gram (n >= 2) that occurs at least twice, overlaps
     allowed, over the number of words (a loop of period p over n words scores (n - p) / n);
     ``nonalpha``: share of words without a letter (symbol or digit salad such as ``!! ## ;;``);
+    ``code``: share of non-empty lines that read as source code (a coder model asked to continue
+    an event description may switch to Python or Java: fluent under the model, but no longer a
+    text whose emotion can be read out);
     ``words``: the number of words. An empty text scores 0 words and neutral signals.
     """
     words = _WORD.findall(text.lower())
@@ -1066,7 +1079,10 @@ def text_stats(text: str) -> dict[str, float]:
             break
         longest = size
     nonalpha = sum(not any(ch.isalpha() for ch in w) for w in words) / n if n else 0.0
-    return {"words": float(n), "distinct2": distinct2, "repeat": longest / n if n else 0.0, "nonalpha": nonalpha}
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    code = sum(bool(_CODE_LINE.match(line)) for line in lines) / len(lines) if lines else 0.0
+    return {"words": float(n), "distinct2": distinct2, "repeat": longest / n if n else 0.0, "nonalpha": nonalpha,
+            "code": code}
 
 
 def fluency_flags(text: str, mean_logp: float, clean: tuple[str, float] | None = None) -> list[str]:
@@ -1074,7 +1090,9 @@ def fluency_flags(text: str, mean_logp: float, clean: tuple[str, float] | None =
 
     Absolute checks: empty, mean log-probability under the unsteered model below
     :data:`MIN_LOGP`, distinct-2 below :data:`MIN_DISTINCT2` or ``repeat`` above
-    :data:`MAX_REPEAT` (8+ words), non-alphabetic words above :data:`MAX_NONALPHA` (4+ words).
+    :data:`MAX_REPEAT` (8+ words), non-alphabetic words above :data:`MAX_NONALPHA` (4+ words),
+    source-code lines above :data:`MAX_CODE` (``code``; code is never a valid continuation of an
+    event description, so this one holds even when the clean continuation is code too).
     Relative checks against ``clean = (text, mean_logp)``, the unsteered continuation of the same
     prompt: log-probability more than :data:`MAX_LOGP_DROP` nats lower, distinct-2 more than
     :data:`MAX_DISTINCT2_DROP` lower, ``repeat`` or ``nonalpha`` more than 0.3 higher -- so a
@@ -1092,6 +1110,8 @@ def fluency_flags(text: str, mean_logp: float, clean: tuple[str, float] | None =
         flags.append("repeat")
     if s["words"] >= 4 and s["nonalpha"] > MAX_NONALPHA:
         flags.append("nonalpha")
+    if s["code"] > MAX_CODE:
+        flags.append("code")
     if clean is not None:
         c = text_stats(clean[0])
         if np.isfinite(clean[1]) and np.isfinite(mean_logp) and mean_logp < clean[1] - MAX_LOGP_DROP:
@@ -1152,7 +1172,7 @@ def steered_generations(lm, dataset, conditions: Sequence[Condition], n_items: i
                 "emotion": spec.labels[int(scores[i].argmax())],
                 "probs": {lab: round(float(p), 4) for lab, p in zip(spec.labels, probs, strict=True)},
                 "mean_logp": None if not np.isfinite(fluency[i]) else round(float(fluency[i]), 4),
-                **{k: round(stats[k], 4) for k in ("distinct2", "repeat", "nonalpha")},
+                **{k: round(stats[k], 4) for k in ("distinct2", "repeat", "nonalpha", "code")},
                 "flags": flags, "degenerate": bool(flags),
             })
     return records
