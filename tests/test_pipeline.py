@@ -282,3 +282,32 @@ def test_probe_stage_is_the_emolens_probe_path(base_run, tmp_path, run_cli):
     summary = json.loads((stage / "summary.json").read_text())  # the stage writes emolens probe's outputs
     assert summary["items"]["mode"] == "all" and summary["items"]["n_used"] == 26
     assert (stage / "directions.safetensors").exists() and (stage / "items.txt").read_text().count("\n") == 26
+
+
+def test_report_summary_survives_all_nan_tables():
+    """Undefined metrics (e.g. patching transfer when no pair's clean readouts differ, as on a random
+    model) leave their finding out instead of crashing the report."""
+    import numpy as np
+
+    from emolens import report
+
+    nan = [np.nan, np.nan]
+    tables = {
+        "patch": pd.DataFrame({"analysis": "patch", "site": ["attn", "attn"], "window_center": [1, 2],
+                               "metric": ["transfer", "transfer"], "value": nan, "position": [-1, -1],
+                               "head": nan}),
+        "probe": pd.DataFrame({"task": "emotion", "target": "emotion", "site": ["resid", "resid"], "layer": [0, 1],
+                               "position": [-1, -1], "metric": "accuracy", "value": nan, "ci_low": nan,
+                               "ci_high": nan, "chance": [0.1, 0.1]}),
+    }
+
+    class Run(report.ModelRun):
+        def table(self, name):
+            return tables.get(name)
+
+        def json(self, stage, name):
+            return None
+
+    found = report.findings(Run(Path("."), "m", {"models": {"m": {"spec": "m", "n_layers": 4}}}))
+    assert "probe_best" not in found and found["patch_peak"]["sites"] == {}
+    assert isinstance(report.summary_text(found), str)

@@ -381,7 +381,7 @@ def findings(mr: ModelRun) -> dict[str, Any]:
     if probes is not None:
         t = probes[(probes.task == "emotion") & (probes.metric == "accuracy")]
         pos = main_position(t)
-        t = t[t.position == pos]
+        t = t[t.position == pos].dropna(subset=["value"])
         if len(t):
             best = t.loc[t.value.idxmax()]
             out["probe_best"] = {"site": best.site, "layer": int(best.layer), "value": float(best.value),
@@ -410,12 +410,17 @@ def findings(mr: ModelRun) -> dict[str, Any]:
         for site, g in t.groupby("site"):
             g = g.groupby("window_center", as_index=False)["value"].mean() if "kind" not in g else (
                 g[g["kind"] == g["kind"].iloc[0]].groupby("window_center", as_index=False)["value"].mean())
+            g = g.dropna(subset=["value"])
+            if g.empty:  # e.g. patching transfer is undefined when no pair's clean readouts differ
+                continue
             row = g.loc[g.value.idxmax() if pick == "max" else g.value.idxmin()]
             per_site[site] = {"layer": int(row.window_center), "value": float(row.value)}
         out[key] = {"metric": metric, "sites": per_site}
     promo = promotion_success(mr.table("steer")) if mr.table("steer") is not None else pd.DataFrame()
+    top = pd.Series(dtype=float)
     if len(promo):
-        top = promo[promo.beta == promo.beta.max()].groupby("window_center")["value"].mean()
+        top = promo[promo.beta == promo.beta.max()].groupby("window_center")["value"].mean().dropna()
+    if len(top):
         out["steer_peak"] = {"layer": int(top.idxmax()), "value": float(top.max()), "beta": float(promo.beta.max())}
     return out
 
