@@ -1,0 +1,266 @@
+"""Benchmark: wall time of the `paper` study preset, stage by stage, for one model.
+
+Runs ``emolens.pipeline.run_study`` on the ``paper`` preset (readout, extract, probe, ablate,
+patch, knockout, steer, robustness) in a fresh run folder and prints a markdown table of the
+wall time of every stage (and of the model load inside the first stage that needed the model),
+plus the machine line of ``bench/machine.py``. Subset flags shrink the protocol for a CPU:
+``--limit N`` items (a seeded label-stratified sample), ``--layer-step K`` (every K-th layer
+extracted and probed, every K-th window centre in the causal and steering stages),
+``--max-items`` (items of the causal, steering and robustness stages), ``--probes logistic``
+(no MLP probe, the costliest part of the probe stage on a CPU), ``--max-iter 100`` (the paper's
+own L-BFGS cap instead of the preset's 1000: raw activations of few items can need all 1000),
+``--pairs`` (patching pairs; the preset's 200 are drawn however few items there are) and
+``--stages``.
+
+``--model tiny-8b-shape`` builds a random-initialised Llama with the shape of Llama-3.1-8B
+(hidden 4096, 32 layers, 32 heads, 8 KV heads, intermediate 14336) from a config, with no
+download; its tokenizer is gemma-3-270m's (real subword lengths) when installed, else the tiny
+test tokenizer, and its vocabulary is that tokenizer's. Random weights read (nearly) every
+item as one label, so the paper's ``items: correct`` would leave ~1/13 of them: pass
+``--items all`` to time the analyses on every item (the load of a model that reads most
+items correctly). ``--tiny`` shrinks the shape 64-fold in width and to 6 layers, to check the
+path on a CPU.
+
+    python bench/end_to_end.py --limit 26 --items all --layer-step 9 --max-items 4 --pairs 8 --probes logistic \
+        --max-iter 100                                                             # gemma-3-270m subset, CPU
+    python bench/end_to_end.py --model tiny-8b-shape --tiny --limit 26 --max-items 4 --stages readout,extract
+    python bench/end_to_end.py --model tiny-8b-shape --items all --dtype bfloat16   # full corpus, one GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from machine import describe as machine
+
+#: Llama-3.1-8B's shape (vocabulary: the tokenizer's)
+SHAPES = {"tiny-8b-shape": dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32,
+                                num_key_value_heads=8, intermediate_size=14336, head_dim=128,
+                                rope_theta=500000.0, max_position_embeddings=8192)}
+
+
+def shrink(shape: dict) -> dict:
+    """Same family and head ratios, 64x narrower, 6 layers (room for span-5 windows): a CPU check of the 8B path."""
+    return {**shape, "hidden_size": shape["hidden_size"] // 64, "num_hidden_layers": 6,
+            "num_attention_heads": 4, "num_key_value_heads": 1, "intermediate_size": shape["intermediate_size"] // 64,
+            "head_dim": shape["hidden_size"] // 64 // 4}
+
+
+def shape_tokenizer():
+    """gemma-3-270m's tokenizer when its package is installed (real token counts), else the tiny one."""
+    from emolens.model import alias_status
+
+    if alias_status("gemma-3-270m").installed:
+        from transformers import AutoTokenizer
+
+        from emolens.model import _resolve_weights
+
+        return AutoTokenizer.from_pretrained(_resolve_weights("gemma-3-270m", None)[0]), "gemma-3-270m"
+    from emolens.testing import tiny_tokenizer
+
+    return tiny_tokenizer(), "tiny test tokenizer"
+
+
+def install_random_shape(name: str, shape: dict, seed: int = 0) -> dict:
+    """Make the pipeline build ``name`` as a random-initialised Llama of ``shape`` instead of loading it."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from emolens import pipeline
+    from emolens.model import LoadedModel, resolve_device, resolve_dtype
+    from emolens.sites import resolve_sites, validate_sites
+
+    tokenizer, tok_name = shape_tokenizer()
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    config = LlamaConfig(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                         tie_word_embeddings=False, **shape)
+    ident = f"random:{name}:{json.dumps(config.to_diff_dict(), sort_keys=True)}:seed{seed}"
+    info = {"tokenizer": tok_name, "vocab": len(tokenizer), "shape": shape}
+
+    class RandomShapeHandle(pipeline.ModelHandle):
+        @property
+        def identity(self) -> str:
+            return ident if self.spec == name else super().identity
+
+        @property
+        def lm(self):
+            if self.spec != name:
+                return super().lm
+            if self._lm is None:
+                start = time.perf_counter()
+                device = resolve_device(self.cfg.device)
+                dtype = resolve_dtype(self.cfg.dtype, device)
+                torch.manual_seed(seed)
+                with torch.device(device):
+                    model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+                model.eval().requires_grad_(False)
+                sites = resolve_sites(model)
+                enc = tokenizer(["I saw mouldy food.", "My first child was born."], return_tensors="pt", padding=True)
+                validate_sites(model, sites, enc["input_ids"].to(device), enc["attention_mask"].to(device))
+                info["params"] = sum(p.numel() for p in model.parameters())
+                self._lm = LoadedModel(model=model, tokenizer=tokenizer, sites=sites, spec=name, source_id=ident,
+                                       load_seconds=time.perf_counter() - start, info=dict(info))
+            return self._lm
+
+    pipeline.ModelHandle = RandomShapeHandle
+    return info
+
+
+def n_layers_of(spec: str, shape: dict | None) -> int:
+    if shape is not None:
+        return shape["num_hidden_layers"]
+    if spec.startswith("tiny:"):
+        return 3
+    from transformers import AutoConfig
+
+    from emolens.model import _resolve_weights
+
+    config = AutoConfig.from_pretrained(_resolve_weights(spec, None)[0])
+    return config.get_text_config().num_hidden_layers
+
+
+def crowd_envent_here() -> str | None:
+    """The crowd-enVENT copy this checkout can use offline (env, or shared/ beside or inside it)."""
+    if os.environ.get("EMOLENS_CROWD_ENVENT"):
+        return os.environ["EMOLENS_CROWD_ENVENT"]
+    root = Path(__file__).resolve().parents[1]
+    for base in (root.parent / "shared", root / "shared"):
+        folder = base / "data" / "crowd-enVENT"
+        if (folder / "enVent_gen_Data.csv").exists():
+            return str(folder)
+    return None
+
+
+def study_config(args, n_layers: int):
+    from emolens.config import config_from_dict
+
+    over: dict = {"base": "paper", "name": "bench-e2e", "models": [args.model], "output": args.out,
+                  "device": args.device, "batch_size": args.batch_size}
+    if args.dtype != "preset":
+        over["dtype"] = args.dtype
+    over["dataset"] = {"spec": args.data, "limit": args.limit, "seed": 0, "fallback": "stimuli"}
+    if args.items:
+        over["items"] = args.items
+    if args.layer_step > 1:
+        over["layers"] = list(range(0, n_layers, args.layer_step))
+        for section in ("ablate", "patch", "knockout", "steer"):
+            over[section] = {"stride": args.layer_step}
+    if args.max_items:
+        for section in ("ablate", "patch", "knockout", "steer"):
+            over.setdefault(section, {})["max_items"] = args.max_items
+        over["robustness"] = {"limit": args.max_items}
+    if args.probes:
+        over.setdefault("probe", {})["probes"] = [x.strip() for x in args.probes.split(",") if x.strip()]
+    if args.pairs:
+        over.setdefault("patch", {})["pairs"] = args.pairs
+    if args.max_iter:
+        over.setdefault("probe", {})["max_iter"] = args.max_iter
+    if args.stages:
+        over["stages"] = [s.strip() for s in args.stages.split(",") if s.strip()]
+    return config_from_dict(over, "bench")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="gemma-3-270m", help=f"any emolens model spec, or one of {list(SHAPES)}")
+    ap.add_argument("--tiny", action="store_true", help="shrink a random shape to check it on a CPU")
+    ap.add_argument("--data", default=None, help="dataset spec (default: crowd-enVENT copy here, else stimuli)")
+    ap.add_argument("--limit", type=int, default=0, help="items (seeded stratified sample; 0 = all)")
+    ap.add_argument("--layer-step", type=int, default=1, help="every K-th layer / window centre")
+    ap.add_argument("--max-items", type=int, default=0, help="items of ablate/patch/knockout/steer/robustness")
+    ap.add_argument("--items", choices=["correct", "all"], default=None, help="override the preset's 'correct'")
+    ap.add_argument("--stages", default="", help="comma list (default: all of the paper preset)")
+    ap.add_argument("--probes", default="", help="probe kinds (default: the preset's logistic,mlp; the MLP "
+                                                 "dominates the probe stage on a CPU)")
+    ap.add_argument("--pairs", type=int, default=0, help="patching pairs (preset: 200, drawn with replacement "
+                                                          "from the analysed items)")
+    ap.add_argument("--max-iter", type=int, default=0, help="logistic L-BFGS cap (preset: 1000, to convergence; "
+                                                             "the paper's sklearn default: 100)")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, "
+                                                     "or 'preset' (the paper preset's float32)")
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--out", default=None, help="output root (default: a fresh temporary folder)")
+    args = ap.parse_args()
+
+    from emolens import pipeline
+    from emolens.report import write_report
+
+    if args.data is None:
+        found = crowd_envent_here()
+        if found:
+            os.environ["EMOLENS_CROWD_ENVENT"] = found
+            args.data = "crowd-envent"
+        else:
+            args.data = "stimuli"
+    shape = None
+    if args.model in SHAPES:
+        shape = shrink(SHAPES[args.model]) if args.tiny else SHAPES[args.model]
+        shape_info = install_random_shape(args.model, shape)
+    elif args.tiny:
+        ap.error("--tiny applies to a random shape (--model tiny-8b-shape)")
+    tmp = None
+    if args.out is None:
+        tmp = tempfile.TemporaryDirectory(prefix="emolens-e2e-")
+        args.out = tmp.name
+    cfg = study_config(args, n_layers_of(args.model, shape))
+
+    start = time.perf_counter()
+    result = pipeline.run_study(cfg, progress=False, echo=lambda line: print(line, file=sys.stderr), report=False)
+    study_wall = time.perf_counter() - start
+    t0 = time.perf_counter()
+    write_report(result.run_dir)
+    report_wall = time.perf_counter() - t0
+
+    meta = json.loads((result.run_dir / "run.json").read_text())
+    slug = next(iter(meta["models"]))
+    model_meta = meta["models"][slug]
+    from emolens.model import resolve_device, resolve_dtype
+
+    device = resolve_device(cfg.device)
+    what = args.model + (" (--tiny)" if args.tiny else "")
+    if shape is not None:
+        what += (f": random-init Llama, hidden {shape['hidden_size']}, {shape['num_hidden_layers']} layers, "
+                 f"{shape['num_attention_heads']} heads / {shape['num_key_value_heads']} KV, intermediate "
+                 f"{shape['intermediate_size']}, vocab {shape_info['vocab']} ({shape_info['tokenizer']} tokenizer)")
+        if "params" in shape_info:
+            what += f", {shape_info['params'] / 1e9:.2f}B parameters"
+    print(f"**{what}**, dtype {str(resolve_dtype(cfg.dtype, device)).replace('torch.', '')} on {device}; "
+          f"data: {result.data.how}; items: {cfg.items}; layers: "
+          f"{cfg.layers if cfg.layers == 'all' else f'every {args.layer_step}th'}; positions {cfg.positions}; "
+          f"probes {cfg.probe.probes} (max_iter {cfg.probe.max_iter}); "
+          f"max items (causal/steer/robustness): {args.max_items or 'all'}; patching pairs {cfg.patch.pairs}\n")
+    print("| stage | status | wall s | of which model load s | summary |")
+    print("|---|---|---:|---:|---|")
+    for o in result.outcomes:
+        rec = pipeline.read_stage(result.run_dir / o.model / o.stage) or {}
+        load = rec.get("model_load_seconds", 0.0) if o.status == "done" else 0.0
+        summ = rec.get("summary", {})
+        keys = [k for k in ("n", "n_items", "n_correct", "rows", "accuracy", "best_accuracy", "variants") if k in summ]
+        text = ", ".join(f"{k} {summ[k]:.3g}" if isinstance(summ[k], float) else f"{k} {summ[k]}" for k in keys)
+        if o.status not in ("done", "cached", "reused"):
+            text = o.note[:80]
+        print(f"| {o.stage} | {o.status} | {o.seconds:.1f} | {load:.1f} | {text} |")
+    print(f"| report | done | {report_wall:.1f} | | |")
+    print(f"| **total** | | **{study_wall + report_wall:.1f}** | | data load and bookkeeping included |\n")
+    if device.startswith("cuda"):
+        print(f"peak GPU memory: {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB\n")
+    print(f"machine: {machine(device)}")
+    if model_meta.get("load_seconds") is not None:
+        print(f"model load: {model_meta['load_seconds']:.1f} s (counted inside the first stage that needed it)")
+    if tmp is not None:
+        tmp.cleanup()
+
+
+if __name__ == "__main__":
+    main()
