@@ -19,6 +19,7 @@ different models' chains run in parallel, as far as the cluster's CPUs and GPUs 
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import time
 from dataclasses import dataclass
@@ -55,9 +56,16 @@ def _check_reachable(address: str, timeout: float = 3.0) -> None:
                            "cluster") from None
 
 
-def _stage_task(cfg, data, run_dir: str, spec: str, name: str, state: dict) -> dict:
-    """One (model, stage) on a worker: the pipeline's own step, with this model's earlier state."""
+def _stage_task(cfg, data, run_dir: str, spec: str, name: str, state: dict, cwd: str | None = None) -> dict:
+    """One (model, stage) on a worker: the pipeline's own step, with this model's earlier state.
+
+    ``cwd`` is the driver's working folder: relative model paths and offload folders in the
+    config mean the same there when the worker sees that folder (always on a local cluster).
+    """
     from emolens.pipeline import ModelHandle, model_info, run_step
+
+    if cwd and os.path.isdir(cwd):
+        os.chdir(cwd)
 
     keys, status = dict(state["keys"]), dict(state["status"])
     handle = ModelHandle(spec, cfg)
@@ -120,7 +128,7 @@ class RaySession:
             for name in cfg.stages:
                 ref = task.options(num_cpus=1, num_gpus=gpus, max_retries=0,
                                    name=f"emolens:{model_slug(spec)}/{name}").remote(
-                    cfg, data_ref, str(run_dir), spec, name, prev)
+                    cfg, data_ref, str(run_dir), spec, name, prev, os.getcwd())
                 pending[ref] = (spec, name)
                 prev = ref
         try:
