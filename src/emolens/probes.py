@@ -277,7 +277,8 @@ def _lbfgs(problem: _Softmax, theta: torch.Tensor, tol: float, max_iter: int, hi
     """Batched L-BFGS with per-slice history, step sizes (Armijo backtracking) and stopping.
 
     Finished slices are dropped from the batch once they are a fifth of it, so late iterations
-    only pay for the slices still moving.
+    only pay for the slices still moving; likewise backtracking re-evaluates only the slices whose
+    step was not yet accepted (one stiff slice must not cost a pass over the whole batch).
     """
     S = theta.shape[0]
     out_theta = theta.clone()
@@ -316,9 +317,14 @@ def _lbfgs(problem: _Softmax, theta: torch.Tensor, tol: float, max_iter: int, hi
             t = torch.clamp(1.0 / g.norm(dim=1).clamp_min(1e-30), max=1.0)
         accepted = done.clone()
         new_theta, new_f, new_g, new_gmax = theta.clone(), f.clone(), g.clone(), gmax.clone()
+        sub, rows = problem, None  # backtracking evaluates only the slices still searching
         for _ in range(30):
             trial = theta + t[:, None] * direction
-            ft, gt, gmt = problem.fg(trial)
+            if rows is None:
+                ft, gt, gmt = sub.fg(trial)
+            else:
+                ft, gt, gmt = (torch.full_like(f, math.inf), g.clone(), gmax.clone())
+                ft[rows], gt[rows], gmt[rows] = sub.fg(trial[rows])
             ok = ~accepted & torch.isfinite(ft) & (ft <= f + 1e-4 * t * gd)
             if bool(ok.any()):
                 new_theta[ok], new_f[ok], new_g[ok], new_gmax[ok] = trial[ok], ft[ok], gt[ok], gmt[ok]
@@ -326,6 +332,9 @@ def _lbfgs(problem: _Softmax, theta: torch.Tensor, tol: float, max_iter: int, hi
             if bool(accepted.all()):
                 break
             t = torch.where(accepted, t, t * 0.5)
+            if rows is None or int((~accepted).sum()) < rows.numel():
+                rows = (~accepted).nonzero().squeeze(1)
+                sub = problem.take(rows)
         stalled = ~accepted  # no decrease possible at working precision
         moved = accepted & ~done
         s_new, y_new = new_theta - theta, new_g - g
