@@ -50,6 +50,9 @@ from emolens.errors import EmolensError
 from emolens.hooks import Add, Apply, Capture, Intervention, run_forward
 from emolens.labels import EMOTIONS, PAPER_APPRAISALS
 from emolens.metrics import wilson_interval
+from emolens.prefix import bytes_per_row as _bytes_per_row
+from emolens.prefix import prefix_cache as _prefix_cache
+from emolens.prefix import suffix_inputs, tile_cache
 from emolens.prompts import PromptSpec, build_prompts
 from emolens.readout import LabelReader
 
@@ -553,61 +556,15 @@ def _repeat(batch: Batch, times: int) -> Batch:
 # the last-token fast path
 
 
-def tile_cache(cache, times: int):
-    """A copy of a key/value ``cache`` with every layer's batch stacked ``times`` over (row = t * B + i).
-
-    Layers are copied shallowly and their tensors re-made (``repeat``), so running a forward on the
-    copy never touches ``cache``; ``times = 1`` forks a cache for a continuation (the dynamic
-    layers' ``update`` rebinds its tensors instead of writing into them). Returns ``None`` for a
-    cache this cannot copy safely (static, quantised, indexed or linear-attention layers), so callers
-    fall back to full forwards.
-    """
-    import copy
-
-    from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
-
-    layers = getattr(cache, "layers", None)
-    if not layers or getattr(cache, "offloading", False) \
-            or any(type(layer) not in (DynamicLayer, DynamicSlidingWindowLayer) for layer in layers):
-        return None
-    new = copy.copy(cache)
-    new.layers = []
-    for layer in layers:
-        twin = copy.copy(layer)
-        if layer.is_initialized and layer.keys is not None and layer.keys.ndim == 4:
-            twin.keys = layer.keys.repeat(times, 1, 1, 1) if times > 1 else layer.keys
-            twin.values = layer.values.repeat(times, 1, 1, 1) if times > 1 else layer.values
-        new.layers.append(twin)
-    return new
-
-
-def _bytes_per_row(cache) -> int:
-    """Bytes of one batch row of a key/value cache (all layers, keys and values)."""
-    return sum(t[:1].numel() * t.element_size() for layer in cache.layers if layer.is_initialized
-               for t in (layer.keys, layer.values) if t is not None)
-
-
-@torch.no_grad()
 def prefix_cache(lm, batch: Batch):
     """The clean key/value cache of every column but the last (``None`` where the fast path cannot run).
 
     Steering only the answer cue cannot change any earlier position of a causal model, so this
     cache is shared by every (direction, window, β) condition of a batch: each then runs the one
-    cue token on a copy of it (:func:`fast_label_scores`).
+    cue token on a copy of it (:func:`fast_label_scores`). See :mod:`emolens.prefix`.
     """
-    from transformers import DynamicCache
-
-    if batch.input_ids.shape[1] < 2 or int(batch.attention_mask[:, :-1].sum(1).min()) < 1:
-        return None
-    try:
-        cache = DynamicCache(config=lm.model.config)
-    except Exception:  # noqa: BLE001 - a config DynamicCache cannot build: no fast path
-        return None
-    lm.model(input_ids=batch.input_ids[:, :-1], attention_mask=batch.attention_mask[:, :-1],
-             position_ids=batch.position_ids[:, :-1], cache=cache, use_cache=True, logits_to_keep=1)
-    if cache.get_seq_length() != batch.input_ids.shape[1] - 1:  # the model did not fill this cache
-        return None
-    return cache if tile_cache(cache, 1) is not None else None
+    cache = _prefix_cache(lm, batch, 1)
+    return cache if cache is not None and tile_cache(cache, 1) is not None else None
 
 
 @torch.no_grad()
@@ -621,17 +578,13 @@ def fast_label_scores(lm, reader: LabelReader, batch: Batch, prefix, times: int 
     ``value`` is ``[times * B, L, d]`` (or ``[L, d]``); multi-token labels continue each row's
     steered cache with the label's tokens, unsteered, as the full path does.
     """
-    cache = tile_cache(prefix, times)
-    ids = batch.input_ids[:, -1:].repeat(times, 1)
-    mask = batch.attention_mask.repeat(times, 1)
-    pos = batch.position_ids[:, -1:].repeat(times, 1)
-    kwargs = dict(input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True,
-                  logits_to_keep=1)
+    kwargs = suffix_inputs(batch, prefix, 1, times)
+    ids, mask, pos, cache = kwargs["input_ids"], kwargs["attention_mask"], kwargs["position_ids"], kwargs["cache"]
     if value is None:
-        out = lm.model(**kwargs)
+        out = lm.model(**kwargs, logits_to_keep=1)
     else:
         with Intervention(lm, [steering_op(layers, value, "generated")]):  # the one new token: the cue
-            out = lm.model(**kwargs)
+            out = lm.model(**kwargs, logits_to_keep=1)
     logp = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
     scores = logp[:, torch.tensor([t[0] for t in reader.token_ids], device=logp.device)]
     for k, toks in enumerate(reader.token_ids):
