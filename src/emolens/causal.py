@@ -5,13 +5,15 @@ knockout (:mod:`emolens.knockout`) all do the same thing: score the 13 labels on
 per *condition* (site x layer window x position x kind), batched over items. This module owns that
 loop so the three analyses only say how a condition edits a batch.
 
-**The last-token fast path.** An edit at position -1 (the answer cue, the paper's default) cannot
-change anything at earlier positions of a causal model, so the clean key/value cache of the first
-``T-1`` tokens is shared by every condition. We compute that prefix once per batch and run each
-condition as a single-token step on a copy of it (with ``every_token`` ops, which
-:class:`~emolens.hooks.Intervention` applies to that step). Clean scores and captures used by
-conditions come from the same path, so an edit that writes back the clean value is bit-identical
-to the clean run. Other positions and spans run full forwards.
+**The KV-prefix fast path** (:mod:`emolens.prefix`). An edit confined to the last ``m`` positions
+(``-1 .. -m``, the answer cue and the tokens before it) cannot change anything at earlier positions
+of a causal model, so the clean key/value cache of the first ``T-m`` tokens is shared by every
+condition at those positions. We compute that prefix once per batch and ``m`` and run each
+condition as an ``m``-token step on a copy of it, with positions resolved inside the suffix
+(``Intervention(..., suffix=True)``). Clean scores and captures used by conditions come from the
+same path, so an edit that writes back the clean value is bit-identical to the clean run. Other
+positions (non-negative ints, spans, ``"all"``) run full forwards, as does a batch with a row too
+short for the suffix or a model whose cache cannot be copied.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from emolens.batching import Batch, iter_batches
 from emolens.errors import EmolensError
 from emolens.hooks import Intervention, Op
 from emolens.metrics import wilson_interval
+from emolens.prefix import prefix_cache, suffix_inputs, suffix_mask, tile_cache
 from emolens.readout import LabelReader
 
 COLUMNS = ("analysis", "kind", "site", "window_center", "window_span", "layers", "position", "head", "metric",
@@ -87,9 +90,35 @@ def position_label(position: Position) -> str:
     return str(position)
 
 
+def suffix_len(position: Position) -> int:
+    """How many last tokens a condition at this position must run (0: it needs full forwards).
+
+    Negative ints (and tuples of them) touch only the last ``m = -min(position)`` tokens.
+    """
+    ints = position if isinstance(position, tuple) else (position,)
+    if ints and all(isinstance(p, int) and not isinstance(p, bool) and p < 0 for p in ints):
+        return -min(ints)
+    return 0
+
+
 def is_fast(position: Position) -> bool:
-    """Whether a condition at this position can use the last-token fast path."""
-    return position == -1 or position == (-1,)
+    """Whether a condition at this position can use the KV-prefix fast path."""
+    return suffix_len(position) > 0
+
+
+def path_name(m: int) -> str:
+    """The clean-run key of a path: ``"full"``, ``"fast"`` (the last token) or ``"fast<m>"``."""
+    m = int(m)
+    return "full" if m == 0 else ("fast" if m == 1 else f"fast{m}")
+
+
+def path_suffix(name: str) -> int:
+    return 0 if name == "full" else (1 if name == "fast" else int(name[4:]))
+
+
+def reference_path(paths) -> str:
+    """The path of the clean reference row: the shortest suffix, else full forwards."""
+    return min(paths, key=lambda p: (path_suffix(p) == 0, path_suffix(p)))
 
 
 def int_positions(position: Position) -> list[int] | None:
@@ -103,9 +132,12 @@ def int_positions(position: Position) -> list[int] | None:
 # ----------------------------------------------------------------------------------- scoring
 
 
-def fast_ops(ops: Sequence[Op]) -> list[Op]:
-    """The same ops acting on the single-token step of the fast path."""
-    return [dataclasses.replace(op, every_token=True) for op in ops]
+@dataclass
+class Prefix:
+    """A batch's clean key/value cache of every column but the last ``m``."""
+
+    cache: object
+    m: int = 1
 
 
 class Scorer:
@@ -117,17 +149,11 @@ class Scorer:
         self.forwards = 0
 
     @torch.no_grad()
-    def prefix(self, batch: Batch):
-        """Clean key/value cache of every column but the last (shared by fast-path conditions)."""
-        from transformers import DynamicCache
-
-        if int(batch.attention_mask.sum(1).min()) < 2:
-            raise EmolensError("a prompt has fewer than 2 tokens", "use real prompts")
-        cache = DynamicCache(config=self.lm.model.config)
-        self.lm.model(input_ids=batch.input_ids[:, :-1], attention_mask=batch.attention_mask[:, :-1],
-                      position_ids=batch.position_ids[:, :-1], cache=cache, use_cache=True, logits_to_keep=1)
-        self.forwards += 1
-        return cache
+    def prefix(self, batch: Batch, m: int = 1) -> Prefix | None:
+        """Clean cache of every column but the last ``m`` (``None``: this batch runs full forwards)."""
+        cache = prefix_cache(self.lm, batch, int(m))
+        self.forwards += cache is not None
+        return None if cache is None else Prefix(cache, int(m))
 
     @torch.no_grad()
     def run(self, batch: Batch, ops: Sequence[Op] = (), knock=None, prefix=None
@@ -139,22 +165,25 @@ class Scorer:
 
         multi = not self.reader.single_token
         if prefix is not None:
-            cache = copy.deepcopy(prefix)
-            kwargs = {"input_ids": batch.input_ids[:, -1:], "position_ids": batch.position_ids[:, -1:]}
-            ops = fast_ops(ops)
+            kwargs = suffix_inputs(batch, prefix.cache, prefix.m)
+            run = Intervention(self.lm, list(ops), batch_mask=suffix_mask(batch, prefix.m), spans=batch.span_masks,
+                               suffix=True)
         else:
             cache = DynamicCache(config=self.lm.model.config) if multi else None
-            kwargs = {"input_ids": batch.input_ids, "position_ids": batch.position_ids}
-        run = Intervention(self.lm, list(ops), batch_mask=batch.attention_mask, spans=batch.span_masks)
+            kwargs = {"input_ids": batch.input_ids, "position_ids": batch.position_ids,
+                      "attention_mask": batch.attention_mask, "cache": cache, "use_cache": cache is not None}
+            run = Intervention(self.lm, list(ops), batch_mask=batch.attention_mask, spans=batch.span_masks)
         with run, knock if knock is not None else nullcontext():
-            out = self.lm.model(**kwargs, attention_mask=batch.attention_mask, cache=cache,
-                                use_cache=cache is not None, logits_to_keep=1)
+            out = self.lm.model(**kwargs, logits_to_keep=1)
         self.forwards += 1
-        caps = run.generated if prefix is not None else run.captures
-        scores = self._scores(batch, out.logits[:, -1], cache)
-        return scores.float().cpu(), caps
+        scores = self._scores(batch, out.logits[:, -1], kwargs["cache"])
+        return scores.float().cpu(), run.captures
 
     def _scores(self, batch: Batch, last: torch.Tensor, cache) -> torch.Tensor:
+        def fork(c):
+            twin = tile_cache(c, 1)
+            return twin if twin is not None else copy.deepcopy(c)
+
         logp = torch.log_softmax(last.float(), dim=-1)
         ids = self.reader.token_ids
         scores = logp[:, [t[0] for t in ids]].clone()
@@ -165,7 +194,7 @@ class Scorer:
             extra = torch.tensor(toks[:-1], device=last.device).expand(len(batch), -1)
             mask = torch.cat([batch.attention_mask, torch.ones_like(extra)], 1)
             pos = batch.position_ids[:, -1:] + torch.arange(1, len(toks), device=last.device)
-            out = self.lm.model(input_ids=extra, attention_mask=mask, position_ids=pos, cache=copy.deepcopy(cache),
+            out = self.lm.model(input_ids=extra, attention_mask=mask, position_ids=pos, cache=fork(cache),
                                 use_cache=True)
             self.forwards += 1
             rest = torch.log_softmax(out.logits.float(), -1)
@@ -183,7 +212,8 @@ def make_batches(lm, prompts, batch_size: int) -> list[Batch]:
 class Condition:
     """One measured edit: its labels for the table and how it edits a batch.
 
-    ``build(batch)`` returns the ops and an optional knockout context for that batch.
+    ``build(batch)`` returns the ops and an optional knockout context for that batch. ``fast`` is
+    the suffix length ``m`` of the KV-prefix fast path (0 or False: full forwards; True: 1).
     """
 
     kind: str
@@ -192,7 +222,7 @@ class Condition:
     position: Position
     head: int | None
     build: Callable[[Batch], tuple[list[Op], object]]
-    fast: bool = False
+    fast: int = 0
 
 
 @dataclass
@@ -210,14 +240,21 @@ def _store(dest: dict, name: str, value: torch.Tensor, index: np.ndarray, n: int
 
 
 def clean_pass(scorer: Scorer, batches: Sequence[Batch], n: int, fast: Sequence[Op] = (), full: Sequence[Op] = (),
-               paths: Sequence[str] = ("fast",), progress: bool = False) -> CleanRun:
-    """One clean run per item and path, capturing what the conditions will need."""
+               paths: Sequence[str] = ("fast",), progress: bool = False,
+               ops: dict[str, Sequence[Op]] | None = None) -> CleanRun:
+    """One clean run per item and path, capturing what the conditions will need.
+
+    ``paths`` are :func:`path_name` keys; ``ops`` maps a path to its captures (default: ``full``
+    for ``"full"``, ``fast`` for the others).
+    """
     scores = {p: np.zeros((n, len(scorer.reader.labels)), np.float32) for p in paths}
     caps: dict[str, dict[str, torch.Tensor]] = {p: {} for p in paths}
     for batch in tqdm(batches, desc="clean", unit="batch", disable=not progress, leave=False):
         for path in paths:
-            prefix = scorer.prefix(batch) if path == "fast" else None
-            s, got = scorer.run(batch, fast if path == "fast" else full, prefix=prefix)
+            m = path_suffix(path)
+            path_ops = ops[path] if ops is not None and path in ops else (full if m == 0 else fast)
+            prefix = scorer.prefix(batch, m) if m else None
+            s, got = scorer.run(batch, path_ops, prefix=prefix)
             scores[path][batch.indices] = s.numpy()
             for name, value in got.items():
                 _store(caps[path], name, value, batch.indices, n)
@@ -226,14 +263,15 @@ def clean_pass(scorer: Scorer, batches: Sequence[Batch], n: int, fast: Sequence[
 
 def run_conditions(scorer: Scorer, batches: Sequence[Batch], n: int, conditions: Sequence[Condition],
                    progress: bool = False, desc: str = "conditions") -> list[np.ndarray]:
-    """Label scores ``[n, K]`` of every condition; the prefix of each batch is computed once."""
+    """Label scores ``[n, K]`` of every condition; each batch's prefix (per suffix length) is computed once."""
     out = [np.zeros((n, len(scorer.reader.labels)), np.float32) for _ in conditions]
     bar = tqdm(total=len(batches) * len(conditions), desc=desc, unit="fwd", disable=not progress, leave=False)
+    lengths = sorted({int(c.fast) for c in conditions if c.fast})
     for batch in batches:
-        prefix = scorer.prefix(batch) if any(c.fast for c in conditions) else None
+        prefixes = {m: scorer.prefix(batch, m) for m in lengths}
         for i, cond in enumerate(conditions):
             ops, knock = cond.build(batch)
-            s, _ = scorer.run(batch, ops, knock, prefix if cond.fast else None)
+            s, _ = scorer.run(batch, ops, knock, prefixes[int(cond.fast)] if cond.fast else None)
             out[i][batch.indices] = s.numpy()
             bar.update(1)
     bar.close()

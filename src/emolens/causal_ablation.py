@@ -24,12 +24,14 @@ from emolens.causal import (
     clean_pass,
     gold_index,
     int_positions,
-    is_fast,
     make_batches,
+    path_name,
     position_label,
     prediction_metrics,
     reader_for,
+    reference_path,
     run_conditions,
+    suffix_len,
     to_frame,
 )
 from emolens.errors import EmolensError
@@ -75,13 +77,16 @@ def _heads_arg(site: str, head: int | None):
 
 
 def ablation_condition(kind: str, site: str, window: Window, position: Position, head: int | None,
-                       clean, pool_key: str, perm: np.ndarray | None, seed: int, fast: bool) -> Condition:
-    """How one ablation edits a batch (values come from the clean run of the same path)."""
+                       clean, pool_key: str, perm: np.ndarray | None, seed: int, fast: int) -> Condition:
+    """How one ablation edits a batch (values come from the clean run of the same path).
+
+    ``fast`` is the suffix length of the KV-prefix path (0: full forwards; see :func:`~emolens.causal.path_name`).
+    """
     layers = list(window.layers)
     heads = _heads_arg(site, head)
     ints = int_positions(position)
     pos = ints if ints is not None else position
-    caps = clean.captures["fast" if fast else "full"]
+    caps = clean.captures[path_name(fast)]
 
     def build(batch):
         if kind == "zero":
@@ -111,7 +116,7 @@ def ablate(lm, dataset, sites: Sequence[str] = ("attn", "mlp", "resid"), windows
 
     ``heads`` ablates single heads (each its own condition) at site ``heads``. Mean and resample
     values come from the clean runs of the same items (mean over items; resample from a seeded
-    derangement). ``fast`` uses the cached-prefix path for position -1.
+    derangement). ``fast`` uses the KV-prefix path for negative positions (the last ``m`` tokens).
     """
     unknown = [k for k in kinds if k not in KINDS]
     if unknown:
@@ -127,7 +132,12 @@ def ablate(lm, dataset, sites: Sequence[str] = ("attn", "mlp", "resid"), windows
     batches = make_batches(lm, prompts, batch_size)
     n = len(prompts)
     needs_pool = any(k in ("mean", "resample") for k in kinds)
-    fast_caps, full_caps, pool_keys = [], [], {}
+    caps: dict[str, list] = {}
+    pool_keys = {}
+
+    def suffix(position) -> int:
+        return suffix_len(position) if fast else 0
+
     for site in sites:
         for position in positions:
             ints = int_positions(position)
@@ -136,13 +146,12 @@ def ablate(lm, dataset, sites: Sequence[str] = ("attn", "mlp", "resid"), windows
                                    "resample at integer positions only")
             key = f"{site}@{position_label(position)}"
             pool_keys[(site, position)] = key
-            path_fast = fast and is_fast(position)
             if needs_pool:
                 cap = Capture(site, layers="all", positions=ints if ints is not None else position,
                               pool=None if ints is not None else "mean", name=key)
-                (fast_caps if path_fast else full_caps).append(cap)
-    paths = sorted({"fast" if fast and is_fast(p) else "full" for p in positions})
-    clean = clean_pass(scorer, batches, n, fast_caps, full_caps, paths, progress)
+                caps.setdefault(path_name(suffix(position)), []).append(cap)
+    paths = sorted({path_name(suffix(p)) for p in positions})
+    clean = clean_pass(scorer, batches, n, paths=paths, progress=progress, ops=caps)
     perm = derangement(n, seed) if "resample" in kinds else None
     head_list: list[int | None] = list(heads) if heads is not None else [None]
     conditions = []
@@ -153,13 +162,13 @@ def ablate(lm, dataset, sites: Sequence[str] = ("attn", "mlp", "resid"), windows
                     for head in head_list if site == "heads" else [None]:
                         conditions.append(ablation_condition(kind, site, window, position, head, clean,
                                                              pool_keys[(site, position)], perm, seed,
-                                                             fast and is_fast(position)))
+                                                             suffix(position)))
     scores = run_conditions(scorer, batches, n, conditions, progress, desc="ablate")
     gold = gold_index(dataset.labels, spec.labels)
     model = lm.spec
-    reference = clean.scores["fast" if "fast" in clean.scores else "full"]
+    reference = clean.scores[reference_path(paths)]
     rows = prediction_metrics("ablation", None, reference, reference, gold, model)
     for cond, s in zip(conditions, scores, strict=True):
-        rows += prediction_metrics("ablation", cond, s, clean.scores["fast" if cond.fast else "full"], gold, model)
+        rows += prediction_metrics("ablation", cond, s, clean.scores[path_name(cond.fast)], gold, model)
     return CausalResult(to_frame(rows), reference, scores, conditions, list(dataset.ids),
                         info={"forwards": scorer.forwards, "n_items": n, "label_scoring": reader.describe()})

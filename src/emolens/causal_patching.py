@@ -25,14 +25,16 @@ from emolens.causal import (
     clean_pass,
     gold_index,
     int_positions,
-    is_fast,
     make_batches,
     mean_ci,
+    path_name,
     position_label,
     proportion,
     reader_for,
+    reference_path,
     row,
     run_conditions,
+    suffix_len,
     to_frame,
 )
 from emolens.errors import EmolensError
@@ -95,7 +97,7 @@ def normalised_difference(patched: np.ndarray, src_clean: np.ndarray, tgt_clean:
 
 
 def patch_condition(site: str, window: Window, position: int, head: int | None, captures: dict,
-                    key: str, src_rows: np.ndarray, fast: bool) -> Condition:
+                    key: str, src_rows: np.ndarray, fast: int) -> Condition:
     layers = list(window.layers)
     heads = None if head is None else [head]
     if head is not None and site != "heads":
@@ -152,36 +154,41 @@ def patch(lm, dataset, pairs: int | pd.DataFrame = 200, sites: Sequence[str] = (
     where = {item_id: i for i, item_id in enumerate(item_ids)}
     src = pairs["source_id"].map(where).to_numpy()
     tgt = pairs["target_id"].map(where).to_numpy()
-    fast_caps, full_caps = [], []
-    full_positions = [p for p in positions if not (fast and is_fast(p))]
+    def suffix(position) -> int:
+        return suffix_len(position) if fast else 0
+
+    full_positions = [p for p in positions if not suffix(p)]
+    caps: dict[str, list] = {}
     for site in sites:
-        if any(fast and is_fast(p) for p in positions):
-            fast_caps.append(Capture(site, layers="all", positions=[-1], name=site))
+        for position in positions:
+            if suffix(position):  # each negative position has its own suffix length and path
+                caps.setdefault(path_name(suffix(position)), []).append(
+                    Capture(site, layers="all", positions=[position], name=site))
         if full_positions:
-            full_caps.append(Capture(site, layers="all", positions=list(full_positions), name=site))
-    paths = sorted({"fast" if fast and is_fast(p) else "full" for p in positions})
-    clean = clean_pass(scorer, make_batches(lm, prompts, batch_size), len(prompts), fast_caps, full_caps, paths,
-                       progress)
+            caps.setdefault("full", []).append(Capture(site, layers="all", positions=list(full_positions), name=site))
+    paths = sorted({path_name(suffix(p)) for p in positions})
+    clean = clean_pass(scorer, make_batches(lm, prompts, batch_size), len(prompts), paths=paths, progress=progress,
+                       ops=caps)
     head_list: list[int | None] = list(heads) if heads is not None else [None]
     conditions = []
     for site in sites:
         for window in windows:
             for position in positions:
-                path_fast = fast and is_fast(position)
-                caps = clean.captures["fast" if path_fast else "full"]
-                if not path_fast:  # keep the one position this condition patches
+                m = suffix(position)
+                site_caps = clean.captures[path_name(m)]
+                if not m:  # keep the one position this condition patches
                     j = full_positions.index(position)
-                    caps = {site: caps[site][:, :, j:j + 1]}
+                    site_caps = {site: site_caps[site][:, :, j:j + 1]}
                 for head in head_list if site == "heads" else [None]:
-                    conditions.append(patch_condition(site, window, position, head, caps, site, src, path_fast))
+                    conditions.append(patch_condition(site, window, position, head, site_caps, site, src, m))
     target_batches = make_batches(lm, [prompts[i] for i in tgt], batch_size)
     scores = run_conditions(scorer, target_batches, len(pairs), conditions, progress, desc="patch")
     model = lm.spec
     rows = []
     for cond, s in zip(conditions, scores, strict=True):
-        clean_scores = clean.scores["fast" if cond.fast else "full"]
+        clean_scores = clean.scores[path_name(cond.fast)]
         rows += pair_metrics(cond, s, clean_scores[src], clean_scores[tgt], model)
-    reference = clean.scores["fast" if "fast" in clean.scores else "full"]
+    reference = clean.scores[reference_path(paths)]
     gold = gold_index(items.labels, spec.labels)
     pairs = pairs.assign(source_clean_pred=[spec.labels[k] for k in reference[src].argmax(1)],
                          target_clean_pred=[spec.labels[k] for k in reference[tgt].argmax(1)],

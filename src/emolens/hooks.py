@@ -334,15 +334,20 @@ class Intervention:
     own ``attention_mask``, or no padding); ``spans`` maps span names to ``[B, T]`` boolean masks
     (a ``Batch`` from :mod:`emolens.batching` carries them as ``span_masks``). Captures of
     successive prefill forwards in one context are concatenated along the batch dim.
+
+    ``suffix=True`` says the forwards run the last tokens of prompts whose prefix is cached
+    (:mod:`emolens.prefix`): ops then act on a cached forward as on a prefill, with positions
+    resolved against ``batch_mask`` (the suffix's columns), and captures land in :attr:`captures`.
     """
 
     def __init__(self, lm: Any, ops: Sequence[Op] | Op, batch_mask: torch.Tensor | None = None,
-                 spans: Mapping[str, torch.Tensor] | None = None, stop_early: bool = False):
+                 spans: Mapping[str, torch.Tensor] | None = None, stop_early: bool = False, suffix: bool = False):
         self.model, self.registry = _unwrap(lm)
         self.ops = [ops] if isinstance(ops, Op) else list(ops)
         self.batch_mask = batch_mask
         self.spans = dict(spans or {})
         self.stop_early = stop_early
+        self.suffix = suffix
         self.stopped = False
         self._handles: list = []
         self._state = _State()
@@ -452,8 +457,8 @@ class Intervention:
         n_new = ids.shape[1] if ids is not None else None
         cache = kwargs.get("cache", kwargs.get("past_key_values"))
         cached = cache.get_seq_length() if hasattr(cache, "get_seq_length") else 0
-        decode = bool(cached) or (mask is not None and mask.ndim == 2 and n_new is not None
-                                  and mask.shape[1] > n_new)
+        decode = not self.suffix and (bool(cached) or (mask is not None and mask.ndim == 2 and n_new is not None
+                                                       and mask.shape[1] > n_new))
         self._state.decode = decode
         if not decode:
             self._state.forward_no += 1

@@ -13,7 +13,9 @@ eager attention, a boolean one (True = attend) for SDPA, or ``None`` when SDPA m
 ``is_causal`` (no padding, no active sliding window). Sliding-window layers of Gemma get their own
 mask, which we edit the same way, so the window is kept. When the mask is ``None`` we build the
 plain causal mask it stands for. Queries are aligned to the end of the keys, so the same hook
-serves a full prompt forward and a one-token step on top of a cached prefix.
+serves a full prompt forward and an ``m``-token step on top of a cached prefix; on a cached step a
+sliding-window layer's mask covers only the keys its cache kept, the last ones, and the blocked
+keys are aligned to the end too.
 """
 
 from __future__ import annotations
@@ -105,11 +107,16 @@ class EdgeKnockout:
         while self._handles:
             self._handles.pop().remove()
 
-    def block(self, q_len: int, device: torch.device) -> torch.Tensor:
-        """``[B, 1 or H, q_len, T]``: True where an edge is cut, queries aligned to the last keys."""
+    def block(self, q_len: int, device: torch.device, kv_len: int | None = None) -> torch.Tensor:
+        """``[B, 1 or H, q_len, kv_len]``: True where an edge is cut, queries and keys aligned to the end.
+
+        ``kv_len`` (default: every key) is shorter on a sliding-window layer of a cached step, whose
+        cache holds only the last keys.
+        """
         total = self.keys.shape[1]
+        kv_len = total if kv_len is None else kv_len
         q = self.queries[:, total - q_len:].to(device)
-        out = q[:, None, :, None] & self.keys.to(device)[:, None, None, :]
+        out = q[:, None, :, None] & self.keys[:, total - kv_len:].to(device)[:, None, None, :]
         if self.head_mask is not None:
             out = out & self.head_mask.to(device)[None, :, None, None]
         return out
@@ -119,10 +126,11 @@ class EdgeKnockout:
         q_len = hidden.shape[1]
         mask = kwargs.get("attention_mask")
         total = self.keys.shape[1]
-        if mask is not None and mask.shape[-1] != total:
+        sliding = mask is not None and q_len < mask.shape[-1] < total  # a cached step's sliding-window layer
+        if mask is not None and mask.shape[-1] != total and not sliding:
             raise EmolensError(f"attention mask covers {mask.shape[-1]} keys but the knockout was built for {total}",
                                "build the knockout from the batch that is being run")
-        block = self.block(q_len, hidden.device)
+        block = self.block(q_len, hidden.device, mask.shape[-1] if sliding else None)
         if not bool(block.any()):
             return None
         if mask is None:  # SDPA relying on is_causal: spell out the causal mask it stands for
@@ -142,7 +150,7 @@ class EdgeKnockout:
         return args, {**kwargs, "attention_mask": new}
 
 
-def knockout_condition(lm, keys: KeySpec, queries: KeySpec, window, head: int | None, fast: bool):
+def knockout_condition(lm, keys: KeySpec, queries: KeySpec, window, head: int | None, fast: int):
     """One edge knockout as a :class:`~emolens.causal.Condition` (kind = the key spec)."""
     from emolens.causal import Condition, position_label
 
@@ -162,18 +170,20 @@ def knockout(lm, dataset, keys: Sequence[KeySpec] = ("context",), queries: KeySp
     """Block ``queries -> keys`` attention in each window (all heads, or each of ``heads`` alone).
 
     Metrics as for ablation: agreement with the clean prediction, accuracy, change in the gold
-    log-probability. ``queries=-1`` (the answer cue) uses the cached-prefix fast path.
+    log-probability. Negative int ``queries`` (``-1``: the answer cue) use the KV-prefix fast path:
+    blocking edges from the last ``m`` queries changes nothing before them.
     """
     from emolens.causal import (
         CausalResult,
         Scorer,
         clean_pass,
         gold_index,
-        is_fast,
         make_batches,
+        path_name,
         prediction_metrics,
         reader_for,
         run_conditions,
+        suffix_len,
         to_frame,
     )
     from emolens.prompts import PromptSpec, build_prompts
@@ -186,8 +196,10 @@ def knockout(lm, dataset, keys: Sequence[KeySpec] = ("context",), queries: KeySp
     reader = reader_for(lm, prompts, spec)
     scorer = Scorer(lm, reader)
     batches = make_batches(lm, prompts, batch_size)
-    path_fast = fast and isinstance(queries, int) and is_fast(queries)
-    path = "fast" if path_fast else "full"
+    query_ints = (queries,) if isinstance(queries, int) else (
+        tuple(queries) if isinstance(queries, (list, tuple)) else ())
+    path_fast = suffix_len(query_ints) if fast and query_ints else 0
+    path = path_name(path_fast)
     clean = clean_pass(scorer, batches, len(prompts), paths=(path,), progress=progress)
     head_list: list[int | None] = list(heads) if heads is not None else [None]
     conditions = [knockout_condition(lm, k, queries, w, h, path_fast) for k in keys for w in windows

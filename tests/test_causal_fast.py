@@ -1,0 +1,110 @@
+"""The KV-prefix fast path of the causal analyses equals full forwards (ablation, patching, knockout)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from emolens import causal
+from emolens.causal import Scorer, Window, clean_pass, make_batches, path_name, run_conditions, suffix_len
+from emolens.causal_ablation import ablate
+from emolens.causal_patching import patch, patch_condition
+from emolens.data import load_dataset
+from emolens.hooks import Capture
+from emolens.knockout import knockout
+from emolens.model import load_model
+from emolens.prompts import PromptSpec, build_prompts
+from emolens.readout import LabelReader
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+WINDOWS = [Window(1, 3, (0, 1, 2)), Window(2, 1, (2,))]
+SPAN5 = (-1, -2, -3, -4, -5)
+
+
+@pytest.fixture(scope="module", params=["llama", "gemma3_text", "qwen2"])
+def lm(request):
+    return load_model(f"tiny:{request.param}")
+
+
+@pytest.fixture(scope="module")
+def ds():
+    # 60..86 tokens: left-padded batches, longer than the tiny gemma's 64-token sliding window
+    return load_dataset("stimuli").sample(6, seed=0)
+
+
+@pytest.fixture
+def suffixes(monkeypatch):
+    """The suffix lengths whose prefix cache was actually built."""
+    seen: list[int] = []
+    real = causal.prefix_cache
+
+    def spy(lm, batch, m=1):
+        cache = real(lm, batch, m)
+        if cache is not None:
+            seen.append(m)
+        return cache
+
+    monkeypatch.setattr(causal, "prefix_cache", spy)
+    return seen
+
+
+def assert_same(fast, full):
+    np.testing.assert_allclose(fast.clean_scores, full.clean_scores, atol=1e-5, rtol=0)
+    for a, b in zip(fast.scores, full.scores, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
+        assert (a.argmax(1) == b.argmax(1)).all()
+    clean = fast.clean_scores
+    if fast.pairs is not None:  # patched scores are per pair: compare with the target's clean run
+        clean = clean[fast.pairs["target_id"].map({i: k for k, i in enumerate(fast.ids)}).to_numpy()]
+    assert max(np.abs(a - clean).max() for a in fast.scores) > 1e-3  # the interventions really act
+
+
+def test_suffix_lengths():
+    assert [suffix_len(p) for p in (-1, -3, SPAN5, 0, 2, "all", "context", (-1, 2))] == [1, 3, 5, 0, 0, 0, 0, 0]
+    assert [path_name(m) for m in (0, 1, 5, True, False)] == ["full", "fast", "fast5", "fast", "full"]
+
+
+def test_ablation_fast_equals_full(lm, ds, suffixes):
+    kw = dict(sites=["attn", "resid"], windows=WINDOWS, positions=[-1, SPAN5], kinds=["zero", "mean"],
+              batch_size=4, progress=False)
+    fast = ablate(lm, ds, **kw)
+    assert set(suffixes) == {1, 5}
+    full = ablate(lm, ds, fast=False, **kw)
+    assert set(suffixes) == {1, 5}  # the full run built no prefix
+    assert_same(fast, full)
+    pd.testing.assert_frame_equal(fast.frame.drop(columns=["value", "ci_low", "ci_high"]),
+                                  full.frame.drop(columns=["value", "ci_low", "ci_high"]))
+
+
+def test_patching_fast_equals_full(lm, ds, suffixes):
+    kw = dict(pairs=8, sites=["resid", "attn"], windows=WINDOWS, positions=[-1, -3], batch_size=4, progress=False)
+    fast = patch(lm, ds, **kw)
+    assert set(suffixes) == {1, 3}
+    full = patch(lm, ds, fast=False, **kw)
+    assert_same(fast, full)
+
+
+@pytest.mark.parametrize("queries", [-1, [-1, -2]])
+def test_knockout_fast_equals_full(lm, ds, suffixes, queries):
+    kw = dict(keys=["context", "instruction"], queries=queries, windows=WINDOWS, batch_size=4, progress=False)
+    fast = knockout(lm, ds, **kw)
+    assert set(suffixes) == {1 if queries == -1 else 2}
+    full = knockout(lm, ds, fast=False, **kw)
+    assert_same(fast, full)
+
+
+def test_self_patch_on_an_m_token_suffix_changes_nothing(lm, ds):
+    prompts = build_prompts(ds.texts, PromptSpec(), lm.tokenizer)
+    reader = LabelReader.build(lm.tokenizer, prompt_text=prompts[0].text, prefix=prompts[0].label_prefix)
+    scorer = Scorer(lm, reader)
+    batches = make_batches(lm, prompts, 4)
+    for position in (-1, -4):
+        m = suffix_len(position)
+        caps = [Capture(s, layers="all", positions=[position], name=s) for s in ("resid", "attn", "mlp")]
+        clean = clean_pass(scorer, batches, len(prompts), caps, paths=(path_name(m),))
+        src = np.arange(len(prompts))  # each target patched with its own activations
+        conds = [patch_condition(site, WINDOWS[0], position, None, clean.captures[path_name(m)], site, src, m)
+                 for site in ("resid", "attn", "mlp")]
+        for got in run_conditions(scorer, batches, len(prompts), conds):
+            assert np.array_equal(got, clean.scores[path_name(m)])
