@@ -225,3 +225,35 @@ def _best_row(settings: list[tuple[dict, float, dict[str, float]]]) -> dict:
     p = float((1 + (null_max >= scores[i]).sum()) / (1 + null_max.size)) if null_max.size else float("nan")
     return {**settings[i][0], "metric": "best_alignment", "value": float(scores[i]), "p_value": p,
             "n_random": int(null_max.size), "n_settings": len(settings)}
+
+
+# ----------------------------------------------------------------------------------------------
+# which setting the steered generations use
+
+
+def generation_setting(align: pd.DataFrame, conditions: Sequence, centres: Sequence[int], choice: str | int = "best",
+                       position: str = "last") -> tuple[int, float]:
+    """(window, β) of steered generations: ``best`` -- those of the highest theory alignment at
+    ``position`` (the middle window and largest β when nothing was aligned), ``middle`` -- the
+    middle window with its largest β, or a centre layer (its largest β)."""
+    if choice == "best" and align is not None and len(align):
+        head = align[(align.metric == "alignment") & (align.position == position)].dropna(subset=["value"])
+        if len(head):
+            best = head.sort_values("value", ascending=False).iloc[0]
+            return int(best.window), float(best.beta)
+    window = centres[len(centres) // 2] if choice in ("best", "middle") else int(choice)
+    if window not in centres:
+        raise EmolensError(f"generation window {window} is not one of the swept windows {list(centres)}",
+                           "pick a swept centre, best or middle")
+    return window, max(c.beta for c in conditions if c.window == window)
+
+
+def generation_conditions(conditions: Sequence, window: int, beta: float, position: str, steer_at: str) -> list:
+    """The conditions steered generations continue under, at one (window, β, sweep position): every
+    real direction and specificity control plus one random direction, each re-targeted to steer
+    ``steer_at`` (``generated``: the last prompt token and every generated token; ``last``; ``prompt``)."""
+    from dataclasses import replace
+
+    at = [c for c in conditions if c.beta == beta and c.window == window and c.position == position]
+    chosen = [c for c in at if c.kind in ("real", "specificity")] + [c for c in at if c.kind == "random"][:1]
+    return [replace(c, position=steer_at) for c in chosen]

@@ -158,12 +158,10 @@ def register(app: typer.Typer) -> None:
         figures.append(plot_dose_response(result.frame, out_dir / "dose_response.png"))
         n_gen, gen_at = 0, None
         if generate:
-            gen_at = _generation_setting(align, result.conditions, centres, gen_window, sweep_pos[0])
-            window, top = gen_at
-            at = [c for c in result.conditions if c.beta == top and c.window == window and c.position == sweep_pos[0]]
-            chosen = [c for c in at if c.kind in ("real", "specificity")] + [c for c in at if c.kind == "random"][:1]
-            chosen = [steering.Condition(c.direction, c.kind, c.window, c.layers, c.beta, gen_position, c.vector)
-                      for c in chosen]
+            gen_at = theory.generation_setting(align, result.conditions, centres,
+                                               gen_window if gen_window in ("best", "middle") else int(gen_window),
+                                               sweep_pos[0])
+            chosen = theory.generation_conditions(result.conditions, *gen_at, sweep_pos[0], gen_position)
             records = steering.steered_generations(lm, result.dataset, chosen, generate,
                                                    max_new_tokens=max_new_tokens)
             with open(out_dir / "generations.jsonl", "w") as fh:
@@ -189,20 +187,6 @@ def register(app: typer.Typer) -> None:
             if n_random < 19:
                 line += f" (with {n_random} random directions p cannot go below {1 / (1 + n_random):.2g})"
         typer.echo(f"{line}; results in {out_dir}")
-
-
-def _generation_setting(align, conditions, centres, gen_window: str, position: str) -> tuple[int, float]:
-    """(window, beta) of the steered generations: the best-aligned, the middle window, or a given centre."""
-    if gen_window == "best" and len(align):
-        head = align[(align.metric == "alignment") & (align.position == position)].dropna(subset=["value"])
-        if len(head):
-            best = head.sort_values("value", ascending=False).iloc[0]
-            return int(best.window), float(best.beta)
-    window = centres[len(centres) // 2] if gen_window in ("best", "middle") else int(gen_window)
-    if window not in centres:
-        raise EmolensError(f"--gen-window {window} is not one of the swept windows {centres}",
-                           "pick a swept centre, best or middle")
-    return window, max(c.beta for c in conditions if c.window == window)
 
 
 def _slug(text: str) -> str:
