@@ -311,3 +311,95 @@ def test_report_summary_survives_all_nan_tables():
     found = report.findings(Run(Path("."), "m", {"models": {"m": {"spec": "m", "n_layers": 4}}}))
     assert "probe_best" not in found and found["patch_peak"]["sites"] == {}
     assert isinstance(report.summary_text(found), str)
+
+
+# ---------------------------------------------------------------------------------- steer stage
+
+
+STEER = {"stages": ["readout", "extract", "probe", "steer"], "prompts": {"variants": "none"},
+         "steer": {"span": 1, "betas": [2.0, 8.0], "emotions": ["joy"], "directions": ["diffmean"],
+                   "appraisals": ["pleasantness+", "other_responsblt-"], "generations": 1}}
+
+
+@pytest.fixture(scope="module")
+def steer_run(tmp_path_factory):
+    cfg = cfg_with(tmp_path_factory.mktemp("steer"), **STEER)
+    result = pipeline.run_study(cfg, progress=False, echo=quiet)
+    return cfg, result
+
+
+def test_steer_stage_fits_on_the_fit_split_and_measures_held_out_items(steer_run):
+    """The stage's defaults are emolens steer's: a seeded label-stratified half fits the directions
+    (from the extract store's residuals), the other half is steered, 19 random directions."""
+    import torch
+
+    from emolens import steering as st
+
+    cfg, result = steer_run
+    assert statuses(result)["steer"] == "done"
+    assert cfg.steer.holdout == 0.5 and cfg.steer.n_random == 19 and cfg.steer.gen_position == "generated"
+    folder = result.run_dir / "tiny-llama/steer"
+    table = pd.read_parquet(folder / "steering.parquet")
+    assert set(table.fit) == {"heldout"}
+    assert table[table.kind == "random"].direction.nunique() == 19
+    info = json.loads((folder / "summary.json").read_text())["diffmean"]
+    fit, held = st.fit_split(result.data.dataset, 0.5, cfg.seed)
+    assert info["fit_ids"] == list(fit.ids) and info["steered_ids"] == list(held.ids)
+    assert not set(info["fit_ids"]) & set(info["steered_ids"]) and len(info["fit_ids"]) == 13
+    # the directions are the fit split's diff-of-means, taken from the extract store
+    bank = st.bank_from_store(result.run_dir / "tiny-llama/extract/store", fit, [0, 1, 2], "diffmean")
+    full = st.bank_from_store(result.run_dir / "tiny-llama/extract/store", result.data.dataset, [0, 1, 2],
+                              "diffmean")
+    rec = json.loads((folder / "stage.json").read_text())
+    assert rec["summary"]["fit"] == ["heldout"] and rec["summary"]["n_fit"] == 13
+    assert not any("captured" in n for n in rec["notes"])  # the store served the fit split
+    used = st.bank_from_file(folder / "directions.safetensors", "diffmean")
+    assert {"joy", "pleasantness", "other_responsblt"} <= set(used.names) <= set(bank.names)
+    for name in used.names:
+        assert torch.equal(used.get(name), bank.get(name))
+    assert not torch.equal(bank.get("pleasantness"), full.get("pleasantness"))
+
+
+def test_steer_stage_best_alignment_and_generations_in_the_best_window(steer_run):
+    cfg, result = steer_run
+    folder = result.run_dir / "tiny-llama/steer"
+    align = pd.read_parquet(folder / "alignment.parquet")
+    best = align[align.metric == "best_alignment"]
+    assert len(best) == 1 and best.n_settings.iloc[0] == 6 and best.n_random.iloc[0] == 19  # 3 windows x 2 betas
+    assert 0.05 - 1e-12 <= best.p_value.iloc[0] <= 1
+    per = align[align.metric == "alignment"].dropna(subset=["value"])
+    tops = {(int(w), float(b)) for w, b in per.loc[per.value == per.value.max(), ["window", "beta"]].to_numpy()}
+    assert best.value.iloc[0] == per.value.max() and (int(best.window.iloc[0]), float(best.beta.iloc[0])) in tops
+    gens = pd.read_parquet(folder / "generations.parquet")
+    steered = gens[gens.kind != "clean"]
+    assert set(steered.position) == {"generated"}
+    setting = set(zip(steered.window.astype(int), steered.beta.astype(float), strict=True))
+    assert len(setting) == 1 and setting <= tops  # the generations steer in the best-aligned window and beta
+    assert set(steered.kind) == {"real", "specificity", "random"} and (steered.kind == "random").sum() == 1
+    assert {"flags", "degenerate", "code"} <= set(gens.columns)
+    assert set(gens.id) <= set(json.loads((folder / "summary.json").read_text())["diffmean"]["steered_ids"])
+    rec = json.loads((folder / "stage.json").read_text())["summary"]
+    assert tuple(rec["generation_window_beta"]) in setting and rec["generation_position"] == "generated"
+    html = (result.run_dir / "report.html").read_text()
+    assert "Best theory alignment" in html and "fit = heldout" in html and "19 norm-matched random" in html
+    assert "flagged by the fluency guard" in html and "<th>flags</th>" in html
+
+
+def test_steer_stage_holdout_zero_steers_the_fitted_items(steer_run, tmp_path):
+    """holdout: 0 is the paper's setting: the probe stage's directions (fitted on every item)."""
+    cfg, _ = steer_run
+    changed = cfg_with(tmp_path, **{**STEER, "steer": {**STEER["steer"], "holdout": 0, "generations": 0,
+                                                       "n_random": 2}})
+    result = pipeline.run_study(changed, progress=False, echo=quiet, report=False)
+    table = pd.read_parquet(result.run_dir / "tiny-llama/steer/steering.parquet")
+    assert set(table.fit) == {"all"} and table[table.kind == "random"].direction.nunique() == 2
+    assert (table.n == 26).all()
+
+
+def test_steer_config_keys():
+    with pytest.raises(EmolensError, match=r"'steer\.holdout'"):
+        config_from_dict({"steer": {"holdout": 1.0}})
+    with pytest.raises(EmolensError, match=r"unknown key 'steer\.random_controls'"):
+        config_from_dict({"steer": {"random_controls": 3}})
+    quick, paper = load_preset("quick"), load_preset("paper")
+    assert quick.steer.n_random == paper.steer.n_random == 19 and paper.steer.holdout == 0.5

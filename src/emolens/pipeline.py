@@ -401,10 +401,41 @@ def _knockout(ctx: StageContext) -> dict:
 # -- steering (emolens.steering, emolens.theory) ---------------------------------------------------
 
 
+def _steer_bank(ctx: StageContext, method: str, fit, layers: list[int]):
+    """The directions the steer stage uses, or None to let :func:`steering.sweep` capture and fit
+    them on ``fit`` itself. With ``holdout`` they are fitted on the fit split (``fit``) from the
+    extract stage's residuals at the answer cue (as ``emolens steer --acts``); without, they are the
+    probe stage's (fitted on every item, the paper's)."""
+    from emolens import steering as st
+
+    s = ctx.cfg.steer
+    try:
+        if fit is not None:
+            return st.bank_from_store(ctx.upstream["extract"] / "store", fit, layers, method, seed=ctx.cfg.seed)
+        directions_file = ctx.upstream["probe"] / "directions.safetensors"
+        if not directions_file.exists():
+            raise EmolensError(f"the probe stage saved no directions at site {s.site!r}")
+        bank = st.bank_from_file(directions_file, method)
+        if not set(layers) <= set(bank.layers):
+            raise EmolensError("directions file lacks some layers")
+        return bank
+    except EmolensError:
+        where = "on the fit split" if fit is not None else "on every item (not in the probe stage)"
+        ctx.notes.append(f"{method} directions captured from resid at position -1 {where}")
+        return None
+
 
 @stage("steer", lambda c: {"items": c.items, "seed": c.seed, "sites": c.sites, "positions": c.positions,
                            **_dump(c.steer)}, modules=("emolens.steering", "emolens.theory"))
 def _steer(ctx: StageContext) -> dict:
+    """Steering through :func:`emolens.steering.sweep` (the path of ``emolens steer``).
+
+    With ``steer.holdout`` (default 0.5) the study's items are split by ``steering.fit_split``
+    (seeded, label-stratified): directions are fitted on the fit part and steering is measured on
+    (up to ``max_items`` of) the held-out part, so the table's ``fit`` is ``heldout``; with 0 the
+    probe stage's directions (fitted on every item) steer the items, as the paper did. Generations
+    steer ``gen_position`` in the window and beta of the best theory alignment (``gen_window``).
+    """
     import torch
 
     from emolens import steering as st
@@ -413,24 +444,16 @@ def _steer(ctx: StageContext) -> dict:
     s = ctx.cfg.steer
     lm = ctx.model.lm
     items = ctx.items()
-    evaluate = ctx.limited(items, s.max_items)
     centres = [c for c, _ in ctx.windows(s.span, s)]
     if not centres:
         raise EmolensError(f"steer: no window of span {s.span} fits {ctx.n_layers()} layers with centers "
                            f"{s.centers}", "change steer.span or steer.centers")
-    directions_file = ctx.upstream["probe"] / "directions.safetensors"
-    frames, terms, conditions = [], {}, []
+    layers = sorted({x for c in centres for x in st.window_layers(c, s.span, ctx.n_layers())})
+    fit, held = st.fit_split(items, s.holdout, ctx.cfg.seed) if s.holdout else (None, items)
+    evaluate = ctx.limited(held, s.max_items)
+    frames, terms, swept, info = [], {}, {}, {}
     for method in s.directions:
-        try:
-            if not directions_file.exists():
-                raise EmolensError(f"the probe stage saved no directions at site {s.site!r}")
-            bank = st.bank_from_file(directions_file, method)
-            needed = {x for c in centres for x in st.window_layers(c, s.span, ctx.n_layers())}
-            if not needed <= set(bank.layers):
-                raise EmolensError("directions file lacks some layers")
-        except EmolensError:
-            ctx.notes.append(f"{method} directions recomputed from resid at position -1 (not in the probe stage)")
-            bank = None
+        bank = _steer_bank(ctx, method, fit, layers)
         names = bank.names if bank is not None else list(items.appraisal_names) + list(items.label_names)
 
         def defined(name: str, bank=bank) -> bool:
@@ -448,38 +471,62 @@ def _steer(ctx: StageContext) -> dict:
                 ctx.notes.append(f"no {method} direction for {d!r} (its appraisals lack ratings here)")
         skipped = [e for e in s.emotions if f"{e}+" not in specs]
         if skipped:
-            ctx.notes.append(f"no {method} direction for {skipped} (no items of that class)")
+            ctx.notes.append(f"no {method} direction for {skipped} (no fit items of that class)")
         if not specs:
             continue
+        if bank is not None:  # only defined concepts, so the specificity control is one that exists here
+            keep = [i for i, name in enumerate(bank.names) if defined(name)]
+            bank = st.ConceptBank(bank.layers, [bank.names[i] for i in keep], bank.vectors[:, keep], bank.method,
+                                  bank.info)
         res = st.sweep(lm, evaluate, specs, bank=bank, method=method, windows=centres, span=s.span, betas=s.betas,
-                       n_random=s.random_controls, spec=ctx.prompt, fit_dataset=items, batch_size=ctx.cfg.batch_size,
-                       seed=ctx.cfg.seed, progress=ctx.progress)
+                       n_random=s.n_random, spec=ctx.prompt, fit_dataset=items if fit is None else fit,
+                       batch_size=ctx.cfg.batch_size, seed=ctx.cfg.seed, progress=ctx.progress)
         frames.append(res.frame)
         terms.update({d: [(t.name, t.sign) for t in st.parse_direction(d, res.bank.names)] for d in specs})
-        conditions += [c for c in res.conditions if c.kind == "real"]
+        swept[method] = res
+        info[method] = res.info
     if not frames:
         raise EmolensError("steer: no direction could be built", "check steer.emotions and the probe stage's items")
     table = pd.concat(frames, ignore_index=True)
     table.to_parquet(ctx.dir / "steering.parquet", index=False)
-    summary: dict = {"rows": len(table), "n_items": len(evaluate)}
+    dump_json(ctx.dir / "summary.json", info)
+    first = next(iter(swept.values())).bank  # the directions used, readable by steering.bank_from_file
+    if all(r.bank.layers == first.layers and r.bank.names == first.names for r in swept.values()):
+        from emolens.probe_eval import save_directions
+
+        save_directions(ctx.dir / "directions.safetensors", {f"bank/{m}": r.bank.vectors for m, r in swept.items()},
+                        {"layers": first.layers, "names": first.names, "model": ctx.model.spec})
+    summary: dict = {"rows": len(table), "n_items": len(evaluate), "n_fit": len(items if fit is None else fit),
+                     "fit": sorted(set(table.fit)), "n_random": s.n_random}
     reference = theory.rating_profile(items)
+    align = pd.DataFrame()
     if reference.notna().any().any():
-        rows, cells = theory.sweep_alignment(table, reference, terms)
-        if len(rows):
-            rows.to_parquet(ctx.dir / "alignment.parquet", index=False)
+        align, cells = theory.sweep_alignment(table, reference, terms)
+        if len(align):
+            align.to_parquet(ctx.dir / "alignment.parquet", index=False)
             cells.to_parquet(ctx.dir / "alignment_cells.parquet", index=False)
-            best = rows[rows.metric == "alignment"].sort_values("value").tail(1)
+            head = align[align.metric == "alignment"].dropna(subset=["value"])
+            if len(head):
+                summary["best_alignment"] = float(head.value.max())
+            best = align[align.metric == "best_alignment"].dropna(subset=["value"]).sort_values("value").tail(1)
             if len(best):
-                summary["best_alignment"] = float(best.value.iloc[0])
-    if s.generations and conditions:
-        top_beta = max(s.betas)
-        mid = centres[len(centres) // 2]
-        chosen = [c for c in conditions if c.beta == top_beta and c.window == mid][:4]
-        records = st.steered_generations(lm, evaluate, chosen, n_items=s.generations, spec=ctx.prompt)
+                b = best.iloc[0]
+                summary.update(best_alignment=float(b.value), best_alignment_p=float(b.p_value),
+                               best_window=int(b.window), best_beta=float(b.beta))
+    if s.generations:
+        # the generations take the method of the best alignment (else the first), at its best setting
+        head = align[align.metric == "alignment"].dropna(subset=["value"]) if len(align) else align
+        method = head.sort_values("value").method.iloc[-1] if len(head) else next(iter(swept))
+        res = swept[method]
+        at = theory.generation_setting(align[align.method == method] if len(align) else align, res.conditions,
+                                       centres, s.gen_window, "last")
+        chosen = theory.generation_conditions(res.conditions, *at, "last", s.gen_position)
+        records = st.steered_generations(lm, res.dataset, chosen, n_items=s.generations, spec=ctx.prompt)
         gens = pd.DataFrame(records)
         gens["probs"] = gens["probs"].map(lambda d: json.dumps(d, sort_keys=True))
         gens.to_parquet(ctx.dir / "generations.parquet", index=False)
-        summary["generations"] = len(gens)
+        summary.update(generations=len(gens), generation_method=method, generation_window_beta=list(at),
+                       generation_position=s.gen_position, generations_flagged=int(gens.degenerate.sum()))
     return summary
 
 

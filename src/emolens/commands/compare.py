@@ -129,10 +129,11 @@ def compare_runs(run_dirs: list[Path], out: Path) -> dict[str, Path]:
             b = f["probe_best"]
             rows.append({**base, "analysis": "probe_best", "site": b["site"], "layer": b["layer"],
                          "relative_depth": relative_depth(b["layer"], mr.n_layers), "value": b["value"]})
-        if "steer_peak" in f:
-            p = f["steer_peak"]
-            rows.append({**base, "analysis": "steer_peak", "site": "resid", "layer": p["layer"],
-                         "relative_depth": relative_depth(p["layer"], mr.n_layers), "value": p["value"]})
+        for key in ("steer_peak", "steer_alignment"):  # promotion success; best theory alignment
+            if key in f:
+                p = f[key]
+                rows.append({**base, "analysis": key, "site": "resid", "layer": p["layer"],
+                             "relative_depth": relative_depth(p["layer"], mr.n_layers), "value": p["value"]})
         for key in ("patch_peak", "ablate_dip"):
             for site, p in f.get(key, {}).get("sites", {}).items():
                 rows.append({**base, "analysis": key, "site": site, "layer": p["layer"],
