@@ -5,11 +5,12 @@ patch, knockout, steer, robustness) in a fresh run folder and prints a markdown 
 wall time of every stage (and of the model load inside the first stage that needed the model),
 plus the machine line of ``bench/machine.py``. Subset flags shrink the protocol for a CPU:
 ``--limit N`` items (a seeded label-stratified sample), ``--layer-step K`` (every K-th layer
-extracted and probed, every K-th window centre in the causal and steering stages),
+extracted and probed, every K-th window centre in the causal, steering and robustness stages),
 ``--max-items`` (items of the causal, steering and robustness stages), ``--probes logistic``
 (no MLP probe, the costliest part of the probe stage on a CPU), ``--max-iter 100`` (the paper's
 own L-BFGS cap instead of the preset's 1000: raw activations of few items can need all 1000),
-``--pairs`` (patching pairs; the preset's 200 are drawn however few items there are) and
+``--pairs`` (patching pairs, also per prompt variant; the preset's 200 are drawn however few
+items there are) and
 ``--stages``.
 
 ``--model tiny-8b-shape`` builds a random-initialised Llama with the shape of Llama-3.1-8B
@@ -153,16 +154,17 @@ def study_config(args, n_layers: int):
         over["items"] = args.items
     if args.layer_step > 1:
         over["layers"] = list(range(0, n_layers, args.layer_step))
-        for section in ("ablate", "patch", "knockout", "steer"):
+        for section in ("ablate", "patch", "knockout", "steer", "robustness"):
             over[section] = {"stride": args.layer_step}
     if args.max_items:
         for section in ("ablate", "patch", "knockout", "steer"):
             over.setdefault(section, {})["max_items"] = args.max_items
-        over["robustness"] = {"limit": args.max_items}
+        over.setdefault("robustness", {})["limit"] = args.max_items
     if args.probes:
         over.setdefault("probe", {})["probes"] = [x.strip() for x in args.probes.split(",") if x.strip()]
     if args.pairs:
         over.setdefault("patch", {})["pairs"] = args.pairs
+        over.setdefault("robustness", {})["pairs"] = args.pairs  # the per-prompt patching re-runs
     if args.max_iter:
         over.setdefault("probe", {})["max_iter"] = args.max_iter
     if args.stages:

@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -403,3 +404,92 @@ def test_steer_config_keys():
         config_from_dict({"steer": {"random_controls": 3}})
     quick, paper = load_preset("quick"), load_preset("paper")
     assert quick.steer.n_random == paper.steer.n_random == 19 and paper.steer.holdout == 0.5
+    assert paper.robustness.analyses == ["probe", "ablate", "patch"] and quick.robustness.analyses == ["probe"]
+    assert "robustness" in quick.stages and quick.prompts.variants == "paper"
+
+
+# ---------------------------------------------------------------------------------- robustness analyses
+
+
+ROBUST = {"stages": ["readout", "extract", "probe", "ablate", "patch", "robustness"],
+          "sites": ["attn", "resid"],
+          "probe": {"n_boot": 20, "human_baseline": False, "appraisals": "none"},
+          "ablate": {"kinds": ["zero"], "spans": [1]}, "patch": {"spans": [1], "pairs": 8},
+          "robustness": {"limit": 0, "analyses": ["probe", "ablate", "patch"], "sites": ["attn"], "spans": [1],
+                         "pairs": 8}}
+
+
+@pytest.fixture(scope="module")
+def robust_run(tmp_path_factory):
+    cfg = cfg_with(tmp_path_factory.mktemp("robust"), **ROBUST)
+    return cfg, pipeline.run_study(cfg, progress=False, echo=quiet)
+
+
+def test_robustness_reruns_probe_ablation_and_patching_per_variant(robust_run):
+    cfg, result = robust_run
+    assert statuses(result)["robustness"] == "done"
+    folder = result.run_dir / "tiny-llama"
+    table = pd.read_parquet(folder / "robustness/robustness.parquet")
+    assert list(table.columns) == list(pipeline.ROBUSTNESS_COLUMNS)
+    assert table.variant.nunique() == 9
+    counts = table.groupby(["variant", "analysis"]).size().unstack()
+    assert (counts.readout == 3).all()
+    assert (counts.probe == 2 * 3 * 3).all()  # 2 sites x 3 layers x 3 metrics (position -1)
+    assert (counts.ablate == 3 * 3).all() and (counts.patch == 3 * 4).all()  # 3 windows x metrics
+    assert set(table[table.analysis != "readout"].site) <= {"attn", "resid"}
+    assert set(table[table.analysis.isin(["ablate", "patch"])].site) == {"attn"}
+    # The study prompt's variant reproduces the study's own stages: the same functions on the same items.
+    t1 = table[table.variant == "T1-2shot"]
+    probes = pd.read_parquet(folder / "probe/probes.parquet")
+    probes = probes[(probes.task == "emotion") & (probes.position == -1)]
+    mine = t1[t1.analysis == "probe"].sort_values(["site", "layer", "metric"])
+    theirs = probes.sort_values(["site", "layer", "metric"])
+    assert list(zip(mine.site, mine.layer.astype(int), mine.metric, strict=True)) == \
+        list(zip(theirs.site, theirs.layer, theirs.metric, strict=True))
+    np.testing.assert_allclose(mine.value.to_numpy(), theirs.value.to_numpy())
+    for stage, name, analysis in (("ablate", "ablation", "ablate"), ("patch", "patching", "patch")):
+        ref = pd.read_parquet(folder / stage / f"{name}.parquet")
+        ref = ref[(ref.site == "attn") & (ref["kind"] != "clean")].sort_values(["window_center", "metric"])
+        got = t1[t1.analysis == analysis].sort_values(["layer", "metric"])
+        assert list(got.layer.astype(int)) == list(ref.window_center)
+        np.testing.assert_allclose(got.value.to_numpy(), ref.value.to_numpy(), rtol=1e-5, atol=1e-6)
+    readout = json.loads((folder / "readout/metrics.json").read_text())["raw"]
+    assert t1[(t1.analysis == "readout") & (t1.metric == "accuracy")].value.iloc[0] == readout["accuracy"]
+    assert not list((folder / "robustness/partial").glob("*.store"))  # scratch stores are removed
+    html = (result.run_dir / "report.html").read_text()
+    for alt in ("robustness probe", "robustness ablate", "robustness patch"):
+        assert f'alt="{alt}"' in html
+    assert "Readout accuracy ranges from" in html and "The emotion probe peaks" in html
+
+
+def test_robustness_analyses_resume_per_variant(robust_run, tmp_path, monkeypatch):
+    cfg, first = robust_run
+    run_dir = _copy_without(first, "robustness", tmp_path)
+    seen = []
+
+    def interrupt(ctx, unit):
+        seen.append(unit)
+        if len(seen) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "_after_unit", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.run_study(cfg, out=run_dir, progress=False, echo=quiet, report=False)
+    folder = run_dir / "tiny-llama/robustness"
+    assert len(list((folder / "partial").glob("*.parquet"))) == 2
+    monkeypatch.setattr(pipeline, "_after_unit", lambda ctx, unit: seen.append(unit))
+    result = pipeline.run_study(cfg, out=run_dir, progress=False, echo=quiet, report=False)
+    assert statuses(result)["robustness"] == "done" and len(seen) == 9
+    pd.testing.assert_frame_equal(pd.read_parquet(folder / "robustness.parquet"),
+                                  pd.read_parquet(first.run_dir / "tiny-llama/robustness/robustness.parquet"))
+
+
+def test_robustness_analyses_change_its_key_only_when_on(base_run):
+    """A probe setting reaches the robustness stage's key only when it re-runs the probe."""
+    cfg, _ = base_run
+    base = cfg_with(Path(cfg.output))
+    changed = cfg_with(Path(cfg.output), probe={"C": 0.25})
+    assert pipeline.STAGES["robustness"].section(base) == pipeline.STAGES["robustness"].section(changed)
+    on = cfg_with(Path(cfg.output), robustness={"analyses": ["probe"]})
+    on_changed = cfg_with(Path(cfg.output), robustness={"analyses": ["probe"]}, probe={"C": 0.25})
+    assert pipeline.STAGES["robustness"].section(on) != pipeline.STAGES["robustness"].section(on_changed)

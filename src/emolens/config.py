@@ -204,8 +204,30 @@ class SteerConfig(_Windowed):
 
 
 class RobustnessConfig(_Section):
+    """The prompt-variant sweep: a readout per variant, plus the ``analyses`` re-run per variant
+    (``probe``: the emotion probe at position -1 per study site, with the probe section's settings;
+    ``ablate``: zero ablation of ``sites`` over windows of ``spans``; ``patch``: activation patching
+    of ``sites`` over the same windows, ``pairs`` pairs), each at the answer cue."""
+
     #: items per prompt variant (a seeded stratified sample of the study's items; 0 = all of them)
     limit: int = Field(0, ge=0)
+    analyses: list[Literal["probe", "ablate", "patch"]] = Field(default_factory=list)
+    sites: list[str] = Field(default_factory=lambda: ["attn"])
+    spans: list[int] = Field(default_factory=lambda: [3])
+    centers: Centers = "all"
+    stride: int = Field(1, ge=1)
+    pairs: int = Field(200, ge=1)
+
+    _spans = field_validator("spans")(classmethod(lambda cls, v: _odd_spans(v)))
+
+    _sites = field_validator("sites")(classmethod(lambda cls, v: _known_sites(v)))
+
+    @field_validator("analyses")
+    @classmethod
+    def _once(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("repeated analyses")
+        return value
 
 
 class StudyConfig(_Section):

@@ -280,7 +280,8 @@ def confusion_figure(frame: pd.DataFrame, title: str) -> bytes | None:
 
 
 def robustness_figure(table: pd.DataFrame) -> bytes:
-    t = table[table.metric == "accuracy"]
+    t = _readout_rows(table)
+    t = t[t.metric == "accuracy"]
     fig, ax = plt.subplots(figsize=(7, 3))
     x = np.arange(len(t))
     ax.bar(x, t.value, color="#4c72b0")
@@ -292,6 +293,107 @@ def robustness_figure(table: pd.DataFrame) -> bytes:
     ax.legend(fontsize=7)
     ax.set_title(f"prompt robustness (n={int(t.n.iloc[0])} items per variant)", fontsize=9)
     return fig_png(fig)
+
+
+def _readout_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """The readout rows of a robustness table (tables from before the analyses hold only those)."""
+    return table[table.analysis == "readout"] if "analysis" in table else table
+
+
+#: Per robustness analysis: the metric drawn and summarised, and whether its extreme is a peak or a dip.
+ROBUSTNESS_METRICS = {"probe": ("accuracy", "max"), "ablate": ("agreement", "min"), "patch": ("transfer", "max")}
+
+
+def robustness_analysis_figure(table: pd.DataFrame, analysis: str, n_layers: int | None = None) -> bytes | None:
+    """One panel per site (and window span): the analysis' metric against relative depth, a line per
+    prompt variant (the probe by layer, ablation and patching by window centre)."""
+    metric, _ = ROBUSTNESS_METRICS[analysis]
+    t = table[(table.analysis == analysis) & (table.metric == metric)].dropna(subset=["layer"])
+    if t.empty:
+        return None
+    panels = list(t.groupby(["site", "window_span"], sort=False).groups)
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.3), squeeze=False, sharey=True)
+    variants = list(dict.fromkeys(t.variant))
+    colors = plt.get_cmap("tab10")
+    for ax, (site, span) in zip(axes[0], panels, strict=True):
+        g = t[(t.site == site) & (t.window_span == span)]
+        for i, variant in enumerate(variants):
+            line = g[g.variant == variant].sort_values("layer")
+            if line.empty:
+                continue
+            x = _x(line.layer, n_layers, True)
+            ax.plot(x, line.value, marker="o", ms=2.5, lw=1.2, color=colors(i % 10), label=variant,
+                    ls="-" if i < 10 else "--")
+        if analysis == "probe" and g.chance.notna().any():
+            ax.axhline(float(g.chance.max()), ls=":", color="grey", lw=1)
+        ax.set_title(f"{site}" + (f", span {int(span)}" if span else ""), fontsize=9)
+        ax.set_xlabel("relative depth" if n_layers else "layer (1-indexed)")
+        ax.set_ylim(-0.02, 1.02)
+    what = {"probe": "emotion probe at the answer cue (dotted: majority chance)",
+            "ablate": "zero ablation at the answer cue", "patch": "activation patching at the answer cue"}[analysis]
+    axes[0][0].set_ylabel(f"{metric}")
+    axes[0][-1].legend(fontsize=6, title="prompt variant", title_fontsize=6)
+    fig.suptitle(f"prompt robustness: {what}", fontsize=10)
+    return fig_png(fig)
+
+
+def robustness_findings(table: pd.DataFrame, n_layers: int | None = None) -> dict[str, dict[str, Any]]:
+    """Per prompt variant: readout accuracy, where the probe peaks (best site and layer), where zero
+    ablation dips and patching peaks (first site, window centre), from a robustness table."""
+    out: dict[str, dict[str, Any]] = {}
+    for variant, g in table.groupby("variant", sort=False):
+        f: dict[str, Any] = {}
+        acc = _readout_rows(g)
+        acc = acc[acc.metric == "accuracy"]
+        if len(acc):
+            f["accuracy"] = float(acc.value.iloc[0])
+        for analysis, (metric, pick) in ROBUSTNESS_METRICS.items():
+            if "analysis" not in g:
+                break
+            t = g[(g.analysis == analysis) & (g.metric == metric)].dropna(subset=["value", "layer"])
+            if analysis != "probe" and len(t):  # the first site and span: attn in the presets
+                t = t[(t.site == t.site.iloc[0]) & (t.window_span == t.window_span.iloc[0])]
+            if t.empty:
+                continue
+            r = t.loc[t.value.idxmax() if pick == "max" else t.value.idxmin()]
+            f[analysis] = {"site": r.site, "layer": int(r.layer), "value": float(r.value),
+                           "depth": relative_depth(r.layer, n_layers) if n_layers else None}
+        out[str(variant)] = f
+    return out
+
+
+def robustness_text(found: dict[str, dict[str, Any]]) -> str:
+    """One paragraph: accuracy range over the variants, then per analysis where each variant peaks or dips."""
+    if not found:
+        return ""
+    parts = []
+    acc = {v: f["accuracy"] for v, f in found.items() if "accuracy" in f}
+    if acc:
+        lo, hi = min(acc, key=acc.get), max(acc, key=acc.get)
+        parts.append(f"Readout accuracy ranges from {acc[lo]:.2f} ({lo}) to {acc[hi]:.2f} ({hi}) over the "
+                     f"{len(acc)} prompt variants.")
+    for analysis, (metric, _) in ROBUSTNESS_METRICS.items():
+        got = {v: f[analysis] for v, f in found.items() if analysis in f}
+        if not got:
+            continue
+        depths = [x["depth"] for x in got.values() if x["depth"] is not None]
+        sites = sorted({x["site"] for x in got.values()})
+        verb = {"probe": "The emotion probe peaks",
+                "ablate": f"Zero ablation of {', '.join(sites)} hurts most ({metric} dips)",
+                "patch": f"Patching {', '.join(sites)} transfers the emotion most"}[analysis]
+        if depths and min(depths) == max(depths):
+            which = "every variant" if len(got) == len(found) else f"the {len(got)} variants where it is defined"
+            parts.append(f"{verb} at relative depth {depths[0]:.2f} under {which}.")
+            continue
+        spread = f" between relative depth {min(depths):.2f} and {max(depths):.2f}" if depths else ""
+        where = "; ".join(f"{v} {_depth_text(x, analysis == 'probe')}" for v, x in got.items())
+        parts.append(f"{verb}{spread}: {where}.")
+    return " ".join(parts)
+
+
+def _depth_text(x: dict[str, Any], site: bool) -> str:
+    at = f"{x['depth']:.2f}" if x.get("depth") is not None else f"layer {x['layer'] + 1}"
+    return f"{at} ({x['site'] + ' ' if site else ''}{x['value']:.2f})"
 
 
 def promotion_success(table: pd.DataFrame) -> pd.DataFrame:
@@ -662,7 +764,18 @@ def _section_robustness(mr: ModelRun) -> str:
     table = mr.table("robustness") if ok else None
     if table is None:
         return _absent(f"No robustness table: {why}.")
-    return _img(robustness_figure(table), "robustness") + _table_html(table[table.metric == "accuracy"])
+    readout = _readout_rows(table)
+    body = _img(robustness_figure(table), "robustness")
+    text = robustness_text(robustness_findings(table, mr.n_layers))
+    if text:
+        body += f'<p class="summary">{html.escape(text)}</p>'
+    for analysis in ROBUSTNESS_METRICS:
+        png = robustness_analysis_figure(table, analysis, mr.n_layers) if "analysis" in table else None
+        if png:
+            body += _img(png, f"robustness {analysis}")
+    cols = [c for c in ("variant", "template", "shots", "metric", "value", "ci_low", "ci_high", "n", "chance")
+            if c in readout]
+    return body + _table_html(readout[readout.metric == "accuracy"][cols])
 
 
 def _stage_table(meta: dict) -> str:
