@@ -35,17 +35,22 @@ def ds():
 
 @pytest.fixture
 def suffixes(monkeypatch):
-    """The suffix lengths whose prefix cache was actually built."""
+    """The suffix lengths whose prefix cache was actually built (directly or from a longer one)."""
     seen: list[int] = []
-    real = causal.prefix_cache
+    build, extend = causal.prefix_cache, causal.extend_prefix
 
-    def spy(lm, batch, m=1):
-        cache = real(lm, batch, m)
-        if cache is not None:
-            seen.append(m)
+    def spy_build(lm, batch, m=1):
+        cache = build(lm, batch, m)
+        seen.extend([m] if cache is not None else [])
         return cache
 
-    monkeypatch.setattr(causal, "prefix_cache", spy)
+    def spy_extend(lm, batch, cache, m_from, m_to):
+        assert m_from > m_to
+        seen.append(m_to)
+        return extend(lm, batch, cache, m_from, m_to)
+
+    monkeypatch.setattr(causal, "prefix_cache", spy_build)
+    monkeypatch.setattr(causal, "extend_prefix", spy_extend)
     return seen
 
 
@@ -69,7 +74,7 @@ def test_ablation_fast_equals_full(lm, ds, suffixes):
     kw = dict(sites=["attn", "resid"], windows=WINDOWS, positions=[-1, SPAN5], kinds=["zero", "mean"],
               batch_size=4, progress=False)
     fast = ablate(lm, ds, **kw)
-    assert set(suffixes) == {1, 5}
+    assert sorted(suffixes) == [1, 1, 5, 5]  # per batch and m, once: the clean pass and the conditions share it
     full = ablate(lm, ds, fast=False, **kw)
     assert set(suffixes) == {1, 5}  # the full run built no prefix
     assert_same(fast, full)
@@ -97,7 +102,7 @@ def test_knockout_fast_equals_full(lm, ds, suffixes, queries):
 def test_self_patch_on_an_m_token_suffix_changes_nothing(lm, ds):
     prompts = build_prompts(ds.texts, PromptSpec(), lm.tokenizer)
     reader = LabelReader.build(lm.tokenizer, prompt_text=prompts[0].text, prefix=prompts[0].label_prefix)
-    scorer = Scorer(lm, reader)
+    scorer = Scorer(lm, reader, prefix_bytes=0)  # no prefix kept: each is rebuilt, to the same bits
     batches = make_batches(lm, prompts, 4)
     for position in (-1, -4):
         m = suffix_len(position)

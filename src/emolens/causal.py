@@ -32,7 +32,7 @@ from emolens.batching import Batch, iter_batches
 from emolens.errors import EmolensError
 from emolens.hooks import Intervention, Op
 from emolens.metrics import wilson_interval
-from emolens.prefix import prefix_cache, suffix_inputs, suffix_mask, tile_cache
+from emolens.prefix import bytes_per_row, extend_prefix, prefix_cache, suffix_inputs, suffix_mask, tile_cache
 from emolens.readout import LabelReader
 
 COLUMNS = ("analysis", "kind", "site", "window_center", "window_span", "layers", "position", "head", "metric",
@@ -141,19 +141,49 @@ class Prefix:
 
 
 class Scorer:
-    """Label log-probabilities of batches under ops and knockouts, full or on a cached prefix."""
+    """Label log-probabilities of batches under ops and knockouts, full or on a cached prefix.
 
-    def __init__(self, lm, reader: LabelReader):
+    Prefix caches are kept per batch (by its tokens) and suffix length while they fit in
+    ``prefix_bytes``, so the clean pass and the conditions share them; a batch's prefixes for
+    several suffix lengths are built from the longest one (:func:`~emolens.prefix.extend_prefix`).
+    """
+
+    def __init__(self, lm, reader: LabelReader, prefix_bytes: int = 2 ** 30):
         self.lm = lm
         self.reader = reader
         self.forwards = 0
+        self.prefix_bytes = prefix_bytes
+        self._memo: dict[tuple, Prefix | None] = {}
+        self._held = 0
 
     @torch.no_grad()
+    def prefixes(self, batch: Batch, lengths) -> dict[int, Prefix | None]:
+        """Clean caches of every column but the last ``m``, per ``m`` (``None``: that ``m`` runs full forwards)."""
+        key = (tuple(batch.input_ids.shape), batch.input_ids.cpu().numpy().tobytes(),
+               batch.attention_mask.cpu().numpy().tobytes())
+        out: dict[int, Prefix | None] = {}
+        longer: Prefix | None = None
+        for m in sorted({int(x) for x in lengths}, reverse=True):
+            if (key, m) not in self._memo:
+                if longer is None:
+                    cache = prefix_cache(self.lm, batch, m)
+                else:
+                    cache = extend_prefix(self.lm, batch, longer.cache, longer.m, m)
+                self.forwards += cache is not None
+                got = None if cache is None else Prefix(cache, m)
+                size = 0 if cache is None else len(batch) * bytes_per_row(cache)
+                if self._held + size <= self.prefix_bytes:
+                    self._memo[(key, m)] = got
+                    self._held += size
+            else:
+                got = self._memo[(key, m)]
+            out[m] = got
+            longer = got or longer
+        return out
+
     def prefix(self, batch: Batch, m: int = 1) -> Prefix | None:
         """Clean cache of every column but the last ``m`` (``None``: this batch runs full forwards)."""
-        cache = prefix_cache(self.lm, batch, int(m))
-        self.forwards += cache is not None
-        return None if cache is None else Prefix(cache, int(m))
+        return self.prefixes(batch, [m])[int(m)]
 
     @torch.no_grad()
     def run(self, batch: Batch, ops: Sequence[Op] = (), knock=None, prefix=None
@@ -249,11 +279,13 @@ def clean_pass(scorer: Scorer, batches: Sequence[Batch], n: int, fast: Sequence[
     """
     scores = {p: np.zeros((n, len(scorer.reader.labels)), np.float32) for p in paths}
     caps: dict[str, dict[str, torch.Tensor]] = {p: {} for p in paths}
+    lengths = [path_suffix(p) for p in paths if path_suffix(p)]
     for batch in tqdm(batches, desc="clean", unit="batch", disable=not progress, leave=False):
+        prefixes = scorer.prefixes(batch, lengths)
         for path in paths:
             m = path_suffix(path)
             path_ops = ops[path] if ops is not None and path in ops else (full if m == 0 else fast)
-            prefix = scorer.prefix(batch, m) if m else None
+            prefix = prefixes[m] if m else None
             s, got = scorer.run(batch, path_ops, prefix=prefix)
             scores[path][batch.indices] = s.numpy()
             for name, value in got.items():
@@ -268,7 +300,7 @@ def run_conditions(scorer: Scorer, batches: Sequence[Batch], n: int, conditions:
     bar = tqdm(total=len(batches) * len(conditions), desc=desc, unit="fwd", disable=not progress, leave=False)
     lengths = sorted({int(c.fast) for c in conditions if c.fast})
     for batch in batches:
-        prefixes = {m: scorer.prefix(batch, m) for m in lengths}
+        prefixes = scorer.prefixes(batch, lengths)
         for i, cond in enumerate(conditions):
             ops, knock = cond.build(batch)
             s, _ = scorer.run(batch, ops, knock, prefixes[int(cond.fast)] if cond.fast else None)

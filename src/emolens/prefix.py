@@ -4,7 +4,8 @@ An edit confined to the last ``m`` positions of each prompt (steering the answer
 patching at ``-1 .. -m``, knocking out edges *from* the cue) cannot change any earlier position of
 a causal model. So the clean key/value cache of the first ``T - m`` columns of a left-padded batch
 is shared by every such condition: :func:`prefix_cache` computes it once, :func:`tile_cache` copies
-it (stacked once per condition, or forked for a continuation) without ever writing into it, and
+it (stacked once per condition, or forked for a continuation) without ever writing into it,
+:func:`extend_prefix` turns the prefix for ``m`` into the one for a shorter suffix, and
 :func:`suffix_inputs` gives the model inputs of the ``m``-token suffix on top of it. Positions in
 the suffix are resolved against :func:`suffix_mask` (``Intervention(..., suffix=True)``), so
 ``-k`` means the same token as in a full forward. A cache that cannot be copied safely (static,
@@ -74,6 +75,23 @@ def prefix_cache(lm, batch: Batch, m: int = 1):
     if cache.get_seq_length() != batch.input_ids.shape[1] - m:  # the model did not fill this cache
         return None
     return cache if tile_cache(cache, 1) is not None else None
+
+
+@torch.no_grad()
+def extend_prefix(lm, batch: Batch, cache, m_from: int, m_to: int):
+    """The prefix cache of all but the last ``m_to`` columns, from ``cache``, that of all but the last
+    ``m_from > m_to``: runs the columns in between on a fork, so ``cache`` itself is kept.
+
+    The same keys and values as :func:`prefix_cache` ``(lm, batch, m_to)`` up to float rounding,
+    for ``m_from - m_to`` columns of compute instead of ``T - m_to``.
+    """
+    T = batch.input_ids.shape[1]
+    fork = tile_cache(cache, 1)
+    if fork is None:
+        return None
+    lm.model(input_ids=batch.input_ids[:, T - m_from:T - m_to], attention_mask=batch.attention_mask[:, :T - m_to],
+             position_ids=batch.position_ids[:, T - m_from:T - m_to], cache=fork, use_cache=True, logits_to_keep=1)
+    return fork
 
 
 def suffix_inputs(batch: Batch, prefix, m: int = 1, times: int = 1) -> dict:
