@@ -159,8 +159,8 @@ class Scorer:
     @torch.no_grad()
     def prefixes(self, batch: Batch, lengths) -> dict[int, Prefix | None]:
         """Clean caches of every column but the last ``m``, per ``m`` (``None``: that ``m`` runs full forwards)."""
-        key = (tuple(batch.input_ids.shape), batch.input_ids.cpu().numpy().tobytes(),
-               batch.attention_mask.cpu().numpy().tobytes())
+        key = (tuple(batch.input_ids.shape), *(t.cpu().numpy().tobytes() for t in (
+            batch.input_ids, batch.attention_mask, batch.position_ids)))
         out: dict[int, Prefix | None] = {}
         longer: Prefix | None = None
         for m in sorted({int(x) for x in lengths}, reverse=True):
