@@ -159,25 +159,29 @@ def _copy_without(first, stage: str, root: Path) -> Path:
     return target
 
 
-def test_kill_resumable_stage_then_resume_gives_identical_results(base_run, tmp_path, monkeypatch):
-    cfg, first = base_run
+@pytest.mark.parametrize("run, kill_after", [("base_run", 3), ("robust_run", 2)])
+def test_kill_resumable_stage_then_resume_gives_identical_results(run, kill_after, request, tmp_path, monkeypatch):
+    """Robustness keeps its finished variants: readout only (base_run), and with the probe, zero
+    ablation and patching re-run per variant (robust_run)."""
+    cfg, first = request.getfixturevalue(run)
     run_dir = _copy_without(first, "robustness", tmp_path)
     seen = []
 
     def interrupt(ctx, unit):
         seen.append(unit)
-        if len(seen) == 3:
+        if len(seen) == kill_after:
             raise KeyboardInterrupt
 
     monkeypatch.setattr(pipeline, "_after_unit", interrupt)
     with pytest.raises(KeyboardInterrupt):
         pipeline.run_study(cfg, out=run_dir, progress=False, echo=quiet, report=False)
     folder = run_dir / "tiny-llama/robustness"
-    assert not (folder / "stage.json").exists() and len(list((folder / "partial").glob("*.parquet"))) == 3
+    assert not (folder / "stage.json").exists()
+    assert len(list((folder / "partial").glob("*.parquet"))) == kill_after
     monkeypatch.setattr(pipeline, "_after_unit", lambda ctx, unit: seen.append(unit))
     result = pipeline.run_study(cfg, out=run_dir, progress=False, echo=quiet, report=False)
     assert statuses(result)["robustness"] == "done" and statuses(result)["probe"] == "cached"
-    assert len(seen) == 9  # only the 6 unfinished variants were computed on resume
+    assert len(seen) == 9  # only the unfinished variants were computed on resume
     assert json.loads((folder / "stage.json").read_text())["resumed"] is True
     pd.testing.assert_frame_equal(pd.read_parquet(folder / "robustness.parquet"),
                                   pd.read_parquet(first.run_dir / "tiny-llama/robustness/robustness.parquet"))
@@ -460,28 +464,6 @@ def test_robustness_reruns_probe_ablation_and_patching_per_variant(robust_run):
     for alt in ("robustness probe", "robustness ablate", "robustness patch"):
         assert f'alt="{alt}"' in html
     assert "Readout accuracy ranges from" in html and "The emotion probe peaks" in html
-
-
-def test_robustness_analyses_resume_per_variant(robust_run, tmp_path, monkeypatch):
-    cfg, first = robust_run
-    run_dir = _copy_without(first, "robustness", tmp_path)
-    seen = []
-
-    def interrupt(ctx, unit):
-        seen.append(unit)
-        if len(seen) == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(pipeline, "_after_unit", interrupt)
-    with pytest.raises(KeyboardInterrupt):
-        pipeline.run_study(cfg, out=run_dir, progress=False, echo=quiet, report=False)
-    folder = run_dir / "tiny-llama/robustness"
-    assert len(list((folder / "partial").glob("*.parquet"))) == 2
-    monkeypatch.setattr(pipeline, "_after_unit", lambda ctx, unit: seen.append(unit))
-    result = pipeline.run_study(cfg, out=run_dir, progress=False, echo=quiet, report=False)
-    assert statuses(result)["robustness"] == "done" and len(seen) == 9
-    pd.testing.assert_frame_equal(pd.read_parquet(folder / "robustness.parquet"),
-                                  pd.read_parquet(first.run_dir / "tiny-llama/robustness/robustness.parquet"))
 
 
 def test_robustness_analyses_change_its_key_only_when_on(base_run):

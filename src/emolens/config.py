@@ -134,8 +134,12 @@ def _known_sites(value: list[str]) -> list[str]:
     unknown = [s for s in value if s not in SITES]
     if unknown or not value:
         raise ValueError(f"unknown site(s) {unknown or value}; use {list(SITES)}")
+    return _distinct(value, "sites")
+
+
+def _distinct(value: list, what: str) -> list:
     if len(set(value)) != len(value):
-        raise ValueError("repeated sites")
+        raise ValueError(f"repeated {what}")
     return value
 
 
@@ -222,12 +226,7 @@ class RobustnessConfig(_Section):
 
     _sites = field_validator("sites")(classmethod(lambda cls, v: _known_sites(v)))
 
-    @field_validator("analyses")
-    @classmethod
-    def _once(cls, value: list[str]) -> list[str]:
-        if len(set(value)) != len(value):
-            raise ValueError("repeated analyses")
-        return value
+    _once = field_validator("analyses")(classmethod(lambda cls, v: _distinct(v, "analyses")))
 
 
 class StudyConfig(_Section):
@@ -271,12 +270,7 @@ class StudyConfig(_Section):
 
     _sites = field_validator("sites")(classmethod(lambda cls, v: _known_sites(v)))
 
-    @field_validator("positions")
-    @classmethod
-    def _positions(cls, value: list[int]) -> list[int]:
-        if len(set(value)) != len(value):
-            raise ValueError("repeated positions")
-        return value
+    _positions = field_validator("positions")(classmethod(lambda cls, v: _distinct(v, "positions")))
 
     @field_validator("models")
     @classmethod
