@@ -82,6 +82,7 @@ def test_presets_load():
     assert paper.patch.spans == [1, 3, 5] and paper.patch.pairs == 200 and paper.steer.betas == [1, 2, 4]
     assert paper.ablate.spans == [1, 3] and paper.prompts.variants == "paper" and "robustness" in paper.stages
     assert paper.sites == ["attn", "mlp", "resid"] and paper.layers == "all"
+    assert paper.steer.scale == "unit" and quick.steer.scale == "relative"  # the paper's raw beta; quick: visible
     assert quick.dataset.fallback == "stimuli" and quick.positions == [-1]
     assert quick.fingerprint() != paper.fingerprint()
     derived = config_from_dict({"base": "quick", "probe": {"C": 0.5}})
@@ -371,6 +372,8 @@ def test_steer_stage_best_alignment_and_generations_in_the_best_window(steer_run
     align = pd.read_parquet(folder / "alignment.parquet")
     best = align[align.metric == "best_alignment"]
     assert len(best) == 1 and best.n_settings.iloc[0] == 6 and best.n_random.iloc[0] == 19  # 3 windows x 2 betas
+    table = pd.read_parquet(folder / "steering.parquet")
+    assert set(table.scale) == {cfg.steer.scale}  # the configured scale reaches the sweep
     assert 0.05 - 1e-12 <= best.p_value.iloc[0] <= 1
     per = align[align.metric == "alignment"].dropna(subset=["value"])
     tops = {(int(w), float(b)) for w, b in per.loc[per.value == per.value.max(), ["window", "beta"]].to_numpy()}

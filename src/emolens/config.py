@@ -167,6 +167,9 @@ class KnockoutConfig(_Windowed):
 
 class SteerConfig(_Windowed):
     betas: list[float] = Field(default_factory=lambda: [1.0, 2.0, 4.0])
+    #: ``unit``: beta in raw residual units (the paper; tiny on models with large residual norms such
+    #: as Gemma); ``relative``: beta times the layer's mean residual norm, comparable across models
+    scale: Literal["unit", "relative"] = "unit"
     span: int = Field(3, ge=1)
     site: Literal["resid"] = "resid"  # steering adds to the residual stream (the paper's loc 7)
     emotions: list[str] = Field(default_factory=lambda: ["anger", "joy", "pride", "fear", "guilt", "sadness"])

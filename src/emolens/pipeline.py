@@ -481,6 +481,7 @@ def _steer(ctx: StageContext) -> dict:
             bank = st.ConceptBank(bank.layers, [bank.names[i] for i in keep], bank.vectors[:, keep], bank.method,
                                   bank.info)
         res = st.sweep(lm, evaluate, specs, bank=bank, method=method, windows=centres, span=s.span, betas=s.betas,
+                       scale=s.scale,
                        n_random=s.n_random, spec=ctx.prompt, fit_dataset=items if fit is None else fit,
                        batch_size=ctx.cfg.batch_size, seed=ctx.cfg.seed, progress=ctx.progress)
         frames.append(res.frame)
