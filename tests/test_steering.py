@@ -211,6 +211,14 @@ def test_controls_are_norm_matched(tiny_llama, stim):
             assert len(rnd) == 3 and not torch.allclose(rnd[0], rnd[1])
     spec = next(c for c in conds if c.kind == "specificity")
     assert spec.direction == "control:familiarity+"
+    # a fit split with no usable familiarity direction: the automatic control skips to a defined one
+    bank.vectors[:, bank.names.index("familiarity")] = float("nan")
+    conds = st.build_conditions(lm, bank, ["pleasantness+"], [0], 1, [1.0], ["last"], "relative", ref, n_random=0)
+    spec = next(c for c in conds if c.kind == "specificity")
+    assert spec.direction != "control:familiarity+" and bank.is_defined(spec.direction[len("control:"):-1])
+    with pytest.raises(EmolensError, match="familiarity"):  # asked for by name, it is still an error
+        st.build_conditions(lm, bank, ["pleasantness+"], [0], 1, [1.0], ["last"], "relative", ref, n_random=0,
+                            control="familiarity")
 
 
 def test_success_score_formula():

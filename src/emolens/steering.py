@@ -201,10 +201,14 @@ class ConceptBank:
                                "compute or load directions for every layer of the windows")
         return self.vectors[[self.layers.index(layer) for layer in layers]]
 
+    def is_defined(self, name: str) -> bool:
+        """Whether the concept has a finite, non-zero direction at every layer of the bank."""
+        v = self.get(name)
+        return bool(torch.isfinite(v).all()) and not bool((v.norm(dim=-1) == 0).any())
+
     def check_defined(self, names: Iterable[str]) -> None:
         for name in names:
-            v = self.get(name)
-            if not bool(torch.isfinite(v).all()) or bool((v.norm(dim=-1) == 0).any()):
+            if not self.is_defined(name):
                 raise EmolensError(f"the {self.method} direction of {name!r} is undefined at some layer",
                                    "it needs items on both sides (rated >= 4 and <= 2, or in and out of the "
                                    "class); use more data or another concept")
@@ -787,7 +791,9 @@ def build_conditions(lm, bank: ConceptBank, directions: Sequence[str], windows: 
     for terms in parsed.values():
         bank.check_defined(t.name for t in terms)
     randoms = {s: random_unit(n_layers, d, seed + s) for s in range(n_random)}
-    appraisal_names = [n for n in bank.names if n not in EMOTIONS]
+    # the automatic specificity control must be a concept this fit split can define (a small split
+    # may lack items rated high or low on some appraisal); an explicit one is still checked below
+    appraisal_names = [n for n in bank.names if n not in EMOTIONS and (control != "auto" or bank.is_defined(n))]
     out: list[Condition] = []
     for centre in windows:
         layers = tuple(window_layers(centre, span, n_layers))
