@@ -102,7 +102,9 @@ def test_a_cache_that_cannot_be_shared_falls_back_to_full_forwards(tiny_llama, s
     prompts = build_prompts(stim.texts[:4], None, lm.tokenizer)
     reader, _ = _readers(lm, prompts[0])
     conds = _conditions(lm, n=1)
-    monkeypatch.setattr(st, "tile_cache", lambda cache, times: None)  # e.g. a static or linear-attention cache
+    from emolens import prefix
+
+    monkeypatch.setattr(prefix, "tile_cache", lambda cache, times: None)  # e.g. a static or linear-attention cache
     assert st.prefix_cache(lm, encode(lm.tokenizer, prompts)) is None
     info: dict = {}
     clean, got = st.run_conditions(lm, prompts, reader, conds, batch_size=2, info=info)

@@ -90,20 +90,16 @@ def position_label(position: Position) -> str:
     return str(position)
 
 
-def suffix_len(position: Position) -> int:
+def suffix_len(position: Position, fast: bool = True) -> int:
     """How many last tokens a condition at this position must run (0: it needs full forwards).
 
-    Negative ints (and tuples of them) touch only the last ``m = -min(position)`` tokens.
+    Negative ints (and tuples of them) touch only the last ``m = -min(position)`` tokens;
+    ``fast=False`` (the fast path switched off) is always 0.
     """
     ints = position if isinstance(position, tuple) else (position,)
-    if ints and all(isinstance(p, int) and not isinstance(p, bool) and p < 0 for p in ints):
+    if fast and ints and all(isinstance(p, int) and not isinstance(p, bool) and p < 0 for p in ints):
         return -min(ints)
     return 0
-
-
-def is_fast(position: Position) -> bool:
-    """Whether a condition at this position can use the KV-prefix fast path."""
-    return suffix_len(position) > 0
 
 
 def path_name(m: int) -> str:

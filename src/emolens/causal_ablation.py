@@ -135,9 +135,6 @@ def ablate(lm, dataset, sites: Sequence[str] = ("attn", "mlp", "resid"), windows
     caps: dict[str, list] = {}
     pool_keys = {}
 
-    def suffix(position) -> int:
-        return suffix_len(position) if fast else 0
-
     for site in sites:
         for position in positions:
             ints = int_positions(position)
@@ -149,8 +146,8 @@ def ablate(lm, dataset, sites: Sequence[str] = ("attn", "mlp", "resid"), windows
             if needs_pool:
                 cap = Capture(site, layers="all", positions=ints if ints is not None else position,
                               pool=None if ints is not None else "mean", name=key)
-                caps.setdefault(path_name(suffix(position)), []).append(cap)
-    paths = sorted({path_name(suffix(p)) for p in positions})
+                caps.setdefault(path_name(suffix_len(position, fast)), []).append(cap)
+    paths = sorted({path_name(suffix_len(p, fast)) for p in positions})
     clean = clean_pass(scorer, batches, n, paths=paths, progress=progress, ops=caps)
     perm = derangement(n, seed) if "resample" in kinds else None
     head_list: list[int | None] = list(heads) if heads is not None else [None]
@@ -162,7 +159,7 @@ def ablate(lm, dataset, sites: Sequence[str] = ("attn", "mlp", "resid"), windows
                     for head in head_list if site == "heads" else [None]:
                         conditions.append(ablation_condition(kind, site, window, position, head, clean,
                                                              pool_keys[(site, position)], perm, seed,
-                                                             suffix(position)))
+                                                             suffix_len(position, fast)))
     scores = run_conditions(scorer, batches, n, conditions, progress, desc="ablate")
     gold = gold_index(dataset.labels, spec.labels)
     model = lm.spec

@@ -154,19 +154,16 @@ def patch(lm, dataset, pairs: int | pd.DataFrame = 200, sites: Sequence[str] = (
     where = {item_id: i for i, item_id in enumerate(item_ids)}
     src = pairs["source_id"].map(where).to_numpy()
     tgt = pairs["target_id"].map(where).to_numpy()
-    def suffix(position) -> int:
-        return suffix_len(position) if fast else 0
-
-    full_positions = [p for p in positions if not suffix(p)]
+    full_positions = [p for p in positions if not suffix_len(p, fast)]
     caps: dict[str, list] = {}
     for site in sites:
         for position in positions:
-            if suffix(position):  # each negative position has its own suffix length and path
-                caps.setdefault(path_name(suffix(position)), []).append(
+            if suffix_len(position, fast):  # each negative position has its own suffix length and path
+                caps.setdefault(path_name(suffix_len(position, fast)), []).append(
                     Capture(site, layers="all", positions=[position], name=site))
         if full_positions:
             caps.setdefault("full", []).append(Capture(site, layers="all", positions=list(full_positions), name=site))
-    paths = sorted({path_name(suffix(p)) for p in positions})
+    paths = sorted({path_name(suffix_len(p, fast)) for p in positions})
     clean = clean_pass(scorer, make_batches(lm, prompts, batch_size), len(prompts), paths=paths, progress=progress,
                        ops=caps)
     head_list: list[int | None] = list(heads) if heads is not None else [None]
@@ -174,7 +171,7 @@ def patch(lm, dataset, pairs: int | pd.DataFrame = 200, sites: Sequence[str] = (
     for site in sites:
         for window in windows:
             for position in positions:
-                m = suffix(position)
+                m = suffix_len(position, fast)
                 site_caps = clean.captures[path_name(m)]
                 if not m:  # keep the one position this condition patches
                     j = full_positions.index(position)

@@ -198,7 +198,7 @@ def knockout(lm, dataset, keys: Sequence[KeySpec] = ("context",), queries: KeySp
     batches = make_batches(lm, prompts, batch_size)
     query_ints = (queries,) if isinstance(queries, int) else (
         tuple(queries) if isinstance(queries, (list, tuple)) else ())
-    path_fast = suffix_len(query_ints) if fast and query_ints else 0
+    path_fast = suffix_len(query_ints, fast)
     path = path_name(path_fast)
     clean = clean_pass(scorer, batches, len(prompts), paths=(path,), progress=progress)
     head_list: list[int | None] = list(heads) if heads is not None else [None]

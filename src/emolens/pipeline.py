@@ -438,10 +438,9 @@ def _steer(ctx: StageContext) -> dict:
     probe stage's directions (fitted on every item) steer the items, as the paper did. Generations
     steer ``gen_position`` in the window and beta of the best theory alignment (``gen_window``).
     """
-    import torch
-
     from emolens import steering as st
     from emolens import theory
+    from emolens.labels import ALL_APPRAISALS
 
     s = ctx.cfg.steer
     lm = ctx.model.lm
@@ -458,16 +457,12 @@ def _steer(ctx: StageContext) -> dict:
         bank = _steer_bank(ctx, method, fit, layers)
         names = bank.names if bank is not None else list(items.appraisal_names) + list(items.label_names)
 
-        def defined(name: str, bank=bank) -> bool:
-            if bank is None:
-                return True
-            v = bank.get(name)
-            return bool(torch.isfinite(v).all()) and bool((v.norm(dim=-1) > 0).all())
+        def defined(name: str, bank=bank, names=names) -> bool:
+            return name in names and (bank is None or bank.is_defined(name))
 
-        specs = [f"{e}+" for e in s.emotions if e in names and defined(e)]
+        specs = [f"{e}+" for e in s.emotions if defined(e)]
         for d in s.appraisals:
-            terms_d = [t.strip().rstrip("+-").strip() for t in d.split(",")]
-            if all(name in names and defined(name) for name in terms_d):
+            if all(defined(t.name) for t in st.parse_direction(d, ALL_APPRAISALS)):
                 specs.append(d)
             else:
                 ctx.notes.append(f"no {method} direction for {d!r} (its appraisals lack ratings here)")
@@ -476,7 +471,7 @@ def _steer(ctx: StageContext) -> dict:
             ctx.notes.append(f"no {method} direction for {skipped} (no fit items of that class)")
         if not specs:
             continue
-        if bank is not None:  # only defined concepts, so the specificity control is one that exists here
+        if bank is not None:  # only defined concepts: the saved directions file holds no NaN/zero vectors
             keep = [i for i, name in enumerate(bank.names) if defined(name)]
             bank = st.ConceptBank(bank.layers, [bank.names[i] for i in keep], bank.vectors[:, keep], bank.method,
                                   bank.info)
@@ -943,7 +938,8 @@ def run_study(cfg: StudyConfig, out: str | Path | None = None, progress: bool = 
     if backend not in BACKENDS:
         raise EmolensError(f"unknown backend {backend!r}", f"use one of {list(BACKENDS)}")
     if backend != "ray" and (ray_address is not None or ray_cpus is not None or gpus_per_task is not None):
-        raise EmolensError("Ray options only apply to backend ray", "drop them or use --backend ray")
+        raise EmolensError("--ray-address, --ray-cpus and --gpus-per-task only apply to --backend ray",
+                           "drop them or add --backend ray")
     session = None
     if backend == "ray":  # connect before any work, so a missing Ray or a bad address fails at once
         from emolens import ray_backend

@@ -448,11 +448,12 @@ def compute_directions(X: Any, y: Any = None, Y: Any = None, *, n_classes: int =
                        C: float = 1.0, alpha: float | str | Sequence[float] = 5.0, high: float = 4,
                        low: float = 2, standardize: bool = False, device: str | torch.device | None = None,
                        dtype: torch.dtype = torch.float32, slice_chunk: int | None = None,
-                       max_iter: int = 1000) -> dict[str, torch.Tensor]:
+                       max_iter: int = 1000, fits: dict | None = None) -> dict[str, torch.Tensor]:
     """Per-slice emotion and appraisal directions, fitted on all given items.
 
     ``max_iter`` caps the logistic fit (unscaled real activations can need hundreds of L-BFGS
-    steps; a quick study trades convergence for time, and the fit reports it).
+    steps; a quick study trades convergence for time, and the fit reports it: pass a dict as
+    ``fits`` to receive the :class:`~emolens.probes.LogisticFit` under ``"emotion"``).
 
     Keys: ``emotion/probe`` (logistic weights ``[S, K, d]``), ``emotion/diffmean`` (class mean
     minus the mean of all other items), ``appraisal/probe`` (ridge weights ``[S, A, d]``) and
@@ -470,6 +471,8 @@ def compute_directions(X: Any, y: Any = None, Y: Any = None, *, n_classes: int =
         fit = probes.fit_logistic(X3, lab[0], C=C, n_classes=K, standardize=standardize, device=dev,
                                   dtype=dtype, slice_chunk=slice_chunk, max_iter=max_iter)
         out["emotion/probe"] = [fit.coef]
+        if fits is not None:
+            fits["emotion"] = fit
     if Y is not None:
         T, _ = probes._targets(Y, X3.shape[0], X3.shape[1])
         if T.shape[0] != 1:

@@ -181,7 +181,8 @@ class _Softmax:
     is close to the identity and a few dozen suffice.
 
     ``precondition="full"`` uses the Cholesky factor ``P = L L^T`` (one ``d x d`` factorisation per
-    slice, two triangular solves per evaluation); ``"diag"`` keeps only ``P``'s diagonal (a
+    slice; X is transformed once, so an evaluation adds two small ``K x d x d`` products: the
+    penalty and the raw gradient for the stopping rule); ``"diag"`` keeps only ``P``'s diagonal (a
     Jacobi preconditioner, no ``d x d`` work: use it when ``d`` is so large that ``S d^2`` floats do
     not fit in memory).
     """
@@ -213,13 +214,11 @@ class _Softmax:
             del P, L, Linv
             # The data term only ever sees X through X W^T = (X - mu) Linv^T W'^T + const: transform X once.
             self.X = torch.baddbmm(-(mu.unsqueeze(1) @ self.Linv.transpose(1, 2)), X, self.Linv.transpose(1, 2))
-            self.centred = True
             self.sw = None
         elif precondition == "diag":
             var = (X.pow(2).mean(1) - mu.pow(2)).clamp_min(0)
             self.sw = (var / K + lam * pen).rsqrt()[:, None, :]  # dW / dW'
             self.Linv = self.Lt = self.Q = None
-            self.centred = False
         else:
             raise EmolensError(f"unknown precondition {precondition!r}; use 'full' or 'diag'")
 
@@ -248,7 +247,7 @@ class _Softmax:
         S, K, d = theta.shape[0], self.K, self.d
         Wp = theta[:, : K * d].view(S, K, d)
         bc = theta[:, K * d:] * self.sb
-        if self.centred:  # X holds (X - mu) Linv^T: the data term sees W' directly
+        if self.Linv is not None:  # X holds (X - mu) Linv^T: the data term sees W' directly
             logits = torch.baddbmm((bc + self.mask_add).unsqueeze(1), self.X, Wp.transpose(1, 2))
             pen_grad = self.lam * (Wp @ self.Q)
             pen_val = 0.5 * (Wp * pen_grad).sum((1, 2))
@@ -262,7 +261,7 @@ class _Softmax:
         f = -(logp * self.Y).sum((1, 2)) / self.n + pen_val
         R = (logp.exp() - self.Y) / self.n
         rs = R.sum(1)
-        if self.centred:
+        if self.Linv is not None:
             gWp = torch.bmm(R.transpose(1, 2), self.X) + pen_grad
             gW = gWp @ self.Lt  # raw-coordinate gradient, for sklearn's stopping criterion
         else:

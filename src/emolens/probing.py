@@ -397,17 +397,14 @@ def _directions(X, y, Y, rated, K, C, alpha, standardize, max_iter):
     import torch
 
     from emolens import probe_eval as pe
-    from emolens import probes
 
     out, conv = {}, np.zeros(0, bool)
     valid = y >= 0
     if valid.sum() >= 2:
-        Xv, yv = X[:, valid], y[valid]
-        fit = probes.fit_logistic(Xv, yv, C=C, n_classes=K, standardize=standardize, max_iter=max_iter)
-        onehot = torch.nn.functional.one_hot(torch.as_tensor(yv), K)
-        out["emotion/probe"] = fit.coef
-        out["emotion/diffmean"] = pe.class_diffmeans(torch.from_numpy(Xv), onehot, 1 - onehot)
-        conv = fit.converged.numpy()
+        fits: dict = {}
+        out.update(pe.compute_directions(X[:, valid], y=y[valid], n_classes=K, C=C, standardize=standardize,
+                                         max_iter=max_iter, fits=fits))
+        conv = fits["emotion"].converged.numpy()
     if Y is not None and rated.sum() >= 2:
         # float64: with n < d the kernel Cholesky of raw activations (|x| ~ 1e4) fails in float32
         out.update(pe.compute_directions(X[:, rated], Y=Y[rated], alpha=alpha, standardize=standardize,

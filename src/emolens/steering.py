@@ -567,8 +567,7 @@ def prefix_cache(lm, batch: Batch):
     cache is shared by every (direction, window, β) condition of a batch: each then runs the one
     cue token on a copy of it (:func:`fast_label_scores`). See :mod:`emolens.prefix`.
     """
-    cache = _prefix_cache(lm, batch, 1)
-    return cache if cache is not None and tile_cache(cache, 1) is not None else None
+    return _prefix_cache(lm, batch, 1)  # None already where the cache cannot be copied safely
 
 
 @torch.no_grad()

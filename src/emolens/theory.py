@@ -218,10 +218,10 @@ def _best_row(settings: list[tuple[dict, float, dict[str, float]]]) -> dict:
                 "n_settings": len(settings)}
     i = int(np.nanargmax(scores))
     names = sorted({n for _, _, null in settings for n in null})
-    null_max = np.array([np.nanmax([null.get(n, np.nan) for _, _, null in settings])
-                         if any(np.isfinite(null.get(n, np.nan)) for _, _, null in settings) else np.nan
-                         for n in names], dtype=float)
-    null_max = null_max[np.isfinite(null_max)]
+    # [settings, random directions]: each random direction's score in every searched setting
+    null = np.array([[nl.get(n, np.nan) for n in names] for _, _, nl in settings], dtype=float).reshape(-1, len(names))
+    seen = np.isfinite(null).any(0)
+    null_max = np.nanmax(null[:, seen], axis=0) if seen.any() else np.zeros(0)
     p = float((1 + (null_max >= scores[i]).sum()) / (1 + null_max.size)) if null_max.size else float("nan")
     return {**settings[i][0], "metric": "best_alignment", "value": float(scores[i]), "p_value": p,
             "n_random": int(null_max.size), "n_settings": len(settings)}

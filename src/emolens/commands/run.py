@@ -32,9 +32,6 @@ def register(app: typer.Typer) -> None:
         from emolens.errors import EmolensError
         from emolens.pipeline import run_study
 
-        if backend != "ray" and (ray_address is not None or ray_cpus is not None or gpus_per_task is not None):
-            raise EmolensError("--ray-address, --ray-cpus and --gpus-per-task only apply to --backend ray",
-                               "drop them or add --backend ray")
         if config is not None and preset is not None:
             raise EmolensError("pass a config file or --preset, not both",
                                "put `base: <preset>` in the config to start from a preset")

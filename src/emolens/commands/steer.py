@@ -184,7 +184,7 @@ def register(app: typer.Typer) -> None:
             picked = align[(align.metric == "best_alignment") & (align.position == best.position)]
             if len(picked):
                 line += f" (p={picked.p_value.iloc[0]:.2g} for the best of {int(picked.n_settings.iloc[0])} settings)"
-            if n_random < 19:
+            if n_random < steering.N_RANDOM:
                 line += f" (with {n_random} random directions p cannot go below {1 / (1 + n_random):.2g})"
         typer.echo(f"{line}; results in {out_dir}")
 
