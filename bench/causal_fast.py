@@ -22,8 +22,8 @@ from machine import describe as machine
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from emolens.causal import layer_windows  # noqa: E402
-from emolens.causal_ablation import ablate  # noqa: E402
+from emolens.causal.ablation import ablate  # noqa: E402
+from emolens.causal.common import layer_windows  # noqa: E402
 
 
 def main() -> None:
@@ -40,8 +40,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    from emolens.data import load_dataset
-    from emolens.model import load_model
+    from emolens.data.loading import load_dataset
+    from emolens.model.loading import load_model
 
     lm = load_model(args.model, dtype="float32")
     ds = load_dataset(args.data).sample(args.items, seed=0)

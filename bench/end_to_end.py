@@ -1,6 +1,6 @@
 """Benchmark: wall time of the `paper` study preset, stage by stage, for one model.
 
-Runs ``emolens.pipeline.run_study`` on the ``paper`` preset (readout, extract, probe, ablate,
+Runs ``emolens.study.pipeline.run_study`` on the ``paper`` preset (readout, extract, probe, ablate,
 patch, knockout, steer, robustness) in a fresh run folder and prints a markdown table of the
 wall time of every stage (and of the model load inside the first stage that needed the model),
 plus the machine line of ``bench/machine.py``. Subset flags shrink the protocol for a CPU:
@@ -57,15 +57,15 @@ def shrink(shape: dict) -> dict:
 
 def shape_tokenizer():
     """gemma-3-270m's tokenizer when its package is installed (real token counts), else the tiny one."""
-    from emolens.model import alias_status
+    from emolens.model.loading import alias_status
 
     if alias_status("gemma-3-270m").installed:
         from transformers import AutoTokenizer
 
-        from emolens.model import _resolve_weights
+        from emolens.model.loading import _resolve_weights
 
         return AutoTokenizer.from_pretrained(_resolve_weights("gemma-3-270m", None)[0]), "gemma-3-270m"
-    from emolens.testing import tiny_tokenizer
+    from emolens.model.tiny import tiny_tokenizer
 
     return tiny_tokenizer(), "tiny test tokenizer"
 
@@ -74,9 +74,9 @@ def install_random_shape(name: str, shape: dict, seed: int = 0) -> dict:
     """Make the pipeline build ``name`` as a random-initialised Llama of ``shape`` instead of loading it."""
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    from emolens import pipeline
-    from emolens.model import LoadedModel, resolve_device, resolve_dtype
-    from emolens.sites import resolve_sites, validate_sites
+    from emolens.model.loading import LoadedModel, resolve_device, resolve_dtype
+    from emolens.model.sites import resolve_sites, validate_sites
+    from emolens.study import pipeline
 
     tokenizer, tok_name = shape_tokenizer()
     tokenizer.padding_side = "left"
@@ -124,7 +124,7 @@ def n_layers_of(spec: str, shape: dict | None) -> int:
         return 3
     from transformers import AutoConfig
 
-    from emolens.model import _resolve_weights
+    from emolens.model.loading import _resolve_weights
 
     config = AutoConfig.from_pretrained(_resolve_weights(spec, None)[0])
     return config.get_text_config().num_hidden_layers
@@ -143,7 +143,7 @@ def crowd_envent_here() -> str | None:
 
 
 def study_config(args, n_layers: int):
-    from emolens.config import config_from_dict
+    from emolens.study.config import config_from_dict
 
     over: dict = {"base": "paper", "name": "bench-e2e", "models": [args.model], "output": args.out,
                   "device": args.device, "batch_size": args.batch_size}
@@ -195,8 +195,8 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="output root (default: a fresh temporary folder)")
     args = ap.parse_args()
 
-    from emolens import pipeline
-    from emolens.report import write_report
+    from emolens.report.html import write_report
+    from emolens.study import pipeline, runner
 
     if args.data is None:
         found = crowd_envent_here()
@@ -218,7 +218,7 @@ def main() -> None:
     cfg = study_config(args, n_layers_of(args.model, shape))
 
     start = time.perf_counter()
-    result = pipeline.run_study(cfg, progress=False, echo=lambda line: print(line, file=sys.stderr), report=False)
+    result = runner.run_study(cfg, progress=False, echo=lambda line: print(line, file=sys.stderr), report=False)
     study_wall = time.perf_counter() - start
     t0 = time.perf_counter()
     write_report(result.run_dir)
@@ -227,7 +227,7 @@ def main() -> None:
     meta = json.loads((result.run_dir / "run.json").read_text())
     slug = next(iter(meta["models"]))
     model_meta = meta["models"][slug]
-    from emolens.model import resolve_device, resolve_dtype
+    from emolens.model.loading import resolve_device, resolve_dtype
 
     device = resolve_device(cfg.device)
     what = args.model + (" (--tiny)" if args.tiny else "")

@@ -24,8 +24,8 @@ import time
 
 import torch
 
-from emolens.hooks import Capture, run_forward
-from emolens.sites import resolve_sites
+from emolens.engine.intervention import Capture, run_forward
+from emolens.model.sites import resolve_sites
 from machine import describe as machine
 
 SITES = ("attn", "mlp", "resid")
@@ -41,7 +41,7 @@ class _Bare:
 
 
 def build(args):
-    from emolens.model import resolve_device, resolve_dtype
+    from emolens.model.loading import resolve_device, resolve_dtype
 
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
@@ -55,7 +55,7 @@ def build(args):
         with torch.device(device):
             model = LlamaForCausalLM(config).to(dtype).eval()
         return _Bare(model), "llama-1b shape (random init)", config.vocab_size
-    from emolens.model import load_model
+    from emolens.model.loading import load_model
 
     lm = load_model(args.model, dtype=args.dtype, device=device, validate=False)
     return lm, args.model, lm.model.config.get_text_config().vocab_size

@@ -1,6 +1,6 @@
 """Benchmark: activation patching over all windows x 3 sites, emolens against the paper's loop.
 
-Ours (:func:`emolens.causal_patching.patch`): one clean run per item capturing the patched
+Ours (:func:`emolens.causal.patching.patch`): one clean run per item capturing the patched
 position, then batched patched runs on a shared cached prefix. The paper's loop (§6.3): for every
 site, window and pair (pairs re-drawn each time), run the source alone caching every activation
 (moved to CPU), run the target alone, then run the patched target -- three batch-1 full forwards.
@@ -25,19 +25,19 @@ from machine import describe as machine
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from emolens.causal import layer_windows  # noqa: E402
-from emolens.causal_patching import draw_pairs, patch  # noqa: E402
-from emolens.hooks import Capture, Intervention, Set  # noqa: E402
-from emolens.prompts import PromptSpec, build_prompts  # noqa: E402
+from emolens.causal.common import layer_windows  # noqa: E402
+from emolens.causal.patching import draw_pairs, patch  # noqa: E402
+from emolens.engine.intervention import Capture, Intervention, Set  # noqa: E402
+from emolens.inputs.prompts import PromptSpec, build_prompts  # noqa: E402
 
 
 def llama_1b_shape(device: str):
     """A random-initialised Llama-3.2-1B-shaped model (bf16) with the tiny test tokenizer."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from emolens.model import LoadedModel
-    from emolens.sites import resolve_sites
-    from emolens.testing import tiny_tokenizer
+    from emolens.model.loading import LoadedModel
+    from emolens.model.sites import resolve_sites
+    from emolens.model.tiny import tiny_tokenizer
 
     config = LlamaConfig(hidden_size=2048, num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8,
                          intermediate_size=8192, vocab_size=128256, max_position_embeddings=2048,
@@ -96,8 +96,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=100)
     args = parser.parse_args()
 
-    from emolens.data import load_dataset
-    from emolens.model import load_model
+    from emolens.data.loading import load_dataset
+    from emolens.model.loading import load_model
 
     lm = llama_1b_shape(args.device) if args.shape else load_model(args.model, device=args.device)
     dataset = load_dataset(args.data)

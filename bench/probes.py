@@ -3,8 +3,8 @@
 The paper (Tak et al. 2025, protocol §5.1/§5.3) fits, for every (layer, site, position), one
 ``LogisticRegression(C=1)`` with scikit-learn's defaults (lbfgs, ``max_iter=100``) on the 13
 emotions, and for every (layer, site) at position -1 one ``Ridge(alpha=5)`` *per appraisal*; 80/20
-split with seed 42, raw activations. This bench runs that loop and ours (:func:`emolens.probes.fit_logistic`,
-:func:`emolens.probes.fit_ridge`) on the same CPU, in one process, on the same split of the same
+split with seed 42, raw activations. This bench runs that loop and ours (:func:`emolens.probes.estimators.fit_logistic`,
+:func:`emolens.probes.estimators.fit_ridge`) on the same CPU, in one process, on the same split of the same
 items, and prints a markdown table: seconds, ratio, and the held-out accuracy / R² of both on the
 slices both ran. The logistic probes are compared twice: both capped at the paper's 100 iterations
 (unconverged on raw activations, so the two land on different points), and both run to sklearn's
@@ -72,12 +72,12 @@ def main() -> int:
         return 0
     from sklearn.linear_model import LogisticRegression, Ridge
 
+    from emolens.activations.store import ActivationStore
     from emolens.errors import EmolensError
     from emolens.labels import EMOTIONS
-    from emolens.probe_eval import splits
-    from emolens.probes import fit_logistic, fit_ridge
-    from emolens.probing import dataset_for_store, parse_appraisals, select_items, site_stack
-    from emolens.store import ActivationStore
+    from emolens.probes.estimators import fit_logistic, fit_ridge
+    from emolens.probes.evaluation import splits
+    from emolens.probes.probing import dataset_for_store, parse_appraisals, select_items, site_stack
 
     load_start = load_avg()
     try:

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression, Ridge
 
-from emolens.probes import fit_logistic, fit_ridge
+from emolens.probes.estimators import fit_logistic, fit_ridge
 from machine import describe as machine
 
 SHAPES = {

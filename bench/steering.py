@@ -2,7 +2,7 @@
 
 Both paths score the same conditions (directions x windows x betas, with random and specificity
 controls, plus the clean run per window) on the same items with
-:func:`emolens.steering.run_conditions`:
+:func:`emolens.steering.core.run_conditions`:
 
 * ``full`` -- every condition re-runs the whole prompt (items stacked ``--max-rows`` rows per
   forward), as before the fast path;
@@ -26,11 +26,11 @@ import time
 import numpy as np
 import torch
 
-from emolens import steering as st
-from emolens.model import load_model
-from emolens.prompts import build_prompts
+from emolens.data.stimuli import load_stimuli
+from emolens.inputs.prompts import build_prompts
+from emolens.model.loading import load_model
 from emolens.readout import LabelReader
-from emolens.stimuli import load_stimuli
+from emolens.steering import core as st
 from machine import describe as machine
 
 

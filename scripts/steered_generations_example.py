@@ -7,10 +7,10 @@ unsteered model).
 
 import json
 
-from emolens import steering as st
-from emolens.data import load_crowd_envent
-from emolens.model import load_model
-from emolens.prompts import build_prompts
+from emolens.data.corpus import load_crowd_envent
+from emolens.inputs.prompts import build_prompts
+from emolens.model.loading import load_model
+from emolens.steering import core as st
 
 TEXTS = ["I forgot my best friend's birthday.", "My flight was cancelled at the last minute.",
          "I passed my driving test."]

@@ -13,8 +13,8 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+from emolens.data.stimuli import load_schema, load_stimuli, load_stimulus_pairs, validate_stimuli
 from emolens.labels import ALL_APPRAISALS, EMOTIONS
-from emolens.stimuli import load_schema, load_stimuli, load_stimulus_pairs, validate_stimuli
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "stimuli.md"
 START, END = "<!-- stimuli-tables:start -->", "<!-- stimuli-tables:end -->"

@@ -14,7 +14,7 @@ For every pair type it reports
    counts when the probe scores the member with the higher design value higher.
 
 Proportions carry 95% Wilson intervals. The pair items are run once through
-:func:`emolens.extract.extract` (readout and ``resid`` at -1, all layers, float32) with the
+:func:`emolens.activations.extract.extract` (readout and ``resid`` at -1, all layers, float32) with the
 store's own prompt spec, so the probes see the same prompt format they were trained on.
 
     PYTHONPATH=src HF_HUB_OFFLINE=1 .venv/bin/python scripts/validate_stimuli.py \\
@@ -65,7 +65,7 @@ def _table(header: list[str], rows: list[list[object]]) -> str:
 
 
 def _prompt_spec(store):
-    from emolens.prompts import PromptSpec
+    from emolens.inputs.prompts import PromptSpec
 
     raw = store.manifest["identity"]["prompt"]
     return PromptSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
@@ -92,7 +92,7 @@ def readout_rows(frame: pd.DataFrame, pairs: pd.DataFrame) -> pd.DataFrame:
 
 def probe_layers(X: np.ndarray, Y: np.ndarray, layers: list[int], cols: list[int], seed: int = 0):
     """Held-out R^2 per layer and target (80/20 split) of the ridge probes (:data:`RIDGE`)."""
-    from emolens.probes import fit_ridge
+    from emolens.probes.estimators import fit_ridge
 
     n = X.shape[1]
     perm = np.random.default_rng(seed).permutation(n)
@@ -125,13 +125,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"skip: activation store {args.acts} not found")
         return 0
 
-    from emolens.data import load_crowd_envent
-    from emolens.extract import extract
+    from emolens.activations.extract import extract
+    from emolens.activations.store import ActivationStore
+    from emolens.data.corpus import load_crowd_envent
+    from emolens.data.stimuli import load_stimuli, load_stimulus_pairs
     from emolens.labels import ALL_APPRAISALS
-    from emolens.model import load_model
-    from emolens.probes import fit_ridge
-    from emolens.stimuli import load_stimuli, load_stimulus_pairs
-    from emolens.store import ActivationStore
+    from emolens.model.loading import load_model
+    from emolens.probes.estimators import fit_ridge
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -24,7 +24,7 @@ def crowd_envent_csv() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_tok():
-    from emolens.testing import tiny_tokenizer
+    from emolens.model.tiny import tiny_tokenizer
 
     return tiny_tokenizer()
 
@@ -32,7 +32,7 @@ def tiny_tok():
 @pytest.fixture(scope="session")
 def tiny_llama():
     """A loaded tiny Llama (``LoadedModel``) shared by tests that do not mutate it."""
-    from emolens.model import load_model
+    from emolens.model.loading import load_model
 
     return load_model("tiny:llama")
 
@@ -40,7 +40,7 @@ def tiny_llama():
 @pytest.fixture(scope="session")
 def real_model():
     """gemma-3-270m from its PyPI package; skips where the package is not installed."""
-    from emolens.model import alias_status, load_model
+    from emolens.model.loading import alias_status, load_model
 
     status = alias_status("gemma-3-270m")
     if not status.installed:
@@ -65,7 +65,7 @@ def one_torch_thread():
 @pytest.fixture
 def run_cli(capsys):
     """Run ``emolens ARGS`` in-process; returns ``(exit code, stdout, stderr)``."""
-    from emolens.cli import main
+    from emolens.cli.app import main
 
     def run(args):
         with pytest.raises(SystemExit) as info:

@@ -7,14 +7,22 @@ import pandas as pd
 import pytest
 import torch
 
-from emolens.causal import Scorer, Window, clean_pass, explicit_window, layer_windows, make_batches, run_conditions
-from emolens.causal_ablation import ablation_condition, derangement, norm_matched_noise
-from emolens.causal_patching import draw_pairs, normalised_difference, patch, patch_condition
-from emolens.data import load_dataset
+from emolens.causal.ablation import ablation_condition, derangement, norm_matched_noise
+from emolens.causal.common import (
+    Scorer,
+    Window,
+    clean_pass,
+    explicit_window,
+    layer_windows,
+    make_batches,
+    run_conditions,
+)
+from emolens.causal.knockout import EdgeKnockout, positions_mask
+from emolens.causal.patching import draw_pairs, normalised_difference, patch, patch_condition
+from emolens.data.loading import load_dataset
+from emolens.engine.intervention import Capture, Set
 from emolens.errors import EmolensError
-from emolens.hooks import Capture, Set
-from emolens.knockout import EdgeKnockout, positions_mask
-from emolens.prompts import PromptSpec, build_prompts
+from emolens.inputs.prompts import PromptSpec, build_prompts
 from emolens.readout import LabelReader
 
 TEXTS = ["My dog died last week.", "I was recognised for doing well at work by my line manager today.",
@@ -163,9 +171,9 @@ def test_knockout_equals_zero_and_renormalise(family):
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
-    from emolens.model import load_model
-    from emolens.sites import resolve_sites
-    from emolens.testing import tiny_model
+    from emolens.model.loading import load_model
+    from emolens.model.sites import resolve_sites
+    from emolens.model.tiny import tiny_model
 
     AttentionInterface.register("emolens_ref", _ref_attention)
     AttentionMaskInterface.register("emolens_ref", eager_mask)
@@ -203,7 +211,7 @@ def test_knockout_equals_zero_and_renormalise(family):
 
 
 def test_knockout_fast_path_and_errors(setup):
-    from emolens.knockout import knockout
+    from emolens.causal.knockout import knockout
 
     lm, prompts, reader = setup
     ds = load_dataset("stimuli").sample(6, seed=0)
@@ -240,7 +248,7 @@ def test_real_model_noop_knockout_and_resid_transfer(real_model):
 
 
 def test_cli_knockout_and_errors(tmp_path, capsys):
-    from emolens.cli import main
+    from emolens.cli.app import main
 
     out = tmp_path / "ko"
     main(["knockout", "--model", "tiny:llama", "--data", "stimuli", "--items", "all", "--limit", "6", "--span", "3",

@@ -6,15 +6,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from emolens import causal
-from emolens.causal import Scorer, Window, clean_pass, make_batches, path_name, run_conditions, suffix_len
-from emolens.causal_ablation import ablate
-from emolens.causal_patching import patch, patch_condition
-from emolens.data import load_dataset
-from emolens.hooks import Capture
-from emolens.knockout import knockout
-from emolens.model import load_model
-from emolens.prompts import PromptSpec, build_prompts
+from emolens.causal import common as causal
+from emolens.causal.ablation import ablate
+from emolens.causal.common import Scorer, Window, clean_pass, make_batches, path_name, run_conditions, suffix_len
+from emolens.causal.knockout import knockout
+from emolens.causal.patching import patch, patch_condition
+from emolens.data.loading import load_dataset
+from emolens.engine.intervention import Capture
+from emolens.inputs.prompts import PromptSpec, build_prompts
+from emolens.model.loading import load_model
 from emolens.readout import LabelReader
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from emolens.data import EmotionDataset, load_crowd_envent, load_dataset, load_table, read_ids, write_ids
+from emolens.data.corpus import EmotionDataset, load_crowd_envent, load_table, read_ids, write_ids
+from emolens.data.loading import load_dataset
 from emolens.errors import EmolensError
 from emolens.labels import ALL_APPRAISALS, EMOTIONS, PAPER_APPRAISALS
 
@@ -132,7 +133,7 @@ def test_bad_tables_are_clear_errors(tmp_path):
 
 
 def test_failed_download_is_a_clear_error(monkeypatch, tmp_path):
-    from emolens import data
+    from emolens.data import corpus as data
 
     monkeypatch.delenv("EMOLENS_CROWD_ENVENT", raising=False)
     monkeypatch.setenv("EMOLENS_CACHE", str(tmp_path))
@@ -147,7 +148,7 @@ def test_failed_download_is_a_clear_error(monkeypatch, tmp_path):
 
 
 def test_download_checksum_mismatch_is_refused(monkeypatch, tmp_path):
-    from emolens import data
+    from emolens.data import corpus as data
 
     monkeypatch.delenv("EMOLENS_CROWD_ENVENT", raising=False)
     monkeypatch.setenv("EMOLENS_CACHE", str(tmp_path))

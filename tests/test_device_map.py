@@ -6,12 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from emolens.batching import iter_batches
-from emolens.hooks import Add, Capture, Intervention, Zero, run_forward
-from emolens.model import load_model
-from emolens.prompts import PromptSpec, build_prompts
+from emolens.data.stimuli import load_stimuli
+from emolens.engine.intervention import Add, Capture, Intervention, Zero, run_forward
+from emolens.inputs.batching import iter_batches
+from emolens.inputs.prompts import PromptSpec, build_prompts
+from emolens.model.loading import load_model
 from emolens.readout import readout
-from emolens.stimuli import load_stimuli
 
 ATOL = 1e-5
 
@@ -119,21 +119,21 @@ def test_study_with_device_map_equals_plain_study(tmp_path):
     import numpy as np
     import pandas as pd
 
-    from emolens import pipeline
-    from emolens.config import config_from_dict
-    from emolens.store import ActivationStore
+    from emolens.activations.store import ActivationStore
+    from emolens.study import runner
+    from emolens.study.config import config_from_dict
 
     base = {"name": "dm", "models": ["tiny:llama"], "dataset": {"spec": "stimuli", "limit": 26},
             "stages": ["readout", "extract", "ablate"], "ablate": {"spans": [1], "kinds": ["zero"], "max_items": 8},
             "device": "cpu"}
     dm = {"model.embed_tokens": "cpu", "model.rotary_emb": "cpu", "model.layers.0": "cpu", "model.layers.1": "disk",
           "model.layers.2": "disk", "model.norm": "cpu", "lm_head": "cpu"}
-    plain = pipeline.run_study(config_from_dict({**base, "output": str(tmp_path / "a")}), progress=False,
+    plain = runner.run_study(config_from_dict({**base, "output": str(tmp_path / "a")}), progress=False,
                                echo=lambda *_: None, report=False)
     cfg = config_from_dict({**base, "output": str(tmp_path / "b"), "device_map": dm,
                             "offload_folder": str(tmp_path / "off")})
     assert cfg.fingerprint() == plain_cfg_fp(base)  # placement is not part of the study's identity
-    split = pipeline.run_study(cfg, progress=False, echo=lambda *_: None, report=False)
+    split = runner.run_study(cfg, progress=False, echo=lambda *_: None, report=False)
     assert [o.status for o in split.outcomes] == ["done"] * 3
     placed = json.loads((split.run_dir / "run.json").read_text())["models"]["tiny-llama"]["device_map"]
     assert placed["model.layers.2"] == "disk"  # the stages really ran on the dispatched model
@@ -153,6 +153,6 @@ def test_study_with_device_map_equals_plain_study(tmp_path):
 
 
 def plain_cfg_fp(base: dict) -> str:
-    from emolens.config import config_from_dict
+    from emolens.study.config import config_from_dict
 
     return config_from_dict(base).fingerprint()

@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from emolens.batching import encode
-from emolens.data import EmotionDataset
+from emolens.activations.extract import extract
+from emolens.activations.store import ActivationStore
+from emolens.data.corpus import EmotionDataset
 from emolens.errors import EmolensError
-from emolens.extract import extract
+from emolens.inputs.batching import encode
+from emolens.inputs.prompts import PromptSpec, build_prompts
 from emolens.labels import EMOTIONS
-from emolens.prompts import PromptSpec, build_prompts
 from emolens.readout import LabelReader
-from emolens.store import ActivationStore
 
 TEXTS = ["I saw mouldy food.", "My first child was born.", "My dog died last week.", "I was confronted by a thief.",
          "I gave my wallet to a friend.", "I saw my teacher on an aeroplane!", "I failed a maths test.",
@@ -98,7 +98,7 @@ def test_bad_inputs(tiny_llama, dataset, tmp_path):
 
 
 def test_cli_extract(tmp_path, dataset, capsys):
-    from emolens.cli import main
+    from emolens.cli.app import main
 
     path = tmp_path / "data.csv"
     import pandas as pd

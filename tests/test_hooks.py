@@ -7,8 +7,7 @@ import functools
 import pytest
 import torch
 
-from emolens.errors import EmolensError
-from emolens.hooks import (
+from emolens.engine.intervention import (
     Add,
     Apply,
     Capture,
@@ -24,8 +23,9 @@ from emolens.hooks import (
     position_index,
     run_forward,
 )
-from emolens.model import load_model
-from emolens.testing import TINY_FAMILIES
+from emolens.errors import EmolensError
+from emolens.model.loading import load_model
+from emolens.model.tiny import TINY_FAMILIES
 
 TEXTS = ["I saw mouldy food. Answer:", "My first child was born and we were all so happy. Answer:",
          "My dog died. Answer:"]

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from emolens.errors import EmolensError
-from emolens.model import ALIASES, alias_status, load_model, resolve_dtype
+from emolens.model.loading import ALIASES, alias_status, load_model, resolve_dtype
 
 
 def test_tiny_spec_loads_validated_with_left_padding():

@@ -10,10 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from emolens import pipeline
-from emolens.cli import main
-from emolens.config import config_from_dict, load_config, load_preset
+from emolens.cli.app import main
 from emolens.errors import EmolensError
+from emolens.study import pipeline, runner
+from emolens.study.config import config_from_dict, load_config, load_preset
 
 BASE = {
     "name": "tiny",
@@ -50,7 +50,7 @@ def quiet(*_args, **_kwargs) -> None:
 def base_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
     cfg = cfg_with(root)
-    result = pipeline.run_study(cfg, progress=False, echo=quiet)
+    result = runner.run_study(cfg, progress=False, echo=quiet)
     return cfg, result
 
 
@@ -121,7 +121,7 @@ def test_run_writes_stages_and_report(base_run):
 def test_rerun_skips_cached_stages(base_run):
     cfg, first = base_run
     before = {s: json.loads((first.run_dir / "tiny-llama" / s / "stage.json").read_text()) for s in cfg.stages}
-    again = pipeline.run_study(cfg, progress=False, echo=quiet, report=False)
+    again = runner.run_study(cfg, progress=False, echo=quiet, report=False)
     assert again.run_dir == first.run_dir
     assert statuses(again) == {s: "cached" for s in cfg.stages}
     after = {s: json.loads((first.run_dir / "tiny-llama" / s / "stage.json").read_text()) for s in cfg.stages}
@@ -131,7 +131,7 @@ def test_rerun_skips_cached_stages(base_run):
 def test_changed_value_reruns_only_affected_stages(base_run):
     cfg, first = base_run
     changed = cfg_with(Path(cfg.output), probe={"C": 0.5})
-    result = pipeline.run_study(changed, progress=False, echo=quiet, report=False)
+    result = runner.run_study(changed, progress=False, echo=quiet, report=False)
     assert result.run_dir != first.run_dir  # a new run folder: the old results stay as they were
     assert statuses(result) == {"readout": "reused", "extract": "reused", "probe": "done", "robustness": "reused"}
     old = pd.read_parquet(first.run_dir / "tiny-llama/readout/readout.parquet")
@@ -143,7 +143,7 @@ def test_out_holding_another_study_is_refused(base_run, capsys):
     cfg, first = base_run
     other = cfg_with(Path(cfg.output), probe={"C": 2.0})
     with pytest.raises(EmolensError, match="different study"):
-        pipeline.run_study(other, out=first.run_dir, progress=False, echo=quiet)
+        runner.run_study(other, out=first.run_dir, progress=False, echo=quiet)
     path = Path(cfg.output) / "other.yaml"
     path.write_text(json.dumps({**BASE, "seed": 7, "output": cfg.output}))
     with pytest.raises(SystemExit) as exc:
@@ -175,12 +175,12 @@ def test_kill_resumable_stage_then_resume_gives_identical_results(run, kill_afte
 
     monkeypatch.setattr(pipeline, "_after_unit", interrupt)
     with pytest.raises(KeyboardInterrupt):
-        pipeline.run_study(cfg, out=run_dir, progress=False, echo=quiet, report=False)
+        runner.run_study(cfg, out=run_dir, progress=False, echo=quiet, report=False)
     folder = run_dir / "tiny-llama/robustness"
     assert not (folder / "stage.json").exists()
     assert len(list((folder / "partial").glob("*.parquet"))) == kill_after
     monkeypatch.setattr(pipeline, "_after_unit", lambda ctx, unit: seen.append(unit))
-    result = pipeline.run_study(cfg, out=run_dir, progress=False, echo=quiet, report=False)
+    result = runner.run_study(cfg, out=run_dir, progress=False, echo=quiet, report=False)
     assert statuses(result)["robustness"] == "done" and statuses(result)["probe"] == "cached"
     assert len(seen) == 9  # only the unfinished variants were computed on resume
     assert json.loads((folder / "stage.json").read_text())["resumed"] is True
@@ -200,10 +200,10 @@ def test_kill_plain_stage_clears_and_redoes_it(base_run, tmp_path, monkeypatch):
 
     monkeypatch.setattr(sdef, "run", half_then_die)
     with pytest.raises(KeyboardInterrupt):
-        pipeline.run_study(cfg, out=run_dir, progress=False, echo=quiet, report=False)
+        runner.run_study(cfg, out=run_dir, progress=False, echo=quiet, report=False)
     assert not (run_dir / "tiny-llama/probe/stage.json").exists()
     monkeypatch.setattr(sdef, "run", real)
-    result = pipeline.run_study(cfg, out=run_dir, progress=False, echo=quiet, report=False)
+    result = runner.run_study(cfg, out=run_dir, progress=False, echo=quiet, report=False)
     assert statuses(result)["probe"] == "done"
     pd.testing.assert_frame_equal(pd.read_parquet(run_dir / "tiny-llama/probe/probes.parquet"),
                                   pd.read_parquet(first.run_dir / "tiny-llama/probe/probes.parquet"))
@@ -213,7 +213,7 @@ def test_unavailable_stage_is_reported_not_faked(base_run, tmp_path, monkeypatch
     cfg, first = base_run
     run_dir = _copy_without(first, "robustness", tmp_path)
     monkeypatch.setattr(pipeline.STAGES["robustness"], "modules", ("emolens.not_landed_yet",))
-    result = pipeline.run_study(cfg, out=run_dir, progress=False, echo=quiet)
+    result = runner.run_study(cfg, out=run_dir, progress=False, echo=quiet)
     outcome = next(o for o in result.outcomes if o.stage == "robustness")
     assert outcome.status == "unavailable" and "not available" in outcome.note
     assert not (run_dir / "tiny-llama/robustness").exists()
@@ -221,7 +221,7 @@ def test_unavailable_stage_is_reported_not_faked(base_run, tmp_path, monkeypatch
 
 
 def test_dataset_fallback_says_why(monkeypatch):
-    import emolens.data as data
+    import emolens.data.corpus as data
 
     def unreachable(*_args, **_kwargs):
         raise EmolensError("could not download crowd-enVENT (URLError)")
@@ -236,7 +236,7 @@ def test_dataset_fallback_says_why(monkeypatch):
 
 def test_compare_two_runs(base_run, tmp_path):
     cfg, first = base_run
-    second = pipeline.run_study(cfg_with(Path(cfg.output), probe={"C": 0.5}), progress=False, echo=quiet,
+    second = runner.run_study(cfg_with(Path(cfg.output), probe={"C": 0.5}), progress=False, echo=quiet,
                                 report=False)
     out = tmp_path / "cmp"
     main(["compare", str(first.run_dir), str(second.run_dir), "--out", str(out)])
@@ -244,7 +244,7 @@ def test_compare_two_runs(base_run, tmp_path):
     peaks = pd.read_csv(out / "peaks.csv")
     assert set(peaks.analysis) >= {"probe_best"} and peaks.relative_depth.between(0, 1).all()
     with pytest.raises(EmolensError, match="not an emolens run"):
-        from emolens.commands.compare import compare_runs
+        from emolens.cli.compare import compare_runs
 
         compare_runs([tmp_path], tmp_path / "x")
 
@@ -257,7 +257,7 @@ def test_failed_stage_is_recorded_and_the_rest_runs(base_run, tmp_path, monkeypa
         raise RuntimeError("probe exploded")
 
     monkeypatch.setattr(pipeline.STAGES["probe"], "run", boom)
-    result = pipeline.run_study(cfg, out=run_dir, progress=False, echo=quiet, report=False)
+    result = runner.run_study(cfg, out=run_dir, progress=False, echo=quiet, report=False)
     assert statuses(result) == {"readout": "cached", "extract": "cached", "probe": "failed", "robustness": "cached"}
     assert "probe exploded" in (run_dir / "tiny-llama/probe/error.txt").read_text()
     meta = json.loads((run_dir / "run.json").read_text())
@@ -267,7 +267,7 @@ def test_failed_stage_is_recorded_and_the_rest_runs(base_run, tmp_path, monkeypa
 def test_readout_only_change_keeps_downstream_with_all_items(base_run):
     cfg, first = base_run
     changed = cfg_with(Path(cfg.output), prompts={"variants": "paper", "calibrate": True})
-    result = pipeline.run_study(changed, progress=False, echo=quiet, report=False)
+    result = runner.run_study(changed, progress=False, echo=quiet, report=False)
     assert statuses(result) == {"readout": "done", "extract": "reused", "probe": "reused", "robustness": "reused"}
 
 
@@ -295,7 +295,7 @@ def test_report_summary_survives_all_nan_tables():
     model) leave their finding out instead of crashing the report."""
     import numpy as np
 
-    from emolens import report
+    from emolens.report import html as report
 
     nan = [np.nan, np.nan]
     tables = {
@@ -330,7 +330,7 @@ STEER = {"stages": ["readout", "extract", "probe", "steer"], "prompts": {"varian
 @pytest.fixture(scope="module")
 def steer_run(tmp_path_factory):
     cfg = cfg_with(tmp_path_factory.mktemp("steer"), **STEER)
-    result = pipeline.run_study(cfg, progress=False, echo=quiet)
+    result = runner.run_study(cfg, progress=False, echo=quiet)
     return cfg, result
 
 
@@ -339,7 +339,7 @@ def test_steer_stage_fits_on_the_fit_split_and_measures_held_out_items(steer_run
     (from the extract store's residuals), the other half is steered, 19 random directions."""
     import torch
 
-    from emolens import steering as st
+    from emolens.steering import core as st
 
     cfg, result = steer_run
     assert statuses(result)["steer"] == "done"
@@ -398,7 +398,7 @@ def test_steer_stage_holdout_zero_steers_the_fitted_items(steer_run, tmp_path):
     cfg, _ = steer_run
     changed = cfg_with(tmp_path, **{**STEER, "steer": {**STEER["steer"], "holdout": 0, "generations": 0,
                                                        "n_random": 2}})
-    result = pipeline.run_study(changed, progress=False, echo=quiet, report=False)
+    result = runner.run_study(changed, progress=False, echo=quiet, report=False)
     table = pd.read_parquet(result.run_dir / "tiny-llama/steer/steering.parquet")
     assert set(table.fit) == {"all"} and table[table.kind == "random"].direction.nunique() == 2
     assert (table.n == 26).all()
@@ -429,7 +429,7 @@ ROBUST = {"stages": ["readout", "extract", "probe", "ablate", "patch", "robustne
 @pytest.fixture(scope="module")
 def robust_run(tmp_path_factory):
     cfg = cfg_with(tmp_path_factory.mktemp("robust"), **ROBUST)
-    return cfg, pipeline.run_study(cfg, progress=False, echo=quiet)
+    return cfg, runner.run_study(cfg, progress=False, echo=quiet)
 
 
 def test_robustness_reruns_probe_ablation_and_patching_per_variant(robust_run):

@@ -15,10 +15,10 @@ from sklearn.model_selection import train_test_split
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from emolens import probe_eval as pe
 from emolens.errors import EmolensError
 from emolens.labels import EMOTIONS, PAPER_APPRAISALS
-from emolens.probes import (
+from emolens.probes import evaluation as pe
+from emolens.probes.estimators import (
     BatchedLogisticProbe,
     BatchedMLPProbe,
     BatchedRidgeProbe,

@@ -10,10 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from emolens.cli import main
+from emolens.cli.app import main
 from emolens.labels import ALL_APPRAISALS, FIRST_WORDS, PAPER_APPRAISALS
-from emolens.probe_eval import COLUMNS, load_directions
-from emolens.probing import first_word_labels, parse_appraisals, parse_tasks
+from emolens.probes.evaluation import COLUMNS, load_directions
+from emolens.probes.probing import first_word_labels, parse_appraisals, parse_tasks
 
 STARTS = ["I", "My", "When", "the", "Yesterday", "Honestly", "I", "My"]  # two of eight are excluded
 EMOS = ["surprise", "sadness", "anger", "joy"]  # tiny:llama reads most items as surprise
@@ -23,8 +23,8 @@ SITES, LAYERS, POSITIONS = ["attn", "mlp", "resid"], 3, [-1, -2]
 
 @pytest.fixture(scope="module")
 def tiny_store(tmp_path_factory, tiny_llama):
-    from emolens.data import load_dataset
-    from emolens.extract import extract
+    from emolens.activations.extract import extract
+    from emolens.data.loading import load_dataset
 
     root = tmp_path_factory.mktemp("probing")
     rng = np.random.default_rng(0)

@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from emolens.batching import encode, iter_batches
-from emolens.data import EmotionDataset
+from emolens.data.corpus import EmotionDataset
 from emolens.errors import EmolensError
+from emolens.inputs.batching import encode, iter_batches
+from emolens.inputs.prompts import INSTRUCTIONS, PAPER_PROMPT_VARIANTS, PromptSpec, build_prompts, parse_shots
 from emolens.labels import EMOTIONS
-from emolens.model import load_model
-from emolens.prompts import INSTRUCTIONS, PAPER_PROMPT_VARIANTS, PromptSpec, build_prompts, parse_shots
+from emolens.model.loading import load_model
+from emolens.model.tiny import TINY_FAMILIES
 from emolens.readout import LabelReader, calibrate_scores, readout, score_prompts
-from emolens.testing import TINY_FAMILIES
 
 TEXTS = ["I saw mouldy food in the fridge.", "My first child was born.", "My dog died last week and I cried.",
          "I was confronted by a thief on the way home from work late at night.", "I gave my wallet to a friend."]

@@ -10,9 +10,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from emolens import pipeline
-from emolens.config import config_from_dict
 from emolens.errors import EmolensError
+from emolens.study import runner
+from emolens.study.config import config_from_dict
 
 STUDY = {
     "name": "raytiny",
@@ -46,9 +46,9 @@ def ray_cluster():
 
 @pytest.fixture(scope="module")
 def both_runs(ray_cluster, tmp_path_factory):
-    local = pipeline.run_study(study(tmp_path_factory.mktemp("local")), progress=False, echo=quiet, report=False)
+    local = runner.run_study(study(tmp_path_factory.mktemp("local")), progress=False, echo=quiet, report=False)
     lines: list[str] = []
-    remote = pipeline.run_study(study(tmp_path_factory.mktemp("ray")), progress=False, echo=lines.append,
+    remote = runner.run_study(study(tmp_path_factory.mktemp("ray")), progress=False, echo=lines.append,
                                 backend="ray")
     return local, remote, lines
 
@@ -83,10 +83,10 @@ def test_ray_run_equals_local_run(both_runs):
 
 def test_ray_rerun_is_cached_and_changed_value_reuses(both_runs, tmp_path):
     _, remote, _ = both_runs
-    again = pipeline.run_study(study(remote.run_dir.parent), progress=False, echo=quiet, report=False,
+    again = runner.run_study(study(remote.run_dir.parent), progress=False, echo=quiet, report=False,
                                backend="ray")
     assert again.run_dir == remote.run_dir and {o.status for o in again.outcomes} == {"cached"}
-    changed = pipeline.run_study(study(remote.run_dir.parent, probe={"n_boot": 20, "human_baseline": False,
+    changed = runner.run_study(study(remote.run_dir.parent, probe={"n_boot": 20, "human_baseline": False,
                                                                      "C": 0.5}),
                                  progress=False, echo=quiet, report=False, backend="ray")
     got = {(o.model, o.stage): o.status for o in changed.outcomes}
@@ -97,7 +97,7 @@ def test_ray_rerun_is_cached_and_changed_value_reuses(both_runs, tmp_path):
 def test_ray_failed_stage_skips_its_dependents(ray_cluster, tmp_path):
     """A stage that fails on a worker is recorded; the stages needing it are skipped, the others run."""
     cfg = study(tmp_path, models=["tiny:llama"], layers=[7])  # the tiny model has 3 layers: extract fails
-    result = pipeline.run_study(cfg, progress=False, echo=quiet, report=False, backend="ray")
+    result = runner.run_study(cfg, progress=False, echo=quiet, report=False, backend="ray")
     got = {o.stage: o.status for o in result.outcomes}
     assert got == {"readout": "done", "extract": "failed", "probe": "skipped", "ablate": "done"}
     assert "out of range" in (result.run_dir / "tiny-llama/extract/error.txt").read_text()
@@ -128,6 +128,6 @@ def test_unreachable_ray_address_is_one_line_exit_2(run_cli):
     code, _, err = run_cli(["run", "--ray-address", "127.0.0.1:1", "--no-progress"])
     assert code == 2 and "only apply to --backend ray" in err
     with pytest.raises(EmolensError, match="bad Ray address"):
-        from emolens.ray_backend import _check_reachable
+        from emolens.study.ray_backend import _check_reachable
 
         _check_reachable("nonsense")

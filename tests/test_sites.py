@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from emolens.errors import EmolensError
-from emolens.sites import SITES, find_site_paths, resolve_sites, validate_sites
-from emolens.testing import TINY_FAMILIES, tiny_model
+from emolens.model.sites import SITES, find_site_paths, resolve_sites, validate_sites
+from emolens.model.tiny import TINY_FAMILIES, tiny_model
 
 POST_NORM = {"gemma2", "gemma3_text", "olmo2"}
 

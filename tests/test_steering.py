@@ -9,21 +9,21 @@ import pandas as pd
 import pytest
 import torch
 
-from emolens import steering as st
-from emolens import theory
-from emolens.batching import encode
+from emolens.engine.intervention import Capture, Intervention
 from emolens.errors import EmolensError
-from emolens.hooks import Capture, Intervention
+from emolens.inputs.batching import encode
+from emolens.inputs.prompts import build_prompts
 from emolens.labels import EMOTIONS
-from emolens.prompts import build_prompts
 from emolens.readout import LabelReader
+from emolens.steering import core as st
+from emolens.steering import theory
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
 def stim():
-    from emolens.stimuli import load_stimuli
+    from emolens.data.stimuli import load_stimuli
 
     return load_stimuli("all").sample(16, seed=0)
 
@@ -290,7 +290,7 @@ def test_bad_inputs_are_one_line_errors():
 
 
 def test_sweep_and_cli_end_to_end(tmp_path, stim):
-    from emolens.cli import main
+    from emolens.cli.app import main
 
     out = tmp_path / "run"
     main(["steer", "--model", "tiny:llama", "--data", "stimuli", "--limit", "12", "--direction",
@@ -347,7 +347,7 @@ def test_sweep_and_cli_end_to_end(tmp_path, stim):
 
 @pytest.mark.real_model
 def test_real_model_steering_moves_labels(real_model):
-    from emolens.stimuli import load_stimuli
+    from emolens.data.stimuli import load_stimuli
 
     singles = load_stimuli("singles")
     r = singles.appraisal("pleasantness")
@@ -401,7 +401,7 @@ def test_default_controls_let_the_permutation_p_value_reach_005(tiny_llama, stim
 
 
 def test_directions_are_fitted_on_the_train_split_and_measured_on_held_out_items(tiny_llama):
-    from emolens.stimuli import load_stimuli
+    from emolens.data.stimuli import load_stimuli
 
     ds = load_stimuli("singles").sample(26, seed=0)
     kw = dict(windows=[1], span=3, betas=[2.0], n_random=2, control=None, batch_size=8)

@@ -6,19 +6,19 @@ import numpy as np
 import pytest
 import torch
 
-from emolens import steering as st
-from emolens.batching import encode
+from emolens.inputs.batching import encode
+from emolens.inputs.prompts import build_prompts
 from emolens.labels import EMOTIONS
-from emolens.model import load_model
-from emolens.prompts import build_prompts
+from emolens.model.loading import load_model
 from emolens.readout import LabelReader
+from emolens.steering import core as st
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
 def stim():
-    from emolens.stimuli import load_stimuli
+    from emolens.data.stimuli import load_stimuli
 
     return load_stimuli("all").sample(10, seed=0)
 
@@ -102,7 +102,7 @@ def test_a_cache_that_cannot_be_shared_falls_back_to_full_forwards(tiny_llama, s
     prompts = build_prompts(stim.texts[:4], None, lm.tokenizer)
     reader, _ = _readers(lm, prompts[0])
     conds = _conditions(lm, n=1)
-    from emolens import prefix
+    from emolens.engine import prefix as prefix
 
     monkeypatch.setattr(prefix, "tile_cache", lambda cache, times: None)  # e.g. a static or linear-attention cache
     assert st.prefix_cache(lm, encode(lm.tokenizer, prompts)) is None

@@ -11,10 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from emolens.data import EmotionDataset, load_dataset
-from emolens.errors import EmolensError
-from emolens.labels import ALL_APPRAISALS, EMOTIONS, PAPER_APPRAISALS
-from emolens.stimuli import (
+from emolens.data.corpus import EmotionDataset
+from emolens.data.loading import load_dataset
+from emolens.data.stimuli import (
     PAIR_COLUMNS,
     banned_words,
     load_schema,
@@ -24,6 +23,8 @@ from emolens.stimuli import (
     validate_stimuli,
     word_edit_distance,
 )
+from emolens.errors import EmolensError
+from emolens.labels import ALL_APPRAISALS, EMOTIONS, PAPER_APPRAISALS
 
 ROOT = Path(__file__).resolve().parents[1]
 DOMAINS = {"work", "family", "health", "friends", "money", "travel"}

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from emolens.activations.store import ActivationStore, StoreWriter, prepare_store
 from emolens.errors import EmolensError
-from emolens.store import ActivationStore, StoreWriter, prepare_store
 
 IDS = [f"item-{i}" for i in range(10)]
 IDENTITY = {"model": "m", "sites": ["resid"], "layers": [0, 1], "site_layers": {"resid": [0, 1]},

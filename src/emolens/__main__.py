@@ -1,3 +1,3 @@
-from emolens.cli import main
+from emolens.cli.app import main
 
 main()

@@ -17,12 +17,12 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from emolens.batching import Batch, iter_batches
-from emolens.data import EmotionDataset
+from emolens.data.corpus import EmotionDataset
 from emolens.errors import EmolensError
+from emolens.inputs.batching import Batch, iter_batches
+from emolens.inputs.prompts import PromptSpec, build_prompts
 from emolens.labels import EMOTIONS
 from emolens.metrics import classification_summary
-from emolens.prompts import PromptSpec, build_prompts
 
 #: Content-free inputs for contextual calibration (Zhao et al., 2021).
 CONTENT_FREE = ("N/A", "", "[MASK]")

@@ -1,0 +1,175 @@
+"""Extraction: one forward per batch gives the label readout and every requested capture.
+
+The corpus is processed in fixed chunks of consecutive items (length-sorted batches inside a
+chunk), so a killed run resumes at the first incomplete chunk and writes exactly the bytes an
+uninterrupted run would (see :mod:`emolens.activations.store`). Without ``--readout`` the forward stops after
+the deepest requested layer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from emolens.activations.store import ActivationStore, prepare_store, storage_dtype
+from emolens.engine.intervention import SPAN_NAMES, Capture, parse_positions, run_forward
+from emolens.errors import EmolensError
+from emolens.model.sites import SITES
+
+_TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16}
+
+
+def parse_sites(sites: str | Sequence[str]) -> list[str]:
+    """``"attn,mlp,resid"`` -> a list of known sites, in the order given, without repeats."""
+    items = [s.strip() for s in sites.split(",")] if isinstance(sites, str) else list(sites)
+    items = [s for s in items if s]
+    unknown = [s for s in items if s not in SITES]
+    if unknown or not items:
+        raise EmolensError(f"unknown site(s) {unknown or items}", f"use sites from {list(SITES)}")
+    return list(dict.fromkeys(items))
+
+
+def normalise_positions(positions) -> list[int | str]:
+    parsed = parse_positions(positions)
+    items = [parsed] if isinstance(parsed, (int, str)) else list(parsed)
+    if isinstance(parsed, range):
+        items = list(parsed)
+    for p in items:
+        if isinstance(p, bool) or not isinstance(p, (int, str)) or (isinstance(p, str) and p not in
+                                                                     (*SPAN_NAMES, "all")):
+            raise EmolensError(f"bad position {p!r}", f"use ints, 'all' or spans from {list(SPAN_NAMES)}")
+    if len(set(items)) != len(items):
+        raise EmolensError(f"repeated positions in {items}", "list each position once")
+    return items
+
+
+def _capture_ops(sites: list[str], layers_of: dict[str, list[int]], positions: list[int | str],
+                 dtype: torch.dtype) -> tuple[list[Capture], dict[str, list[tuple[str, int]]]]:
+    """Captures for each site plus, per site, where each stored position comes from (name, index)."""
+    ints = [p for p in positions if isinstance(p, int)]
+    ops: list[Capture] = []
+    layout: dict[str, list[tuple[str, int]]] = {}
+    for site in sites:
+        layout[site] = []
+        if ints:
+            ops.append(Capture(site, layers=layers_of[site], positions=ints, name=f"{site}@idx", dtype=dtype,
+                               device="cpu"))
+        for p in positions:
+            if isinstance(p, int):
+                layout[site].append((f"{site}@idx", ints.index(p)))
+            else:
+                name = f"{site}@{p}"
+                ops.append(Capture(site, layers=layers_of[site], positions=p, pool="mean", name=name, dtype=dtype,
+                                   device="cpu"))
+                layout[site].append((name, 0))
+    return ops, layout
+
+
+def prompt_hash(texts: Sequence[str]) -> str:
+    h = hashlib.sha256()
+    for t in texts:
+        h.update(t.encode())
+        h.update(b"\x1e")
+    return h.hexdigest()
+
+
+def extract(lm, dataset, out: str | Path, sites: str | Sequence[str] = ("attn", "mlp", "resid"),
+            layers="all", positions=(-1,), spec=None, readout: bool = False, dtype: str = "float16",
+            batch_size: int = 16, chunk_size: int = 256, progress: bool = True,
+            on_chunk: Callable[[int], None] | None = None) -> ActivationStore:
+    """Extract activations of ``dataset`` under ``lm`` into the store at ``out`` (resume or reuse).
+
+    ``positions`` are relative ints (−1 = answer cue) and/or span names (``context``, ``all``,
+    ...; stored mean-pooled). ``on_chunk(k)`` runs after chunk ``k`` is committed (tests inject
+    kills there). Returns the complete store.
+    """
+    from emolens.inputs.batching import iter_batches
+    from emolens.inputs.prompts import PromptSpec, build_prompts
+
+    spec = spec or PromptSpec()
+    site_list = parse_sites(sites)
+    pos = normalise_positions(positions)
+    np_dtype = storage_dtype(dtype)
+    if batch_size < 1 or chunk_size < 1:
+        raise EmolensError("batch and chunk sizes must be positive", "pass --batch-size 1 or more")
+    if len(dataset) == 0:
+        raise EmolensError("the dataset has no items", "check --data and --limit")
+    chunk_size = max(batch_size, chunk_size // batch_size * batch_size)
+    reg = lm.sites
+    layer_sites = [s for s in site_list if reg.layer_count(s) > 1] or ["resid"]
+    layer_list = reg.resolve_layers(layers, layer_sites[0])
+    layers_of = {s: (layer_list if reg.layer_count(s) > 1 else [0]) for s in site_list}
+    prompts = build_prompts(dataset.texts, spec, lm.tokenizer)
+    identity = {
+        "model": lm.spec, "source_id": lm.source_id, "model_dtype": str(lm.dtype).replace("torch.", ""),
+        "dataset": dataset.name, "dataset_fingerprint": dataset.fingerprint(),
+        "prompt": asdict(spec), "prompt_fingerprint": spec.fingerprint(),
+        "prompt_hash": prompt_hash([p.text for p in prompts]),
+        "sites": site_list, "layers": layer_list, "site_layers": layers_of, "positions": pos, "span_pool": "mean",
+        "dtype": dtype, "readout": bool(readout), "n_items": len(dataset),
+    }
+    arrays = {s: ((len(dataset), len(layers_of[s]), len(pos), *reg.width(s)), dtype) for s in site_list}
+    run = {"chunk_size": chunk_size, "batch_size": batch_size, "device": str(lm.device)}
+    target = prepare_store(out, identity, dataset.ids, arrays, run,
+                           info={"model_family": reg.family, "n_layers": reg.n_layers})
+    if isinstance(target, ActivationStore):
+        return target
+    writer = target
+    ops, layout = _capture_ops(site_list, layers_of, pos, _TORCH_DTYPES[dtype])
+    reader = None
+    if readout:
+        from emolens.readout import LabelReader
+
+        reader = LabelReader.build(lm.tokenizer, spec.labels, prompts[0].text, prompts[0].label_prefix)
+    done_items = min(len(dataset), writer.chunks_done * chunk_size)
+    bar = tqdm(total=len(dataset), initial=done_items, desc="extract", unit="item", disable=not progress)
+    for chunk in range(writer.chunks_done, writer.n_chunks):
+        rows = writer.chunk_range(chunk)
+        buffers = writer.buffers(chunk)
+        scores = np.zeros((len(rows), len(spec.labels)), dtype=np.float32) if reader else None
+        top: list[str] = [""] * len(rows)
+        chunk_prompts = [prompts[i] for i in rows]
+        for batch in iter_batches(lm.tokenizer, chunk_prompts, batch_size, lm.device):
+            with torch.no_grad():
+                out_, run_ = run_forward(lm, batch, ops, need_logits=reader is not None,
+                                         **({"logits_to_keep": 1} if reader is not None else {}))
+                caps = run_.captures
+                for site in site_list:
+                    parts = [caps[name][:, :, j] for name, j in layout[site]]
+                    block = torch.stack(parts, 2)  # [b, L, P, *w]
+                    if np_dtype == np.float16 and not bool(torch.isfinite(block).all()):
+                        raise EmolensError(f"activations at {site!r} overflow float16",
+                                           "extract with --dtype float32")
+                    buffers[site][batch.indices] = block.numpy()
+                if reader is not None:
+                    last = out_.logits[:, -1]
+                    scores[batch.indices] = reader.score(lm.model, batch, last).cpu().numpy()
+                    for i, tok_id in zip(batch.indices, last.argmax(-1).tolist(), strict=True):
+                        top[i] = lm.tokenizer.decode([tok_id])
+            bar.update(len(batch))
+        frame = _readout_frame(dataset, rows, spec.labels, scores, top) if reader is not None else None
+        writer.commit(chunk, buffers, frame)
+        if on_chunk is not None:
+            on_chunk(chunk)
+    bar.close()
+    return writer.finish()
+
+
+def _readout_frame(dataset, rows: range, labels: Sequence[str], scores: np.ndarray, top: list[str]):
+    import pandas as pd
+
+    index = {lab: i for i, lab in enumerate(labels)}
+    gold_names = [dataset.labels[i] for i in rows]
+    gold = np.array([index.get(g, -1) if g is not None else -1 for g in gold_names])
+    pred = scores.argmax(1)
+    frame = pd.DataFrame({"id": [dataset.ids[i] for i in rows], "gold": gold_names,
+                          "pred": [labels[p] for p in pred], "correct": pred == gold, "top1": top})
+    for k, lab in enumerate(labels):
+        frame[f"logp_{lab}"] = scores[:, k]
+    return frame

@@ -1,0 +1,66 @@
+"""``emolens extract``: label readout and activations of a corpus, in one pass, into a store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def extract(
+        out: Path = typer.Option(..., help="store folder (resumed if incomplete, reused if complete)"),
+        model: str = typer.Option("gemma-3-270m", help="alias, hub id, local folder or .gguf file"),
+        data: str = typer.Option("crowd-envent", help="crowd-envent, stimuli, or a CSV/TSV/JSONL/zip path"),
+        sites: str = typer.Option("attn,mlp,resid", help="comma-separated sites (resid, attn, mlp, attn_post, "
+                                                          "mlp_post, heads, embed, final)"),
+        layers: str = typer.Option("all", help="'all', '3', '2,5,7' or 'a:b'"),
+        positions: str = typer.Option("-1", help="relative to the answer cue: '-1,-2', '-5:', span names "
+                                                 "(context, instruction, shots, answer, all; mean-pooled)"),
+        readout: bool = typer.Option(False, help="also store the 13 label scores per item (readout.parquet)"),
+        dtype: str = typer.Option("float16", help="storage dtype: float16 or float32"),
+        limit: int = typer.Option(0, help="seeded label-stratified sample of N items (0 = all)"),
+        seed: int = typer.Option(0, help="seed of the --limit sample"),
+        batch_size: int = typer.Option(16, help="prompts per forward pass"),
+        chunk_size: int = typer.Option(256, help="items per durable chunk (host memory scales with it)"),
+        template: str = typer.Option("T1", help="T1..T8 or a custom string containing {text}"),
+        shots: str = typer.Option("joy,sadness", help="shot emotions, comma-separated ('none' for zero-shot)"),
+        separator: str = typer.Option("space", help="'space' (paper) or 'newline' between prompt parts"),
+        chat: bool = typer.Option(False, help="wrap the prompt in the tokenizer's chat template"),
+        device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1 ..."),
+        model_dtype: str = typer.Option("auto", help="model weights: auto (bf16 GPU, fp32 CPU), float32, bfloat16"),
+    ) -> None:
+        """Capture sites x layers x positions for every item (and the label readout) into a store."""
+        import time
+
+        from emolens.activations.extract import extract as run_extract
+        from emolens.activations.extract import normalise_positions, parse_sites
+        from emolens.activations.store import storage_dtype
+        from emolens.data.loading import load_dataset
+        from emolens.errors import EmolensError
+        from emolens.inputs.prompts import PromptSpec, parse_shots
+        from emolens.model.loading import load_model
+
+        if separator not in ("space", "newline"):
+            raise EmolensError(f"unknown separator {separator!r}", "use 'space' or 'newline'")
+        # cheap checks before the model loads, so a typo costs no time
+        parse_sites(sites)
+        normalise_positions(positions)
+        storage_dtype(dtype)
+        spec = PromptSpec(template=template, shots=parse_shots(shots), chat=chat,
+                          separator=" " if separator == "space" else "\n")
+        dataset = load_dataset(data)
+        if limit:
+            dataset = dataset.sample(limit, seed=seed)
+        lm = load_model(model, dtype=model_dtype, device=device)
+        start = time.perf_counter()
+        store = run_extract(lm, dataset, out, sites=sites, layers=layers, positions=positions, spec=spec,
+                            readout=readout, dtype=dtype, batch_size=batch_size, chunk_size=chunk_size)
+        seconds = time.perf_counter() - start
+        shapes = ", ".join(f"{s} {tuple(store.read(s).shape)}" for s in store.sites)
+        line = f"{len(store)} items; {shapes}"
+        if readout:
+            frame = store.readout()
+            line += f"; accuracy {frame['correct'].mean():.3f}"
+        typer.echo(f"{line}; {seconds:.1f}s; store in {out}")

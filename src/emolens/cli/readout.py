@@ -1,0 +1,88 @@
+"""``emolens readout``: which emotion does the model infer for each text?"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from emolens.errors import EmolensError
+
+
+def prepare_out_dir(out: Path, force: bool = False, marker: str = "metrics.json") -> Path:
+    """Create the output folder, refusing to overwrite a finished result unless ``force``."""
+    out = Path(out)
+    if (out / marker).exists() and not force:
+        raise EmolensError(f"{str(out)!r} already holds results ({marker})",
+                           "choose a new --out folder or pass --force to overwrite")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def readout(
+        model: str = typer.Option("gemma-3-270m", help="alias, hub id, local folder or .gguf file"),
+        data: str = typer.Option("crowd-envent", help="crowd-envent, stimuli, or a CSV/TSV/JSONL/zip path"),
+        out: Path = typer.Option(..., help="output folder"),
+        limit: int = typer.Option(0, help="seeded label-stratified sample of N items (0 = all)"),
+        seed: int = typer.Option(0, help="seed of the --limit sample"),
+        template: str = typer.Option("T1", help="T1..T8 or a custom string containing {text}"),
+        shots: str = typer.Option("joy,sadness", help="shot emotions, comma-separated ('none' for zero-shot)"),
+        separator: str = typer.Option("space", help="'space' (paper) or 'newline' between prompt parts"),
+        chat: bool = typer.Option(False, help="wrap the prompt in the tokenizer's chat template"),
+        calibrate: bool = typer.Option(False, help="also report contextual calibration (Zhao et al., 2021)"),
+        batch_size: int = typer.Option(16, help="prompts per forward pass"),
+        device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1 ..."),
+        dtype: str = typer.Option("auto", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16"),
+        force: bool = typer.Option(False, help="overwrite an existing result in --out"),
+    ) -> None:
+        """Score the 13 emotion labels at the answer position; write readout.parquet and metrics."""
+        from emolens.data.corpus import write_ids
+        from emolens.data.loading import load_dataset
+        from emolens.inputs.prompts import PromptSpec, parse_shots
+        from emolens.metrics import confusion
+        from emolens.model.loading import load_model
+        from emolens.paths import dump_json
+        from emolens.readout import readout as run_readout
+        from emolens.report.figures import plot_confusion
+
+        if batch_size < 1:
+            raise EmolensError(f"batch size {batch_size} is not positive", "pass --batch-size 1 or more")
+        if separator not in ("space", "newline"):
+            raise EmolensError(f"unknown separator {separator!r}", "use 'space' or 'newline'")
+        spec = PromptSpec(template=template, shots=parse_shots(shots), chat=chat,
+                          separator=" " if separator == "space" else "\n")
+        out_dir = prepare_out_dir(out, force)
+        dataset = load_dataset(data)
+        if limit:
+            dataset = dataset.sample(limit, seed=seed)
+        lm = load_model(model, dtype=dtype, device=device)
+        import time
+
+        start = time.perf_counter()
+        result = run_readout(lm, dataset, spec, batch_size=batch_size, calibrate=calibrate)
+        seconds = time.perf_counter() - start
+        result.frame.to_parquet(out_dir / "readout.parquet", index=False)
+        write_ids(out_dir / "correct_ids.txt", result.correct_ids)
+        labels = list(result.labels)
+        known = result.frame["gold"].isin(labels)
+        gold = result.frame.loc[known, "gold"].map(labels.index).to_numpy()
+        pred = result.frame.loc[known, "pred"].map(labels.index).to_numpy()
+        plot_confusion(confusion(gold, pred, len(labels)), labels, out_dir / "confusion.png",
+                       title=f"{model} on {dataset.name} (n={len(gold)})")
+        metrics = {**result.metrics, "model": model, "source_id": lm.source_id, "data": data,
+                   "dataset_fingerprint": dataset.fingerprint(), "prompt": spec.__dict__,
+                   "prompt_fingerprint": spec.fingerprint(), "limit": limit, "seed": seed,
+                   "seconds_load": round(lm.load_seconds, 2), "seconds_readout": round(seconds, 2),
+                   "items_per_second": round(len(dataset) / seconds, 2)}
+        dump_json(out_dir / "metrics.json", metrics)
+        raw = metrics["raw"]
+        line = (f"accuracy {raw['accuracy']:.3f} [{raw['accuracy_ci_low']:.3f}, {raw['accuracy_ci_high']:.3f}] "
+                f"on {raw['n']} items")
+        if calibrate:
+            cal = metrics["calibrated"]
+            line += f"; calibrated {cal['accuracy']:.3f} [{cal['accuracy_ci_low']:.3f}, {cal['accuracy_ci_high']:.3f}]"
+        typer.echo(f"{line}; {seconds:.1f}s; results in {out_dir}")
+
+

@@ -1,0 +1,195 @@
+"""``emolens steer``: push the residual stream along appraisal directions and measure what changes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from emolens.errors import EmolensError
+
+
+def _floats(text: str, what: str) -> list[float]:
+    try:
+        values = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError as exc:
+        raise EmolensError(f"bad {what} {text!r}", "write numbers separated by commas, e.g. 1,2,4") from exc
+    if not values:
+        raise EmolensError(f"no {what} given", "write numbers separated by commas, e.g. 1,2,4")
+    return values
+
+
+def _directions_file(acts: str) -> Path | None:
+    """The ``directions.safetensors`` that ``--acts`` names, or None (an activation store)."""
+    path = Path(acts)
+    if path.suffix == ".safetensors":
+        return path
+    return path / "directions.safetensors" if (path / "directions.safetensors").exists() else None
+
+
+def _bank(acts: str, lm, dataset, layers, method, seed):
+    from emolens.steering import core as steering
+
+    path = Path(acts)
+    file = _directions_file(acts)
+    if file is not None:
+        return steering.bank_from_file(file, method)
+    if not path.exists():
+        raise EmolensError(f"--acts {acts!r} does not exist", "pass an activation store folder or a .safetensors file")
+    return steering.bank_from_store(path, dataset, layers, method, seed=seed)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def steer(
+        model: str = typer.Option("gemma-3-270m", help="alias, hub id, local folder or .gguf file"),
+        data: str = typer.Option("crowd-envent", help="crowd-envent, stimuli, or a CSV/TSV/JSONL/zip path"),
+        out: Path = typer.Option(..., help="output folder"),
+        direction: list[str] = typer.Option(["pleasantness+"], help="signed terms, e.g. pleasantness+,"
+                                            "other_responsblt- (repeat the option for several directions)"),
+        acts: str = typer.Option("", help="activation store folder (directions fitted on the fit split of its "
+                                 "items) or directions.safetensors (every item steered) to take directions "
+                                 "from (default: capture them here)"),
+        method: str = typer.Option("diffmean", help="diffmean, probe (the paper) or pca"),
+        partial: bool = typer.Option(False, help="project the kept-fixed appraisals out of each term"),
+        fixed: str = typer.Option("", help="appraisals held fixed with --partial (default: the paper's four "
+                                  "surgery appraisals not steered)"),
+        windows: str = typer.Option("auto", help="window centre layers (0-indexed), e.g. 3,5,8, or auto"),
+        span: int = typer.Option(3, help="layers per window"),
+        beta: str = typer.Option("1,2,4", help="strengths"),
+        scale: str = typer.Option("unit", help="unit (β in raw units, the paper) or relative (β × mean "
+                                  "residual norm at the layer)"),
+        positions: str = typer.Option("last", help="sweep positions: last and/or prompt (comma-separated); "
+                                      "last runs on the shared-prefix fast path"),
+        n_random: int = typer.Option(19, help="norm-matched random-direction controls per condition (19 lets "
+                                     "the alignment p-value reach 0.05)"),
+        holdout: float = typer.Option(0.5, help="share of items held out: directions are fitted on the rest "
+                                      "and effects measured on these (seeded, label-stratified); 0 = fit and "
+                                      "steer on all items, as the paper did"),
+        control: str = typer.Option("auto", help="specificity-control appraisal, auto, or none"),
+        reference: str = typer.Option("ratings", help="theory reference: ratings (z-scored mean rating per "
+                                      "emotion) or classifier (human-baseline coefficients)"),
+        limit: int = typer.Option(0, help="seeded label-stratified sample of N items (0 = all)"),
+        generate: int = typer.Option(0, help="write steered continuations of this many (steered) items"),
+        gen_position: str = typer.Option("generated", help="where generation steers: generated (the last "
+                                         "prompt token and every generated token), last or prompt"),
+        gen_window: str = typer.Option("best", help="window of the generations: best (the window and beta of "
+                                       "the highest theory alignment), middle (largest beta), or a centre layer"),
+        max_new_tokens: int = typer.Option(24, help="tokens per continuation"),
+        seed: int = typer.Option(0, help="seed of the sample, random directions and bootstrap"),
+        batch_size: int = typer.Option(16, help="items per forward"),
+        max_rows: int = typer.Option(64, help="rows per full forward when conditions are stacked"),
+        fast: bool = typer.Option(True, help="last-token steering on a shared KV prefix (--no-fast: full "
+                                  "forwards, same numbers, for checking)"),
+        device: str = typer.Option("auto", help="auto, cpu, cuda ..."),
+        dtype: str = typer.Option("auto", help="auto, float32, bfloat16, float16"),
+        force: bool = typer.Option(False, help="overwrite an existing result in --out"),
+    ) -> None:
+        """Steering sweep with random and specificity controls, theory alignment and steered generation."""
+        import json
+        import time
+
+        from emolens.cli.readout import prepare_out_dir
+        from emolens.data.loading import load_dataset
+        from emolens.model.loading import load_model
+        from emolens.paths import dump_json
+        from emolens.probes.evaluation import save_directions
+        from emolens.steering import core as steering
+        from emolens.steering import theory
+        from emolens.steering.core import plot_dose_response, plot_label_bars
+
+        if method not in steering.METHODS:
+            raise EmolensError(f"unknown method {method!r}", f"use one of {list(steering.METHODS)}")
+        if scale not in steering.SCALES:
+            raise EmolensError(f"unknown scale {scale!r}", f"use one of {list(steering.SCALES)}")
+        if reference not in ("ratings", "classifier"):
+            raise EmolensError(f"unknown reference {reference!r}", "use ratings or classifier")
+        pos = [p.strip() for p in positions.split(",") if p.strip()]
+        for p in pos + [gen_position]:
+            if p not in steering.POSITIONS:
+                raise EmolensError(f"unknown position {p!r}", f"use {list(steering.POSITIONS)}")
+        sweep_pos = [p for p in pos if p != "generated"] or ["last"]  # 'generated' here: the old spelling
+        if not 0 <= holdout < 1:
+            raise EmolensError(f"--holdout {holdout} is outside [0, 1)", "pass e.g. 0.5, or 0 for all items")
+        if gen_window not in ("best", "middle") and not gen_window.lstrip("-").isdigit():
+            raise EmolensError(f"bad --gen-window {gen_window!r}", "use best, middle or a centre layer")
+        betas = _floats(beta, "beta")
+        dirs = [d for spec in direction for d in spec.split(";") if d.strip()]
+        dataset = load_dataset(data)
+        if limit:
+            dataset = dataset.sample(limit, seed=seed)
+        known = list(dataset.appraisal_names) + list(steering.EMOTIONS)
+        parsed = {d: steering.parse_direction(d, known) for d in dirs}  # bad syntax fails before loading
+        fixed_list = [f.strip() for f in fixed.split(",") if f.strip()] or None
+        for f in fixed_list or []:
+            if f not in known:
+                raise EmolensError(f"unknown appraisal {f!r} in --fixed", f"use one of {known}")
+        out_dir = prepare_out_dir(out, force, marker="steering.parquet")
+        lm = load_model(model, dtype=dtype, device=device)
+        centres = steering.parse_windows(windows, span, lm.n_layers)
+        layers = sorted({x for c in centres for x in steering.window_layers(c, span, lm.n_layers)})
+        from_file = bool(acts) and _directions_file(acts) is not None
+        # directions from a file were fitted elsewhere: steer every item; else fit on a split
+        fit, steered = (None, dataset) if from_file else steering.fit_split(dataset, holdout, seed)
+        bank = _bank(acts, lm, fit, layers, method, seed) if acts else None
+        start = time.perf_counter()
+        result = steering.sweep(
+            lm, steered, dirs, bank=bank, method=method, windows=centres, span=span, betas=betas,
+            positions=sweep_pos, scale=scale, partial=partial, fixed=fixed_list, n_random=n_random,
+            control=None if control == "none" else control, fit_dataset=None if from_file else fit,
+            batch_size=batch_size, max_rows=max_rows, fast=None if fast else False, seed=seed, progress=True)
+        seconds = time.perf_counter() - start
+        frame = result.frame.assign(model=model)
+        frame.to_parquet(out_dir / "steering.parquet", index=False)
+        save_directions(out_dir / "directions.safetensors",
+                        {f"bank/{result.bank.method}": result.bank.vectors},
+                        {"layers": result.bank.layers, "names": result.bank.names, "model": model})
+        appraisals = [n for n in dataset.appraisal_names]
+        ref = theory.rating_profile(dataset, appraisals) if reference == "ratings" \
+            else theory.classifier_profile(dataset, appraisals)
+        terms = {steering.format_terms(t): [(x.name, x.sign) for x in t] for t in parsed.values()}
+        align, cells = theory.sweep_alignment(result.frame, ref, terms)
+        if len(align):
+            align = align.assign(model=model, reference=reference)
+        align.to_parquet(out_dir / "alignment.parquet", index=False)
+        cells.to_parquet(out_dir / "alignment_cells.parquet", index=False)
+        figures = []
+        for name in terms:
+            figures.append(plot_label_bars(result.frame, name, out_dir / f"labels_{_slug(name)}.png"))
+        figures.append(plot_dose_response(result.frame, out_dir / "dose_response.png"))
+        n_gen, gen_at = 0, None
+        if generate:
+            gen_at = theory.generation_setting(align, result.conditions, centres,
+                                               gen_window if gen_window in ("best", "middle") else int(gen_window),
+                                               sweep_pos[0])
+            chosen = theory.generation_conditions(result.conditions, *gen_at, sweep_pos[0], gen_position)
+            records = steering.steered_generations(lm, result.dataset, chosen, generate,
+                                                   max_new_tokens=max_new_tokens)
+            with open(out_dir / "generations.jsonl", "w") as fh:
+                for r in records:
+                    fh.write(json.dumps(r) + "\n")
+            n_gen = len(records)
+        summary = {"model": model, "source_id": lm.source_id, "data": data, "dataset_fingerprint":
+                   dataset.fingerprint(), "directions": list(terms), "method": method, "partial": partial,
+                   "scale": scale, "reference": reference, "seconds_sweep": round(seconds, 2),
+                   "figures": [str(f) for f in figures], "generations": n_gen, "generation_position": gen_position,
+                   "generation_window_beta": list(gen_at) if gen_at else None, **result.info}
+        dump_json(out_dir / "summary.json", summary)
+        head = align[align.metric == "alignment"] if len(align) else align
+        line = (f"{len(result.conditions)} conditions on {len(result.dataset)} items "
+                f"({result.info['fit']} fit) in {seconds:.1f}s")
+        if len(head):
+            best = head.sort_values("value", ascending=False).iloc[0]
+            line += (f"; best theory alignment {best.value:.2f} (p={best.p_value:.2g}) at window {best.window}, "
+                     f"beta {best.beta:g}")
+            picked = align[(align.metric == "best_alignment") & (align.position == best.position)]
+            if len(picked):
+                line += f" (p={picked.p_value.iloc[0]:.2g} for the best of {int(picked.n_settings.iloc[0])} settings)"
+            if n_random < steering.N_RANDOM:
+                line += f" (with {n_random} random directions p cannot go below {1 / (1 + n_random):.2g})"
+        typer.echo(f"{line}; results in {out_dir}")
+
+
+def _slug(text: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "_-" else ("p" if ch == "+" else "m" if ch == "-" else "_")
+                   for ch in text)

@@ -1,1 +1,0 @@
-"""One module per ``emolens`` subcommand; each defines ``register(app)``."""

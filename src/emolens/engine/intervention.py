@@ -1,0 +1,699 @@
+"""The intervention engine: capture and edit activations at (site, layers, positions) with plain hooks.
+
+Every later analysis -- ablation, patching, steering, extraction -- is a list of a few ops run
+inside one context manager around an ordinary forward or ``generate()`` call::
+
+    with Intervention(lm, [Capture("resid", layers="all", positions=[-1, -2]),
+                           Add("resid", layers=[5], positions=-1, value=vec)]) as run:
+        out = lm.model(input_ids=ids, attention_mask=mask, logits_to_keep=1)
+    run.captures["resid"]          # [B, n_layers_requested, n_positions, d]
+
+Why this shape:
+
+* **One hook per (site, layer)** applies that point's ops in list order, so ``[Add, Capture]``
+  captures the edited value and ``[Capture, Add]`` the clean one; there is no hidden ordering.
+* **Positions are per row.** An int is relative to the row's last real token when negative
+  (``-1`` is the answer cue) and to its first real token when non-negative; the row bounds come
+  from the attention mask (taken from the forward's own ``attention_mask`` unless
+  ``batch_mask`` is given), so left or right padding never shifts a position. Named spans and
+  ``"all"`` are boolean masks ``[B, T]``; captures over them are mean-pooled.
+* **Prefill vs decode.** A forward whose input is shorter than its attention mask is a cached
+  decode step of ``generate()``. Ops act on the prefill only, unless ``every_token=True`` (also
+  every newly generated token) or ``positions="generated"`` (only generated tokens).
+* **Captures are gathered inside the hook** (only requested positions, optionally cast and moved
+  to CPU without blocking), never whole ``[B, T, d]`` outputs.
+* **Edits are out of place**: a hook returns a new tensor, so leaving the context (which removes
+  every handle) restores the model exactly.
+* **transformers' own recorders**: ``output_hidden_states=True`` installs persistent hooks the
+  first time it is used; hooks fire in registration order, so those hidden states may show a
+  layer's value *before* an edit at that layer. Capture what you need instead.
+* **Early stop**: with ``stop_early=True`` the forward is cut after the deepest layer any op
+  needs (a private exception, swallowed by the context); only for runs that need no logits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from emolens.errors import EmolensError
+
+Positions = int | Sequence[int] | range | str | torch.Tensor
+Layers = str | int | Sequence[int] | range | None
+SPAN_NAMES: tuple[str, ...] = ("instruction", "shots", "context", "answer")
+
+
+# --------------------------------------------------------------------------------------- ops
+
+
+@dataclass(eq=False)
+class Op:
+    """Base of every op: where it acts. ``heads`` restricts ops at the ``heads`` site."""
+
+    site: str
+    layers: Layers = "all"
+    positions: Positions = -1
+    heads: int | Sequence[int] | None = None
+    every_token: bool = False
+
+    def edit(self, x: torch.Tensor, value: torch.Tensor | None) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    @property
+    def value_tensor(self) -> torch.Tensor | float | None:
+        return None
+
+
+@dataclass(eq=False)
+class Capture(Op):
+    """Record the site at the positions. ``pool="mean"`` averages a span (required for spans).
+
+    ``name`` keys ``run.captures`` (default: the site); ``dtype``/``device`` cast and move the
+    gathered slice right away (a CUDA->CPU move is non-blocking; the context syncs on read).
+    """
+
+    pool: str | None = None
+    name: str | None = None
+    dtype: torch.dtype | None = None
+    device: str | torch.device | None = None
+
+    @property
+    def key(self) -> str:
+        return self.name or self.site
+
+
+@dataclass(eq=False)
+class Set(Op):
+    """Replace the activation at the positions with ``value`` (see :func:`broadcast_value`)."""
+
+    value: torch.Tensor | None = None
+    dims: str | None = None
+
+    def edit(self, x, value):
+        return value.to(x.dtype).expand_as(x)
+
+    @property
+    def value_tensor(self):
+        return self.value
+
+
+@dataclass(eq=False)
+class Add(Op):
+    """Add ``value`` at the positions (steering, promotion)."""
+
+    value: torch.Tensor | None = None
+    dims: str | None = None
+
+    def edit(self, x, value):
+        return x + value.to(x.dtype)
+
+    @property
+    def value_tensor(self):
+        return self.value
+
+
+@dataclass(eq=False)
+class Scale(Op):
+    """Multiply the activation at the positions by ``factor`` (a number or a broadcastable tensor)."""
+
+    factor: float | torch.Tensor = 1.0
+    dims: str | None = None
+
+    def edit(self, x, value):
+        return x * (value.to(x.dtype) if isinstance(value, torch.Tensor) else value)
+
+    @property
+    def value_tensor(self):
+        return self.factor
+
+
+@dataclass(eq=False)
+class Zero(Op):
+    """Zero ablation (paper §6.1)."""
+
+    def edit(self, x, value):
+        return torch.zeros_like(x)
+
+
+@dataclass(eq=False)
+class Mean(Set):
+    """Mean ablation: replace with a given mean activation (``value``, e.g. ``[d]`` or ``[layers, d]``)."""
+
+
+@dataclass(eq=False)
+class Resample(Op):
+    """Replace with activations of *other* items: ``source`` is a pool ``[N, layers, P, *width]``.
+
+    Row ``b`` takes pool item ``index[b]``; without ``index`` one item per row is drawn with a
+    generator seeded by ``seed`` (the same draw for every layer and position of the op).
+    """
+
+    source: torch.Tensor | None = None
+    index: torch.Tensor | Sequence[int] | None = None
+    seed: int = 0
+
+    def edit(self, x, value):
+        return value.to(x.dtype).expand_as(x)
+
+
+@dataclass(eq=False)
+class Apply(Op):
+    """Escape hatch: ``fn(selected) -> replacement`` for ops outside the vocabulary.
+
+    ``fn`` gets ``[B, P, *width]`` for int positions; for spans/``"all"`` it gets the whole
+    ``[B, T, *width]`` and only the span's positions are kept. E.g. norm-matched random ablation
+    (paper §6.2) without a new hook path.
+    """
+
+    fn: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    def edit(self, x, value):
+        return self.fn(x)
+
+
+# ------------------------------------------------------------------------------- positions
+
+
+def parse_positions(text: str | Positions) -> Positions | list:
+    """CLI text -> positions: ``"-1,-2"``, ``"-5:"`` (= -5..-1), ``"all"``, ``"context"``, mixes.
+
+    A mix of ints and span names returns a list whose items are ints or names.
+    """
+    if not isinstance(text, str):
+        return text
+    out: list[int | str] = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        if ":" in part:
+            lo, hi = part.split(":", 1)
+            try:
+                start, stop = int(lo) if lo else None, int(hi) if hi else None
+            except ValueError as exc:
+                raise EmolensError(f"bad position range {part!r}", "write it like -5: or -5:-1") from exc
+            if start is None or start >= 0 or (stop is not None and stop > 0):
+                raise EmolensError(f"bad position range {part!r}",
+                                   "ranges are relative to the end, like -5: or -5:-2")
+            out.extend(range(start, stop if stop is not None else 0))
+            continue
+        try:
+            out.append(int(part))
+        except ValueError:
+            if part not in (*SPAN_NAMES, "all"):
+                raise EmolensError(f"bad position {part!r}",
+                                   f"use ints relative to the answer cue (-1), ranges like -5:, 'all' "
+                                   f"or a span name from {list(SPAN_NAMES)}") from None
+            out.append(part)
+    if not out:
+        raise EmolensError("no positions given", "pass e.g. -1 or -1,-2,-3")
+    return out
+
+
+def _as_index_list(positions: Positions) -> list[int] | None:
+    if isinstance(positions, bool):
+        raise EmolensError(f"bad position {positions!r}", "use an int, a list of ints, 'all' or a span name")
+    if isinstance(positions, int):
+        return [positions]
+    if isinstance(positions, range):
+        return list(positions)
+    if isinstance(positions, Sequence) and not isinstance(positions, str):
+        if not positions or not all(isinstance(p, int) and not isinstance(p, bool) for p in positions):
+            raise EmolensError(f"bad positions {positions!r}", "a list of positions must hold ints only")
+        return list(positions)
+    return None
+
+
+def row_bounds(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """First and last real-token index of each row of a ``[B, T]`` mask (left or right padded)."""
+    m = mask.bool()
+    if not bool(m.any(1).all()):
+        raise EmolensError("a row of the attention mask has no real token", "drop empty prompts")
+    first = m.int().argmax(1)
+    last = m.shape[1] - 1 - m.flip(1).int().argmax(1)
+    return first, last
+
+
+def position_index(mask: torch.Tensor, positions: Sequence[int]) -> torch.Tensor:
+    """``[B, P]`` absolute indices of relative positions: negative from the end, else from the start."""
+    first, last = row_bounds(mask)
+    rel = torch.tensor(list(positions), device=mask.device)
+    idx = torch.where(rel < 0, last[:, None] + 1 + rel[None, :], first[:, None] + rel[None, :])
+    bad = (idx < first[:, None]) | (idx > last[:, None])
+    if bool(bad.any()):
+        row = int(bad.any(1).nonzero()[0])
+        length = int(last[row] - first[row] + 1)
+        outside = sorted({positions[j] for j in bad[row].nonzero().flatten().tolist()})
+        raise EmolensError(f"position(s) {outside} fall outside row {row}, which has {length} real tokens",
+                           "use positions within the shortest prompt")
+    return idx
+
+
+# ------------------------------------------------------------------------------- values
+
+
+def broadcast_value(value: torch.Tensor, n_layers: int, batch: int, width_ndim: int,
+                    dims: str | None = None) -> torch.Tensor:
+    """View ``value`` as ``[B|1, L|1, P|1, *width]`` so one layer's slice broadcasts over ``[B, P, *width]``.
+
+    Leading dims are named by ``dims`` (letters ``b``, ``l``, ``p`` in order), else inferred:
+    none (``[d]``), ``blp`` (``[B, layers, P, d]``), or one leading dim that is the op's layers
+    when its size equals their number (more than one layer) and the batch otherwise
+    (``[layers, d]`` / ``[B, d]``). Where both readings fit, pass ``dims``.
+    """
+    lead = value.ndim - width_ndim
+    if lead < 0:
+        raise EmolensError(f"value of shape {tuple(value.shape)} has fewer dims than one activation",
+                           "give at least the activation width")
+    if dims is None:
+        if lead == 0:
+            dims = ""
+        elif lead == 3:
+            dims = "blp"
+        elif lead == 1:
+            size = value.shape[0]
+            as_layers, as_batch = n_layers > 1 and size == n_layers, size in (batch, 1)
+            if as_layers and as_batch and size != 1:
+                raise EmolensError(f"value of shape {tuple(value.shape)} is ambiguous: {size} is both the "
+                                   f"batch size and the number of layers", "pass dims='b' or dims='l'")
+            dims = "l" if as_layers else "b"
+        else:
+            raise EmolensError(f"cannot tell the dims of a value of shape {tuple(value.shape)}",
+                               "pass dims, e.g. dims='lp' for [layers, positions, d]")
+    if len(dims) != lead or any(c not in "blp" for c in dims) or len(set(dims)) != len(dims) \
+            or list(dims) != sorted(dims, key="blp".index):
+        raise EmolensError(f"dims {dims!r} does not fit a value of shape {tuple(value.shape)}",
+                           "name each leading dim once, in the order b, l, p")
+    shape = []
+    for name, size in (("b", batch), ("l", n_layers), ("p", None)):
+        if name in dims:
+            got = value.shape[dims.index(name)]
+            if got not in (1, size) and size is not None:
+                raise EmolensError(f"value dim {name!r} has size {got}, expected {size} or 1",
+                                   "match the batch size and the op's number of layers")
+            shape.append(got)
+        else:
+            shape.append(1)
+    return value.reshape(*shape, *value.shape[lead:])
+
+
+# ------------------------------------------------------------------------------- engine
+
+
+def _index_where(sel: torch.Tensor, x: torch.Tensor) -> tuple[str, torch.Tensor, torch.Tensor]:
+    """Per-row indices ``[B, P]`` plus their flat form into ``x`` viewed as ``[B*T, ...]``."""
+    rows = torch.arange(sel.shape[0], device=sel.device)[:, None]
+    return "index", sel, (rows * x.shape[1] + sel).reshape(-1)
+
+
+class _StopForward(Exception):
+    """Raised by the stop hook once every needed layer has run; swallowed by the context."""
+
+
+@dataclass(eq=False)
+class _State:
+    decode: bool = False
+    mask: torch.Tensor | None = None
+    forward_no: int = -1
+    step: int = -1
+    cache: dict = field(default_factory=dict)
+
+
+def _unwrap(lm: Any):
+    if hasattr(lm, "sites") and hasattr(lm, "model"):
+        return lm.model, lm.sites
+    raise EmolensError(f"expected a loaded model, got {type(lm).__name__}", "pass the result of load_model()")
+
+
+class Intervention:
+    """Context manager applying a list of ops to every forward run inside it.
+
+    ``batch_mask`` overrides the attention mask that resolves positions (default: the forward's
+    own ``attention_mask``, or no padding); ``spans`` maps span names to ``[B, T]`` boolean masks
+    (a ``Batch`` from :mod:`emolens.inputs.batching` carries them as ``span_masks``). Captures of
+    successive prefill forwards in one context are concatenated along the batch dim.
+
+    ``suffix=True`` says the forwards run the last tokens of prompts whose prefix is cached
+    (:mod:`emolens.engine.prefix`): ops then act on a cached forward as on a prefill, with positions
+    resolved against ``batch_mask`` (the suffix's columns), and captures land in :attr:`captures`.
+    """
+
+    def __init__(self, lm: Any, ops: Sequence[Op] | Op, batch_mask: torch.Tensor | None = None,
+                 spans: Mapping[str, torch.Tensor] | None = None, stop_early: bool = False, suffix: bool = False):
+        self.model, self.registry = _unwrap(lm)
+        self.ops = [ops] if isinstance(ops, Op) else list(ops)
+        self.batch_mask = batch_mask
+        self.spans = dict(spans or {})
+        self.stop_early = stop_early
+        self.suffix = suffix
+        self.stopped = False
+        self._handles: list = []
+        self._state = _State()
+        self._layers: list[list[int]] = []
+        self._heads: list[torch.Tensor | None] = []
+        self._caps: dict[str, dict[int, dict[int, torch.Tensor]]] = {}
+        self._gen: dict[str, dict[int, dict[int, torch.Tensor]]] = {}
+        self._final: dict[str, torch.Tensor] | None = None
+        self._validate()
+
+    # -- setup ------------------------------------------------------------------------------
+
+    def _validate(self) -> None:
+        keys: set[str] = set()
+        for op in self.ops:
+            if not isinstance(op, Op) or type(op) is Op:
+                raise EmolensError(f"{op!r} is not an intervention op",
+                                   "use Capture, Set, Add, Scale, Zero, Mean, Resample or Apply")
+            self.registry.width(op.site)  # unknown site -> EmolensError
+            self._layers.append(self.registry.resolve_layers(op.layers, op.site))
+            self._heads.append(self._resolve_heads(op))
+            pos = op.positions
+            if _as_index_list(pos) is None and not isinstance(pos, torch.Tensor):
+                if pos not in ("all", "generated", *SPAN_NAMES) and pos not in self.spans:
+                    raise EmolensError(f"unknown position {pos!r}",
+                                       f"use ints, 'all', 'generated' or a span from {list(SPAN_NAMES)}")
+                if pos in SPAN_NAMES and pos not in self.spans:
+                    raise EmolensError(f"span {pos!r} requested but no span masks were given",
+                                       "pass spans={name: BoolTensor[B, T]} (e.g. batch.span_masks)")
+            if isinstance(op, Capture):
+                if op.key in keys:
+                    raise EmolensError(f"two captures named {op.key!r}", "give each Capture a distinct name=")
+                keys.add(op.key)
+                if op.pool not in (None, "mean"):
+                    raise EmolensError(f"unknown pool {op.pool!r}", "use pool=None or pool='mean'")
+                if op.pool is None and _as_index_list(pos) is None and pos != "generated":
+                    raise EmolensError(f"capturing positions {pos if isinstance(pos, str) else 'mask'!r} "
+                                       "needs pooling", "pass pool='mean'")
+            if isinstance(op, (Set, Add)) and op.value is None:
+                raise EmolensError(f"{type(op).__name__} at {op.site!r} has no value", "pass value=tensor")
+            if isinstance(op, Resample) and op.source is None:
+                raise EmolensError("Resample has no source pool", "pass source=tensor [N, layers, P, *width]")
+            if isinstance(op, Apply) and op.fn is None:
+                raise EmolensError("Apply has no fn", "pass fn=callable")
+
+    def _resolve_heads(self, op: Op) -> torch.Tensor | None:
+        if op.heads is None:
+            return None
+        if op.site != "heads":
+            raise EmolensError(f"heads= given for site {op.site!r}", "restrict heads only at site 'heads'")
+        heads = [op.heads] if isinstance(op.heads, int) else list(op.heads)
+        n = self.registry.n_heads
+        if not heads or any(not -n <= h < n for h in heads):
+            raise EmolensError(f"heads {heads} out of range", f"use 0..{n - 1}")
+        return torch.tensor([h % n for h in heads])
+
+    def stop_layer(self) -> int | None:
+        """Index of the decoder layer *before which* the forward may stop (None: run to the end)."""
+        deepest = -1
+        for op, layers in zip(self.ops, self._layers, strict=True):
+            if op.site == "final":
+                return None
+            deepest = max(deepest, -1 if op.site == "embed" else max(layers))
+        return deepest + 1
+
+    def __enter__(self) -> Intervention:
+        try:
+            self._handles.append(self.model.register_forward_pre_hook(self._on_forward, with_kwargs=True))
+            points: dict[tuple[str, int], list[int]] = {}
+            for i, (op, layers) in enumerate(zip(self.ops, self._layers, strict=True)):
+                for layer in layers:
+                    points.setdefault((op.site, layer), []).append(i)
+            for (site, layer), idx in points.items():
+                point = self.registry.point(site, layer)
+                self._handles.append(point.register(self._make_hook(site, layer, idx)))
+            stop = self.stop_layer() if self.stop_early else None
+            if stop is not None and stop < self.registry.n_layers:
+                self._handles.append(self.registry.layers[stop].register_forward_pre_hook(self._stop))
+        except BaseException:
+            self.remove()
+            raise
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        self.remove()
+        if exc_type is _StopForward:
+            self.stopped = True
+            return True
+        return False
+
+    def remove(self) -> None:
+        """Remove every hook this intervention registered (idempotent)."""
+        while self._handles:
+            self._handles.pop().remove()
+
+    @staticmethod
+    def _stop(module, args):
+        raise _StopForward
+
+    # -- per-forward state -------------------------------------------------------------------
+
+    def _on_forward(self, module, args, kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if ids is None:
+            ids = kwargs.get("inputs_embeds")
+        mask = kwargs.get("attention_mask")
+        n_new = ids.shape[1] if ids is not None else None
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        cached = cache.get_seq_length() if hasattr(cache, "get_seq_length") else 0
+        decode = not self.suffix and (bool(cached) or (mask is not None and mask.ndim == 2 and n_new is not None
+                                                       and mask.shape[1] > n_new))
+        self._state.decode = decode
+        if not decode:
+            self._state.forward_no += 1
+            self._state.cache = {}
+            self._state.mask = self.batch_mask if self.batch_mask is not None else (
+                mask if mask is not None and mask.ndim == 2 else None)
+            self._state.step = -1
+            self._final = None
+        else:
+            self._state.step += 1
+            self._state.cache = {}
+
+    def _mask_for(self, x: torch.Tensor) -> torch.Tensor:
+        mask = self._state.mask
+        if mask is None or self._state.decode:
+            return torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+        if mask.shape != x.shape[:2]:
+            raise EmolensError(f"attention mask of shape {tuple(mask.shape)} does not match activations "
+                               f"{tuple(x.shape[:2])}", "pass batch_mask matching the batch")
+        return mask.to(x.device)
+
+    def _where(self, i: int, x: torch.Tensor) -> tuple[str, torch.Tensor] | None:
+        """Op ``i``'s positions this forward: ("index", [B, P], flat) or ("mask", [B, T]), or None."""
+        op = self.ops[i]
+        index = _as_index_list(op.positions)
+        shared = index is not None and not self._state.decode  # ops with the same positions share one
+        key = (tuple(index) if shared else i, x.shape[0], x.shape[1], x.device)
+        if key in self._state.cache:
+            return self._state.cache[key]
+        if self._state.decode:
+            active = op.every_token or op.positions == "generated"
+            where = ("mask", torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)) if active else None
+            if active and isinstance(op, Capture):
+                where = _index_where(torch.arange(x.shape[1], device=x.device).expand(x.shape[0], -1), x)
+        elif op.positions == "generated":
+            where = None
+        else:
+            if index is not None:
+                where = _index_where(position_index(self._mask_for(x), index), x)
+            else:
+                if isinstance(op.positions, torch.Tensor):
+                    m = op.positions
+                elif op.positions == "all":
+                    m = self._mask_for(x)
+                else:
+                    m = self.spans[op.positions]
+                if tuple(m.shape) != tuple(x.shape[:2]):
+                    raise EmolensError(f"position mask of shape {tuple(m.shape)} does not match activations "
+                                       f"{tuple(x.shape[:2])}", "give one [B, T] mask per batch")
+                m = m.to(device=x.device, dtype=torch.bool)
+                if isinstance(op, Capture) and not bool(m.any(1).all()):
+                    name = op.positions if isinstance(op.positions, str) else "mask"
+                    raise EmolensError(f"span {name!r} is empty in some row", "check the span masks")
+                where = ("mask", m)
+        self._state.cache[key] = where
+        return where
+
+    # -- the hook ------------------------------------------------------------------------------
+
+    def _make_hook(self, site: str, layer: int, op_ids: list[int]):
+        def hook(x: torch.Tensor) -> torch.Tensor | None:
+            changed = False
+            for i in op_ids:
+                where = self._where(i, x)
+                if where is None:
+                    continue
+                op = self.ops[i]
+                if isinstance(op, Capture):
+                    self._capture(i, op, layer, x, where)
+                else:
+                    x = self._edit(i, op, layer, x, where)
+                    changed = True
+            return x if changed else None
+
+        return hook
+
+    def _capture(self, i: int, op: Capture, layer: int, x: torch.Tensor, where) -> None:
+        kind, sel = where[:2]
+        heads = self._heads[i]
+        if kind == "index":  # one gather of just the requested rows: [B, P, *w] (a copy)
+            got = x.reshape(-1, *x.shape[2:]).index_select(0, where[2]).view(*sel.shape, *x.shape[2:])
+            if op.pool == "mean":
+                got = got.mean(1, keepdim=True)
+        else:
+            m = sel.to(x.dtype).view(*sel.shape, *([1] * (x.ndim - 2)))
+            got = (x * m).sum(1, keepdim=True) / m.sum(1, keepdim=True)
+        if heads is not None:
+            got = got[:, :, heads.to(x.device)]
+        got = got.detach()
+        if op.dtype is not None:
+            got = got.to(op.dtype)
+        if op.device is not None:
+            got = _to_device(got, torch.device(op.device))
+        store = self._gen if self._state.decode else self._caps
+        step = self._state.step if self._state.decode else self._state.forward_no
+        store.setdefault(op.key, {}).setdefault(step, {})[layer] = got
+        self._final = None
+
+    def _value(self, i: int, op: Op, layer: int, x: torch.Tensor, where) -> torch.Tensor | float | None:
+        layers = self._layers[i]
+        width_ndim = x.ndim - 2
+        if isinstance(op, Resample):
+            pool = op.source
+            if op.index is None:
+                gen = torch.Generator().manual_seed(op.seed)
+                index = torch.randint(pool.shape[0], (x.shape[0],), generator=gen)
+            else:
+                index = torch.as_tensor(op.index)
+            value = pool[index.to(pool.device)]
+            dims: str | None = "blp"
+        else:
+            value, dims = op.value_tensor, getattr(op, "dims", None)
+        if value is None or isinstance(value, (int, float)):
+            return value
+        value = broadcast_value(value, len(layers), x.shape[0], width_ndim, dims)
+        value = value[:, layers.index(layer) if value.shape[1] > 1 else 0].to(x.device)  # [B|1, P|1, *w]
+        if where[0] == "mask" and value.shape[1] != 1:
+            raise EmolensError("a value with a position dim cannot apply to a span or 'all'",
+                               "give one value for every position of the span")
+        heads = self._heads[i]
+        if heads is not None and value.shape[2] == self.registry.n_heads and len(heads) != value.shape[2]:
+            value = value[:, :, heads.to(value.device)]
+        return value
+
+    def _edit(self, i: int, op: Op, layer: int, x: torch.Tensor, where) -> torch.Tensor:
+        kind, sel = where[:2]
+        value = self._value(i, op, layer, x, where)
+        heads = self._heads[i]
+        if kind == "index":
+            rows = torch.arange(x.shape[0], device=x.device)[:, None]
+            if heads is None:
+                index = (rows, sel)
+            else:
+                hs = heads.to(x.device)
+                index = (rows[:, :, None], sel[:, :, None], hs[None, None, :])
+            new = op.edit(x[index], value)
+            return x.index_put(index, new.to(x.dtype))
+        # mask: compute on the whole tensor, keep where selected
+        target = x if heads is None else x[:, :, heads.to(x.device)]
+        new = op.edit(target, value)
+        m = sel.view(*sel.shape, *([1] * (x.ndim - 2)))
+        if heads is None:
+            return torch.where(m, new.to(x.dtype), x)
+        out = x.clone()
+        out[:, :, heads.to(x.device)] = torch.where(m, new.to(x.dtype), target)
+        return out
+
+    # -- results -----------------------------------------------------------------------------
+
+    def _stack(self, store: dict[str, dict[int, dict[int, torch.Tensor]]], cat_dim: int
+               ) -> dict[str, torch.Tensor]:
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.synchronize()  # non-blocking device->host copies must land before reading
+        out = {}
+        for i, op in enumerate(self.ops):
+            if not isinstance(op, Capture) or op.key not in store:
+                continue
+            layers = self._layers[i]
+            chunks = [torch.stack([c[layer] for layer in layers], 1)
+                      for _, c in sorted(store[op.key].items()) if all(layer in c for layer in layers)]
+            if chunks:
+                out[op.key] = chunks[0] if len(chunks) == 1 else torch.cat(chunks, cat_dim)
+        return out
+
+    @property
+    def captures(self) -> dict[str, torch.Tensor]:
+        """Prefill captures by name: ``[B, n_layers, P, *width]`` (P = 1 when pooled)."""
+        if self._final is None:
+            self._final = self._stack(self._caps, 0)
+        return self._final
+
+    @property
+    def generated(self) -> dict[str, torch.Tensor]:
+        """Captures of generated tokens (``every_token``/``"generated"``): ``[B, layers, steps, *width]``."""
+        return self._stack(self._gen, 2)
+
+    def clear(self) -> None:
+        """Drop captures collected so far (e.g. between batches in one long-lived context)."""
+        self._caps.clear()
+        self._gen.clear()
+        self._final = None
+        self._state.forward_no = -1
+
+
+# ------------------------------------------------------------------------------- helpers
+
+
+def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Move a captured slice; accelerator -> CPU goes through pinned memory without a host sync.
+
+    A pageable copy would stall the host once per hooked layer (most of the capture cost on a
+    GPU); a pinned non-blocking copy lets the forward keep launching, and the context
+    synchronises once when captures are read.
+    """
+    if t.device == device:
+        return t
+    if device.type == "cpu" and t.device.type == "cuda":
+        dst = torch.empty(t.shape, dtype=t.dtype, device="cpu", pin_memory=True)
+        return dst.copy_(t, non_blocking=True)
+    return t.to(device)
+
+
+def _field(batch: Any, name: str):
+    if isinstance(batch, Mapping):
+        return batch.get(name)
+    return getattr(batch, name, None)
+
+
+def position_ids_from_mask(mask: torch.Tensor) -> torch.Tensor:
+    """Position ids that start at 0 on each row's first real token, so padding never shifts them."""
+    return (mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def run_forward(lm: Any, batch: Any, ops: Sequence[Op], need_logits: bool = True,
+                **forward_kwargs) -> tuple[Any, Intervention]:
+    """One forward of ``batch`` (a ``Batch``, ``BatchEncoding`` or dict) with ``ops`` applied.
+
+    Passes position ids derived from the mask when the batch has none (HF models otherwise count
+    positions from the first pad). Without ``need_logits`` the forward stops after the deepest
+    layer any op needs and the returned output is ``None``. Span masks of a ``Batch``
+    (``span_masks``) are used for named positions.
+    """
+    model, _ = _unwrap(lm)
+    ids = _field(batch, "input_ids")
+    mask = _field(batch, "attention_mask")
+    pos = _field(batch, "position_ids")
+    if pos is None and mask is not None:
+        pos = position_ids_from_mask(mask)
+    kwargs = {"input_ids": ids, "attention_mask": mask, "position_ids": pos, "use_cache": False}
+    kwargs.update(forward_kwargs)
+    if not need_logits:
+        kwargs.setdefault("logits_to_keep", 1)
+    spans = _field(batch, "span_masks")
+    run = Intervention(lm, ops, batch_mask=mask, spans=spans, stop_early=not need_logits)
+    out = None
+    with torch.no_grad(), run:
+        out = model(**kwargs)
+    return (out if need_logits else None), run

@@ -1,0 +1,98 @@
+"""Left-padded, length-sorted batches with position ids and prompt-span token masks.
+
+Left padding keeps the answer cue at the last column, so "position -1" is the same token in every
+row. Explicit ``position_ids`` (counting real tokens only) make a padded row compute exactly what
+it computes alone, up to float rounding; the padding-parity test relies on that.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from emolens.errors import EmolensError
+from emolens.inputs.prompts import SPAN_NAMES, Prompt
+
+
+@dataclass
+class Batch:
+    """Model inputs for a group of prompts plus, per named span, a ``[B, T]`` token mask."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    position_ids: torch.Tensor
+    span_masks: dict[str, torch.Tensor] = field(default_factory=dict)
+    indices: np.ndarray | None = None  # positions of these prompts in the caller's list
+
+    def model_inputs(self) -> dict[str, torch.Tensor]:
+        return {"input_ids": self.input_ids, "attention_mask": self.attention_mask,
+                "position_ids": self.position_ids}
+
+    def __len__(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    def to(self, device: torch.device | str) -> Batch:
+        return Batch(self.input_ids.to(device), self.attention_mask.to(device), self.position_ids.to(device),
+                     {k: v.to(device) for k, v in self.span_masks.items()}, self.indices)
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """0, 1, 2 ... over real tokens; pads get 0 (they are masked out anyway)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def encode(tokenizer, prompts: Sequence[Prompt], device: torch.device | str = "cpu",
+           max_length: int | None = None) -> Batch:
+    """Tokenise prompts with left padding and turn their character spans into token masks.
+
+    A token belongs to a span when its character range overlaps it; special tokens (empty
+    offsets) belong to none.
+    """
+    texts = [p.text for p in prompts]
+    tokenizer.padding_side = "left"
+    enc = tokenizer(texts, return_tensors="pt", padding=True, return_offsets_mapping=True)
+    length = enc["input_ids"].shape[1]
+    limit = max_length or getattr(tokenizer, "model_max_length", None)
+    if limit and limit < 1e9 and length > limit:
+        raise EmolensError(f"a prompt has {length} tokens, more than the model's {limit}",
+                           "shorten the texts or use fewer shots")
+    offsets = enc["offset_mapping"]  # [B, T, 2]
+    starts, ends = offsets[..., 0], offsets[..., 1]
+    real = enc["attention_mask"].bool() & (ends > starts)
+    span_masks = {}
+    for name in SPAN_NAMES:
+        mask = torch.zeros_like(real)
+        for row, prompt in enumerate(prompts):
+            for s, e in prompt.spans.get(name, []):
+                mask[row] |= real[row] & (starts[row] < e) & (ends[row] > s)
+        span_masks[name] = mask
+    attention_mask = enc["attention_mask"]
+    return Batch(enc["input_ids"], attention_mask, position_ids_from_mask(attention_mask), span_masks).to(device)
+
+
+def token_lengths(tokenizer, prompts: Sequence[Prompt]) -> np.ndarray:
+    """Token count of each prompt (with special tokens), for length-sorted batching."""
+    enc = tokenizer([p.text for p in prompts], add_special_tokens=True)
+    return np.array([len(ids) for ids in enc["input_ids"]], dtype=np.int64)
+
+
+def iter_batches(tokenizer, prompts: Sequence[Prompt], batch_size: int, device: torch.device | str = "cpu",
+                 sort_by_length: bool = True) -> Iterator[Batch]:
+    """Batches in length order (less padding, faster), each carrying its original indices.
+
+    Results are written back by ``batch.indices``, so callers see the input order whatever the
+    batching order.
+    """
+    if batch_size < 1:
+        raise EmolensError(f"batch size {batch_size} is not positive", "pass --batch-size 1 or more")
+    order = np.arange(len(prompts))
+    if sort_by_length and len(prompts) > batch_size:
+        order = np.argsort(token_lengths(tokenizer, prompts), kind="stable")
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        batch = encode(tokenizer, [prompts[i] for i in idx], device)
+        batch.indices = idx
+        yield batch

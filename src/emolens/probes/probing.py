@@ -1,0 +1,617 @@
+"""Probing an activation store: which items, which labels, which slices -- and the outputs.
+
+This module is the orchestration around the probe math of :mod:`emolens.probes.estimators` and
+:mod:`emolens.probes.evaluation`: it reopens an extract store (:mod:`emolens.activations.store`), recovers the data
+the store was extracted from (checked by fingerprint), picks the items (all, the model's correctly
+read ones, or an id list), builds the labels of each task, runs the probes site by site and writes
+one folder of results (``emolens probe``):
+
+``probes.parquet``
+    tidy rows (:data:`emolens.probes.evaluation.COLUMNS`) of tasks ``emotion`` (13-way probe on every
+    layer x site x position), ``appraisal`` (ridge per appraisal, position -1 as in the paper),
+    ``first_word`` (the control task), ``selectivity`` (emotion minus first-word, per slice and
+    metric), ``<task>/shuffled`` (shuffled-label controls) and ``human_baseline``.
+``directions.safetensors``
+    per slice: ``emotion/probe``, ``emotion/diffmean``, ``appraisal/probe``, ``appraisal/diffmean``
+    (fitted on all used items); metadata names the slices, emotions and appraisals (readable by
+    :func:`emolens.steering.core.bank_from_file`).
+``human_baseline.json`` / ``human_baseline_coef.parquet``
+    how well the human appraisal ratings alone predict the emotion (paper §5.4), and its weights.
+``summary.json``, ``items.txt``, figures
+    which items were used and why, exclusions, timings, best slices; heatmaps and probe curves.
+
+The first-word control (paper §5.5): the label is the first whitespace token of the text when it
+is one of :data:`emolens.labels.FIRST_WORDS` (case-sensitive); other items are excluded and
+counted. Here it is probed on the *same* activations as the emotion task (a Hewitt & Liang
+control task), so selectivity is a per-slice difference; the paper instead re-ran the whole
+pipeline with a first-word prompt -- probe a store extracted with such a template to get that.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from emolens.errors import EmolensError
+from emolens.labels import APPRAISAL_PRESETS, FIRST_WORDS
+
+#: Task names accepted by ``--task`` (``all`` = every one of them).
+TASKS: tuple[str, ...] = ("emotion", "appraisal", "first-word")
+PROBES: tuple[str, ...] = ("logistic", "mlp")
+PROTOCOLS: tuple[str, ...] = ("paper", "cv")
+#: Output file names.
+TABLE, DIRECTIONS, SUMMARY = "probes.parquet", "directions.safetensors", "summary.json"
+HUMAN_JSON, HUMAN_COEF, ITEMS = "human_baseline.json", "human_baseline_coef.parquet", "items.txt"
+
+
+# ----------------------------------------------------------------------------------------------
+# arguments
+
+
+def parse_tasks(spec: str | Sequence[str]) -> list[str]:
+    """``"all"``, one task or a comma list -> tasks in :data:`TASKS` order (``first_word`` accepted)."""
+    items = [s.strip() for s in spec.split(",")] if isinstance(spec, str) else list(spec)
+    items = [s.replace("_", "-") for s in items if s]
+    if items == ["all"]:
+        return list(TASKS)
+    unknown = [s for s in items if s not in TASKS]
+    if unknown or not items:
+        raise EmolensError(f"unknown task(s) {unknown or items}", f"use 'all' or some of {list(TASKS)}")
+    return [t for t in TASKS if t in items]
+
+
+def parse_appraisals(spec: str | Sequence[str], available: Sequence[str]) -> tuple[str, ...]:
+    """``paper`` (20), ``all`` (21), ``none`` or ``a,b,c`` -> names, kept only where the data has them.
+
+    A preset keeps the names the dataset has; an explicit name the dataset lacks is an error.
+    """
+    if isinstance(spec, str) and spec == "none":
+        return ()
+    if isinstance(spec, str) and spec in APPRAISAL_PRESETS:
+        return tuple(a for a in APPRAISAL_PRESETS[spec] if a in available)
+    names = [s.strip() for s in spec.split(",")] if isinstance(spec, str) else list(spec)
+    names = [s for s in names if s]
+    missing = [a for a in names if a not in available]
+    if missing or not names:
+        raise EmolensError(f"appraisal(s) {missing or names} not in the data",
+                           f"use 'paper', 'all' or names from {list(available)}")
+    return tuple(dict.fromkeys(names))
+
+
+def first_word_labels(texts: Sequence[str], vocabulary: Sequence[str] = FIRST_WORDS) -> np.ndarray:
+    """Id in ``vocabulary`` of each text's first whitespace token, ``-1`` where it is not listed."""
+    index = {w: i for i, w in enumerate(vocabulary)}
+    return np.array([index.get(t.split()[0], -1) if t.split() else -1 for t in texts], dtype=np.int64)
+
+
+# ----------------------------------------------------------------------------------------------
+# store, data and items
+
+
+def dataset_for_store(store, data: str | Path | None = None):
+    """The store's items as an :class:`~emolens.data.corpus.EmotionDataset`, in store order.
+
+    The manifest records the dataset's name, fingerprint and item ids, not its path. With
+    ``data`` the dataset is loaded from there; without, built-in data (``stimuli``) and a
+    crowd-enVENT copy that needs no download (``EMOLENS_CROWD_ENVENT`` or the cache) are tried.
+    Either way the items are matched by id and the fingerprint must equal the manifest's.
+    """
+    from emolens.data.loading import load_dataset
+
+    ident = store.identity
+    name = str(ident.get("dataset", ""))
+    if data is None:
+        if name.startswith("stimuli-"):
+            from emolens.data.stimuli import load_stimuli
+
+            full = load_stimuli(kind=name.split("-", 1)[1])
+        elif name == "crowd-enVENT" and _crowd_envent_local():
+            full = load_dataset("crowd-envent")
+        else:
+            raise EmolensError(f"store {str(store.root)!r} was extracted from dataset {name!r}, whose path the "
+                               "store does not record", "pass --data with the file used for extraction")
+        where = name
+    else:
+        full = load_dataset(data)
+        where = str(data)
+    try:
+        ds = full.subset(np.array(store.item_ids, dtype=object).astype(str))
+    except EmolensError as exc:
+        raise EmolensError(f"--data {where!r} does not hold the store's items ({exc})",
+                           "pass the data the store was extracted from") from exc
+    want = ident.get("dataset_fingerprint")
+    if want and ds.fingerprint() != want:
+        raise EmolensError(f"data {where!r} differs from what store {str(store.root)!r} was extracted from "
+                           "(dataset fingerprint mismatch)", "pass the same --data (and version) used for extraction")
+    return ds
+
+
+def _crowd_envent_local() -> bool:
+    if os.environ.get("EMOLENS_CROWD_ENVENT"):
+        return True
+    from emolens.paths import cache_dir
+
+    return (cache_dir() / "data" / "crowd-enVent2023.zip").exists()
+
+
+@dataclass
+class ItemSelection:
+    """The items a probe run uses: ids, their store rows and where the choice came from."""
+
+    mode: str  # "all", "correct" or "file"
+    ids: list[str]
+    rows: np.ndarray
+    source: str
+    n_store: int
+
+
+def select_items(store, items: str = "correct") -> ItemSelection:
+    """``all``, ``correct`` (the store's readout, else ``correct_ids.txt`` beside it) or an id file."""
+    from emolens.data.corpus import read_ids
+
+    n = len(store)
+    if items == "all":
+        return ItemSelection("all", store.item_ids, np.arange(n), "all store items", n)
+    if items == "correct":
+        if (store.root / "readout.parquet").exists():
+            frame = store.readout()
+            if list(frame["id"].astype(str)) != store.item_ids:
+                raise EmolensError(f"the readout of store {str(store.root)!r} does not list the store's items",
+                                   "re-extract the store")
+            ids = frame.loc[frame["correct"].astype(bool), "id"].astype(str).tolist()
+            source = str(store.root / "readout.parquet")
+        elif (store.root / "correct_ids.txt").exists():
+            ids = read_ids(store.root / "correct_ids.txt")
+            source = str(store.root / "correct_ids.txt")
+        else:
+            raise EmolensError(f"store {str(store.root)!r} has no readout to tell correct items",
+                               "extract with --readout, or pass --items all or --items FILE")
+        mode = "correct"
+    else:
+        ids = read_ids(items)
+        source, mode = str(items), "file"
+        if len(set(ids)) != len(ids):
+            raise EmolensError(f"id list {items!r} repeats ids", "list each item once")
+    if not ids:
+        raise EmolensError(f"no items selected ({source} lists none)", "use --items all or another id list")
+    rows = store.index_of(ids)
+    order = np.argsort(rows, kind="stable")  # keep store order: contiguous memmap reads
+    return ItemSelection(mode, [ids[i] for i in order], rows[order], source, n)
+
+
+def site_stack(store, site: str, rows: np.ndarray,
+               positions: Sequence[int] | None = None) -> tuple[np.ndarray, list[tuple[str, int, int]], list]:
+    """``X [layers*positions, items, width]`` float32 for one site; slices; skipped span positions.
+
+    Mean-pooled span positions (strings) are not probed (the result columns hold int positions);
+    multi-dimensional widths (``heads``) are flattened. ``positions`` keeps only those stored positions.
+    """
+    arr = store.read(site)
+    wanted = None if positions is None else set(positions)
+    positions = store.positions
+    keep = [j for j, p in enumerate(positions) if isinstance(p, int) and (wanted is None or p in wanted)]
+    skipped = [p for p in positions if not isinstance(p, int)]
+    if not keep:
+        return np.zeros((0, len(rows), 0), np.float32), [], skipped
+    data = np.asarray(arr[rows][:, :, keep], dtype=np.float32)  # [n, L, P, *w]
+    n, L, P = data.shape[:3]
+    X = np.ascontiguousarray(data.reshape(n, L * P, -1).transpose(1, 0, 2))
+    layers = store.layers_of(site)
+    slices = [(site, int(layers[i]), int(positions[keep[j]])) for i in range(L) for j in range(P)]
+    return X, slices, skipped
+
+
+# ----------------------------------------------------------------------------------------------
+# the run
+
+
+@dataclass
+class ProbingResult:
+    """Everything a run produced, before it is written (see :func:`write_outputs`)."""
+
+    table: pd.DataFrame
+    directions: dict[str, Any]
+    metadata: dict[str, Any]
+    summary: dict[str, Any]
+    human: Any = None  # probe_eval.HumanBaseline or None
+    items: list[str] = field(default_factory=list)
+
+
+def run_probing(store, dataset, *, tasks: Sequence[str] = TASKS, items: str = "correct",
+                protocol: str = "paper", probe: str = "logistic", standardize: bool = False,
+                shuffled: bool = True, appraisals: str | Sequence[str] = "paper", k: int = 5, seed: int = 42,
+                C: float = 1.0, alpha: float = 5.0, n_boot: int = 200, directions: bool = True,
+                max_iter: int = 1000, positions: Sequence[int] | None = None,
+                human_baseline: bool = True, direction_sites: Sequence[str] | None = None,
+                log: Callable[[str], None] | None = None) -> ProbingResult:
+    """Probe every slice of ``store`` for ``tasks`` on the selected items (see the module docstring).
+
+    ``dataset`` is the store's data in store order (:func:`dataset_for_store`). ``max_iter``
+    caps the logistic L-BFGS iterations (probes and directions; the MLP's epochs are its own):
+    raw activations of real models can need several hundred to converge (the paper's sklearn
+    default stops at 100); ``summary.json`` reports how many directions fits converged.
+    ``positions`` restricts the stored positions probed. ``human_baseline=False`` skips the
+    ratings-only classifier; ``direction_sites`` fits directions only at those sites (default: all).
+    """
+    import torch
+
+    from emolens.probes import evaluation as pe
+
+    say = log or (lambda _m: None)
+    tasks = parse_tasks(tasks)
+    if probe not in PROBES:
+        raise EmolensError(f"unknown probe {probe!r}", f"use one of {list(PROBES)}")
+    if protocol not in PROTOCOLS:
+        raise EmolensError(f"unknown protocol {protocol!r}", f"use one of {list(PROTOCOLS)}")
+    if positions is not None:
+        missing = [p for p in positions if p not in store.positions]
+        if missing or not positions:
+            raise EmolensError(f"positions {missing or list(positions)} are not in the store",
+                               f"stored positions: {store.positions}")
+    if list(dataset.ids) != store.item_ids:
+        raise EmolensError("dataset items are not the store's items", "load it with dataset_for_store")
+    sel = select_items(store, items)
+    ds = dataset.subset(sel.rows)
+    y = ds.label_ids
+    K = len(ds.label_names)
+    names = parse_appraisals(appraisals, ds.appraisal_names)
+    if "appraisal" in tasks and not names:
+        raise EmolensError("the data has none of the requested appraisals", "pick --appraisals the data has")
+    Y = np.stack([ds.appraisal(a) for a in names], 1).astype(np.float64) if names else None
+    rated = np.isfinite(Y).all(1) if Y is not None else np.zeros(len(ds), bool)
+    fw = first_word_labels(ds.texts)
+    labelled = y >= 0
+    summary: dict[str, Any] = {
+        "store": str(store.root), "model": store.identity.get("model"), "dataset": store.identity.get("dataset"),
+        "dataset_fingerprint": store.identity.get("dataset_fingerprint"),
+        "items": {"mode": sel.mode, "source": sel.source, "n_store": sel.n_store, "n_used": len(sel.ids),
+                  "n_with_label": int(labelled.sum())},
+        "tasks": tasks, "protocol": protocol, "probe": probe, "standardize": standardize, "shuffled": shuffled,
+        "k": k, "seed": seed, "C": C, "alpha": alpha, "n_boot": n_boot, "seconds": {}, "notes": [],
+    }
+    if "emotion" in tasks and labelled.sum() < 2:
+        raise EmolensError(f"only {int(labelled.sum())} selected items have an emotion label", "use more items")
+    if "appraisal" in tasks:
+        summary["appraisal"] = {"names": list(names), "n_rated": int(rated.sum()),
+                                "n_excluded_missing_rating": int((~rated).sum()), "position": -1}
+        if rated.sum() < max(10, k):
+            raise EmolensError(f"only {int(rated.sum())} selected items have all {len(names)} appraisal ratings",
+                               "pick --appraisals the data rates, or use more items")
+        if -1 not in store.positions:
+            raise EmolensError("the paper probes appraisals at position -1, which the store lacks",
+                               "extract with --positions including -1")
+    if "first-word" in tasks:
+        summary["first_word"] = {"vocabulary": list(FIRST_WORDS), "n_included": int((fw >= 0).sum()),
+                                 "n_excluded": int((fw < 0).sum()),
+                                 "counts": {w: int((fw == i).sum()) for i, w in enumerate(FIRST_WORDS)}}
+        if (fw >= 0).sum() < max(10, k):
+            raise EmolensError(f"only {int((fw >= 0).sum())} selected items start with a first-word label",
+                               "use more items or --task emotion")
+    say(f"{len(sel.ids)} items ({sel.mode}: {sel.source}); tasks {', '.join(tasks)}")
+
+    common = dict(protocol=protocol, k=k, seed=seed, n_boot=n_boot)
+    pkw = {"max_iter": max_iter} if probe == "logistic" else {}
+    summary["max_iter"] = max_iter
+    frames: list[pd.DataFrame] = []
+    dirs: dict[str, list] = {}
+    all_slices: list[tuple[str, int, int]] = []
+    dir_slices: list[tuple[str, int, int]] = []  # slices of the direction tensors' rows
+    conv_total = [0, 0]  # converged / fitted emotion direction probes
+    timing = summary["seconds"]
+
+    @contextmanager
+    def timed(key: str):
+        t0 = time.perf_counter()
+        yield
+        timing[key] = round(timing.get(key, 0.0) + time.perf_counter() - t0, 3)
+
+    with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)  # constant targets give NaN metrics, not noise
+        warnings.filterwarnings("ignore", message=".*least populated class.*")
+        for site in store.sites:
+            with timed("read"):
+                X, slices, skipped = site_stack(store, site, sel.rows, positions)
+            if skipped and "skipped_positions" not in summary:
+                summary["skipped_positions"] = skipped
+                summary["notes"].append(f"span positions {skipped} are not probed (mean-pooled spans)")
+            if not slices:
+                continue
+            say(f"{site}: {len(slices)} slices x {X.shape[1]} items x {X.shape[2]}")
+            if "emotion" in tasks:
+                with timed("emotion"):
+                    frames.append(pe.evaluate_classifier(
+                        X, y, slices, task="emotion", probe=probe, C=C, n_classes=K, standardize=standardize,
+                        shuffled=shuffled, drop_invalid=True, probe_kwargs=pkw, **common))
+            if "first-word" in tasks:
+                with timed("first_word"):
+                    frames.append(pe.evaluate_classifier(
+                        X, fw, slices, task="first_word", probe=probe, C=C, n_classes=len(FIRST_WORDS),
+                        standardize=standardize, shuffled=shuffled, drop_invalid=True, probe_kwargs=pkw,
+                        **common))
+            if "appraisal" in tasks:
+                last = [i for i, s in enumerate(slices) if s[2] == -1]
+                with timed("appraisal"):
+                    frames.append(pe.evaluate_regressor(
+                        X[last][:, rated], Y[rated], [slices[i] for i in last], list(names), alpha=alpha,
+                        standardize=standardize,
+                        strata=y[rated] if protocol == "cv" and (y[rated] >= 0).all() else None,
+                        shuffled=shuffled, dtype=torch.float64, **common))
+            if directions and (direction_sites is None or site in direction_sites):
+                with timed("directions"):
+                    got, conv = _directions(X, y, Y, rated, K, C, alpha, standardize, max_iter)
+                conv_total[0] += int(conv.sum())
+                conv_total[1] += len(conv)
+                for key, v in got.items():
+                    dirs.setdefault(key, []).append(v)
+                dir_slices += slices
+            all_slices += slices
+            del X
+        if not all_slices:
+            raise EmolensError(f"store {str(store.root)!r} has no int positions to probe",
+                               "extract with --positions such as -1,-2")
+        human = None
+        if human_baseline and Y is not None and ("emotion" in tasks or "appraisal" in tasks):
+            ok = rated & labelled
+            if ok.sum() >= max(10, k) and len(np.unique(y[ok])) > 1:
+                with timed("human_baseline"):
+                    human = pe.human_baseline(Y[ok], y[ok], appraisal_names=list(names),
+                                              emotion_names=list(ds.label_names), C=C, standardize=standardize,
+                                              **common)
+                frames.append(human.results)
+            else:
+                summary["notes"].append("human baseline skipped: too few items with ratings and labels")
+    table = pd.concat(frames, ignore_index=True) if frames else pe.results_frame([])
+    if "emotion" in tasks and "first-word" in tasks:
+        sel_rows = pe.selectivity(table[table.task == "emotion"], table[table.task == "first_word"],
+                                  name="selectivity")
+        table = pd.concat([table, sel_rows], ignore_index=True)
+    summary["best"] = best_slices(table)
+    if human is not None:
+        summary["human_baseline"] = {"accuracy": human.accuracy, "ci_low": human.ci_low, "ci_high": human.ci_high,
+                                     "n": human.n}
+    if conv_total[1]:
+        summary["directions_converged"] = f"{conv_total[0]}/{conv_total[1]}"
+    direction_tensors = {key: torch.cat(v).contiguous() for key, v in dirs.items()}
+    metadata = {
+        "slices": [list(s) for s in dir_slices], "emotions": list(ds.label_names), "appraisals": list(names),
+        "store": str(store.root), "model": str(store.identity.get("model")), "items": sel.mode,
+        "n_items": len(sel.ids), "fitted_on": "all used items (not a training split)", "C": C, "alpha": alpha,
+        "standardize": standardize,
+    }
+    if probe == "mlp" and directions:
+        summary["notes"].append("directions are logistic-probe weights (an MLP probe has no single direction)")
+    return ProbingResult(table, direction_tensors, metadata, summary, human, sel.ids)
+
+
+def _directions(X, y, Y, rated, K, C, alpha, standardize, max_iter):
+    """Emotion probe weights and class diff-of-means, appraisal ridge weights and high-low means."""
+    import torch
+
+    from emolens.probes import evaluation as pe
+
+    out, conv = {}, np.zeros(0, bool)
+    valid = y >= 0
+    if valid.sum() >= 2:
+        fits: dict = {}
+        out.update(pe.compute_directions(X[:, valid], y=y[valid], n_classes=K, C=C, standardize=standardize,
+                                         max_iter=max_iter, fits=fits))
+        conv = fits["emotion"].converged.numpy()
+    if Y is not None and rated.sum() >= 2:
+        # float64: with n < d the kernel Cholesky of raw activations (|x| ~ 1e4) fails in float32
+        out.update(pe.compute_directions(X[:, rated], Y=Y[rated], alpha=alpha, standardize=standardize,
+                                         dtype=torch.float64))
+    return out, conv
+
+
+PRIMARY = {"emotion": "accuracy", "first_word": "accuracy", "selectivity": "accuracy", "appraisal": "r2",
+           "human_baseline": "accuracy"}
+
+
+def best_slices(table: pd.DataFrame) -> dict[str, Any]:
+    """The best slice per task (and per appraisal) on the task's primary metric."""
+    out: dict[str, Any] = {}
+    for task, metric in PRIMARY.items():
+        part = table[(table.task == task) & (table.metric == metric)].dropna(subset=["value"])
+        if part.empty or task == "human_baseline":
+            continue
+        for target, grp in part.groupby("target", sort=False):
+            b = grp.loc[grp["value"].idxmax()]
+            rec = {"site": b.site, "layer": int(b.layer), "position": int(b.position), "metric": metric,
+                   "value": float(b.value), "ci_low": float(b.ci_low), "ci_high": float(b.ci_high)}
+            if task == "appraisal":
+                out.setdefault("appraisal", {})[target] = rec
+            else:
+                out[task] = rec
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# outputs
+
+
+def write_outputs(result: ProbingResult, out: str | Path, figures: bool = True) -> list[Path]:
+    """Write the table, directions, human baseline, items, summary and figures into ``out``."""
+    from emolens.paths import dump_json
+    from emolens.probes import evaluation as pe
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    result.table.to_parquet(out / TABLE, index=False)
+    written.append(out / TABLE)
+    if result.directions:
+        pe.save_directions(out / DIRECTIONS, result.directions, result.metadata)
+        written.append(out / DIRECTIONS)
+    if result.human is not None:
+        h = result.human
+        rows = h.results
+        dump_json(out / HUMAN_JSON, {
+            "accuracy": h.accuracy, "ci_low": h.ci_low, "ci_high": h.ci_high, "n": h.n,
+            "chance": float(rows[rows.metric == "accuracy"].chance.iloc[0]),
+            "metrics": {r.metric: {"value": r.value, "ci_low": r.ci_low, "ci_high": r.ci_high, "chance": r.chance}
+                        for r in rows.itertuples()},
+            "appraisals": list(h.coef.columns), "emotions": list(h.coef.index),
+            "protocol": result.summary["protocol"],
+            "what": "logistic regression (C as the probes) from the human appraisal ratings to the gold emotion "
+                    "(paper section 5.4)"})
+        coef = h.coef.copy()
+        coef.insert(0, "intercept", h.intercept.replace(-np.inf, np.nan))
+        coef.index.name = "emotion"
+        coef.reset_index().to_parquet(out / HUMAN_COEF, index=False)
+        written += [out / HUMAN_JSON, out / HUMAN_COEF]
+    (out / ITEMS).write_text("".join(f"{i}\n" for i in result.items))
+    written.append(out / ITEMS)
+    if figures:
+        written += write_figures(result.table, out)
+    result.summary["files"] = sorted(p.name for p in written) + [SUMMARY]
+    dump_json(out / SUMMARY, result.summary)
+    return written + [out / SUMMARY]
+
+
+def write_figures(table: pd.DataFrame, out: Path) -> list[Path]:
+    """Heatmaps (layer x site at -1, layer x position for resid) per classification task, probe curves,
+    and an appraisal x layer R² map."""
+    paths = []
+    for task in ("emotion", "first_word", "selectivity"):
+        part = table[(table.task == task) & (table.metric == "accuracy")]
+        if part.empty:
+            continue
+        lab = "accuracy" if task != "selectivity" else "selectivity (accuracy difference)"
+        at_last = part[part.position == -1]
+        if not at_last.empty:
+            paths.append(plot_heatmap(at_last, "site", out / f"heatmap_{task}_sites.png",
+                                      f"{task}: {lab}, position -1", diverging=task == "selectivity"))
+        sites = list(dict.fromkeys(part.site))
+        site = "resid" if "resid" in sites else sites[-1]
+        by_pos = part[part.site == site]
+        if by_pos.position.nunique() > 1:
+            paths.append(plot_heatmap(by_pos, "position", out / f"heatmap_{task}_positions.png",
+                                      f"{task}: {lab}, {site}", diverging=task == "selectivity"))
+    emo = table[(table.task == "emotion") & (table.metric == "accuracy") & (table.position == -1)]
+    if not emo.empty:
+        paths.append(plot_curves(table, out / "curve_emotion.png"))
+    app = table[(table.task == "appraisal") & (table.metric == "r2")]
+    if not app.empty:
+        paths.append(plot_appraisal_map(app, out / "heatmap_appraisal_r2.png"))
+    return paths
+
+
+def plot_heatmap(part: pd.DataFrame, rows: str, path: Path, title: str, diverging: bool = False) -> Path:
+    """``rows`` (site or position) x layer grid of ``value``; the best cell is outlined."""
+    import matplotlib.pyplot as plt
+
+    from emolens.report.figures import save_figure
+
+    grid = part.pivot_table(index=rows, columns="layer", values="value", aggfunc="first")
+    if rows == "site":
+        grid = grid.reindex([s for s in dict.fromkeys(part.site)])
+    else:
+        grid = grid.sort_index(ascending=False)  # -1 on top
+    vals = grid.to_numpy(dtype=float)
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.38 * vals.shape[1] + 2), 0.55 * vals.shape[0] + 1.6))
+    if diverging:
+        m = float(np.nanmax(np.abs(vals))) if np.isfinite(vals).any() else 1.0
+        im = ax.imshow(vals, cmap="coolwarm", vmin=-m, vmax=m, aspect="auto")
+    else:
+        im = ax.imshow(vals, cmap="magma", vmin=0, vmax=1, aspect="auto")
+    ax.set_xticks(range(vals.shape[1]), [str(c + 1) for c in grid.columns], fontsize=7)
+    ax.set_yticks(range(vals.shape[0]), [str(r) for r in grid.index])
+    ax.set_xlabel("layer (1-indexed)")
+    ax.set_ylabel(rows)
+    if np.isfinite(vals).any():
+        i, j = np.unravel_index(np.nanargmax(vals), vals.shape)
+        ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="cyan", linewidth=2))
+        title += f" (best {vals[i, j]:.3f} at {grid.index[i]}, layer {grid.columns[j] + 1})"
+    fig.colorbar(im, ax=ax)
+    ax.set_title(title, fontsize=9)
+    return save_figure(fig, path)
+
+
+def plot_curves(table: pd.DataFrame, path: Path) -> Path:
+    """Emotion accuracy over layers at position -1 for each site with 95% CI bands; shuffled and
+    first-word controls dashed and dotted, chance as a grey line."""
+    import matplotlib.pyplot as plt
+
+    from emolens.report.figures import save_figure
+
+    base = table[(table.metric == "accuracy") & (table.position == -1)]
+    sites = list(dict.fromkeys(base[base.task == "emotion"].site))
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    colors = dict(zip(sites, plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False))
+    for task, style in (("emotion", "-"), ("emotion/shuffled", "--"), ("first_word", ":")):
+        for site in sites:
+            cur = base[(base.task == task) & (base.site == site)].sort_values("layer")
+            if cur.empty:
+                continue
+            x = cur.layer.to_numpy() + 1
+            ax.plot(x, cur.value, style, color=colors[site], label=f"{site} {task}" if task != "emotion" else site,
+                    linewidth=1.6 if task == "emotion" else 1.0)
+            if task == "emotion":
+                ax.fill_between(x, cur.ci_low, cur.ci_high, color=colors[site], alpha=0.2, linewidth=0)
+    chance = base[base.task == "emotion"].chance
+    if len(chance):
+        ax.axhline(float(chance.iloc[0]), color="grey", linewidth=0.8, label="chance (majority)")
+    ax.set_ylim(0, 1.02)
+    ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
+    ax.set_xlabel("layer (1-indexed)")
+    ax.set_ylabel("held-out accuracy")
+    ax.set_title("emotion probe at position -1 (bands: 95% CI)", fontsize=9)
+    ax.legend(fontsize=7, ncol=2)
+    return save_figure(fig, path)
+
+
+def plot_appraisal_map(app: pd.DataFrame, path: Path) -> Path:
+    """Appraisal x layer test R² at position -1 for the resid site (else the last site); best per row marked."""
+    import matplotlib.pyplot as plt
+
+    from emolens.report.figures import save_figure
+
+    sites = list(dict.fromkeys(app.site))
+    site = "resid" if "resid" in sites else sites[-1]
+    part = app[(app.site == site) & (app.position == -1)]
+    grid = part.pivot_table(index="target", columns="layer", values="value", aggfunc="first")
+    grid = grid.reindex(list(dict.fromkeys(part.target)))
+    vals = grid.to_numpy(dtype=float)
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.38 * vals.shape[1] + 3), 0.3 * vals.shape[0] + 1.6))
+    im = ax.imshow(np.clip(vals, -0.2, 1), cmap="magma", vmin=-0.2, vmax=1, aspect="auto")
+    for i in range(vals.shape[0]):
+        if np.isfinite(vals[i]).any():
+            j = int(np.nanargmax(vals[i]))
+            ax.plot(j, i, marker="*", color="cyan", markersize=6)
+    ax.set_xticks(range(vals.shape[1]), [str(c + 1) for c in grid.columns], fontsize=7)
+    ax.set_yticks(range(vals.shape[0]), list(grid.index), fontsize=7)
+    ax.set_xlabel("layer (1-indexed)")
+    fig.colorbar(im, ax=ax, label="test R² (clipped at -0.2)")
+    ax.set_title(f"appraisal probes, {site} at -1 (star: best layer)", fontsize=9)
+    return save_figure(fig, path)
+
+
+def summary_lines(result: ProbingResult) -> list[str]:
+    """A few human-readable lines for the CLI."""
+    s = result.summary
+    lines = [f"{s['items']['n_used']} items ({s['items']['mode']}); {len(result.table)} rows"]
+    best = s.get("best", {})
+    for task in ("emotion", "first_word", "selectivity"):
+        if task in best:
+            b = best[task]
+            lines.append(f"best {task}: {b['value']:.3f} [{b['ci_low']:.3f}, {b['ci_high']:.3f}] at {b['site']} "
+                         f"layer {b['layer']} position {b['position']}")
+    if "first_word" in s:
+        lines.append(f"first-word control: {s['first_word']['n_included']} items, "
+                     f"{s['first_word']['n_excluded']} excluded (first word not in the vocabulary)")
+    if "appraisal" in best:
+        top = sorted(best["appraisal"].items(), key=lambda kv: -kv[1]["value"])[:3]
+        lines.append("best appraisal R²: " + ", ".join(f"{k} {v['value']:.3f}" for k, v in top))
+    if "human_baseline" in s:
+        h = s["human_baseline"]
+        lines.append(f"human baseline: {h['accuracy']:.3f} [{h['ci_low']:.3f}, {h['ci_high']:.3f}] (n={h['n']})")
+    return lines
