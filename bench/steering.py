@@ -2,7 +2,7 @@
 
 Both paths score the same conditions (directions x windows x betas, with random and specificity
 controls, plus the clean run per window) on the same items with
-:func:`emolens.steering.core.run_conditions`:
+:func:`emolens.steering.sweep.run_conditions`:
 
 * ``full`` -- every condition re-runs the whole prompt (items stacked ``--max-rows`` rows per
   forward), as before the fast path;
@@ -28,9 +28,12 @@ import torch
 
 from emolens.data.stimuli import load_stimuli
 from emolens.inputs.prompts import build_prompts
+from emolens.labels import EMOTIONS
 from emolens.model.loading import load_model
 from emolens.readout import LabelReader
-from emolens.steering import core as st
+from emolens.steering.apply import mean_resid_norm
+from emolens.steering.directions import capture_resid, compute_bank
+from emolens.steering.sweep import build_conditions, run_conditions, window_layers
 from machine import describe as machine
 
 
@@ -57,25 +60,25 @@ def main() -> None:
     data = fit.subset(np.arange(args.items))
     prompts = build_prompts(data.texts, None, lm.tokenizer)
     centres = [int(x) for x in args.windows.split(",")]
-    layers = sorted({x for c in centres for x in st.window_layers(c, args.span, lm.n_layers)})
-    X = st.capture_resid(lm, build_prompts(fit.texts, None, lm.tokenizer), layers, args.batch_size)
-    bank = st.compute_bank(X, layers, fit)
-    ref = {"last": st.mean_resid_norm(lm, prompts, layers, "last", args.batch_size)}
-    conds = st.build_conditions(lm, bank, args.directions.split(";"), centres, args.span,
+    layers = sorted({x for c in centres for x in window_layers(c, args.span, lm.n_layers)})
+    X = capture_resid(lm, build_prompts(fit.texts, None, lm.tokenizer), layers, args.batch_size)
+    bank = compute_bank(X, layers, fit)
+    ref = {"last": mean_resid_norm(lm, prompts, layers, "last", args.batch_size)}
+    conds = build_conditions(lm, bank, args.directions.split(";"), centres, args.span,
                                 [float(b) for b in args.betas.split(",")], ["last"], "relative", ref,
                                 n_random=args.n_random)
-    reader = LabelReader.build(lm.tokenizer, st.EMOTIONS, prompts[0].text, prompts[0].label_prefix)
+    reader = LabelReader.build(lm.tokenizer, EMOTIONS, prompts[0].text, prompts[0].label_prefix)
     tokens = [len(lm.tokenizer(p.text)["input_ids"]) for p in prompts]
 
     load_before = " ".join(f"{x:.1f}" for x in os.getloadavg())
-    st.run_conditions(lm, prompts[:2], reader, conds[:1], 2, fast=None)  # warm-up (allocator, kernels)
+    run_conditions(lm, prompts[:2], reader, conds[:1], 2, fast=None)  # warm-up (allocator, kernels)
     t0, c0 = time.perf_counter(), time.process_time()
     info: dict = {}
-    fast_clean, fast = st.run_conditions(lm, prompts, reader, conds, args.batch_size, fast=None,
+    fast_clean, fast = run_conditions(lm, prompts, reader, conds, args.batch_size, fast=None,
                                          fast_rows=args.fast_rows, info=info)
     t_fast, c_fast = time.perf_counter() - t0, time.process_time() - c0
     t0, c0 = time.perf_counter(), time.process_time()
-    full_clean, full = st.run_conditions(lm, prompts, reader, conds, args.batch_size, args.max_rows, fast=False)
+    full_clean, full = run_conditions(lm, prompts, reader, conds, args.batch_size, args.max_rows, fast=False)
     t_full, c_full = time.perf_counter() - t0, time.process_time() - c0
     assert info["fast_path"] == ["last"], info
 

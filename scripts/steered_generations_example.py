@@ -10,7 +10,9 @@ import json
 from emolens.data.corpus import load_crowd_envent
 from emolens.inputs.prompts import build_prompts
 from emolens.model.loading import load_model
-from emolens.steering import core as st
+from emolens.steering.apply import mean_resid_norm, scaled
+from emolens.steering.directions import bank_from_file, combine, parse_direction
+from emolens.steering.generation import continuation_logprob, generate_steered
 
 TEXTS = ["I forgot my best friend's birthday.", "My flight was cancelled at the last minute.",
          "I passed my driving test."]
@@ -20,16 +22,16 @@ DIRECTIONS = ["pleasantness+", "self_responsblt+", "other_responsblt+", "pleasan
 
 def main() -> None:
     lm = load_model("qwen2.5-coder-0.5b-instruct")
-    bank = st.bank_from_file("/tmp/qwen/steer/directions.safetensors", "diffmean")
+    bank = bank_from_file("/tmp/qwen/steer/directions.safetensors", "diffmean")
     reference = load_crowd_envent("../shared/data/crowd-enVENT/enVent_gen_Data.csv").sample(52, seed=0)
-    ref_norm = st.mean_resid_norm(lm, build_prompts(reference.texts[:16]), LAYERS, position="generated")
-    out = {"clean": st.generate_steered(lm, TEXTS, max_new_tokens=24)}
+    ref_norm = mean_resid_norm(lm, build_prompts(reference.texts[:16]), LAYERS, position="generated")
+    out = {"clean": generate_steered(lm, TEXTS, max_new_tokens=24)}
     for direction in DIRECTIONS:
-        unit = st.combine(bank, st.parse_direction(direction, bank.names), LAYERS)
-        vector = st.scaled(unit, 0.1, "relative", ref_norm)
-        out[f"{direction} beta=0.1"] = st.generate_steered(lm, TEXTS, LAYERS, vector, "generated", 24)
+        unit = combine(bank, parse_direction(direction, bank.names), LAYERS)
+        vector = scaled(unit, 0.1, "relative", ref_norm)
+        out[f"{direction} beta=0.1"] = generate_steered(lm, TEXTS, LAYERS, vector, "generated", 24)
     for condition, continuations in out.items():
-        fluency = st.continuation_logprob(lm, TEXTS, continuations).round(2).tolist()
+        fluency = continuation_logprob(lm, TEXTS, continuations).round(2).tolist()
         for text, cont, logp in zip(TEXTS, continuations, fluency, strict=True):
             print(json.dumps({"condition": condition, "text": text, "continuation": cont, "mean_logp": logp}))
 

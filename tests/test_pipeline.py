@@ -339,7 +339,8 @@ def test_steer_stage_fits_on_the_fit_split_and_measures_held_out_items(steer_run
     (from the extract store's residuals), the other half is steered, 19 random directions."""
     import torch
 
-    from emolens.steering import core as st
+    from emolens.steering.directions import bank_from_file, bank_from_store
+    from emolens.steering.sweep import fit_split
 
     cfg, result = steer_run
     assert statuses(result)["steer"] == "done"
@@ -349,17 +350,17 @@ def test_steer_stage_fits_on_the_fit_split_and_measures_held_out_items(steer_run
     assert set(table.fit) == {"heldout"}
     assert table[table.kind == "random"].direction.nunique() == 19
     info = json.loads((folder / "summary.json").read_text())["diffmean"]
-    fit, held = st.fit_split(result.data.dataset, 0.5, cfg.seed)
+    fit, held = fit_split(result.data.dataset, 0.5, cfg.seed)
     assert info["fit_ids"] == list(fit.ids) and info["steered_ids"] == list(held.ids)
     assert not set(info["fit_ids"]) & set(info["steered_ids"]) and len(info["fit_ids"]) == 13
     # the directions are the fit split's diff-of-means, taken from the extract store
-    bank = st.bank_from_store(result.run_dir / "tiny-llama/extract/store", fit, [0, 1, 2], "diffmean")
-    full = st.bank_from_store(result.run_dir / "tiny-llama/extract/store", result.data.dataset, [0, 1, 2],
+    bank = bank_from_store(result.run_dir / "tiny-llama/extract/store", fit, [0, 1, 2], "diffmean")
+    full = bank_from_store(result.run_dir / "tiny-llama/extract/store", result.data.dataset, [0, 1, 2],
                               "diffmean")
     rec = json.loads((folder / "stage.json").read_text())
     assert rec["summary"]["fit"] == ["heldout"] and rec["summary"]["n_fit"] == 13
     assert not any("captured" in n for n in rec["notes"])  # the store served the fit split
-    used = st.bank_from_file(folder / "directions.safetensors", "diffmean")
+    used = bank_from_file(folder / "directions.safetensors", "diffmean")
     assert {"joy", "pleasantness", "other_responsblt"} <= set(used.names) <= set(bank.names)
     for name in used.names:
         assert torch.equal(used.get(name), bank.get(name))

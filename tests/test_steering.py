@@ -15,8 +15,32 @@ from emolens.inputs.batching import encode
 from emolens.inputs.prompts import build_prompts
 from emolens.labels import EMOTIONS
 from emolens.readout import LabelReader
-from emolens.steering import core as st
 from emolens.steering import theory
+from emolens.steering.apply import mean_resid_norm, position_mask, scaled, steered_label_scores, steering_op
+from emolens.steering.directions import (
+    ConceptBank,
+    Term,
+    bank_from_file,
+    capture_resid,
+    combine,
+    compute_bank,
+    diffmean_directions,
+    parse_direction,
+    pca_directions,
+    random_unit,
+)
+from emolens.steering.generation import degenerate, fluency_flags, generate_steered, text_stats
+from emolens.steering.sweep import (
+    COLUMNS,
+    N_RANDOM,
+    build_conditions,
+    fit_relation,
+    outcome_rows,
+    parse_windows,
+    success_score,
+    sweep,
+    window_layers,
+)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -60,17 +84,17 @@ def test_beta_zero_is_bit_identical_and_removal_restores(tiny_llama, batch, posi
     # (output_hidden_states does); what matters is that steering leaves none of its own behind.
     hooks_before = _hook_ids(lm.model)
     clean = _logits(lm, batch)
-    mask = st.position_mask(batch.attention_mask, position)
-    zero = st.scaled(torch.ones(2, lm.sites.d_model) / lm.sites.d_model ** 0.5, 0.0)
-    assert torch.equal(_logits(lm, batch, st.steering_op([0, 1], zero, mask)), clean)
-    steered = _logits(lm, batch, st.steering_op([0, 1], _vec(lm, 2), mask))
+    mask = position_mask(batch.attention_mask, position)
+    zero = scaled(torch.ones(2, lm.sites.d_model) / lm.sites.d_model ** 0.5, 0.0)
+    assert torch.equal(_logits(lm, batch, steering_op([0, 1], zero, mask)), clean)
+    steered = _logits(lm, batch, steering_op([0, 1], _vec(lm, 2), mask))
     assert not torch.allclose(steered, clean)
     assert torch.equal(_logits(lm, batch), clean)  # hooks gone: the model is exactly restored
     assert _hook_ids(lm.model) == hooks_before
     reader = LabelReader.build(lm.tokenizer, EMOTIONS, "Context: x Answer:")
-    base = st.steered_label_scores(lm, reader, batch)
+    base = steered_label_scores(lm, reader, batch)
     z = torch.zeros(len(batch), 2, lm.sites.d_model)
-    assert torch.equal(st.steered_label_scores(lm, reader, batch, [0, 1], z, mask), base)
+    assert torch.equal(steered_label_scores(lm, reader, batch, [0, 1], z, mask), base)
 
 
 def test_multi_token_labels_are_steered_at_the_prompt_only(tiny_llama, batch):
@@ -82,13 +106,13 @@ def test_multi_token_labels_are_steered_at_the_prompt_only(tiny_llama, batch):
     with torch.no_grad():
         last = lm.model(**batch.model_inputs(), logits_to_keep=1).logits[:, -1]
         want = reader.score(lm.model, batch, last)
-    base = st.steered_label_scores(lm, reader, batch)
+    base = steered_label_scores(lm, reader, batch)
     assert torch.allclose(base, want, atol=1e-5)
-    mask = st.position_mask(batch.attention_mask, "last")
+    mask = position_mask(batch.attention_mask, "last")
     z = torch.zeros(len(batch), 2, lm.sites.d_model)
-    assert torch.equal(st.steered_label_scores(lm, reader, batch, [0, 1], z, mask), base)
+    assert torch.equal(steered_label_scores(lm, reader, batch, [0, 1], z, mask), base)
     v = _vec(lm, 2)[None].expand(len(batch), -1, -1)
-    steered = st.steered_label_scores(lm, reader, batch, [0, 1], v, mask)
+    steered = steered_label_scores(lm, reader, batch, [0, 1], v, mask)
     assert not torch.allclose(steered[:, 0], base[:, 0])
 
 
@@ -98,11 +122,11 @@ def test_window_leaves_earlier_activations_bit_identical(tiny_llama, batch):
             Capture("resid", layers=[0], positions=[-1, -2, 0], name="r0"),
             Capture("attn", layers=[0, 1], positions=[-1, -2], name="a"),
             Capture("resid", layers=[1, 2], positions=[-1], name="late")]
-    mask = st.position_mask(batch.attention_mask, "prompt")
+    mask = position_mask(batch.attention_mask, "prompt")
     with torch.no_grad():
         with Intervention(lm, caps, batch_mask=batch.attention_mask) as clean:
             lm.model(**batch.model_inputs())
-        with Intervention(lm, [st.steering_op([1, 2], _vec(lm, 2), mask), *caps],
+        with Intervention(lm, [steering_op([1, 2], _vec(lm, 2), mask), *caps],
                           batch_mask=batch.attention_mask) as steered:
             lm.model(**batch.model_inputs())
     for key in ("e", "r0", "a"):  # layer 1's attention runs before layer 1's output is steered
@@ -113,12 +137,12 @@ def test_window_leaves_earlier_activations_bit_identical(tiny_llama, batch):
 def test_generation_beta_zero_equals_plain_and_steering_changes_it(tiny_llama, stim):
     lm = tiny_llama
     texts = stim.texts[:3]
-    plain = st.generate_steered(lm, texts, max_new_tokens=5)
+    plain = generate_steered(lm, texts, max_new_tokens=5)
     for position in ("generated", "last", "prompt"):
-        same = st.generate_steered(lm, texts, [0, 1], torch.zeros(2, lm.sites.d_model), position, 5)
+        same = generate_steered(lm, texts, [0, 1], torch.zeros(2, lm.sites.d_model), position, 5)
         assert same == plain
-    assert st.generate_steered(lm, texts, [0, 1], _vec(lm, 2, 80.0), "generated", 5) != plain
-    assert st.generate_steered(lm, texts, max_new_tokens=5) == plain
+    assert generate_steered(lm, texts, [0, 1], _vec(lm, 2, 80.0), "generated", 5) != plain
+    assert generate_steered(lm, texts, max_new_tokens=5) == plain
 
 
 # ---------------------------------------------------------------------------------------------- directions
@@ -126,26 +150,26 @@ def test_generation_beta_zero_equals_plain_and_steering_changes_it(tiny_llama, s
 
 def _bank(n_layers=2, names=("a", "b", "c", "d"), d=16, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return st.ConceptBank(list(range(n_layers)), list(names), torch.randn(n_layers, len(names), d, generator=g),
+    return ConceptBank(list(range(n_layers)), list(names), torch.randn(n_layers, len(names), d, generator=g),
                           "diffmean")
 
 
 def test_partialled_direction_is_orthogonal_to_fixed_span_and_paper_variant_is_plain_sum():
     bank = _bank()
-    terms = st.parse_direction("a+,b-", bank.names)
-    u = st.combine(bank, terms, [0, 1], partial=True, fixed=["c", "d"])
+    terms = parse_direction("a+,b-", bank.names)
+    u = combine(bank, terms, [0, 1], partial=True, fixed=["c", "d"])
     fixed = torch.stack([bank.get("c"), bank.get("d")], 1)  # [L, 2, d]
     assert torch.allclose(u.norm(dim=-1), torch.ones(2), atol=1e-6)
     assert torch.einsum("lkd,ld->lk", fixed, u).abs().max() < 1e-5
-    plain = st.combine(bank, terms, [0, 1], partial=False, fixed=["c", "d"])
+    plain = combine(bank, terms, [0, 1], partial=False, fixed=["c", "d"])
     want = bank.get("a") - bank.get("b")
     assert torch.allclose(plain, want / want.norm(dim=-1, keepdim=True), atol=1e-6)
     # a rank-deficient fixed set (c, d and c + d) is handled by the pseudo-inverse
     bank.vectors[:, 3] = bank.vectors[:, 2] * 2.0
-    u2 = st.combine(bank, terms, [0, 1], partial=True, fixed=["c", "d"])
+    u2 = combine(bank, terms, [0, 1], partial=True, fixed=["c", "d"])
     assert torch.einsum("ld,ld->l", bank.get("c"), u2).abs().max() < 1e-5
     with pytest.raises(EmolensError, match="zero or undefined"):
-        st.combine(bank, st.parse_direction("c+", bank.names), [0], partial=True, fixed=["d"])
+        combine(bank, parse_direction("c+", bank.names), [0], partial=True, fixed=["d"])
 
 
 def test_diffmean_equals_direct_computation_and_pca_sign():
@@ -155,7 +179,7 @@ def test_diffmean_equals_direct_computation_and_pca_sign():
     R[3, 0] = np.nan
     y = g.integers(0, 3, size=40)
     y[5] = -1
-    V = st.diffmean_directions(X, R, y, n_classes=3)
+    V = diffmean_directions(X, R, y, n_classes=3)
     assert V.shape == (2, 5, 8)
     for j in range(2):
         hi, lo = R[:, j] >= 4, R[:, j] <= 2
@@ -168,7 +192,7 @@ def test_diffmean_equals_direct_computation_and_pca_sign():
     shift = torch.zeros(8)
     shift[0] = 5.0
     Xs = X + torch.from_numpy(R[:, 0:1] >= 4)[:, :, None].float() * shift
-    P = st.pca_directions(Xs, R[:, :1])
+    P = pca_directions(Xs, R[:, :1])
     assert (P[:, 0, 0] > 0).all() and (P[:, 0, 0].abs() / P[:, 0].norm(dim=-1) > 0.8).all()
 
 
@@ -179,14 +203,14 @@ def test_relative_scale_has_intended_norm(tiny_llama, stim):
     with torch.no_grad():
         hs = lm.model(**b.model_inputs(), output_hidden_states=True).hidden_states
     for position in ("last", "prompt"):
-        ref = st.mean_resid_norm(lm, prompts, [0, 1], position, batch_size=2)
-        m = st.position_mask(b.attention_mask, position)
+        ref = mean_resid_norm(lm, prompts, [0, 1], position, batch_size=2)
+        m = position_mask(b.attention_mask, position)
         want = torch.stack([hs[layer + 1][m].norm(dim=-1).mean() for layer in (0, 1)])
         assert torch.allclose(ref, want, rtol=1e-4)
-        unit = st.random_unit(2, lm.sites.d_model, 3)
-        v = st.scaled(unit, 0.5, "relative", ref)
+        unit = random_unit(2, lm.sites.d_model, 3)
+        v = scaled(unit, 0.5, "relative", ref)
         assert torch.allclose(v.norm(dim=-1), 0.5 * ref, rtol=1e-5)
-    first = st.position_mask(b.attention_mask, "prompt")
+    first = position_mask(b.attention_mask, "prompt")
     rows = torch.arange(len(b))
     assert not first[rows, b.attention_mask.int().argmax(1)].any()  # the sink is never steered
 
@@ -194,9 +218,9 @@ def test_relative_scale_has_intended_norm(tiny_llama, stim):
 def test_controls_are_norm_matched(tiny_llama, stim):
     lm = tiny_llama
     X = torch.randn(len(stim), 3, lm.sites.d_model, generator=torch.Generator().manual_seed(0))
-    bank = st.compute_bank(X, [0, 1, 2], stim)
+    bank = compute_bank(X, [0, 1, 2], stim)
     ref = {"last": torch.tensor([2.0, 3.0, 5.0])}
-    conds = st.build_conditions(lm, bank, ["pleasantness+,other_responsblt-"], [0, 1], 1, [1.0, 2.0], ["last"],
+    conds = build_conditions(lm, bank, ["pleasantness+,other_responsblt-"], [0, 1], 1, [1.0, 2.0], ["last"],
                                 "relative", ref, n_random=3)
     kinds = {c.kind for c in conds}
     assert kinds == {"real", "random", "specificity"}
@@ -213,21 +237,21 @@ def test_controls_are_norm_matched(tiny_llama, stim):
     assert spec.direction == "control:familiarity+"
     # a fit split with no usable familiarity direction: the automatic control skips to a defined one
     bank.vectors[:, bank.names.index("familiarity")] = float("nan")
-    conds = st.build_conditions(lm, bank, ["pleasantness+"], [0], 1, [1.0], ["last"], "relative", ref, n_random=0)
+    conds = build_conditions(lm, bank, ["pleasantness+"], [0], 1, [1.0], ["last"], "relative", ref, n_random=0)
     spec = next(c for c in conds if c.kind == "specificity")
     assert spec.direction != "control:familiarity+" and bank.is_defined(spec.direction[len("control:"):-1])
     with pytest.raises(EmolensError, match="familiarity"):  # asked for by name, it is still an error
-        st.build_conditions(lm, bank, ["pleasantness+"], [0], 1, [1.0], ["last"], "relative", ref, n_random=0,
+        build_conditions(lm, bank, ["pleasantness+"], [0], 1, [1.0], ["last"], "relative", ref, n_random=0,
                             control="familiarity")
 
 
 def test_success_score_formula():
-    got = st.success_score([0.2, 0.5, 0.3, 0.0, 1.0, 0.4], [0.6, 0.25, 0.3, 1.0, 0.0, 0.4])
+    got = success_score([0.2, 0.5, 0.3, 0.0, 1.0, 0.4], [0.6, 0.25, 0.3, 1.0, 0.0, 0.4])
     assert np.allclose(got, [0.5, -0.5, 0.0, 1.0, -1.0, 0.0])
     clean = np.log(np.array([[0.7, 0.2, 0.1], [0.6, 0.3, 0.1], [0.1, 0.8, 0.1], [0.2, 0.2, 0.6]]))
     steered = clean.copy()
     steered[:, 2] += 5  # everything flips to label c
-    rows = pd.DataFrame(st.outcome_rows(clean, steered, ["a", "b", "c"], n_boot=50))
+    rows = pd.DataFrame(outcome_rows(clean, steered, ["a", "b", "c"], n_boot=50))
     s = rows[rows.metric == "success"].set_index("label")["value"]
     assert s["c"] == pytest.approx(1.0) and s["a"] == pytest.approx(-1.0)
     assert rows[rows.metric == "flip_rate"]["value"].item() == pytest.approx(0.75)
@@ -270,20 +294,20 @@ def test_rating_profile_and_combination_reference(stim):
 
 def test_bad_inputs_are_one_line_errors():
     names = ["pleasantness", "other_responsblt", "joy"]
-    assert st.parse_direction("pleasantness+, other_responsblt-", names) == (
-        st.Term("pleasantness", 1.0), st.Term("other_responsblt", -1.0))
-    assert st.parse_direction("joy", names) == (st.Term("joy", 1.0),)
+    assert parse_direction("pleasantness+, other_responsblt-", names) == (
+        Term("pleasantness", 1.0), Term("other_responsblt", -1.0))
+    assert parse_direction("joy", names) == (Term("joy", 1.0),)
     for bad, match in (("pleasentness+", "unknown appraisal"), ("pleasantness*", "bad direction term"),
                        ("pleasantness++", "bad direction term"), ("", "empty"), ("joy+,joy-", "twice")):
         with pytest.raises(EmolensError, match=match) as info:
-            st.parse_direction(bad, names)
+            parse_direction(bad, names)
         assert "\n" not in str(info.value)
     with pytest.raises(EmolensError, match="falls outside"):
-        st.parse_windows("0,5", 3, 6)
-    assert st.parse_windows("auto", 3, 6) == [1, 2, 3, 4]
-    assert st.parse_windows("auto", 3, 30) == sorted(set(st.parse_windows("auto", 3, 30)))
-    assert len(st.parse_windows("auto", 3, 30)) == 8
-    assert st.window_layers(4, 3, 10) == [3, 4, 5]
+        parse_windows("0,5", 3, 6)
+    assert parse_windows("auto", 3, 6) == [1, 2, 3, 4]
+    assert parse_windows("auto", 3, 30) == sorted(set(parse_windows("auto", 3, 30)))
+    assert len(parse_windows("auto", 3, 30)) == 8
+    assert window_layers(4, 3, 10) == [3, 4, 5]
 
 
 # ---------------------------------------------------------------------------------------------- end to end
@@ -298,7 +322,7 @@ def test_sweep_and_cli_end_to_end(tmp_path, stim):
           "relative", "--positions", "last,generated", "--n-random", "3", "--generate", "1",
           "--max-new-tokens", "4", "--out", str(out)])
     frame = pd.read_parquet(out / "steering.parquet")
-    assert set(st.COLUMNS) <= set(frame.columns)
+    assert set(COLUMNS) <= set(frame.columns)
     assert set(frame.kind) == {"real", "random", "specificity"}
     assert sorted(frame.beta.unique()) == [0.0, 2.0, 8.0]
     zero = frame[(frame.beta == 0) & (frame.metric == "flip_rate")]
@@ -319,9 +343,9 @@ def test_sweep_and_cli_end_to_end(tmp_path, stim):
     assert all(g["window"] == window and g["beta"] == beta for g in gens[1:])
     assert (out / "dose_response.png").exists() and (out / "labels_pleasantnessp.png").exists()
     # A run's saved directions load back as the same bank, so they can steer another run (--acts).
-    bank = st.bank_from_file(out / "directions.safetensors", "diffmean")
+    bank = bank_from_file(out / "directions.safetensors", "diffmean")
     assert "pleasantness" in bank.names and bank.vectors.shape[:2] == (len(bank.layers), len(bank.names))
-    assert torch.isfinite(st.combine(bank, st.parse_direction("pleasantness+", bank.names), bank.layers)).all()
+    assert torch.isfinite(combine(bank, parse_direction("pleasantness+", bank.names), bank.layers)).all()
     with pytest.raises(SystemExit) as info:
         main(["steer", "--model", "tiny:llama", "--data", "stimuli", "--direction", "pleasantness+",
               "--windows", "9", "--out", str(tmp_path / "bad")])
@@ -352,7 +376,7 @@ def test_real_model_steering_moves_labels(real_model):
     singles = load_stimuli("singles")
     r = singles.appraisal("pleasantness")
     ds = singles.subset(np.concatenate([np.flatnonzero(r >= 4)[:2], np.flatnonzero(r <= 2)[:2]]))
-    res = st.sweep(real_model, ds, ["pleasantness-"], windows=[6], span=3, betas=[0.5], scale="relative",
+    res = sweep(real_model, ds, ["pleasantness-"], windows=[6], span=3, betas=[0.5], scale="relative",
                    n_random=1, control=None, batch_size=4, holdout=None)
     frame = res.frame
     assert res.info["fit"] == "all" and res.info["fast_path"] == ["last"]
@@ -366,10 +390,10 @@ def test_real_model_steering_moves_labels(real_model):
 
 def test_default_controls_let_the_permutation_p_value_reach_005(tiny_llama, stim):
     X = torch.randn(len(stim), 3, tiny_llama.sites.d_model, generator=torch.Generator().manual_seed(0))
-    bank = st.compute_bank(X, [0, 1, 2], stim)
-    conds = st.build_conditions(tiny_llama, bank, ["pleasantness+"], [1], 3, [1.0], ["last"])
+    bank = compute_bank(X, [0, 1, 2], stim)
+    conds = build_conditions(tiny_llama, bank, ["pleasantness+"], [1], 3, [1.0], ["last"])
     randoms = [c.direction for c in conds if c.kind == "random"]
-    assert st.N_RANDOM >= 19 and randoms == [f"random:{s}" for s in range(st.N_RANDOM)]
+    assert N_RANDOM >= 19 and randoms == [f"random:{s}" for s in range(N_RANDOM)]
     # a steering table whose real direction matches the reference exactly and whose 19 random
     # directions do not: p = (1 + 0) / (1 + 19) = 0.05, computed from the random rows of the table
     g = np.random.default_rng(1)
@@ -405,7 +429,7 @@ def test_directions_are_fitted_on_the_train_split_and_measured_on_held_out_items
 
     ds = load_stimuli("singles").sample(26, seed=0)
     kw = dict(windows=[1], span=3, betas=[2.0], n_random=2, control=None, batch_size=8)
-    res = st.sweep(tiny_llama, ds, ["pleasantness+"], **kw)
+    res = sweep(tiny_llama, ds, ["pleasantness+"], **kw)
     fit_ids, steered_ids = set(res.info["fit_ids"]), set(res.info["steered_ids"])
     assert res.info["fit"] == "heldout" and not fit_ids & steered_ids and fit_ids | steered_ids == set(ds.ids)
     assert set(res.frame.fit) == {"heldout"} and (res.frame.n == len(steered_ids)).all()
@@ -417,15 +441,15 @@ def test_directions_are_fitted_on_the_train_split_and_measured_on_held_out_items
         assert abs(n_in - n_all / 2) <= 0.5 + 1e-9
     # the directions are the train split's own diff-of-means, not the whole set's
     train = ds.subset(sorted(fit_ids, key=list(ds.ids).index))
-    X = st.capture_resid(tiny_llama, build_prompts(train.texts, None, tiny_llama.tokenizer), [0, 1, 2], 8)
-    assert torch.allclose(res.bank.get("pleasantness"), st.compute_bank(X, [0, 1, 2], train).get("pleasantness"),
+    X = capture_resid(tiny_llama, build_prompts(train.texts, None, tiny_llama.tokenizer), [0, 1, 2], 8)
+    assert torch.allclose(res.bank.get("pleasantness"), compute_bank(X, [0, 1, 2], train).get("pleasantness"),
                           atol=1e-5)
-    again = st.sweep(tiny_llama, ds, ["pleasantness+"], **kw)  # seeded: the same split
+    again = sweep(tiny_llama, ds, ["pleasantness+"], **kw)  # seeded: the same split
     assert again.info["steered_ids"] == res.info["steered_ids"]
-    paper = st.sweep(tiny_llama, ds, ["pleasantness+"], holdout=None, **kw)
+    paper = sweep(tiny_llama, ds, ["pleasantness+"], holdout=None, **kw)
     assert paper.info["fit"] == "all" and set(paper.frame.fit) == {"all"} and (paper.frame.n == len(ds)).all()
-    assert st.fit_relation(ds.subset([0, 1, 2]), ds.subset([2, 3])) == "overlap"
-    assert st.fit_relation(None, ds) == "given"
+    assert fit_relation(ds.subset([0, 1, 2]), ds.subset([2, 3])) == "overlap"
+    assert fit_relation(None, ds) == "given"
 
 
 @pytest.mark.parametrize("text, flags", [
@@ -440,25 +464,25 @@ def test_directions_are_fitted_on_the_train_split_and_measured_on_held_out_items
     ("I told her: we should talk.\nShe said no; I left.\nThen I cried (a lot).", []),
 ])
 def test_fluency_flags_on_crafted_texts(text, flags):
-    got = st.fluency_flags(text, -2.0)
+    got = fluency_flags(text, -2.0)
     assert got == flags
-    assert st.degenerate(text, -2.0) == bool(flags)
+    assert degenerate(text, -2.0) == bool(flags)
 
 
 def test_fluency_flags_are_judged_against_the_clean_continuation():
     fluent = "I called my sister and we talked about it for a long time before dinner."
-    assert st.fluency_flags(fluent, -2.0, (fluent, -1.8)) == []
+    assert fluency_flags(fluent, -2.0, (fluent, -1.8)) == []
     # fine-looking text the clean model finds far less likely than its own continuation
-    assert st.fluency_flags(fluent, -4.9, ("We went home after the party and slept.", -1.5)) == ["logp_vs_clean"]
-    assert st.fluency_flags(fluent, -7.0) == ["logp"]
+    assert fluency_flags(fluent, -4.9, ("We went home after the party and slept.", -1.5)) == ["logp_vs_clean"]
+    assert fluency_flags(fluent, -7.0) == ["logp"]
     # code-like text: fine after a code-like clean continuation, flagged after a prose one
     code = "x = 1; y = 2; return x"
-    assert st.text_stats(code)["nonalpha"] == pytest.approx(0.5)
-    assert st.fluency_flags(code, -2.0, ("a = 3; b = 4; print b", -2.0)) == ["code"]  # code is never fluent prose
-    assert st.fluency_flags(code, -2.0, (fluent, -2.0)) == ["code", "nonalpha_vs_clean"]
+    assert text_stats(code)["nonalpha"] == pytest.approx(0.5)
+    assert fluency_flags(code, -2.0, ("a = 3; b = 4; print b", -2.0)) == ["code"]  # code is never fluent prose
+    assert fluency_flags(code, -2.0, (fluent, -2.0)) == ["code", "nonalpha_vs_clean"]
     loop = "and then and then and then we"  # too short for the absolute loop checks (8+ words)
-    assert st.fluency_flags(loop, -2.0) == []
-    assert st.fluency_flags(loop, -2.0, (fluent, -2.0)) == ["distinct2_vs_clean", "repeat_vs_clean"]
-    assert st.fluency_flags("!! ## ;; ok", -2.0) == ["nonalpha"]  # absolute flags hold whatever the clean did
-    s = st.text_stats("a b c a b c a b")
+    assert fluency_flags(loop, -2.0) == []
+    assert fluency_flags(loop, -2.0, (fluent, -2.0)) == ["distinct2_vs_clean", "repeat_vs_clean"]
+    assert fluency_flags("!! ## ;; ok", -2.0) == ["nonalpha"]  # absolute flags hold whatever the clean did
+    s = text_stats("a b c a b c a b")
     assert s["words"] == 8 and s["repeat"] == pytest.approx(5 / 8) and s["distinct2"] == pytest.approx(3 / 7)

@@ -6,12 +6,14 @@ import numpy as np
 import pytest
 import torch
 
+from emolens.engine.prefix import bytes_per_row
 from emolens.inputs.batching import encode
 from emolens.inputs.prompts import build_prompts
 from emolens.labels import EMOTIONS
 from emolens.model.loading import load_model
 from emolens.readout import LabelReader
-from emolens.steering import core as st
+from emolens.steering.apply import fast_label_scores, position_mask, prefix_cache, repeat_batch, steered_label_scores
+from emolens.steering.sweep import Condition, run_conditions, sweep
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -36,7 +38,7 @@ def _conditions(lm, position="last", n=3, scale=3.0):
     out = []
     for i, layers in enumerate([(0, 1, 2), (1,)] * n):
         vec = torch.randn(len(layers), lm.sites.d_model, generator=g) * scale
-        out.append(st.Condition(f"v{i}", "real", layers[len(layers) // 2], layers, 1.0, position, vec))
+        out.append(Condition(f"v{i}", "real", layers[len(layers) // 2], layers, 1.0, position, vec))
     return out
 
 
@@ -51,8 +53,8 @@ def test_fast_path_equals_full_forward_on_left_padded_batches(family, stim):
     for reader in _readers(lm, prompts[0]):
         info: dict = {}
         # max_rows / fast_rows small enough that conditions are split over several stacked chunks
-        fast_clean, fast = st.run_conditions(lm, prompts, reader, conds, batch_size=4, fast_rows=8, info=info)
-        full_clean, full = st.run_conditions(lm, prompts, reader, conds, batch_size=4, max_rows=8, fast=False)
+        fast_clean, fast = run_conditions(lm, prompts, reader, conds, batch_size=4, fast_rows=8, info=info)
+        full_clean, full = run_conditions(lm, prompts, reader, conds, batch_size=4, max_rows=8, fast=False)
         assert info["fast_path"] == ["last"]
         for key in full_clean:
             np.testing.assert_allclose(fast_clean[key], full_clean[key], atol=1e-5, rtol=0)
@@ -70,25 +72,25 @@ def test_fast_label_scores_match_steered_label_scores_row_by_row(tiny_llama, sti
     _, multi = _readers(lm, prompts[0])
     value = torch.randn(3 * len(batch), 2, lm.sites.d_model, generator=torch.Generator().manual_seed(2)) * 5
     value[: len(batch)] = 0  # the first stacked copy is the clean run
-    full = st.steered_label_scores(lm, multi, st._repeat(batch, 3), [0, 1], value,
-                                   st.position_mask(batch.attention_mask, "last").repeat(3, 1))
-    prefix = st.prefix_cache(lm, batch)
+    full = steered_label_scores(lm, multi, repeat_batch(batch, 3), [0, 1], value,
+                                   position_mask(batch.attention_mask, "last").repeat(3, 1))
+    prefix = prefix_cache(lm, batch)
     before = [(layer.keys.clone(), layer.values.clone()) for layer in prefix.layers]
-    fast = st.fast_label_scores(lm, multi, batch, prefix, 3, [0, 1], value)
+    fast = fast_label_scores(lm, multi, batch, prefix, 3, [0, 1], value)
     torch.testing.assert_close(fast, full, atol=1e-5, rtol=0)
-    plain = st.steered_label_scores(lm, multi, batch)
+    plain = steered_label_scores(lm, multi, batch)
     torch.testing.assert_close(fast[: len(batch)], plain, atol=1e-5, rtol=0)
     # the shared prefix is never written to: a second run on it is bit-identical
     assert all(torch.equal(k, layer.keys) and torch.equal(v, layer.values)
                for (k, v), layer in zip(before, prefix.layers, strict=True))
-    assert torch.equal(st.fast_label_scores(lm, multi, batch, prefix, 3, [0, 1], value), fast)
+    assert torch.equal(fast_label_scores(lm, multi, batch, prefix, 3, [0, 1], value), fast)
 
 
 def test_sweep_uses_fast_path_for_last_only_and_gives_the_same_table(tiny_llama, stim):
     lm = tiny_llama
     kw = dict(windows=[1], span=3, betas=[4.0], scale="unit", n_random=2, batch_size=4, holdout=None)
-    fast = st.sweep(lm, stim, ["pleasantness+"], positions=["last", "prompt"], **kw)
-    full = st.sweep(lm, stim, ["pleasantness+"], positions=["last", "prompt"], fast=False, **kw)
+    fast = sweep(lm, stim, ["pleasantness+"], positions=["last", "prompt"], **kw)
+    full = sweep(lm, stim, ["pleasantness+"], positions=["last", "prompt"], fast=False, **kw)
     assert fast.info["fast_path"] == ["last"] and full.info["fast_path"] == []
     a, b = fast.frame, full.frame
     assert a[["direction", "position", "metric", "label"]].equals(b[["direction", "position", "metric", "label"]])
@@ -105,12 +107,12 @@ def test_a_cache_that_cannot_be_shared_falls_back_to_full_forwards(tiny_llama, s
     from emolens.engine import prefix as prefix
 
     monkeypatch.setattr(prefix, "tile_cache", lambda cache, times: None)  # e.g. a static or linear-attention cache
-    assert st.prefix_cache(lm, encode(lm.tokenizer, prompts)) is None
+    assert prefix_cache(lm, encode(lm.tokenizer, prompts)) is None
     info: dict = {}
-    clean, got = st.run_conditions(lm, prompts, reader, conds, batch_size=2, info=info)
+    clean, got = run_conditions(lm, prompts, reader, conds, batch_size=2, info=info)
     assert info["fast_path"] == []
     monkeypatch.undo()
-    want_clean, want = st.run_conditions(lm, prompts, reader, conds, batch_size=2, fast=False)
+    want_clean, want = run_conditions(lm, prompts, reader, conds, batch_size=2, fast=False)
     for a, b in zip(got, want, strict=True):
         np.testing.assert_array_equal(a, b)  # exactly the full path
 
@@ -120,10 +122,10 @@ def test_cache_budget_only_changes_how_many_conditions_share_a_forward(tiny_llam
     prompts = build_prompts(stim.texts[:4], None, lm.tokenizer)
     reader, _ = _readers(lm, prompts[0])
     conds = _conditions(lm, n=2)
-    prefix = st.prefix_cache(lm, encode(lm.tokenizer, prompts))
+    prefix = prefix_cache(lm, encode(lm.tokenizer, prompts))
     layer = prefix.layers[0]
-    assert st._bytes_per_row(prefix) == len(prefix.layers) * 2 * layer.keys[:1].numel() * 4
-    wide_clean, wide = st.run_conditions(lm, prompts, reader, conds, batch_size=4)
-    one_clean, one = st.run_conditions(lm, prompts, reader, conds, batch_size=4, fast_cache_bytes=1)
+    assert bytes_per_row(prefix) == len(prefix.layers) * 2 * layer.keys[:1].numel() * 4
+    wide_clean, wide = run_conditions(lm, prompts, reader, conds, batch_size=4)
+    one_clean, one = run_conditions(lm, prompts, reader, conds, batch_size=4, fast_cache_bytes=1)
     for a, b in zip(one + list(one_clean.values()), wide + list(wide_clean.values()), strict=True):
         np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)

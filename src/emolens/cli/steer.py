@@ -28,15 +28,15 @@ def _directions_file(acts: str) -> Path | None:
 
 
 def _bank(acts: str, lm, dataset, layers, method, seed):
-    from emolens.steering import core as steering
+    from emolens.steering.directions import bank_from_file, bank_from_store
 
     path = Path(acts)
     file = _directions_file(acts)
     if file is not None:
-        return steering.bank_from_file(file, method)
+        return bank_from_file(file, method)
     if not path.exists():
         raise EmolensError(f"--acts {acts!r} does not exist", "pass an activation store folder or a .safetensors file")
-    return steering.bank_from_store(path, dataset, layers, method, seed=seed)
+    return bank_from_store(path, dataset, layers, method, seed=seed)
 
 
 def register(app: typer.Typer) -> None:
@@ -91,23 +91,27 @@ def register(app: typer.Typer) -> None:
 
         from emolens.cli.readout import prepare_out_dir
         from emolens.data.loading import load_dataset
+        from emolens.labels import EMOTIONS
         from emolens.model.loading import load_model
         from emolens.paths import dump_json
         from emolens.probes.evaluation import save_directions
-        from emolens.steering import core as steering
+        from emolens.report.steering_figures import plot_dose_response, plot_label_bars
         from emolens.steering import theory
-        from emolens.steering.core import plot_dose_response, plot_label_bars
+        from emolens.steering.apply import POSITIONS, SCALES
+        from emolens.steering.directions import METHODS, format_terms, parse_direction
+        from emolens.steering.generation import steered_generations
+        from emolens.steering.sweep import N_RANDOM, fit_split, parse_windows, sweep, window_layers
 
-        if method not in steering.METHODS:
-            raise EmolensError(f"unknown method {method!r}", f"use one of {list(steering.METHODS)}")
-        if scale not in steering.SCALES:
-            raise EmolensError(f"unknown scale {scale!r}", f"use one of {list(steering.SCALES)}")
+        if method not in METHODS:
+            raise EmolensError(f"unknown method {method!r}", f"use one of {list(METHODS)}")
+        if scale not in SCALES:
+            raise EmolensError(f"unknown scale {scale!r}", f"use one of {list(SCALES)}")
         if reference not in ("ratings", "classifier"):
             raise EmolensError(f"unknown reference {reference!r}", "use ratings or classifier")
         pos = [p.strip() for p in positions.split(",") if p.strip()]
         for p in pos + [gen_position]:
-            if p not in steering.POSITIONS:
-                raise EmolensError(f"unknown position {p!r}", f"use {list(steering.POSITIONS)}")
+            if p not in POSITIONS:
+                raise EmolensError(f"unknown position {p!r}", f"use {list(POSITIONS)}")
         sweep_pos = [p for p in pos if p != "generated"] or ["last"]  # 'generated' here: the old spelling
         if not 0 <= holdout < 1:
             raise EmolensError(f"--holdout {holdout} is outside [0, 1)", "pass e.g. 0.5, or 0 for all items")
@@ -118,22 +122,22 @@ def register(app: typer.Typer) -> None:
         dataset = load_dataset(data)
         if limit:
             dataset = dataset.sample(limit, seed=seed)
-        known = list(dataset.appraisal_names) + list(steering.EMOTIONS)
-        parsed = {d: steering.parse_direction(d, known) for d in dirs}  # bad syntax fails before loading
+        known = list(dataset.appraisal_names) + list(EMOTIONS)
+        parsed = {d: parse_direction(d, known) for d in dirs}  # bad syntax fails before loading
         fixed_list = [f.strip() for f in fixed.split(",") if f.strip()] or None
         for f in fixed_list or []:
             if f not in known:
                 raise EmolensError(f"unknown appraisal {f!r} in --fixed", f"use one of {known}")
         out_dir = prepare_out_dir(out, force, marker="steering.parquet")
         lm = load_model(model, dtype=dtype, device=device)
-        centres = steering.parse_windows(windows, span, lm.n_layers)
-        layers = sorted({x for c in centres for x in steering.window_layers(c, span, lm.n_layers)})
+        centres = parse_windows(windows, span, lm.n_layers)
+        layers = sorted({x for c in centres for x in window_layers(c, span, lm.n_layers)})
         from_file = bool(acts) and _directions_file(acts) is not None
         # directions from a file were fitted elsewhere: steer every item; else fit on a split
-        fit, steered = (None, dataset) if from_file else steering.fit_split(dataset, holdout, seed)
+        fit, steered = (None, dataset) if from_file else fit_split(dataset, holdout, seed)
         bank = _bank(acts, lm, fit, layers, method, seed) if acts else None
         start = time.perf_counter()
-        result = steering.sweep(
+        result = sweep(
             lm, steered, dirs, bank=bank, method=method, windows=centres, span=span, betas=betas,
             positions=sweep_pos, scale=scale, partial=partial, fixed=fixed_list, n_random=n_random,
             control=None if control == "none" else control, fit_dataset=None if from_file else fit,
@@ -147,7 +151,7 @@ def register(app: typer.Typer) -> None:
         appraisals = [n for n in dataset.appraisal_names]
         ref = theory.rating_profile(dataset, appraisals) if reference == "ratings" \
             else theory.classifier_profile(dataset, appraisals)
-        terms = {steering.format_terms(t): [(x.name, x.sign) for x in t] for t in parsed.values()}
+        terms = {format_terms(t): [(x.name, x.sign) for x in t] for t in parsed.values()}
         align, cells = theory.sweep_alignment(result.frame, ref, terms)
         if len(align):
             align = align.assign(model=model, reference=reference)
@@ -163,7 +167,7 @@ def register(app: typer.Typer) -> None:
                                                gen_window if gen_window in ("best", "middle") else int(gen_window),
                                                sweep_pos[0])
             chosen = theory.generation_conditions(result.conditions, *gen_at, sweep_pos[0], gen_position)
-            records = steering.steered_generations(lm, result.dataset, chosen, generate,
+            records = steered_generations(lm, result.dataset, chosen, generate,
                                                    max_new_tokens=max_new_tokens)
             with open(out_dir / "generations.jsonl", "w") as fh:
                 for r in records:
@@ -185,7 +189,7 @@ def register(app: typer.Typer) -> None:
             picked = align[(align.metric == "best_alignment") & (align.position == best.position)]
             if len(picked):
                 line += f" (p={picked.p_value.iloc[0]:.2g} for the best of {int(picked.n_settings.iloc[0])} settings)"
-            if n_random < steering.N_RANDOM:
+            if n_random < N_RANDOM:
                 line += f" (with {n_random} random directions p cannot go below {1 / (1 + n_random):.2g})"
         typer.echo(f"{line}; results in {out_dir}")
 

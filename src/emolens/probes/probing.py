@@ -14,7 +14,7 @@ one folder of results (``emolens probe``):
 ``directions.safetensors``
     per slice: ``emotion/probe``, ``emotion/diffmean``, ``appraisal/probe``, ``appraisal/diffmean``
     (fitted on all used items); metadata names the slices, emotions and appraisals (readable by
-    :func:`emolens.steering.core.bank_from_file`).
+    :func:`emolens.steering.directions.bank_from_file`).
 ``human_baseline.json`` / ``human_baseline_coef.parquet``
     how well the human appraisal ratings alone predict the emotion (paper §5.4), and its weights.
 ``summary.json``, ``items.txt``, figures

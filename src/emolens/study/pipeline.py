@@ -401,7 +401,7 @@ def _knockout(ctx: StageContext) -> dict:
     return _save_causal(ctx, result, "knockout")
 
 
-# -- steering (emolens.steering.core, emolens.steering.theory) ---------------------------------------------------
+# -- steering (emolens.steering) ---------------------------------------------------
 
 
 def _steer_bank(ctx: StageContext, method: str, fit, layers: list[int]):
@@ -409,16 +409,16 @@ def _steer_bank(ctx: StageContext, method: str, fit, layers: list[int]):
     them on ``fit`` itself. With ``holdout`` they are fitted on the fit split (``fit``) from the
     extract stage's residuals at the answer cue (as ``emolens steer --acts``); without, they are the
     probe stage's (fitted on every item, the paper's)."""
-    from emolens.steering import core as st
+    from emolens.steering.directions import bank_from_file, bank_from_store
 
     s = ctx.cfg.steer
     try:
         if fit is not None:
-            return st.bank_from_store(ctx.upstream["extract"] / "store", fit, layers, method, seed=ctx.cfg.seed)
+            return bank_from_store(ctx.upstream["extract"] / "store", fit, layers, method, seed=ctx.cfg.seed)
         directions_file = ctx.upstream["probe"] / "directions.safetensors"
         if not directions_file.exists():
             raise EmolensError(f"the probe stage saved no directions at site {s.site!r}")
-        bank = st.bank_from_file(directions_file, method)
+        bank = bank_from_file(directions_file, method)
         if not set(layers) <= set(bank.layers):
             raise EmolensError("directions file lacks some layers")
         return bank
@@ -428,10 +428,14 @@ def _steer_bank(ctx: StageContext, method: str, fit, layers: list[int]):
         return None
 
 
+_STEER_MODULES = ("emolens.steering.apply", "emolens.steering.directions", "emolens.steering.generation",
+                  "emolens.steering.sweep", "emolens.steering.theory")
+
+
 @stage("steer", lambda c: {"items": c.items, "seed": c.seed, "sites": c.sites, "positions": c.positions,
-                           **_dump(c.steer)}, modules=("emolens.steering.core", "emolens.steering.theory"))
+                           **_dump(c.steer)}, modules=_STEER_MODULES)
 def _steer(ctx: StageContext) -> dict:
-    """Steering through :func:`emolens.steering.core.sweep` (the path of ``emolens steer``).
+    """Steering through :func:`emolens.steering.sweep.sweep` (the path of ``emolens steer``).
 
     With ``steer.holdout`` (default 0.5) the study's items are split by ``steering.fit_split``
     (seeded, label-stratified): directions are fitted on the fit part and steering is measured on
@@ -440,8 +444,10 @@ def _steer(ctx: StageContext) -> dict:
     steer ``gen_position`` in the window and beta of the best theory alignment (``gen_window``).
     """
     from emolens.labels import ALL_APPRAISALS
-    from emolens.steering import core as st
     from emolens.steering import theory
+    from emolens.steering.directions import ConceptBank, parse_direction
+    from emolens.steering.generation import steered_generations
+    from emolens.steering.sweep import fit_split, sweep, window_layers
 
     s = ctx.cfg.steer
     lm = ctx.model.lm
@@ -450,8 +456,8 @@ def _steer(ctx: StageContext) -> dict:
     if not centres:
         raise EmolensError(f"steer: no window of span {s.span} fits {ctx.n_layers()} layers with centers "
                            f"{s.centers}", "change steer.span or steer.centers")
-    layers = sorted({x for c in centres for x in st.window_layers(c, s.span, ctx.n_layers())})
-    fit, held = st.fit_split(items, s.holdout, ctx.cfg.seed) if s.holdout else (None, items)
+    layers = sorted({x for c in centres for x in window_layers(c, s.span, ctx.n_layers())})
+    fit, held = fit_split(items, s.holdout, ctx.cfg.seed) if s.holdout else (None, items)
     evaluate = ctx.limited(held, s.max_items)
     frames, terms, swept, info = [], {}, {}, {}
     for method in s.directions:
@@ -463,7 +469,7 @@ def _steer(ctx: StageContext) -> dict:
 
         specs = [f"{e}+" for e in s.emotions if defined(e)]
         for d in s.appraisals:
-            if all(defined(t.name) for t in st.parse_direction(d, ALL_APPRAISALS)):
+            if all(defined(t.name) for t in parse_direction(d, ALL_APPRAISALS)):
                 specs.append(d)
             else:
                 ctx.notes.append(f"no {method} direction for {d!r} (its appraisals lack ratings here)")
@@ -474,14 +480,14 @@ def _steer(ctx: StageContext) -> dict:
             continue
         if bank is not None:  # only defined concepts: the saved directions file holds no NaN/zero vectors
             keep = [i for i, name in enumerate(bank.names) if defined(name)]
-            bank = st.ConceptBank(bank.layers, [bank.names[i] for i in keep], bank.vectors[:, keep], bank.method,
+            bank = ConceptBank(bank.layers, [bank.names[i] for i in keep], bank.vectors[:, keep], bank.method,
                                   bank.info)
-        res = st.sweep(lm, evaluate, specs, bank=bank, method=method, windows=centres, span=s.span, betas=s.betas,
+        res = sweep(lm, evaluate, specs, bank=bank, method=method, windows=centres, span=s.span, betas=s.betas,
                        scale=s.scale,
                        n_random=s.n_random, spec=ctx.prompt, fit_dataset=items if fit is None else fit,
                        batch_size=ctx.cfg.batch_size, seed=ctx.cfg.seed, progress=ctx.progress)
         frames.append(res.frame)
-        terms.update({d: [(t.name, t.sign) for t in st.parse_direction(d, res.bank.names)] for d in specs})
+        terms.update({d: [(t.name, t.sign) for t in parse_direction(d, res.bank.names)] for d in specs})
         swept[method] = res
         info[method] = res.info
     if not frames:
@@ -520,7 +526,7 @@ def _steer(ctx: StageContext) -> dict:
         at = theory.generation_setting(align[align.method == method] if len(align) else align, res.conditions,
                                        centres, s.gen_window, "last")
         chosen = theory.generation_conditions(res.conditions, *at, "last", s.gen_position)
-        records = st.steered_generations(lm, res.dataset, chosen, n_items=s.generations, spec=ctx.prompt)
+        records = steered_generations(lm, res.dataset, chosen, n_items=s.generations, spec=ctx.prompt)
         gens = pd.DataFrame(records)
         gens["probs"] = gens["probs"].map(lambda d: json.dumps(d, sort_keys=True))
         gens.to_parquet(ctx.dir / "generations.parquet", index=False)

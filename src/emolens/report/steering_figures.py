@@ -1,0 +1,74 @@
+"""Steering figures, drawn from the steering table only (``steering.parquet``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from emolens.report.figures import plt, save_figure
+
+
+def plot_label_bars(frame: pd.DataFrame, direction: str, path: str | Path, window: int | None = None,
+                    position: str | None = None) -> Path:
+    """Stacked bars: the predicted-label distribution at each β for one direction and its controls.
+
+    One window and position (default: the middle window, the first position), so the bars show
+    the paper's appraisal-surgery picture with the controls beside it.
+    """
+    sub = frame[frame["metric"] == "fraction"]
+    windows = sorted(sub["window"].unique())
+    window = windows[len(windows) // 2] if window is None else window
+    position = sub["position"].iloc[0] if position is None else position
+    sub = sub[(sub["window"] == window) & (sub["position"] == position)]
+    names = [direction] + sorted(n for n in sub.loc[sub["kind"] != "real", "direction"].unique())
+    labels = list(dict.fromkeys(sub["label"]))
+    cmap = plt.get_cmap("tab20")
+    fig, axes = plt.subplots(1, len(names), figsize=(2.2 * len(names) + 1.5, 3.6), sharey=True, squeeze=False)
+    for ax, name in zip(axes[0], names, strict=True):
+        part = sub[sub["direction"] == name].pivot_table(index="beta", columns="label", values="value")
+        part = part.reindex(columns=labels).fillna(0.0)
+        bottom = np.zeros(len(part))
+        for k, lab in enumerate(labels):
+            ax.bar([f"{b:g}" for b in part.index], part[lab], bottom=bottom, color=cmap(k % 20), label=lab)
+            bottom += part[lab].to_numpy()
+        ax.set_title(name, fontsize=8)
+        ax.set_xlabel("β")
+    axes[0][0].set_ylabel("share of items")
+    axes[0][-1].legend(fontsize=6, bbox_to_anchor=(1.02, 1), loc="upper left")
+    layers = sub["layers"].iloc[0] if len(sub) else ""
+    fig.suptitle(f"predicted label by β; window centre {window} (layers {layers}, 0-indexed), {position}",
+                 fontsize=9)
+    return save_figure(fig, path)
+
+
+def plot_dose_response(frame: pd.DataFrame, path: str | Path, position: str | None = None) -> Path:
+    """Success score vs β for each real direction's most promoted label, with its controls' scores
+    for the same label (mean over random seeds), one panel per window; bands are the 95% CIs."""
+    sub = frame[frame["metric"] == "success"]
+    position = sub["position"].iloc[0] if position is None else position
+    sub = sub[sub["position"] == position]
+    windows = sorted(sub["window"].unique())
+    fig, axes = plt.subplots(1, len(windows), figsize=(3.2 * len(windows) + 1, 3.2), sharey=True, squeeze=False)
+    top = sub["beta"].max()
+    for ax, window in zip(axes[0], windows, strict=True):
+        w = sub[sub["window"] == window]
+        for name in w.loc[w["kind"] == "real", "direction"].unique():
+            d = w[w["direction"] == name]
+            target = d[d["beta"] == top].sort_values("value").iloc[-1]["label"]
+            curve = d[d["label"] == target].sort_values("beta")
+            line = ax.plot(curve["beta"], curve["value"], marker="o", label=f"{name} → {target}")[0]
+            ax.fill_between(curve["beta"], curve["ci_low"], curve["ci_high"], alpha=0.15, color=line.get_color())
+            for kind, style in (("specificity", "--"), ("random", ":")):
+                ctrl = w[(w["kind"] == kind) & (w["label"] == target)].groupby("beta")["value"].mean()
+                if len(ctrl):
+                    ax.plot(ctrl.index, ctrl.to_numpy(), style, color=line.get_color(), alpha=0.7)
+        ax.axhline(0, color="grey", lw=0.5)
+        ax.set_title(f"window centre {window} (0-indexed)", fontsize=8)
+        ax.set_xlabel("β")
+    axes[0][0].set_ylabel("success score")
+    axes[0][-1].legend(fontsize=6, bbox_to_anchor=(1.02, 1), loc="upper left")
+    fig.suptitle(f"dose-response at {position}; dashed: specificity control, dotted: random (mean)", fontsize=9)
+    return save_figure(fig, path)
+

@@ -1,0 +1,213 @@
+"""Steered generation and its fluency guard.
+
+Continues an event description under steering, reads the continuation's emotion with the model's
+own label scoring, and flags degenerate text by its log-probability under the unsteered model and
+by repetition and symbol signals, each also against the clean continuation of the same prompt
+(:func:`fluency_flags`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+
+from emolens.engine.intervention import Intervention
+from emolens.inputs.batching import iter_batches
+from emolens.inputs.prompts import PromptSpec, build_prompts
+from emolens.readout import LabelReader
+from emolens.steering.apply import position_mask, steered_label_scores, steering_op
+from emolens.steering.sweep import Condition, layers_text
+
+
+@torch.no_grad()
+def continuation_logprob(lm, prompts: Sequence[str], continuations: Sequence[str]) -> np.ndarray:
+    """Mean per-token log-probability of each continuation given its prompt, under the *unsteered* model.
+
+    The fluency guard: steering that breaks the model produces text the clean model finds very
+    unlikely (or repeats one token), which shows here before anyone reads the samples.
+    """
+    out = np.full(len(prompts), np.nan)
+    tok = lm.tokenizer
+    for i, (p, c) in enumerate(zip(prompts, continuations, strict=True)):
+        p_ids = tok(p, return_tensors="pt")["input_ids"]
+        c_ids = tok(c, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        if c_ids.shape[1] == 0:
+            continue
+        ids = torch.cat([p_ids, c_ids], 1).to(lm.device)
+        logits = lm.model(input_ids=ids).logits[0, p_ids.shape[1] - 1:-1].float()
+        lp = torch.log_softmax(logits, -1).gather(-1, c_ids[0].to(lm.device)[:, None]).squeeze(-1)
+        out[i] = float(lp.mean())
+    return out
+
+
+@torch.no_grad()
+def generate_steered(lm, texts: Sequence[str], layers: Sequence[int] | None = None,
+                     vector: torch.Tensor | None = None, position: str = "generated", max_new_tokens: int = 24,
+                     batch_size: int = 8) -> list[str]:
+    """Greedy continuations of ``texts`` with ``vector [L, d]`` added at ``layers``.
+
+    ``position``: ``last`` (the prompt's last token, prefill only), ``prompt`` (every prompt
+    token but the first) or ``generated`` (the last prompt token and every generated token, via
+    the KV-cached decode steps). ``vector=None`` generates unsteered.
+    """
+    tok = lm.tokenizer
+    tok.padding_side = "left"
+    out: list[str] = []
+    for s in range(0, len(texts), batch_size):
+        chunk = list(texts[s:s + batch_size])
+        enc = tok(chunk, return_tensors="pt", padding=True).to(lm.device)
+        kw = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
+        if vector is None:
+            gen = lm.model.generate(**enc, **kw)
+        else:
+            pmask = position_mask(enc["attention_mask"], position)
+            op = steering_op(layers, vector.to(lm.device, lm.dtype), pmask, every_token=position == "generated")
+            with Intervention(lm, [op]):
+                gen = lm.model.generate(**enc, **kw)
+        new = gen[:, enc["input_ids"].shape[1]:]
+        out.extend(tok.decode(row, skip_special_tokens=True) for row in new)
+    return out
+
+
+_WORD = re.compile(r"\S+")
+#: A line that reads as source code rather than prose: imports, definitions, assignments,
+#: statement punctuation at the end, calls on dotted names, comment markers.
+_CODE_LINE = re.compile(
+    r"""^(\.?(import|from)\s+[\w.]+"""
+    r"""|(def|class|public|private|protected|static|function|var|let|const|return|package|using)\b"""
+    r"""|#include|#\s|//|/\*|@\w+|\"\"\"|'''"""
+    r"""|['"][\w ]+['"]\s*:"""
+    r"""|[\w.\[\]'"]+\s*[-+*/]?=\s*\S"""
+    r"""|.*[;{}]$|.*\)\s*:$"""
+    r"""|[\w.]+\.\w+\(.*)""")
+#: Absolute fluency limits: below/above these a continuation is degenerate whatever the clean one did.
+MIN_LOGP, MIN_DISTINCT2, MAX_REPEAT, MAX_NONALPHA, MAX_CODE = -6.0, 0.5, 0.4, 0.5, 0.5
+#: Relative limits: how much worse than the unsteered continuation of the same prompt is too much.
+MAX_LOGP_DROP, MAX_DISTINCT2_DROP, MAX_REPEAT_RISE, MAX_NONALPHA_RISE = 2.5, 0.3, 0.3, 0.3
+
+
+def text_stats(text: str) -> dict[str, float]:
+    """Degeneracy signals of a continuation, over its whitespace-separated words.
+
+    ``distinct2``: distinct word bigrams / bigrams (1 = no bigram repeats; loops drive it to 0);
+    ``repeat``: length of the longest word n-gram (n >= 2) that occurs at least twice, overlaps
+    allowed, over the number of words (a loop of period p over n words scores (n - p) / n);
+    ``nonalpha``: share of words without a letter (symbol or digit salad such as ``!! ## ;;``);
+    ``code``: share of non-empty lines that read as source code (a coder model asked to continue
+    an event description may switch to Python or Java: fluent under the model, but no longer a
+    text whose emotion can be read out);
+    ``words``: the number of words. An empty text scores 0 words and neutral signals.
+    """
+    words = _WORD.findall(text.lower())
+    n = len(words)
+    bigrams = list(zip(words, words[1:], strict=False))
+    distinct2 = len(set(bigrams)) / len(bigrams) if bigrams else 1.0
+    longest = 0
+    for size in range(2, n):  # the longest n-gram seen twice; a longer one implies every shorter one
+        grams = [tuple(words[i:i + size]) for i in range(n - size + 1)]
+        if len(set(grams)) == len(grams):
+            break
+        longest = size
+    nonalpha = sum(not any(ch.isalpha() for ch in w) for w in words) / n if n else 0.0
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    code = sum(bool(_CODE_LINE.match(line)) for line in lines) / len(lines) if lines else 0.0
+    return {"words": float(n), "distinct2": distinct2, "repeat": longest / n if n else 0.0, "nonalpha": nonalpha,
+            "code": code}
+
+
+def fluency_flags(text: str, mean_logp: float, clean: tuple[str, float] | None = None) -> list[str]:
+    """Why a continuation looks degenerate (empty list: it does not).
+
+    Absolute checks: empty, mean log-probability under the unsteered model below
+    :data:`MIN_LOGP`, distinct-2 below :data:`MIN_DISTINCT2` or ``repeat`` above
+    :data:`MAX_REPEAT` (8+ words), non-alphabetic words above :data:`MAX_NONALPHA` (4+ words),
+    source-code lines above :data:`MAX_CODE` (``code``; code is never a valid continuation of an
+    event description, so this one holds even when the clean continuation is code too).
+    Relative checks against ``clean = (text, mean_logp)``, the unsteered continuation of the same
+    prompt: log-probability more than :data:`MAX_LOGP_DROP` nats lower, distinct-2 more than
+    :data:`MAX_DISTINCT2_DROP` lower, ``repeat`` or ``nonalpha`` more than 0.3 higher -- so a
+    prompt whose clean continuation is already odd (a list, code) is judged against itself.
+    """
+    s = text_stats(text)
+    if s["words"] == 0:
+        return ["empty"]
+    flags = []
+    if not np.isfinite(mean_logp) or mean_logp < MIN_LOGP:
+        flags.append("logp")
+    if s["words"] >= 8 and s["distinct2"] < MIN_DISTINCT2:
+        flags.append("distinct2")
+    if s["words"] >= 8 and s["repeat"] > MAX_REPEAT:
+        flags.append("repeat")
+    if s["words"] >= 4 and s["nonalpha"] > MAX_NONALPHA:
+        flags.append("nonalpha")
+    if s["code"] > MAX_CODE:
+        flags.append("code")
+    if clean is not None:
+        c = text_stats(clean[0])
+        if np.isfinite(clean[1]) and np.isfinite(mean_logp) and mean_logp < clean[1] - MAX_LOGP_DROP:
+            flags.append("logp_vs_clean")
+        if s["words"] >= 4 and s["distinct2"] < c["distinct2"] - MAX_DISTINCT2_DROP:
+            flags.append("distinct2_vs_clean")
+        if s["words"] >= 4 and s["repeat"] > c["repeat"] + MAX_REPEAT_RISE:
+            flags.append("repeat_vs_clean")
+        if s["words"] >= 4 and s["nonalpha"] > c["nonalpha"] + MAX_NONALPHA_RISE:
+            flags.append("nonalpha_vs_clean")
+    return flags
+
+
+def degenerate(text: str, mean_logp: float, clean: tuple[str, float] | None = None) -> bool:
+    """Whether :func:`fluency_flags` flags the continuation (see there)."""
+    return bool(fluency_flags(text, mean_logp, clean))
+
+
+def steered_generations(lm, dataset, conditions: Sequence[Condition], n_items: int = 3,
+                        spec: PromptSpec | None = None, max_new_tokens: int = 24,
+                        clean_label: Callable | None = None) -> list[dict]:
+    """Continuations of ``n_items`` event descriptions, clean and under each condition, with readout.
+
+    The emotion of text + continuation is read by the model's own label scoring on the T1
+    prompt (unsteered). Fluency: ``mean_logp`` (under the unsteered model) and the
+    :func:`text_stats` signals; ``flags``/``degenerate`` are :func:`fluency_flags`' verdict,
+    each steered continuation judged also against the clean continuation of the same item.
+    """
+    spec = spec or PromptSpec()
+    texts = list(dataset.texts[:n_items])
+    ids = list(dataset.ids[:n_items])
+    clean = generate_steered(lm, texts, max_new_tokens=max_new_tokens)
+    records = []
+    settings: list[tuple[Condition | None, list[str]]] = [(None, clean)]
+    for c in conditions:
+        settings.append((c, generate_steered(lm, texts, list(c.layers), c.vector, c.position, max_new_tokens)))
+    clean_fluency: np.ndarray | None = None
+    for c, conts in settings:
+        full = [f"{t} {x.strip()}".strip() for t, x in zip(texts, conts, strict=True)]
+        prompts = build_prompts(full, spec, lm.tokenizer)
+        reader = LabelReader.build(lm.tokenizer, spec.labels, prompts[0].text, prompts[0].label_prefix)
+        scores = np.zeros((len(full), len(spec.labels)))
+        for batch in iter_batches(lm.tokenizer, prompts, 8, lm.device):
+            scores[batch.indices] = steered_label_scores(lm, reader, batch).double().cpu().numpy()
+        fluency = continuation_logprob(lm, texts, conts)
+        if c is None:
+            clean_fluency = fluency
+        for i in range(len(texts)):
+            probs = np.exp(scores[i] - np.logaddexp.reduce(scores[i]))
+            versus = None if c is None else (clean[i], float(clean_fluency[i]))
+            flags = fluency_flags(conts[i], float(fluency[i]), versus)
+            stats = text_stats(conts[i])
+            records.append({
+                "id": ids[i], "text": texts[i], "direction": c.direction if c else "clean",
+                "kind": c.kind if c else "clean", "window": c.window if c else None,
+                "layers": layers_text(c.layers) if c else None, "beta": c.beta if c else 0.0,
+                "position": c.position if c else None, "continuation": conts[i],
+                "emotion": spec.labels[int(scores[i].argmax())],
+                "probs": {lab: round(float(p), 4) for lab, p in zip(spec.labels, probs, strict=True)},
+                "mean_logp": None if not np.isfinite(fluency[i]) else round(float(fluency[i]), 4),
+                **{k: round(stats[k], 4) for k in ("distinct2", "repeat", "nonalpha", "code")},
+                "flags": flags, "degenerate": bool(flags),
+            })
+    return records
+
+

@@ -1,0 +1,438 @@
+"""Steering sweeps: conditions over windows × β × positions, with controls, scored as a tidy table.
+
+Tak et al. add ``β · w/‖w‖`` (a probe weight, unit-normalised) to the residual stream at the last
+token of three consecutive layers and read which emotion wins (paper-protocol §7). A sweep does the
+same with stock hooks, and fixes or extends what the paper left open (§10.4):
+
+* **Held-out fit**: by default the directions are fitted on a seeded, label-stratified part of
+  the items and steering is measured on the rest (:func:`fit_split`; ``holdout=0`` is the
+  paper's fit-and-steer-everything), and the table's ``fit`` column says which.
+* **Sweeps** stack many conditions into one forward by repeating items, always include the clean
+  run in the same batch (so the baseline shares every kernel and padding choice), and add
+  controls to every sweep: 19 norm-matched random directions (so the permutation p-value can
+  reach 0.05) and a specificity control (another appraisal's direction at the same norm).
+
+Layers are 0-indexed; a window is named by its centre layer.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from emolens.engine.prefix import bytes_per_row as _bytes_per_row
+from emolens.errors import EmolensError
+from emolens.inputs.batching import Batch, iter_batches
+from emolens.inputs.prompts import PromptSpec, build_prompts
+from emolens.labels import EMOTIONS
+from emolens.metrics import wilson_interval
+from emolens.readout import LabelReader
+from emolens.steering.apply import (
+    SCALES,
+    fast_label_scores,
+    mean_resid_norm,
+    position_mask,
+    prefix_cache,
+    repeat_batch,
+    scaled,
+    steered_label_scores,
+)
+from emolens.steering.directions import (
+    ConceptBank,
+    Term,
+    capture_resid,
+    combine,
+    compute_bank,
+    format_terms,
+    parse_direction,
+    random_unit,
+)
+
+#: Candidates for the specificity control, in order: appraisals not central to the paper's surgery.
+CONTROL_CANDIDATES: tuple[str, ...] = ("familiarity", "suddenness", "attention", "effort", "goal_relevance")
+#: Columns of the steering table, in order.
+COLUMNS: tuple[str, ...] = ("direction", "kind", "method", "partial", "scale", "fit", "window", "layers", "beta",
+                            "position", "metric", "label", "value", "ci_low", "ci_high", "n")
+#: Default number of norm-matched random directions: with 19, the permutation p-value of the theory
+#: alignment can reach 1 / 20 = 0.05.
+N_RANDOM = 19
+
+
+def window_layers(centre: int, span: int, n_layers: int) -> list[int]:
+    """The ``span`` consecutive layers around ``centre`` (an even span leans left); must fit the model."""
+    if span < 1:
+        raise EmolensError(f"span {span} is not positive", "use --span 1 or more")
+    start = centre - (span - 1) // 2
+    layers = list(range(start, start + span))
+    if layers[0] < 0 or layers[-1] >= n_layers:
+        lo, hi = (span - 1) // 2, n_layers - 1 - span // 2
+        raise EmolensError(f"window centred on layer {centre} with span {span} falls outside the model's "
+                           f"{n_layers} layers", f"use centres {lo}..{hi} (0-indexed)" if lo <= hi
+                           else "use a smaller --span")
+    return layers
+
+
+def parse_windows(text: str | Sequence[int], span: int, n_layers: int) -> list[int]:
+    """Window centres from ``"3,5,8"`` or ``"auto"`` (every valid centre, at most 8, evenly spread)."""
+    lo, hi = (span - 1) // 2, n_layers - 1 - span // 2
+    if isinstance(text, str) and text.strip().lower() == "auto":
+        if lo > hi:
+            raise EmolensError(f"span {span} is wider than the model's {n_layers} layers", "use a smaller --span")
+        valid = list(range(lo, hi + 1))
+        if len(valid) > 8:
+            valid = sorted({valid[round(i)] for i in np.linspace(0, len(valid) - 1, 8)})
+        return valid
+    if isinstance(text, str):
+        try:
+            centres = [int(x) for x in text.split(",") if x.strip()]
+        except ValueError as exc:
+            raise EmolensError(f"bad windows {text!r}", "write centre layers like 3,5,8 or auto") from exc
+    else:
+        centres = [int(x) for x in text]
+    if not centres:
+        raise EmolensError("no windows given", "write centre layers like 3,5,8 or auto")
+    for c in centres:
+        window_layers(c, span, n_layers)
+    return sorted(set(centres))
+
+
+@dataclass
+class Condition:
+    """One steering setting: which vector, where, how strong."""
+
+    direction: str
+    kind: str  # real | random | specificity
+    window: int
+    layers: tuple[int, ...]
+    beta: float
+    position: str
+    vector: torch.Tensor  # [L, d], already scaled
+
+
+def success_score(p0: np.ndarray | float, p1: np.ndarray | float) -> np.ndarray:
+    """The paper's promotion success score: ``Δ/(1-p0)`` if ``Δ > 0``, ``Δ/p0`` if ``Δ < 0``, else 0."""
+    p0, p1 = np.asarray(p0, dtype=float), np.asarray(p1, dtype=float)
+    delta = p1 - p0
+    up = np.divide(delta, 1 - p0, out=np.zeros_like(delta), where=(delta > 0) & (p0 < 1))
+    down = np.divide(delta, p0, out=np.zeros_like(delta), where=(delta < 0) & (p0 > 0))
+    return np.where(delta > 0, up, np.where(delta < 0, down, 0.0))
+
+
+def _norm_ci(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    n = x.shape[0]
+    mean = x.mean(0)
+    se = x.std(0, ddof=1) / math.sqrt(n) if n > 1 else np.full_like(mean, np.nan)
+    return mean, mean - 1.96 * se, mean + 1.96 * se
+
+
+def outcome_rows(clean: np.ndarray, steered: np.ndarray, labels: Sequence[str], n_boot: int = 200,
+                 seed: int = 0) -> list[dict]:
+    """Metrics of one condition from label scores ``[N, K]`` (clean and steered, same items).
+
+    ``fraction`` (share of items whose argmax is the label, Wilson CI), ``success`` (the paper's
+    score for promoting that label, bootstrap CI over items), ``delta_logp`` (mean change of the
+    label's log-probability renormalised over the labels, normal CI) and ``flip_rate``.
+    """
+    N, K = clean.shape
+    norm0 = clean - np.logaddexp.reduce(clean, axis=1, keepdims=True)
+    norm1 = steered - np.logaddexp.reduce(steered, axis=1, keepdims=True)
+    pred0, pred1 = clean.argmax(1), steered.argmax(1)
+    rows: list[dict] = []
+    onehot0, onehot1 = np.eye(K)[pred0], np.eye(K)[pred1]
+    p0, p1 = onehot0.mean(0), onehot1.mean(0)
+    succ = success_score(p0, p1)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, N, size=(n_boot, N))
+    boot = success_score(onehot0[idx].mean(1), onehot1[idx].mean(1))  # [n_boot, K]
+    s_lo, s_hi = np.quantile(boot, [0.025, 0.975], axis=0)
+    d_mean, d_lo, d_hi = _norm_ci(norm1 - norm0)
+    for k, lab in enumerate(labels):
+        lo, hi = wilson_interval(float(onehot1[:, k].sum()), N)
+        rows.append(dict(metric="fraction", label=lab, value=float(p1[k]), ci_low=lo, ci_high=hi, n=N))
+        rows.append(dict(metric="success", label=lab, value=float(succ[k]), ci_low=float(s_lo[k]),
+                         ci_high=float(s_hi[k]), n=N))
+        rows.append(dict(metric="delta_logp", label=lab, value=float(d_mean[k]), ci_low=float(d_lo[k]),
+                         ci_high=float(d_hi[k]), n=N))
+    flips = int((pred0 != pred1).sum())
+    lo, hi = wilson_interval(flips, N)
+    rows.append(dict(metric="flip_rate", label="*", value=flips / N, ci_low=lo, ci_high=hi, n=N))
+    return rows
+
+
+@torch.no_grad()
+def run_conditions(lm, prompts, reader: LabelReader, conditions: Sequence[Condition], batch_size: int = 16,
+                   max_rows: int = 64, progress: bool = False, fast: bool | None = None, fast_rows: int = 256,
+                   fast_cache_bytes: int = 2 ** 31, info: dict | None = None
+                   ) -> tuple[dict[tuple, np.ndarray], list[np.ndarray]]:
+    """Label scores ``[N, K]`` of every condition, plus the clean scores per (layers, position) group.
+
+    Conditions sharing a window and position run together: each forward holds a batch of items
+    repeated once per condition, with the clean (zero-vector) condition always in the stack, so
+    the baseline comes from the very same batch shapes. Returns ``(clean_by_group, scores)``
+    where ``scores[i]`` belongs to ``conditions[i]``.
+
+    **Fast path** (``position == "last"``; ``fast=None`` uses it wherever the model's cache
+    allows, ``False`` never): steering only the answer cue cannot change an earlier position, so
+    each item batch runs its first ``T - 1`` tokens once, and every condition of every window
+    then runs only the cue token on a tiled copy of that cache (``fast_rows`` rows per forward, fewer
+    where the tiled cache would exceed ``fast_cache_bytes``).
+    ``info`` (a dict), when given, receives ``fast_path``: the positions that took it.
+    """
+    groups: dict[tuple, list[int]] = {}
+    for i, c in enumerate(conditions):
+        groups.setdefault((c.layers, c.position), []).append(i)
+    K = len(reader.labels)
+    N = len(prompts)
+    scores = [np.zeros((N, K), dtype=np.float64) for _ in conditions]
+    clean: dict[tuple, np.ndarray] = {key: np.zeros((N, K)) for key in groups}
+    stacks = {key: torch.stack([torch.zeros_like(conditions[members[0]].vector)]
+                               + [conditions[i].vector for i in members]) for key, members in groups.items()}
+    item_bs = max(1, min(batch_size, N))
+    total = sum(len(v) + 1 for v in groups.values()) * N
+    bar = tqdm(total=total, desc="steer", unit="row", disable=not progress, leave=False)
+
+    def store(key, members, c0, got, B, indices):
+        for j in range(got.shape[0] // B):
+            target = clean[key] if c0 + j == 0 else scores[members[c0 + j - 1]]
+            target[indices] = got[j * B:(j + 1) * B]
+        bar.update(got.shape[0])
+
+    fast_keys = [key for key in groups if key[1] == "last"] if fast is not False else []
+    full_batches: dict[tuple, list[Batch]] = {key: [] for key in groups if key not in fast_keys}
+    took_fast = bool(fast_keys)
+    for batch in (iter_batches(lm.tokenizer, prompts, item_bs, lm.device) if fast_keys else ()):
+        prefix = prefix_cache(lm, batch)
+        B = len(batch)
+        for key in fast_keys:
+            if prefix is None:  # this model's cache cannot be shared: full forwards for this batch
+                took_fast = False
+                full_batches.setdefault(key, []).append(batch)
+                continue
+            layers, _ = key
+            per = max(1, min(fast_rows // B, fast_cache_bytes // max(1, B * _bytes_per_row(prefix))))
+            for c0 in range(0, stacks[key].shape[0], per):
+                chunk = stacks[key][c0:c0 + per].to(lm.device, lm.dtype)
+                got = fast_label_scores(lm, reader, batch, prefix, chunk.shape[0], list(layers),
+                                        chunk.repeat_interleave(B, 0))
+                store(key, groups[key], c0, got.double().cpu().numpy(), B, batch.indices)
+    for key, done in full_batches.items():
+        layers, position = key
+        batches = done if key in fast_keys else iter_batches(lm.tokenizer, prompts, item_bs, lm.device)
+        for batch in batches:
+            B = len(batch)
+            per = max(1, max_rows // B)
+            base_mask = position_mask(batch.attention_mask, position)
+            for c0 in range(0, stacks[key].shape[0], per):
+                chunk = stacks[key][c0:c0 + per].to(lm.device, lm.dtype)
+                C = chunk.shape[0]
+                got = steered_label_scores(lm, reader, repeat_batch(batch, C), list(layers),
+                                           chunk.repeat_interleave(B, 0), base_mask.repeat(C, 1))
+                store(key, groups[key], c0, got.double().cpu().numpy(), B, batch.indices)
+    bar.close()
+    if info is not None:
+        info["fast_path"] = sorted({key[1] for key in fast_keys}) if took_fast else []
+    return clean, scores
+
+
+@dataclass
+class SweepResult:
+    """A sweep's tidy table plus what produced it (conditions, scores, the bank)."""
+
+    frame: pd.DataFrame
+    conditions: list[Condition]
+    scores: list[np.ndarray]
+    clean: dict[tuple, np.ndarray]
+    bank: ConceptBank
+    ref_norm: dict[str, torch.Tensor]
+    info: dict = field(default_factory=dict)
+    dataset: object = None  # the steered items (the held-out split by default)
+
+
+def pick_control(terms: Sequence[Term], available: Sequence[str], control: str | None = None) -> str | None:
+    """The specificity-control appraisal: ``control`` if given, else the first candidate not steered."""
+    names = {t.name for t in terms}
+    if control is not None:
+        if control not in available:
+            raise EmolensError(f"unknown control appraisal {control!r}", f"use one of {list(available)}")
+        return control
+    for c in CONTROL_CANDIDATES + tuple(available):
+        if c not in names and c in available and c not in EMOTIONS:
+            return c
+    return None
+
+
+def build_conditions(lm, bank: ConceptBank, directions: Sequence[str], windows: Sequence[int], span: int,
+                     betas: Sequence[float], positions: Sequence[str], scale: str = "unit",
+                     ref_norm: Mapping[str, torch.Tensor] | None = None, partial: bool = False,
+                     fixed: Sequence[str] | None = None, n_random: int = N_RANDOM, control: str | None = "auto",
+                     seed: int = 0) -> list[Condition]:
+    """Every (direction, window, β, position) plus its controls, vectors scaled and ready.
+
+    Controls per (window, β, position): ``n_random`` seeded random directions and, per real
+    direction, a specificity control (another appraisal's unit direction); both take the norm of
+    the real vector at each layer, so only the direction differs.
+    """
+    n_layers, d = lm.n_layers, lm.sites.d_model
+    parsed = {spec: parse_direction(spec, bank.names) for spec in directions}
+    for terms in parsed.values():
+        bank.check_defined(t.name for t in terms)
+    randoms = {s: random_unit(n_layers, d, seed + s) for s in range(n_random)}
+    # the automatic specificity control must be a concept this fit split can define (a small split
+    # may lack items rated high or low on some appraisal); an explicit one is still checked below
+    appraisal_names = [n for n in bank.names if n not in EMOTIONS and (control != "auto" or bank.is_defined(n))]
+    out: list[Condition] = []
+    for centre in windows:
+        layers = tuple(window_layers(centre, span, n_layers))
+        for position in positions:
+            ref = None if ref_norm is None else ref_norm[position][[bank.layers.index(x) for x in layers]]
+            for beta in betas:
+                norms = None
+                controls_done: set[str] = set()
+                for terms in parsed.values():
+                    unit = combine(bank, terms, layers, partial, fixed)
+                    vec = scaled(unit, beta, scale, ref)
+                    norms = vec.norm(dim=-1, keepdim=True)
+                    out.append(Condition(format_terms(terms), "real", centre, layers, float(beta), position, vec))
+                    ctrl = pick_control(terms, appraisal_names, None if control == "auto" else control) \
+                        if control else None
+                    if ctrl is not None and ctrl not in controls_done:
+                        controls_done.add(ctrl)
+                        bank.check_defined([ctrl])
+                        cu = combine(bank, [Term(ctrl, 1.0)], layers, False)
+                        out.append(Condition(f"control:{ctrl}+", "specificity", centre, layers, float(beta),
+                                             position, cu * norms))
+                if norms is None:
+                    norms = scaled(torch.ones(len(layers), 1), beta, scale, ref).abs()
+                for s, r in randoms.items():
+                    out.append(Condition(f"random:{seed + s}", "random", centre, layers, float(beta), position,
+                                         r[list(layers)] * norms))
+    return out
+
+
+def fit_split(dataset, holdout: float | None = 0.5, seed: int = 0):
+    """``(fit items, steered items)``: a seeded, label-stratified split that holds out
+    ``round(holdout · N)`` items, or the whole dataset for both when ``holdout`` is ``None`` or 0
+    (the paper).
+
+    Each label contributes ``holdout`` of its items, rounded by largest remainders with ties
+    broken at random (seeded), so small samples with one or two items per label still hold out
+    the requested share instead of keeping every singleton for fitting.
+    """
+    if not holdout:
+        return dataset, dataset
+    if not 0 < holdout < 1:
+        raise EmolensError(f"holdout {holdout} is outside [0, 1)", "pass a fraction such as 0.5, or 0 for all items")
+    n = len(dataset)
+    rng = np.random.default_rng(seed)
+    groups: dict[str, list[int]] = {}
+    for i, lab in enumerate(dataset.labels):
+        groups.setdefault("" if lab is None else str(lab), []).append(i)
+    names = sorted(groups)
+    quota = np.array([len(groups[g]) * holdout for g in names])
+    take = np.floor(quota).astype(int)
+    extra = int(round(holdout * n)) - int(take.sum())
+    order = np.lexsort((rng.permutation(len(names)), -(quota - take)))  # largest remainder, random ties
+    take[order[:max(extra, 0)]] += 1
+    test = np.sort(np.concatenate([rng.permutation(groups[g])[:k] for g, k in zip(names, take, strict=True)]
+                                  + [np.zeros(0, dtype=np.int64)]).astype(np.int64))
+    train = np.setdiff1d(np.arange(n), test)
+    if len(train) < 2 or len(test) < 1:
+        raise EmolensError(f"{n} items are too few to hold out {holdout:g} of them",
+                           "use more items or --holdout 0 (fit and steer on all items)")
+    return dataset.subset(train), dataset.subset(test)
+
+
+def fit_relation(fit, steered) -> str:
+    """How the fit items relate to the steered ones: ``heldout`` (disjoint), ``all`` (the same
+    items), ``overlap`` (some shared) or ``given`` (directions from elsewhere; ``fit`` is None)."""
+    if fit is None:
+        return "given"
+    a, b = set(fit.ids), set(steered.ids)
+    return "all" if a == b else "heldout" if not a & b else "overlap"
+
+
+def sweep(lm, dataset, directions: Sequence[str], *, bank: ConceptBank | None = None, method: str = "diffmean",
+          windows: Sequence[int] | str = "auto", span: int = 3, betas: Sequence[float] = (1, 2, 4),
+          positions: Sequence[str] = ("last",), scale: str = "unit", partial: bool = False,
+          fixed: Sequence[str] | None = None, n_random: int = N_RANDOM, control: str | None = "auto",
+          spec: PromptSpec | None = None, fit_dataset=None, holdout: float | None = 0.5, batch_size: int = 16,
+          max_rows: int = 64, fast: bool | None = None, fast_rows: int = 256, n_boot: int = 200, seed: int = 0,
+          progress: bool = False) -> SweepResult:
+    """Steer prompts along each direction over windows × β × positions, with controls.
+
+    Which items fit the directions and which are steered:
+
+    * by default ``dataset`` is split (seeded by ``seed``, label-stratified): the directions are
+      fitted with ``method`` on ``1 - holdout`` of the items and the effects measured on the
+      held-out rest; ``holdout=None`` or 0 fits and steers every item, as the paper did;
+    * with ``fit_dataset`` the directions are fitted there (or, with ``bank``, were fitted there)
+      and every item of ``dataset`` is steered; ``bank`` alone: fit items unknown.
+
+    The table's ``fit`` column says which it was (:func:`fit_relation`).
+
+    Positions ``last`` take the KV-prefix fast path (see :func:`run_conditions`; ``fast=False``
+    forces full forwards). Returns a tidy table (:data:`COLUMNS`); β = 0 rows (the clean run)
+    are included for every real direction, so dose-response curves start at 0.
+    """
+    for p in positions:
+        if p not in ("last", "prompt"):
+            raise EmolensError(f"position {p!r} cannot steer a label readout",
+                               "use last or prompt here; 'generated' applies to steered generation")
+    if scale not in SCALES:
+        raise EmolensError(f"unknown scale {scale!r}", f"use one of {list(SCALES)}")
+    spec = spec or PromptSpec()
+    centres = parse_windows(windows, span, lm.n_layers)
+    layers = sorted({x for c in centres for x in window_layers(c, span, lm.n_layers)})
+    if bank is not None or fit_dataset is not None:
+        fit, steered = fit_dataset, dataset
+    else:
+        fit, steered = fit_split(dataset, holdout, seed)
+    fit_mode = fit_relation(fit, steered)
+    prompts = build_prompts(steered.texts, spec, lm.tokenizer)
+    if bank is None:
+        fit_prompts = prompts if fit is steered else build_prompts(fit.texts, spec, lm.tokenizer)
+        X = capture_resid(lm, fit_prompts, layers, batch_size)
+        bank = compute_bank(X, layers, fit, method, seed=seed)
+    ref_norm = {p: mean_resid_norm(lm, prompts, bank.layers, p, batch_size) for p in positions} \
+        if scale == "relative" else {}
+    conditions = build_conditions(lm, bank, directions, centres, span, betas, positions, scale,
+                                  ref_norm or None, partial, fixed, n_random, control, seed)
+    reader = LabelReader.build(lm.tokenizer, spec.labels, prompts[0].text, prompts[0].label_prefix)
+    run_info: dict = {}
+    clean, scores = run_conditions(lm, prompts, reader, conditions, batch_size, max_rows, progress, fast=fast,
+                                   fast_rows=fast_rows, info=run_info)
+    rows = []
+    common = dict(method=bank.method, partial=bool(partial), scale=scale, fit=fit_mode)
+    done_zero: set[tuple] = set()
+    for c, s in zip(conditions, scores, strict=True):
+        base = clean[(c.layers, c.position)]
+        meta = dict(direction=c.direction, kind=c.kind, window=c.window, layers=layers_text(c.layers),
+                    position=c.position, **common)
+        for r in outcome_rows(base, s, spec.labels, n_boot, seed):
+            rows.append({**meta, "beta": c.beta, **r})
+        key = (c.direction, c.window, c.position)
+        if key not in done_zero:
+            done_zero.add(key)
+            for r in outcome_rows(base, base, spec.labels, n_boot, seed):
+                rows.append({**meta, "beta": 0.0, **r})
+    frame = pd.DataFrame(rows)[list(COLUMNS)]
+    info = {"n_items": len(steered), "fit": fit_mode, "n_fit": None if fit is None else len(fit),
+            "holdout": float(holdout) if fit_mode == "heldout" else None, "split_seed": seed,
+            "steered_ids": list(steered.ids), "fit_ids": None if fit is None else list(fit.ids),
+            "windows": centres, "span": span, "betas": list(map(float, betas)), "positions": list(positions),
+            "n_random": n_random, "random_seeds": [seed + s for s in range(n_random)], "seed": seed,
+            "min_p_value": 1 / (1 + n_random), **run_info,
+            "label_scoring": reader.describe(), "fixed": list(fixed) if fixed is not None else "default"}
+    return SweepResult(frame, conditions, scores, clean, bank, ref_norm, info, steered)
+
+
+def layers_text(layers: Sequence[int]) -> str:
+    return f"{layers[0]}-{layers[-1]}" if len(layers) > 1 else str(layers[0])
+
+
