@@ -109,3 +109,69 @@ def test_hook_removal_restores_logits_exactly(batch):
         again = model(**batch).logits
     assert not torch.equal(clean, changed)
     assert torch.equal(clean, again)
+
+
+# ------------------------------------------------------------------------------- neurons site
+
+MLP_OUT = {"gpt2": "mlp.c_proj", "gpt_neox": "mlp.dense_4h_to_h"}
+
+
+@pytest.mark.parametrize("family", TINY_FAMILIES)
+def test_neurons_site_is_the_output_projection_input(family, batch):
+    """Shape = intermediate size, and the output projection applied to the neurons gives the MLP output."""
+    model = tiny_model(family)
+    registry = resolve_sites(model)
+    assert registry.paths.mlp_out == MLP_OUT.get(family, "mlp.down_proj")
+    config = model.config
+    d_mlp = getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None) or 4 * config.n_embd
+    assert registry.width("neurons") == (d_mlp,)
+    assert "neurons" in registry.available_sites
+    got = {}
+    handles = [registry.point(s, layer).register(lambda v, k=(s, layer): got.update({k: v.clone()}))
+               for s in ("neurons", "mlp") for layer in range(registry.n_layers)]
+    with torch.no_grad():
+        model(**batch)
+        for h in handles:
+            h.remove()
+        for layer in range(registry.n_layers):
+            neurons = got[("neurons", layer)]
+            assert neurons.shape == (*batch["input_ids"].shape, d_mlp)
+            rebuilt = registry.point("neurons", layer).module(neurons)
+            torch.testing.assert_close(rebuilt, got[("mlp", layer)], rtol=1e-5, atol=1e-6)
+
+
+def test_neurons_are_after_the_gate_times_up_product(batch):
+    # llama: neurons = act(gate(x)) * up(x), recomputed from the MLP's own input
+    model = tiny_model("llama")
+    registry = resolve_sites(model)
+    mlp = model.model.layers[1].mlp
+    got = {}
+    h1 = registry.point("neurons", 1).register(lambda v: got.update(n=v.clone()))
+    h2 = mlp.register_forward_pre_hook(lambda m, args: got.update(x=args[0].clone()))
+    with torch.no_grad():
+        model(**batch)
+        h1.remove()
+        h2.remove()
+        expected = mlp.act_fn(mlp.gate_proj(got["x"])) * mlp.up_proj(got["x"])
+    torch.testing.assert_close(got["n"], expected)
+
+
+def test_wrong_neurons_override_is_reported(batch):
+    model = tiny_model("llama")
+    # up_proj reads the residual (width d_model), not the neurons: the rebuild check must catch it
+    registry = resolve_sites(model, {"mlp_out": "mlp.gate_proj"})
+    with pytest.raises(EmolensError, match="neurons"):
+        validate_sites(model, registry, batch["input_ids"], batch["attention_mask"])
+
+
+def test_family_without_mlp_projection_has_no_neurons_site():
+    model = tiny_model("llama")
+    for layer in model.model.layers:
+        layer.mlp.proj_out = layer.mlp.down_proj
+        del layer.mlp.down_proj
+    registry = resolve_sites(model)
+    assert "neurons" not in registry.available_sites
+    with pytest.raises(EmolensError, match="no 'neurons' site"):
+        registry.point("neurons", 0)
+    registry = resolve_sites(model, {"mlp_out": "mlp.proj_out"})
+    assert registry.width("neurons") == (128,)

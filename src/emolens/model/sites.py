@@ -14,6 +14,9 @@ site        what it is
               output in post-norm families (Gemma-2/3, OLMo-2), else the same as ``attn``
 ``mlp_post``  likewise for the MLP block
 ``heads``     per-head outputs, the input of the attention output projection, ``[.., H, head_dim]``
+``neurons``   MLP neurons: the input of the MLP's output projection (``down_proj``, ``c_proj``,
+              ``dense_4h_to_h``, ``fc2``, ...), i.e. after the activation and, in gated MLPs, after
+              gate x up -- the only place a "neuron" has one meaning in every family
 ``embed``     the residual stream entering layer 0 (embeddings, scaled where the family scales)
 ``final``     the final norm's output (what the LM head reads)
 =========== ================================================================================
@@ -22,6 +25,9 @@ site        what it is
 ``resid[l] = resid[l-1] + attn_post[l] + mlp_post[l]`` (``resid[-1]`` = ``embed``) holds for every
 family with sequential or parallel residual blocks; :func:`validate_sites` checks it on load, so a
 family whose structure fools the resolver is an error instead of a silently wrong site.
+Likewise ``mlp_out(neurons[l]) == mlp[l]`` (the output projection applied to the captured
+neurons gives the MLP's output back) is checked for every family with a dense MLP; a family
+whose MLP has no single output projection (mixture-of-experts) simply has no ``neurons`` site.
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ from torch import nn
 
 from emolens.errors import EmolensError
 
-LAYER_SITES: tuple[str, ...] = ("resid", "attn", "mlp", "attn_post", "mlp_post", "heads")
+LAYER_SITES: tuple[str, ...] = ("resid", "attn", "mlp", "attn_post", "mlp_post", "heads", "neurons")
 GLOBAL_SITES: tuple[str, ...] = ("embed", "final")
 SITES: tuple[str, ...] = LAYER_SITES + GLOBAL_SITES
 
@@ -49,6 +55,7 @@ _LAYER_LISTS = ("model.layers", "model.language_model.layers", "transformer.h", 
 _ATTN = ("self_attn", "attn", "attention", "self_attention")
 _MLP = ("mlp", "feed_forward", "ffn")
 _OUT_PROJ = ("o_proj", "c_proj", "dense", "out_proj")
+_MLP_OUT = ("down_proj", "c_proj", "dense_4h_to_h", "fc2", "fc_out", "w2", "wo")
 _FINAL_NORM = ("model.norm", "model.language_model.norm", "transformer.ln_f", "gpt_neox.final_layer_norm",
                "model.final_layernorm", "model.decoder.final_layer_norm", "transformer.norm_f")
 
@@ -68,6 +75,7 @@ class SitePaths:
     final_norm: str
     attn_post: str | None = None
     mlp_post: str | None = None
+    mlp_out: str | None = None
 
 
 @dataclass(frozen=True)
@@ -133,6 +141,15 @@ class SiteRegistry:
     d_model: int
     post_norm: bool
     _modules: Mapping[str, list[nn.Module]] = field(default_factory=dict, repr=False)
+    #: width of the ``neurons`` site (the MLP's intermediate size); None where it is unavailable
+    d_mlp: int | None = None
+    #: why the ``neurons`` site is unavailable (None when it is available)
+    neurons_missing: str | None = None
+
+    @property
+    def available_sites(self) -> tuple[str, ...]:
+        """The sites this model has: all of :data:`SITES`, less ``neurons`` where it cannot be resolved."""
+        return tuple(s for s in SITES if s != "neurons" or self.d_mlp is not None)
 
     @property
     def n_layers(self) -> int:
@@ -146,6 +163,9 @@ class SiteRegistry:
     def width(self, site: str) -> tuple[int, ...]:
         """Trailing shape of one position's activation at a site."""
         self._check_site(site)
+        if site == "neurons":
+            self._check_neurons()
+            return (self.d_mlp,)
         return (self.n_heads, self.head_dim) if site == "heads" else (self.d_model,)
 
     def point(self, site: str, layer: int = 0) -> HookPoint:
@@ -161,6 +181,9 @@ class SiteRegistry:
             return HookPoint(site, 0, self.final_norm, "output")
         if site == "heads":
             return HookPoint(site, layer, self._modules["heads"][layer], "input", n_heads=self.n_heads)
+        if site == "neurons":
+            self._check_neurons()
+            return HookPoint(site, layer, self._modules["neurons"][layer], "input")
         return HookPoint(site, layer, self._modules[site][layer], "output")
 
     def resolve_layers(self, layers: str | int | list[int] | range | None, site: str = "resid") -> list[int]:
@@ -187,6 +210,11 @@ class SiteRegistry:
     def _check_site(self, site: str) -> None:
         if site not in SITES:
             raise EmolensError(f"unknown site {site!r}", f"use one of {list(SITES)}")
+
+    def _check_neurons(self) -> None:
+        if self.d_mlp is None:
+            raise EmolensError(f"model family {self.family!r} has no 'neurons' site: {self.neurons_missing}",
+                               "pass a site override {'mlp_out': '<mlp>.<output projection>'} or use 'mlp'")
 
 
 def _get(root: nn.Module, path: str) -> nn.Module | None:
@@ -229,8 +257,35 @@ def find_site_paths(model: nn.Module, overrides: Mapping[str, str] | None = None
     post_norm = _get(layer, "post_feedforward_layernorm") is not None
     attn_post = overrides.get("attn_post") or ("post_attention_layernorm" if post_norm else None)
     mlp_post = overrides.get("mlp_post") or ("post_feedforward_layernorm" if post_norm else None)
+    mlp_out = overrides.get("mlp_out") or next(
+        (f"{mlp}.{c}" for c in _MLP_OUT if _get(layer, f"{mlp}.{c}") is not None), None)
     return SitePaths(layers=layers_path, attn=attn, mlp=mlp, out_proj=out_proj, final_norm=final_norm,
-                     attn_post=attn_post, mlp_post=mlp_post)
+                     attn_post=attn_post, mlp_post=mlp_post, mlp_out=mlp_out)
+
+
+def _in_features(module: nn.Module) -> int | None:
+    """Input width of a projection: ``nn.Linear`` or GPT-2's transposed ``Conv1D`` (weight ``[in, out]``)."""
+    if isinstance(module, nn.Linear):
+        return module.in_features
+    weight = getattr(module, "weight", None)
+    if type(module).__name__ == "Conv1D" and isinstance(weight, torch.Tensor) and weight.ndim == 2:
+        return int(weight.shape[0])
+    return None
+
+
+def _neuron_modules(layers: list[nn.Module], path: str | None) -> tuple[list[nn.Module], int | None, str | None]:
+    """The output projection of every layer's MLP, their common input width, or why there is none."""
+    if path is None:
+        return [], None, "its MLP has no known output projection (down_proj, c_proj, dense_4h_to_h, fc2, ...)"
+    modules = [_get(layer, path) for layer in layers]
+    if any(m is None for m in modules):
+        return [], None, f"module {path!r} is missing in some layers"
+    widths = {_in_features(m) for m in modules}
+    if None in widths:
+        return [], None, f"{path!r} is not a linear projection"
+    if len(widths) != 1:
+        return [], None, f"the MLP width differs across layers ({sorted(widths)})"
+    return modules, widths.pop(), None
 
 
 def resolve_sites(model: nn.Module, overrides: Mapping[str, str] | None = None) -> SiteRegistry:
@@ -258,9 +313,11 @@ def resolve_sites(model: nn.Module, overrides: Mapping[str, str] | None = None) 
         "mlp_post": per_layer(paths.mlp_post, paths.mlp),
         "heads": per_layer(paths.out_proj, paths.out_proj),
     }
+    modules["neurons"], d_mlp, missing = _neuron_modules(layers, paths.mlp_out)
     return SiteRegistry(family=config.model_type, paths=paths, layers=layers,
                         final_norm=_get(model, paths.final_norm), n_heads=n_heads, head_dim=head_dim,
-                        d_model=d_model, post_norm=paths.mlp_post is not None, _modules=modules)
+                        d_model=d_model, post_norm=paths.mlp_post is not None, _modules=modules,
+                        d_mlp=d_mlp, neurons_missing=missing)
 
 
 @torch.no_grad()
@@ -274,13 +331,17 @@ def validate_sites(model: nn.Module, registry: SiteRegistry, input_ids: torch.Te
 
     One forward with every site captured checks that each site fires exactly once per layer with
     the expected shape and that the sum rule holds; a second forward with a no-op hook on every
-    site checks that logits are bit-identical to a hook-free forward.
+    site checks that logits are bit-identical to a hook-free forward. The ``neurons`` site is
+    checked by re-applying the output projection to the captured neurons: it must give the MLP
+    output back (same tolerance), which proves the hook sits on the projection that *is* the
+    MLP's last step, not on some inner layer of the same name.
     """
     kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
     clean = model(**kwargs).logits
     seen: dict[tuple[str, int], list[torch.Tensor]] = {}
     handles = []
-    for site in SITES:
+    sites = registry.available_sites
+    for site in sites:
         for layer in range(registry.layer_count(site)):
             point = registry.point(site, layer)
             handles.append(point.register(lambda v, key=(site, layer): seen.setdefault(key, []).append(v.clone())))
@@ -293,7 +354,7 @@ def validate_sites(model: nn.Module, registry: SiteRegistry, input_ids: torch.Te
         raise EmolensError(f"a no-op hook changed the logits of {registry.family!r}",
                            "report this model family; pass validate=False to load it anyway")
     batch, seq = input_ids.shape
-    for site in SITES:
+    for site in sites:
         for layer in range(registry.layer_count(site)):
             got = seen.get((site, layer), [])
             if len(got) != 1:
@@ -314,3 +375,26 @@ def validate_sites(model: nn.Module, registry: SiteRegistry, input_ids: torch.Te
                 f"sites of {registry.family!r} break the sum rule at layer {layer} (max error {err:.3g} against "
                 f"max |resid| {scale:.3g})", "pass site overrides (attn_post/mlp_post) for this family")
         prev = resid
+    if "neurons" in sites:
+        _check_neuron_identity(registry, seen, rtol)
+
+
+def _check_neuron_identity(registry: SiteRegistry, seen: Mapping[tuple[str, int], list[torch.Tensor]],
+                           rtol: float) -> None:
+    """``mlp_out(neurons) == mlp`` at every layer (dropout is off in eval mode)."""
+    for layer in range(registry.n_layers):
+        proj = registry.point("neurons", layer).module
+        neurons, mlp = seen[("neurons", layer)][0], seen[("mlp", layer)][0]
+        rebuilt = proj(neurons).float()
+        if rebuilt.shape != mlp.shape:
+            raise EmolensError(
+                f"the 'neurons' site of {registry.family!r} at layer {layer} feeds a projection of width "
+                f"{rebuilt.shape[-1]}, not the MLP output width {mlp.shape[-1]}",
+                "pass a site override {'mlp_out': '<mlp>.<output projection>'} for this family")
+        err = (rebuilt - mlp.float()).abs().max().item()
+        scale = mlp.float().abs().max().item() + 1e-6
+        if err > rtol * scale:
+            raise EmolensError(
+                f"the 'neurons' site of {registry.family!r} at layer {layer} does not rebuild the MLP output "
+                f"(max error {err:.3g} against max |mlp| {scale:.3g})",
+                "pass a site override {'mlp_out': '<mlp>.<output projection>'} for this family")
