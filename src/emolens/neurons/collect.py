@@ -1,0 +1,91 @@
+"""The neuron pass: one forward per batch feeds the running statistics; nothing is stored per item.
+
+Why: correlations need only sums (:mod:`emolens.neurons.moments`), so the ``neurons`` site of
+every layer is captured at the answer cue, folded into the sums and dropped. Only the few layers
+asked for in ``keep_layers`` (for sparse probes, which need per-item values) are kept in memory,
+as float32 ``[n_items, N]``. Items without an emotion label or with a missing rating are left
+out of the sums (reported as ``n_skipped``), so every statistic is over the same items.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from emolens.data.corpus import EmotionDataset
+from emolens.engine.intervention import Capture, run_forward
+from emolens.errors import EmolensError
+from emolens.inputs.batching import iter_batches
+from emolens.inputs.prompts import PromptSpec, build_prompts
+from emolens.neurons.moments import NeuronMoments
+
+__all__ = ["NeuronPass", "complete_items", "neuron_pass"]
+
+
+@dataclass
+class NeuronPass:
+    """What one pass produced: the sums, the items they cover, and the kept layers' activations."""
+
+    moments: NeuronMoments
+    layers: list[int]
+    appraisals: tuple[str, ...]
+    emotions: tuple[str, ...]
+    items: np.ndarray  # dataset row indices that entered the sums
+    n_skipped: int
+    kept: dict[int, np.ndarray] = field(default_factory=dict)  # layer -> [len(items), N] float32
+
+
+def complete_items(dataset: EmotionDataset, appraisals: Sequence[str], emotions: Sequence[str]) -> np.ndarray:
+    """Rows with a label in ``emotions`` and every one of ``appraisals`` rated."""
+    cols = [dataset.appraisal_names.index(a) for a in appraisals]
+    rated = np.isfinite(dataset.appraisals[:, cols]).all(1) if cols else np.ones(len(dataset), bool)
+    labelled = np.array([lab in emotions for lab in dataset.labels])
+    return np.flatnonzero(rated & labelled)
+
+
+def neuron_pass(lm, dataset: EmotionDataset, appraisals: Sequence[str] | None = None, spec=None,
+                layers="all", position: int = -1, keep_layers: Sequence[int] = (), batch_size: int = 16,
+                progress: bool = True) -> NeuronPass:
+    """Stream ``dataset`` through ``lm`` and accumulate neuron x appraisal sums at ``position``."""
+    spec = spec or PromptSpec()
+    appraisals = tuple(appraisals or dataset.appraisal_names)
+    unknown = [a for a in appraisals if a not in dataset.appraisal_names]
+    if unknown:
+        raise EmolensError(f"appraisal(s) {unknown} are not in dataset {dataset.name!r}",
+                           f"use some of {list(dataset.appraisal_names)}")
+    emotions = tuple(spec.labels)
+    reg = lm.sites
+    layer_list = reg.resolve_layers(layers, "neurons")
+    keep = [k for k in keep_layers if k in layer_list]
+    if len(keep) != len(set(keep_layers)):
+        raise EmolensError(f"probe layers {sorted(set(keep_layers) - set(keep))} are not among the pass's layers",
+                           "pick probe layers inside --layers")
+    items = complete_items(dataset, appraisals, emotions)
+    if len(items) < 10:
+        raise EmolensError(f"only {len(items)} items of {dataset.name!r} have a label and every appraisal rated",
+                           "use a dataset with appraisal ratings (e.g. crowd-envent or stimuli)")
+    (width,) = reg.width("neurons")
+    moments = NeuronMoments(len(layer_list), width, len(appraisals), len(emotions))
+    cols = [dataset.appraisal_names.index(a) for a in appraisals]
+    ratings = dataset.appraisals[np.ix_(items, cols)].astype(np.float64)
+    groups = np.array([emotions.index(dataset.labels[i]) for i in items])
+    kept = {k: np.zeros((len(items), width), np.float32) for k in keep}
+    prompts = build_prompts([dataset.texts[i] for i in items], spec, lm.tokenizer)
+    op = Capture("neurons", layers=layer_list, positions=[position], dtype=torch.float32, device="cpu")
+    bar = tqdm(total=len(items), desc="neurons", unit="item", disable=not progress)
+    for batch in iter_batches(lm.tokenizer, prompts, batch_size, lm.device):
+        _, run = run_forward(lm, batch, [op], need_logits=False)
+        x = run.captures["neurons"][:, :, 0].numpy()  # [b, L, N]
+        if not np.isfinite(x).all():
+            raise EmolensError("non-finite neuron activations", "load the model in float32 (--model-dtype float32)")
+        idx = batch.indices
+        moments.update(x, ratings[idx], groups[idx])
+        for k in keep:
+            kept[k][idx] = x[:, layer_list.index(k)]
+        bar.update(len(batch))
+    bar.close()
+    return NeuronPass(moments, layer_list, appraisals, emotions, items, len(dataset) - len(items), kept)

@@ -1,0 +1,69 @@
+"""The streaming neuron pass on a tiny model equals a full capture analysed in memory."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from emolens.data.corpus import EmotionDataset
+from emolens.engine.intervention import Capture, run_forward
+from emolens.errors import EmolensError
+from emolens.inputs.batching import iter_batches
+from emolens.inputs.prompts import PromptSpec, build_prompts
+from emolens.labels import EMOTIONS
+from emolens.neurons import neuron_pass, neuron_table, significant_counts
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+WORDS = ["my dog died", "I won the prize", "a thief came", "the test failed", "we met again", "the food was bad"]
+
+
+def synthetic_dataset(n=40, seed=0, appraisals=("pleasantness", "other_responsblt")):
+    rng = np.random.default_rng(seed)
+    texts = [f"{WORDS[i % len(WORDS)]} and {WORDS[(3 * i + 1) % len(WORDS)]} {i}" for i in range(n)]
+    labels = [EMOTIONS[i % 4] for i in range(n)]
+    ratings = rng.integers(1, 6, size=(n, len(appraisals))).astype(float)
+    ratings[3, 0] = np.nan  # one unrated item is left out of every statistic
+    labels[5] = None  # and so is one unlabelled item
+    return EmotionDataset(ids=[f"i{i}" for i in range(n)], texts=texts, labels=labels, appraisals=ratings,
+                          appraisal_names=tuple(appraisals), name="synthetic")
+
+
+def test_streaming_pass_equals_full_capture(tiny_llama):
+    data = synthetic_dataset()
+    result = neuron_pass(tiny_llama, data, keep_layers=[1], batch_size=8, progress=False)
+    assert result.n_skipped == 2 and len(result.items) == 38
+    prompts = build_prompts([data.texts[i] for i in result.items], PromptSpec(), tiny_llama.tokenizer)
+    full = np.zeros((len(prompts), 3, 128))
+    for batch in iter_batches(tiny_llama.tokenizer, prompts, 5, "cpu"):
+        _, run = run_forward(tiny_llama, batch, [Capture("neurons", layers="all", positions=[-1],
+                                                         dtype=torch.float32)], need_logits=False)
+        full[batch.indices] = run.captures["neurons"][:, :, 0].numpy()
+    y = data.appraisals[result.items].astype(float)
+    flat = full.reshape(len(full), -1)
+    ref = np.corrcoef(np.column_stack([flat, y]), rowvar=False)[: flat.shape[1], flat.shape[1]:]
+    np.testing.assert_allclose(result.moments.correlations().reshape(-1, 2), ref, atol=1e-5)
+    np.testing.assert_allclose(result.kept[1], full[:, 1], atol=1e-5)
+
+
+def test_neuron_table_columns_and_ranks(tiny_llama):
+    result = neuron_pass(tiny_llama, synthetic_dataset(), batch_size=8, progress=False)
+    table = neuron_table(result)
+    assert len(table) == 3 * 128 * 2
+    for col in ("layer", "neuron", "appraisal", "r", "partial_r", "q", "partial_q", "rank", "ci_lo", "ci_hi"):
+        assert col in table
+    one = table[table.appraisal == "pleasantness"].sort_values("rank")
+    assert one["rank"].tolist() == list(range(1, 3 * 128 + 1))
+    assert (one["r"].abs().diff().dropna() <= 1e-12).all()
+    assert ((table.ci_lo <= table.r) & (table.r <= table.ci_hi)).all()
+    assert (table.q >= table.p - 1e-12).all()
+    counts = significant_counts(table, alpha=1.01)
+    assert counts.to_numpy().sum() == len(table)
+
+
+def test_pass_refuses_a_dataset_without_ratings(tiny_llama):
+    data = synthetic_dataset()
+    data.appraisals[:] = np.nan
+    with pytest.raises(EmolensError, match="appraisal"):
+        neuron_pass(tiny_llama, data, progress=False)
