@@ -67,3 +67,13 @@ def test_pass_refuses_a_dataset_without_ratings(tiny_llama):
     data.appraisals[:] = np.nan
     with pytest.raises(EmolensError, match="appraisal"):
         neuron_pass(tiny_llama, data, progress=False)
+
+
+def test_sparse_table_covers_kept_layers(tiny_llama):
+    from emolens.neurons.sparse import sparse_table
+
+    result = neuron_pass(tiny_llama, synthetic_dataset(), keep_layers=[0, 2], batch_size=8, progress=False)
+    table = sparse_table(result, ks=[1, 8])
+    assert set(table.layer) == {0, 2} and set(table.appraisal) == {"pleasantness", "other_responsblt"}
+    assert sorted(table[(table.layer == 0) & (table.appraisal == "pleasantness")].k) == [1, 8, 128]
+    assert (table.n_train + table.n_test == 38).all()

@@ -36,6 +36,8 @@ class NeuronPass:
     emotions: tuple[str, ...]
     items: np.ndarray  # dataset row indices that entered the sums
     n_skipped: int
+    ratings: np.ndarray  # [len(items), A] float64, the ratings that entered the sums
+    groups: np.ndarray  # [len(items)] emotion ids (indices into ``emotions``)
     kept: dict[int, np.ndarray] = field(default_factory=dict)  # layer -> [len(items), N] float32
 
 
@@ -88,4 +90,5 @@ def neuron_pass(lm, dataset: EmotionDataset, appraisals: Sequence[str] | None = 
             kept[k][idx] = x[:, layer_list.index(k)]
         bar.update(len(batch))
     bar.close()
-    return NeuronPass(moments, layer_list, appraisals, emotions, items, len(dataset) - len(items), kept)
+    return NeuronPass(moments, layer_list, appraisals, emotions, items, len(dataset) - len(items), ratings, groups,
+                      kept)
