@@ -292,7 +292,8 @@ def test_study_resumes_and_refuses_other_settings(small_study):
 def test_beta_zero_equals_clean_generation_and_capability_bit_for_bit(small_study):
     from emolens.control.capability import steered_perplexity, steered_readout_accuracy
     from emolens.control.study import steering_vectors
-    from emolens.steering.core import generate_steered, mean_resid_norm, scaled
+    from emolens.steering.apply import mean_resid_norm, scaled
+    from emolens.steering.generation import generate_steered
 
     lm, ds, fit, retention, cfg, _, r = small_study
     layers = [0, 1, 2]

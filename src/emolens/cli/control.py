@@ -85,7 +85,8 @@ def register(app: typer.Typer) -> None:
         from emolens.data.sensitive import load_neutral_text
         from emolens.labels import EMOTIONS
         from emolens.model.loading import load_model
-        from emolens.steering.core import SCALES, parse_direction
+        from emolens.steering.apply import SCALES
+        from emolens.steering.directions import parse_direction
 
         if scale not in SCALES:
             raise EmolensError(f"unknown scale {scale!r}", f"use one of {list(SCALES)}")

@@ -23,7 +23,7 @@ from emolens.engine.intervention import run_forward
 from emolens.inputs.batching import iter_batches
 from emolens.inputs.prompts import Prompt, PromptSpec, build_prompts
 from emolens.readout import LabelReader
-from emolens.steering.core import position_mask, steered_label_scores, steering_op
+from emolens.steering.apply import position_mask, steered_label_scores, steering_op
 
 __all__ = ["steered_perplexity", "steered_readout_accuracy"]
 

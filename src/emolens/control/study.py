@@ -46,19 +46,10 @@ from emolens.errors import EmolensError
 from emolens.inputs.prompts import Prompt, PromptSpec, build_prompts
 from emolens.labels import EMOTIONS
 from emolens.metrics import wilson_interval
-from emolens.steering.core import (
-    capture_resid,
-    combine,
-    compute_bank,
-    continuation_logprob,
-    fluency_flags,
-    format_terms,
-    generate_steered,
-    mean_resid_norm,
-    parse_direction,
-    scaled,
-    window_layers,
-)
+from emolens.steering.apply import mean_resid_norm, scaled
+from emolens.steering.directions import capture_resid, combine, compute_bank, format_terms, parse_direction
+from emolens.steering.generation import continuation_logprob, fluency_flags, generate_steered
+from emolens.steering.sweep import window_layers
 
 #: A steered reply is "worse" when its VADER compound falls this far below the clean reply's.
 WORSE_VALENCE_DROP = 0.5
