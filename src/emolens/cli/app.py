@@ -1,8 +1,11 @@
 """The ``emolens`` command.
 
 Each subcommand lives in its own module of :mod:`emolens.cli` and registers itself through a
-``register(app)`` function, so features stay self-contained. Every
-:class:`~emolens.errors.EmolensError` becomes one line on stderr and exit status 2.
+``register(app)`` function, so features stay self-contained. The process
+tells the truth about how it ended, so scripts can branch on it: 0 success, 1 a failed stage
+(a command raises ``typer.Exit(1)``), 2 bad input (every :class:`~emolens.errors.EmolensError`
+and usage error becomes one line on stderr), 130 interrupted (Ctrl-C; resumable commands resume
+on a rerun).
 """
 
 from __future__ import annotations
@@ -22,28 +25,54 @@ for _command in (causal, compare, control, extract, models, probe, readout, run,
     _command.register(app)
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Console entry point: run the app, mapping user errors to one line and exit status 2."""
+INTERRUPTED = "emolens: interrupted; rerun to resume"
+
+
+def _exit_code(returned) -> int:
+    """What the app returned in non-standalone mode, as a process exit status.
+
+    Typer hands back ``typer.Exit(n)`` as ``n`` and a command's own return value (``None`` for
+    success) otherwise; a KeyboardInterrupt inside a command becomes ``Exit(130)``.
+    """
+    if returned is None or returned is True:
+        return 0
+    if isinstance(returned, bool):
+        return 1
+    if isinstance(returned, int):
+        return returned
+    return 0
+
+
+def run_app(argv: list[str] | None = None) -> int:
+    """Run the app and return the exit status: 0 success, 1 failed stage, 2 bad input, 130 interrupt."""
     try:
-        app(args=argv, standalone_mode=False)
+        code = _exit_code(app(args=argv, standalone_mode=False))
     except EmolensError as exc:
         print(f"emolens: error: {exc}", file=sys.stderr)
-        sys.exit(EmolensError.exit_code)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
+        return EmolensError.exit_code
+    except typer.Exit as exc:  # raised outside a command's invoke (e.g. a callback)
+        code = int(exc.exit_code or 0)
     except KeyboardInterrupt:
-        print("emolens: interrupted; rerun the same command to resume", file=sys.stderr)
-        sys.exit(130)
+        code = 130
     except Exception as exc:
-        # Usage errors (bad option, missing argument) come from the click typer vendors; match
-        # them by shape rather than by a private class path.
+        # click's Abort and usage errors come from the click that typer vendors; match them by
+        # shape rather than by a private class path.
         if type(exc).__name__ == "Abort":
-            print("emolens: interrupted; rerun the same command to resume", file=sys.stderr)
-            sys.exit(130)
-        if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):
-            print(f"emolens: error: {exc.format_message()}", file=sys.stderr)
-            sys.exit(2)
-        raise
+            code = 130
+        elif hasattr(exc, "format_message") and hasattr(exc, "exit_code"):
+            message = exc.format_message() or "no command given: pick one from the list above"
+            print(f"emolens: error: {message}", file=sys.stderr)
+            return 2
+        else:
+            raise
+    if code == 130:
+        print(INTERRUPTED, file=sys.stderr)
+    return code
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: exit with the status :func:`run_app` returns."""
+    sys.exit(run_app(argv))
 
 
 if __name__ == "__main__":
