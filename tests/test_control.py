@@ -275,6 +275,19 @@ def test_study_tables_have_the_promised_columns(small_study):
         assert (out / f"control_{name}.parquet").exists()
 
 
+def test_report_section_renders_from_the_tables(small_study):
+    from emolens.report.control_section import control_section, example_replies, write_control_report
+
+    *_, out, r = small_study
+    page = write_control_report(out).read_text()
+    assert r.info["verdict"]["text"][:60] in page.replace("&#x27;", "'")
+    assert page.count("<img") == 3 and "Example replies" in page and "Where each direction breaks" in page
+    ex = example_replies(r.replies, "anger-@4")
+    assert list(ex.columns) == ["message", "clean", "steered (anger-@4)", "instructed"]
+    assert ex["message"].isin(r.replies["message"]).all()
+    assert "No control study" in control_section(out / "nothing-here")
+
+
 def test_study_resumes_and_refuses_other_settings(small_study):
     from emolens.control.study import ControlConfig, run_control
 
@@ -320,6 +333,7 @@ def test_control_command_end_to_end_and_bad_input(run_cli, tmp_path):
             "--retention-items", "13", "--n-boot", "50", "--window", "1"]
     code, stdout, _ = run_cli(args)
     assert code == 0 and "replies (4 messages, 3 conditions, raw form)" in stdout
+    assert (out / "control_report.html").stat().st_size > 10_000
     assert len(pd.read_parquet(out / "control_replies.parquet")) == 12
     code, _, err = run_cli(args[:-8] + ["--betas", "0,1"])
     assert code == 2 and "--betas" in err and err.count("\n") == 1

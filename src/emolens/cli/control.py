@@ -85,6 +85,7 @@ def register(app: typer.Typer) -> None:
         from emolens.data.sensitive import load_neutral_text
         from emolens.labels import EMOTIONS
         from emolens.model.loading import load_model
+        from emolens.report.control_section import write_control_report
         from emolens.steering.apply import SCALES
         from emolens.steering.directions import parse_direction
 
@@ -119,7 +120,8 @@ def register(app: typer.Typer) -> None:
         result = run_control(lm, dataset, out, fit, retention, load_neutral_text(), cfg, overwrite,
                              progress=lambda msg: typer.echo(msg, err=True))
         seconds = time.perf_counter() - start
+        report = write_control_report(out)
         typer.echo(f"{len(result.replies)} replies ({result.info['n_messages']} messages, "
                    f"{result.replies['condition'].nunique()} conditions, {result.info['form']} form) in "
-                   f"{seconds:.0f}s; results in {out}")
+                   f"{seconds:.0f}s; results in {out}, report {report.name}")
         typer.echo(result.info["verdict"]["text"])

@@ -63,8 +63,8 @@ AGREEMENT_PAIRS: tuple[tuple[str, str], ...] = (("vader_compound", "nrc_valence"
                                                 ("vader_compound", "readout_valence"),
                                                 ("nrc_valence", "readout_valence"),
                                                 ("nrc_anger", "readout_anger"))
-REPLY_COLUMNS: tuple[str, ...] = ("id", "domain", "emotion", "condition", "kind", "direction", "beta", "form",
-                                  "reply", "mean_logp", "flags", "degenerate", "worse")
+REPLY_COLUMNS: tuple[str, ...] = ("id", "domain", "emotion", "message", "condition", "kind", "direction", "beta",
+                                  "form", "reply", "mean_logp", "flags", "degenerate", "worse")
 EFFECT_COLUMNS: tuple[str, ...] = ("condition", "kind", "direction", "beta", "metric", "value", "value_low",
                                    "value_high", "clean", "delta", "ci_low", "ci_high", "n")
 CAPABILITY_COLUMNS: tuple[str, ...] = ("direction", "kind", "beta", "perplexity", "ppl_ratio", "n_tokens",
@@ -239,8 +239,8 @@ def run_control(lm, dataset: EmotionDataset, out: str | Path, fit: EmotionDatase
         replies = _generate(lm, gen, cond, texts, layers if vec is not None else None, vec, cfg)
         prompts_by_cond[cond] = list(texts)
         frames.append(pd.DataFrame({"id": dataset.ids, "domain": domains, "emotion": dataset.labels,
-                                    "condition": cond, "kind": kind, "direction": direction, "beta": beta,
-                                    "form": form, "reply": replies}))
+                                    "message": dataset.texts, "condition": cond, "kind": kind,
+                                    "direction": direction, "beta": beta, "form": form, "reply": replies}))
     replies = pd.concat(frames, ignore_index=True)
     progress(f"control: judging {len(replies)} replies with {', '.join(cfg.judges)}")
     scores = judge_texts(replies["reply"].tolist(), make_judges(cfg.judges, lm))
