@@ -71,8 +71,10 @@ def run_app(argv: list[str] | None = None) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point: exit with the status :func:`run_app` returns."""
-    sys.exit(run_app(argv))
+    """Console entry point: exit with the status :func:`run_app` returns (return normally on success)."""
+    code = run_app(argv)
+    if code:
+        sys.exit(code)
 
 
 if __name__ == "__main__":
