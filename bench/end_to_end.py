@@ -1,6 +1,6 @@
 """Benchmark: wall time of the `paper` study preset, stage by stage, for one model.
 
-Runs ``emolens.study.pipeline.run_study`` on the ``paper`` preset (readout, extract, probe, ablate,
+Runs ``emolens.study.runner.run_study`` on the ``paper`` preset (readout, extract, probe, ablate,
 patch, knockout, steer, robustness) in a fresh run folder and prints a markdown table of the
 wall time of every stage (and of the model load inside the first stage that needed the model),
 plus the machine line of ``bench/machine.py``. Subset flags shrink the protocol for a CPU:
@@ -76,7 +76,7 @@ def install_random_shape(name: str, shape: dict, seed: int = 0) -> dict:
 
     from emolens.model.loading import LoadedModel, resolve_device, resolve_dtype
     from emolens.model.sites import resolve_sites, validate_sites
-    from emolens.study import pipeline
+    from emolens.study import model_handle, runner
 
     tokenizer, tok_name = shape_tokenizer()
     tokenizer.padding_side = "left"
@@ -88,7 +88,7 @@ def install_random_shape(name: str, shape: dict, seed: int = 0) -> dict:
     ident = f"random:{name}:{json.dumps(config.to_diff_dict(), sort_keys=True)}:seed{seed}"
     info = {"tokenizer": tok_name, "vocab": len(tokenizer), "shape": shape}
 
-    class RandomShapeHandle(pipeline.ModelHandle):
+    class RandomShapeHandle(model_handle.ModelHandle):
         @property
         def identity(self) -> str:
             return ident if self.spec == name else super().identity
@@ -113,7 +113,7 @@ def install_random_shape(name: str, shape: dict, seed: int = 0) -> dict:
                                        load_seconds=time.perf_counter() - start, info=dict(info))
             return self._lm
 
-    pipeline.ModelHandle = RandomShapeHandle
+    runner.ModelHandle = RandomShapeHandle  # the local backend builds its handles there
     return info
 
 
@@ -196,7 +196,8 @@ def main() -> None:
     args = ap.parse_args()
 
     from emolens.report.html import write_report
-    from emolens.study import pipeline, runner
+    from emolens.report.runs import read_stage
+    from emolens.study import runner
 
     if args.data is None:
         found = crowd_envent_here()
@@ -245,7 +246,7 @@ def main() -> None:
     print("| stage | status | wall s | of which model load s | summary |")
     print("|---|---|---:|---:|---|")
     for o in result.outcomes:
-        rec = pipeline.read_stage(result.run_dir / o.model / o.stage) or {}
+        rec = read_stage(result.run_dir / o.model / o.stage) or {}
         load = rec.get("model_load_seconds", 0.0) if o.status == "done" else 0.0
         summ = rec.get("summary", {})
         keys = [k for k in ("n", "n_items", "n_correct", "rows", "accuracy", "best_accuracy", "variants") if k in summ]

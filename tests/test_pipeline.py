@@ -12,8 +12,10 @@ import pytest
 
 from emolens.cli.app import main
 from emolens.errors import EmolensError
-from emolens.study import pipeline, runner
+from emolens.study import data_choice, registry, runner
 from emolens.study.config import config_from_dict, load_config, load_preset
+from emolens.study.stages import STAGES
+from emolens.study.stages.robustness import ROBUSTNESS_COLUMNS
 
 BASE = {
     "name": "tiny",
@@ -173,13 +175,13 @@ def test_kill_resumable_stage_then_resume_gives_identical_results(run, kill_afte
         if len(seen) == kill_after:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(pipeline, "_after_unit", interrupt)
+    monkeypatch.setattr(registry, "after_unit", interrupt)
     with pytest.raises(KeyboardInterrupt):
         runner.run_study(cfg, out=run_dir, progress=False, echo=quiet, report=False)
     folder = run_dir / "tiny-llama/robustness"
     assert not (folder / "stage.json").exists()
     assert len(list((folder / "partial").glob("*.parquet"))) == kill_after
-    monkeypatch.setattr(pipeline, "_after_unit", lambda ctx, unit: seen.append(unit))
+    monkeypatch.setattr(registry, "after_unit", lambda ctx, unit: seen.append(unit))
     result = runner.run_study(cfg, out=run_dir, progress=False, echo=quiet, report=False)
     assert statuses(result)["robustness"] == "done" and statuses(result)["probe"] == "cached"
     assert len(seen) == 9  # only the unfinished variants were computed on resume
@@ -191,7 +193,7 @@ def test_kill_resumable_stage_then_resume_gives_identical_results(run, kill_afte
 def test_kill_plain_stage_clears_and_redoes_it(base_run, tmp_path, monkeypatch):
     cfg, first = base_run
     run_dir = _copy_without(first, "probe", tmp_path)
-    sdef = pipeline.STAGES["probe"]
+    sdef = STAGES["probe"]
     real = sdef.run
 
     def half_then_die(ctx):
@@ -212,7 +214,7 @@ def test_kill_plain_stage_clears_and_redoes_it(base_run, tmp_path, monkeypatch):
 def test_unavailable_stage_is_reported_not_faked(base_run, tmp_path, monkeypatch):
     cfg, first = base_run
     run_dir = _copy_without(first, "robustness", tmp_path)
-    monkeypatch.setattr(pipeline.STAGES["robustness"], "modules", ("emolens.not_landed_yet",))
+    monkeypatch.setattr(STAGES["robustness"], "modules", ("emolens.not_landed_yet",))
     result = runner.run_study(cfg, out=run_dir, progress=False, echo=quiet)
     outcome = next(o for o in result.outcomes if o.stage == "robustness")
     assert outcome.status == "unavailable" and "not available" in outcome.note
@@ -228,10 +230,10 @@ def test_dataset_fallback_says_why(monkeypatch):
 
     monkeypatch.setattr(data, "load_crowd_envent", unreachable)
     cfg = config_from_dict({"dataset": {"spec": "crowd-envent", "limit": 20, "fallback": "stimuli"}})
-    resolved = pipeline.resolve_dataset(cfg)
+    resolved = data_choice.resolve_dataset(cfg)
     assert len(resolved.dataset) == 20 and "because crowd-envent is not reachable" in resolved.how
     with pytest.raises(EmolensError, match="could not download"):
-        pipeline.resolve_dataset(config_from_dict({"dataset": {"spec": "crowd-envent"}}))
+        data_choice.resolve_dataset(config_from_dict({"dataset": {"spec": "crowd-envent"}}))
 
 
 def test_compare_two_runs(base_run, tmp_path):
@@ -256,7 +258,7 @@ def test_failed_stage_is_recorded_and_the_rest_runs(base_run, tmp_path, monkeypa
     def boom(ctx):
         raise RuntimeError("probe exploded")
 
-    monkeypatch.setattr(pipeline.STAGES["probe"], "run", boom)
+    monkeypatch.setattr(STAGES["probe"], "run", boom)
     result = runner.run_study(cfg, out=run_dir, progress=False, echo=quiet, report=False)
     assert statuses(result) == {"readout": "cached", "extract": "cached", "probe": "failed", "robustness": "cached"}
     assert "probe exploded" in (run_dir / "tiny-llama/probe/error.txt").read_text()
@@ -295,7 +297,8 @@ def test_report_summary_survives_all_nan_tables():
     model) leave their finding out instead of crashing the report."""
     import numpy as np
 
-    from emolens.report import html as report
+    from emolens.report.findings import findings, summary_text
+    from emolens.report.runs import ModelRun
 
     nan = [np.nan, np.nan]
     tables = {
@@ -307,16 +310,16 @@ def test_report_summary_survives_all_nan_tables():
                                "ci_high": nan, "chance": [0.1, 0.1]}),
     }
 
-    class Run(report.ModelRun):
+    class Run(ModelRun):
         def table(self, name):
             return tables.get(name)
 
         def json(self, stage, name):
             return None
 
-    found = report.findings(Run(Path("."), "m", {"models": {"m": {"spec": "m", "n_layers": 4}}}))
+    found = findings(Run(Path("."), "m", {"models": {"m": {"spec": "m", "n_layers": 4}}}))
     assert "probe_best" not in found and found["patch_peak"]["sites"] == {}
-    assert isinstance(report.summary_text(found), str)
+    assert isinstance(summary_text(found), str)
 
 
 # ---------------------------------------------------------------------------------- steer stage
@@ -438,7 +441,7 @@ def test_robustness_reruns_probe_ablation_and_patching_per_variant(robust_run):
     assert statuses(result)["robustness"] == "done"
     folder = result.run_dir / "tiny-llama"
     table = pd.read_parquet(folder / "robustness/robustness.parquet")
-    assert list(table.columns) == list(pipeline.ROBUSTNESS_COLUMNS)
+    assert list(table.columns) == list(ROBUSTNESS_COLUMNS)
     assert table.variant.nunique() == 9
     counts = table.groupby(["variant", "analysis"]).size().unstack()
     assert (counts.readout == 3).all()
@@ -475,7 +478,7 @@ def test_robustness_analyses_change_its_key_only_when_on(base_run):
     cfg, _ = base_run
     base = cfg_with(Path(cfg.output))
     changed = cfg_with(Path(cfg.output), probe={"C": 0.25})
-    assert pipeline.STAGES["robustness"].section(base) == pipeline.STAGES["robustness"].section(changed)
+    assert STAGES["robustness"].section(base) == STAGES["robustness"].section(changed)
     on = cfg_with(Path(cfg.output), robustness={"analyses": ["probe"]})
     on_changed = cfg_with(Path(cfg.output), robustness={"analyses": ["probe"]}, probe={"C": 0.25})
-    assert pipeline.STAGES["robustness"].section(on) != pipeline.STAGES["robustness"].section(on_changed)
+    assert STAGES["robustness"].section(on) != STAGES["robustness"].section(on_changed)

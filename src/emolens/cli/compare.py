@@ -22,7 +22,7 @@ def _curve_panel(ax, table, n_layers, pick_metric, group_col="site", fixed=None)
     """Mean value per (group, window centre) against relative depth; returns the metric drawn."""
     import numpy as np
 
-    from emolens.report.html import SITE_COLORS, main_position, numeric_positions
+    from emolens.report.plotting import SITE_COLORS, main_position, numeric_positions
 
     t = numeric_positions(table)
     if "kind" in t:
@@ -59,15 +59,11 @@ def compare_runs(run_dirs: list[Path], out: Path) -> dict[str, Path]:
 
     from emolens.errors import EmolensError
     from emolens.paths import atomic_write_bytes
-    from emolens.report.html import (
-        _table_html,
-        fig_png,
-        findings,
-        model_runs,
-        probe_curves,
-        promotion_success,
-        relative_depth,
-    )
+    from emolens.report.figures_probes import probe_curves
+    from emolens.report.findings import findings, promotion_success
+    from emolens.report.page import table_html
+    from emolens.report.plotting import fig_png
+    from emolens.report.runs import model_runs, relative_depth
 
     models = []
     for run_dir in run_dirs:
@@ -146,7 +142,7 @@ def compare_runs(run_dirs: list[Path], out: Path) -> dict[str, Path]:
             f"<p>{len(models)} model(s) from {len(run_dirs)} run(s); layers 1-indexed; relative depth = "
             "(layer + 1) / n_layers.</p>"
             f"<img style='max-width:100%' src='data:image/png;base64,{base64.b64encode(png).decode()}'>"
-            f"<h2>Peaks</h2>{_table_html(peaks, 500)}<p>Runs: {html.escape(', '.join(map(str, run_dirs)))}</p>"
+            f"<h2>Peaks</h2>{table_html(peaks, 500)}<p>Runs: {html.escape(', '.join(map(str, run_dirs)))}</p>"
             "</body></html>")
     atomic_write_bytes(out / "compare.html", page.encode())
     return {"figure": out / "compare.png", "peaks": out / "peaks.csv", "html": out / "compare.html"}

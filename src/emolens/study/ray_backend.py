@@ -27,6 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from emolens.errors import EmolensError
+from emolens.report.runs import DONE, read_stage
+from emolens.study.config import model_slug
+from emolens.study.model_handle import ModelHandle, model_info
+from emolens.study.pipeline import StageOutcome, run_step
 
 INSTALL = "pip install 'emolens[ray]'"
 
@@ -62,8 +66,6 @@ def _stage_task(cfg, data, run_dir: str, spec: str, name: str, state: dict, cwd:
     ``cwd`` is the driver's working folder: relative model paths and offload folders in the
     config mean the same there when the worker sees that folder (always on a local cluster).
     """
-    from emolens.study.pipeline import ModelHandle, model_info, run_step
-
     if cwd and os.path.isdir(cwd):
         os.chdir(cwd)
 
@@ -114,9 +116,6 @@ class RaySession:
         return 0.0
 
     def run(self, cfg, data, run_dir: Path, recorder, gpus_per_task: float | None = None) -> None:
-        from emolens.study.config import model_slug
-        from emolens.study.pipeline import DONE, StageOutcome, read_stage
-
         ray = self.ray
         gpus = self.gpus_for(cfg, gpus_per_task)
         run_dir = Path(run_dir).resolve()

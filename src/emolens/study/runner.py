@@ -18,19 +18,13 @@ from emolens.paths import dump_json
 from emolens.report.html import write_report
 from emolens.study import ray_backend
 from emolens.study.config import StudyConfig, model_slug
-from emolens.study.pipeline import (
-    ModelHandle,
-    ResolvedData,
-    StageOutcome,
-    _now,
-    claim_run_dir,
-    default_run_dir,
-    model_info,
-    resolve_dataset,
-    run_step,
-)
+from emolens.study.data_choice import ResolvedData, resolve_dataset
+from emolens.study.model_handle import ModelHandle, model_info
+from emolens.study.pipeline import StageOutcome, run_step
+from emolens.study.run_folder import claim_run_dir, default_run_dir, now
 
 BACKENDS: tuple[str, ...] = ("local", "ray")
+
 
 @dataclass
 class RunResult:
@@ -60,8 +54,8 @@ class RunRecorder:
         self.echo(_outcome_line(outcome))
         self.meta["stages"].setdefault(outcome.model, {})[outcome.stage] = {
             "status": outcome.status, "seconds": round(outcome.seconds, 3), "note": outcome.note,
-            "key": outcome.key, "at": _now()}
-        self.meta["updated"] = _now()
+            "key": outcome.key, "at": now()}
+        self.meta["updated"] = now()
         dump_json(self.run_dir / "run.json", self.meta)
         self.bar.update(1)
 

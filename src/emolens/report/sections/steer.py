@@ -1,0 +1,104 @@
+"""Report section: steering figures, which items fitted the directions, theory alignment, generations."""
+
+from __future__ import annotations
+
+import html
+
+import pandas as pd
+
+from emolens.report.figures_steering import steering_figures
+from emolens.report.page import absent, img, table_html
+from emolens.report.runs import ModelRun
+from emolens.report.section_registry import section
+
+
+@section("steer", "Steering", 60)
+def steer_section(mr: ModelRun) -> str:
+    ok, why = mr.stage_status("steer")
+    if not ok:
+        return absent(f"No steering tables: {why}.")
+    body = ""
+    table = mr.table("steer")
+    for name, png in steering_figures(table, mr.n_layers):
+        body += img(png, f"steering {name}")
+    if table is not None and "fit" in table:
+        body += f"<p>{html.escape(fit_text(table, mr.stage_record('steer')))}</p>"
+    align = mr.table("alignment")
+    if align is not None and len(align):
+        best = align[align.metric == "best_alignment"]
+        text = best_alignment_text(align)
+        body += "<h3>Theory alignment</h3>" + (f'<p class="summary">{html.escape(text)}</p>' if text else "")
+        if len(best):
+            body += table_html(best[[c for c in ALIGN_COLUMNS + ("n_settings",) if c in best]])
+        per = align[align.metric != "best_alignment"]
+        body += table_html(per[[c for c in ALIGN_COLUMNS if c in per]])
+    else:
+        body += absent("No theory-alignment table.")
+    gens = mr.table("generations")
+    if gens is not None and len(gens):
+        body += "<h3>Sample generations</h3>" + generation_text(gens, mr.stage_record("steer"))
+        body += table_html(generation_rows(gens), 40)
+    else:
+        body += absent("No sample generations were saved.")
+    return body or absent("The steering stage saved no tables.")
+
+
+ALIGN_COLUMNS: tuple[str, ...] = ("metric", "method", "fit", "window", "layers", "beta", "position", "value", "p_value",
+                                  "n_random")
+_FIT_WORDS = {"heldout": "fitted on other items than those steered (held-out fit)",
+              "all": "fitted on the same items that are steered",
+              "overlap": "fitted on items that include the steered ones",
+              "given": "given (fitted elsewhere)"}
+
+
+def fit_text(table: pd.DataFrame, record: dict | None = None) -> str:
+    """Which items fitted the steering directions (the table's ``fit`` column), with the split sizes."""
+    modes = list(dict.fromkeys(table["fit"].astype(str)))
+    summary = (record or {}).get("summary", {})
+    sizes = ""
+    if summary.get("n_fit") is not None and summary.get("n_items") is not None:
+        sizes = f" ({summary['n_fit']} fit items, {summary['n_items']} steered)"
+    controls = f"; {summary['n_random']} norm-matched random directions per setting" if "n_random" in summary else ""
+    return ("Directions " + " / ".join(f"fit = {m}: {_FIT_WORDS.get(m, m)}" for m in modes) + sizes + controls
+            + ".")
+
+
+def best_alignment_text(align: pd.DataFrame) -> str:
+    """The headline: the best theory alignment over the searched windows and betas, with the p-value
+    corrected for that search (max statistic over the random directions)."""
+    best = align[align.metric == "best_alignment"].dropna(subset=["value"])
+    out = []
+    for _, b in best.iterrows():
+        fit = b.get("fit", "?")
+        out.append(f"Best theory alignment ({b.method}, fit = {fit}, position {b.position}): {b.value:.2f} in "
+                   f"the window centred on layer {int(b.window) + 1} (layers {b.layers}, 0-indexed), β = {b.beta:g}; "
+                   f"p = {b.p_value:.2g} for the best of {int(b.n_settings)} settings against {int(b.n_random)} random "
+                   f"directions (the smallest p they allow is {1 / (1 + int(b.n_random)):.2g}).")
+    return " ".join(out)
+
+
+def generation_rows(gens: pd.DataFrame) -> pd.DataFrame:
+    """The generations table as the report shows it: fluency flags as text, degenerate rows marked."""
+    g = gens.copy()
+    if "flags" in g:
+        g["flags"] = g["flags"].map(lambda f: ", ".join(list(f)) if f is not None and len(f) else "")
+    cols = ["id", "direction", "kind", "window", "beta", "position", "continuation", "emotion", "mean_logp", "flags",
+            "degenerate"]
+    return g[[c for c in cols if c in g]]
+
+
+def generation_text(gens: pd.DataFrame, record: dict | None = None) -> str:
+    summary = (record or {}).get("summary", {})
+    steered = gens[gens.kind != "clean"] if "kind" in gens else gens
+    where = ""
+    if summary.get("generation_window_beta"):
+        window, beta = summary["generation_window_beta"]
+        at = {"generated": "the last prompt token and every generated token", "last": "the last prompt token",
+              "prompt": "every prompt token"}.get(summary.get("generation_position"), "")
+        where = f" steering {at or 'the prompt'} in the window centred on layer {int(window) + 1} at β = {beta:g}"
+    flagged = int(steered.degenerate.sum()) if "degenerate" in steered else 0
+    return (f"<p>{len(steered)} steered continuations{html.escape(where)}; {flagged} flagged by the fluency guard "
+            f"(treat their emotion as meaningless).</p>")
+
+
+__all__ = ["best_alignment_text", "fit_text", "generation_rows", "generation_text", "steer_section"]

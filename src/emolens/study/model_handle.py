@@ -1,0 +1,69 @@
+"""A study's model, loaded on first use: a fully cached run never loads weights.
+
+Stage keys need the model's weights id and dtype without loading it (:func:`model_identity`);
+``run.json`` records what a stage that did load it saw (:func:`model_info`).
+"""
+
+from __future__ import annotations
+
+import gc
+
+from emolens.model.loading import _resolve_weights, load_model, placement_device, resolve_dtype
+from emolens.study.config import StudyConfig, model_slug
+
+
+def model_identity(spec: str) -> str:
+    """The id of a model's exact weights, without loading it (used in stage keys)."""
+    if spec.startswith("tiny:"):
+        return f"{spec}:seed0"
+    return _resolve_weights(spec, None)[1]
+
+
+class ModelHandle:
+    """A model loaded on first use, so a fully cached run never loads weights."""
+
+    def __init__(self, spec: str, cfg: StudyConfig):
+        self.spec = spec
+        self.slug = model_slug(spec)
+        self.cfg = cfg
+        self._lm = None
+        self._identity: str | None = None
+
+    @property
+    def identity(self) -> str:
+        if self._identity is None:
+            self._identity = model_identity(self.spec)
+        return self._identity
+
+    @property
+    def dtype_name(self) -> str:
+        device = placement_device(self.cfg.device, self.cfg.device_map)
+        return str(resolve_dtype(self.cfg.dtype, device)).replace("torch.", "")
+
+    @property
+    def lm(self):
+        if self._lm is None:
+            self._lm = load_model(self.spec, **self.cfg.load_kwargs())
+        return self._lm
+
+    @property
+    def loaded(self) -> bool:
+        return self._lm is not None
+
+    def release(self) -> None:
+        self._lm = None
+        gc.collect()
+
+
+def model_info(handle: ModelHandle) -> dict | None:
+    """What run.json records about a loaded model (None when no stage loaded it)."""
+    if not handle.loaded:
+        return None
+    info = {"source_id": handle.lm.source_id, "n_layers": handle.lm.n_layers,
+            "load_seconds": round(handle.lm.load_seconds, 3)}
+    if handle.lm.device_map:
+        info["device_map"] = {k: str(v) for k, v in handle.lm.device_map.items()}
+    return info
+
+
+__all__ = ["ModelHandle", "model_identity", "model_info"]

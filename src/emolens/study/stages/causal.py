@@ -1,0 +1,70 @@
+"""The causal stages: ``ablate``, ``patch`` and ``knockout`` over the study's layer windows.
+
+Each calls its analysis' function in :mod:`emolens.causal` and saves the tidy table, the
+pairs (patching) and ``info.json``. :func:`causal_windows` is shared with the robustness stage.
+"""
+
+from __future__ import annotations
+
+from emolens.causal.ablation import ablate
+from emolens.causal.common import layer_windows
+from emolens.causal.knockout import knockout
+from emolens.causal.patching import patch
+from emolens.paths import dump_json
+from emolens.study.registry import StageContext, dump_section, stage
+
+
+def causal_windows(ctx: StageContext, section) -> list:
+    """The layer windows of every span in ``section`` whose centre the section asks for."""
+    out = []
+    for span in section.spans:
+        out += layer_windows(ctx.n_layers(), [span], [c for c, _ in ctx.windows(span, section)])
+    return out
+
+
+def save_causal(ctx: StageContext, result, name: str) -> dict:
+    """Write a causal result's table (``<name>.parquet``), pairs and info; return the stage summary."""
+    frame = result.frame.copy()
+    frame["head"] = frame["head"].astype("float64")  # nullable ints do not round-trip everywhere
+    frame.to_parquet(ctx.dir / f"{name}.parquet", index=False)
+    if result.pairs is not None:
+        result.pairs.to_parquet(ctx.dir / "pairs.parquet", index=False)
+    dump_json(ctx.dir / "info.json", result.info)
+    return {"rows": len(frame), "conditions": len(result.conditions), **{k: v for k, v in result.info.items()
+                                                                        if isinstance(v, (int, float, str))}}
+
+
+_CAUSAL_SECTION = {"ablate": lambda c: {"items": c.items, "sites": c.sites, "positions": c.positions,
+                                        "seed": c.seed, **dump_section(c.ablate)},
+                   "patch": lambda c: {"items": c.items, "sites": c.sites, "positions": c.positions,
+                                       "seed": c.seed, **dump_section(c.patch)},
+                   "knockout": lambda c: {"items": c.items, "seed": c.seed, **dump_section(c.knockout)}}
+
+
+@stage("ablate", _CAUSAL_SECTION["ablate"], modules=("emolens.causal.common", "emolens.causal.ablation"))
+def _ablate(ctx: StageContext) -> dict:
+    s = ctx.cfg.ablate
+    items = ctx.limited(ctx.items(), s.max_items)
+    result = ablate(ctx.model.lm, items, sites=ctx.cfg.sites, windows=causal_windows(ctx, s),
+                    positions=ctx.cfg.positions, kinds=s.kinds, spec=ctx.prompt, batch_size=ctx.cfg.batch_size,
+                    seed=ctx.cfg.seed + 100, progress=ctx.progress)
+    return save_causal(ctx, result, "ablation")
+
+
+@stage("patch", _CAUSAL_SECTION["patch"], modules=("emolens.causal.common", "emolens.causal.patching"))
+def _patch(ctx: StageContext) -> dict:
+    s = ctx.cfg.patch
+    items = ctx.limited(ctx.items(), s.max_items)
+    result = patch(ctx.model.lm, items, pairs=s.pairs, sites=ctx.cfg.sites, windows=causal_windows(ctx, s),
+                   positions=ctx.cfg.positions, spec=ctx.prompt, batch_size=ctx.cfg.batch_size,
+                   seed=ctx.cfg.seed + 100, progress=ctx.progress)
+    return save_causal(ctx, result, "patching")
+
+
+@stage("knockout", _CAUSAL_SECTION["knockout"], modules=("emolens.causal.common", "emolens.causal.knockout"))
+def _knockout(ctx: StageContext) -> dict:
+    s = ctx.cfg.knockout
+    items = ctx.limited(ctx.items(), s.max_items)
+    result = knockout(ctx.model.lm, items, keys=s.sources, queries=-1, windows=causal_windows(ctx, s),
+                      spec=ctx.prompt, batch_size=ctx.cfg.batch_size, progress=ctx.progress)
+    return save_causal(ctx, result, "knockout")
