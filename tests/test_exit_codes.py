@@ -74,22 +74,25 @@ def test_failed_stage_is_1(tmp_path):
     assert meta["stages"]["tiny-llama"]["extract"]["status"] == "failed"
 
 
-def test_sigint_is_130_and_the_store_resumes(tmp_path):
+def test_sigint_is_130_a_second_writer_is_refused_and_the_store_resumes(tmp_path):
     # So many items that the run cannot finish before the signal, however quiet the machine.
     rows = ["id,text,label"] + [f"i{i},Item {i}: the bus left without me again.,{('joy', 'anger', 'fear')[i % 3]}"
                                 for i in range(5000)]
     (tmp_path / "many.csv").write_text("\n".join(rows) + "\n")
     store = tmp_path / "store"
-    proc = subprocess.Popen(
-        emolens_command() + ["extract", "--model", "tiny:llama", "--data", "many.csv", "--out", str(store),
-                             "--sites", "resid", "--layers", "0", "--batch-size", "1", "--chunk-size", "16"],
-        cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    args = ["extract", "--model", "tiny:llama", "--data", "many.csv", "--out", str(store),
+            "--sites", "resid", "--layers", "0", "--batch-size", "1", "--chunk-size", "16"]
+    proc = subprocess.Popen(emolens_command() + args, cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 300
         while not (store / "progress.json").exists():  # at least one chunk is durable
             assert proc.poll() is None, proc.communicate()
             assert time.monotonic() < deadline, "extract made no progress in 300 s"
             time.sleep(0.05)
+        second = emolens(*args, cwd=tmp_path)  # the same command, concurrently
+        assert second.returncode == 2
+        assert f"is being written by pid {proc.pid} on host" in second.stderr and second.stderr.count("\n") == 1
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=120)
     finally:
@@ -105,3 +108,4 @@ def test_sigint_is_130_and_the_store_resumes(tmp_path):
     done = json.loads((store / "progress.json").read_text())["chunks_done"]
     assert 1 <= done < 5000 // 16
     assert not ActivationStore.open(store, allow_incomplete=True).complete
+    assert not (store / ".emolens.lock").exists()  # the interrupted writer let go of the store

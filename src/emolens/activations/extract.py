@@ -89,7 +89,6 @@ def extract(lm, dataset, out: str | Path, sites: str | Sequence[str] = ("attn", 
     ...; stored mean-pooled). ``on_chunk(k)`` runs after chunk ``k`` is committed (tests inject
     kills there). Returns the complete store.
     """
-    from emolens.inputs.batching import iter_batches
     from emolens.inputs.prompts import PromptSpec, build_prompts
 
     spec = spec or PromptSpec()
@@ -127,9 +126,26 @@ def extract(lm, dataset, out: str | Path, sites: str | Sequence[str] = ("attn", 
         from emolens.readout import LabelReader
 
         reader = LabelReader.build(lm.tokenizer, spec.labels, prompts[0].text, prompts[0].label_prefix)
-    done_items = min(len(dataset), writer.chunks_done * chunk_size)
+    todo = writer.pending()  # damaged chunks a repair marked, then the unfinished tail
+    done_items = len(dataset) - sum(len(writer.chunk_range(c)) for c in todo)
     bar = tqdm(total=len(dataset), initial=done_items, desc="extract", unit="item", disable=not progress)
-    for chunk in range(writer.chunks_done, writer.n_chunks):
+    try:
+        _fill(writer, todo, lm, dataset, prompts, spec, ops, layout, site_list, np_dtype, reader, batch_size,
+              bar, on_chunk)
+    except BaseException:
+        writer.release()  # a failed or interrupted writer frees the store for the rerun
+        raise
+    finally:
+        bar.close()
+    return writer.finish()
+
+
+def _fill(writer, todo, lm, dataset, prompts, spec, ops, layout, site_list, np_dtype, reader, batch_size, bar,
+          on_chunk) -> None:
+    """Compute and commit the chunks in ``todo``."""
+    from emolens.inputs.batching import iter_batches
+
+    for chunk in todo:
         rows = writer.chunk_range(chunk)
         buffers = writer.buffers(chunk)
         scores = np.zeros((len(rows), len(spec.labels)), dtype=np.float32) if reader else None
@@ -157,8 +173,6 @@ def extract(lm, dataset, out: str | Path, sites: str | Sequence[str] = ("attn", 
         writer.commit(chunk, buffers, frame)
         if on_chunk is not None:
             on_chunk(chunk)
-    bar.close()
-    return writer.finish()
 
 
 def _readout_frame(dataset, rows: range, labels: Sequence[str], scores: np.ndarray, top: list[str]):

@@ -4,10 +4,13 @@ Layout of a store folder::
 
     manifest.json     what was extracted, from what (model, weights, data, prompts, sites...)
     <site>.npy        a standard .npy file; readers memory-map it (np.load(mmap_mode="r"))
-    progress.json     {"chunks_done": k} -- replaced atomically after each chunk is durable
-    readout/          per-chunk label readouts while running (parquet, atomically renamed)
+    manifest.backup.json  a copy of the manifest, so a damaged manifest can be restored
+    progress.json     {"chunks_done": k, "checksums": {chunk: {site: crc32}}, "redo": [...]} --
+                      replaced atomically after each chunk is durable
+    readout/          per-chunk label readouts (parquet, atomically renamed; kept for repairs)
     readout.parquet   the readout of every item, in item order (when requested)
     COMPLETE          written last; only a complete store is reused or opened by default
+    .emolens.lock     the writer's pid and host while a writer is at work (see emolens.locks)
 
 Why this shape: items are written in fixed chunks of consecutive items, so each chunk is one
 contiguous byte range per site, written with ``pwrite`` from a chunk-sized buffer (host memory
@@ -15,7 +18,10 @@ is bounded by the chunk, never the corpus) and made durable (``fsync``) before `
 moves forward. A kill at any moment leaves a store that resumes at the first incomplete chunk;
 because a chunk's items and their batching are fixed, the resumed run writes the same bytes an
 uninterrupted one would. A store whose identity (model, data, prompts, sites, layers, positions,
-dtype) differs from the request is refused, never appended to.
+dtype) differs from the request is refused, never appended to. Damage done behind the store's
+back (a truncated or deleted array, a lost readout chunk, a corrupt manifest) is found on open
+and repaired on the next extract, which recomputes only the damaged chunks
+(:mod:`emolens.activations.health`).
 """
 
 from __future__ import annotations
@@ -30,12 +36,15 @@ from typing import Any
 
 import numpy as np
 
+from emolens.activations.health import BACKUP, check_store, chunk_crc, read_json, repair_store
 from emolens.errors import EmolensError
+from emolens.locks import LOCK_NAME, WriterLock
+from emolens.notices import warn
 
 FORMAT = "emolens-activations"
 VERSION = 1
 STORE_DTYPES: dict[str, np.dtype] = {"float32": np.dtype("float32"), "float16": np.dtype("float16")}
-_OWN = {"manifest.json", "progress.json", "COMPLETE", "readout.parquet", "readout"}
+_OWN = {"manifest.json", "progress.json", "COMPLETE", "readout.parquet", "readout", BACKUP, LOCK_NAME}
 
 
 def storage_dtype(name: str) -> np.dtype:
@@ -79,14 +88,25 @@ class ActivationStore:
 
     @classmethod
     def open(cls, root: str | Path, allow_incomplete: bool = False) -> ActivationStore:
+        """Open a store for reading after a quick check (manifest, array sizes and headers, readout).
+
+        A damaged store is an error naming the damage and the fix (rerun extract, which repairs).
+        """
         root = Path(root)
-        path = root / "manifest.json"
-        if not path.exists():
+        if not root.is_dir():
+            raise EmolensError(f"{str(root)!r} is not a folder", "pass the --out folder of `emolens extract`")
+        if not (root / "manifest.json").exists() and not (root / BACKUP).exists():
             raise EmolensError(f"{str(root)!r} is not an activation store (no manifest.json)",
                                "run `emolens extract --out` to create one")
-        manifest = json.loads(path.read_text())
-        if manifest.get("format") != FORMAT:
+        manifest = read_json(root / "manifest.json")
+        if manifest is not None and manifest.get("format") != FORMAT:
             raise EmolensError(f"{str(root)!r} holds no emolens activations", "point at an extract output folder")
+        check = check_store(root, full=False)
+        if not check.ok:
+            what = check.fatal or "; ".join(check.problems)
+            raise EmolensError(f"activation store {str(root)!r} is damaged ({what})",
+                               f"rerun the extract command that made it (it repairs only the damage), "
+                               f"or see `emolens doctor {root}`")
         if not allow_incomplete and not (root / "COMPLETE").exists():
             raise EmolensError(f"activation store {str(root)!r} is incomplete",
                                "rerun the same extract command to resume it")
@@ -165,10 +185,15 @@ class ActivationStore:
 class StoreWriter:
     """Write side: chunked, durable, resumable. Get one from :func:`prepare_store`."""
 
-    def __init__(self, root: Path, manifest: dict, chunks_done: int):
+    def __init__(self, root: Path, manifest: dict, chunks_done: int, progress: dict | None = None,
+                 lock: WriterLock | None = None):
         self.root = root
         self.manifest = manifest
         self.chunks_done = chunks_done
+        progress = progress or {}
+        self.redo: list[int] = sorted(int(c) for c in progress.get("redo", []))
+        self.checksums: dict[str, dict[str, int]] = dict(progress.get("checksums", {}))
+        self.lock = lock
         self.chunk_size = int(manifest["run"]["chunk_size"])
         self.n_items = len(manifest["item_ids"])
         self._offsets = {}
@@ -181,6 +206,10 @@ class StoreWriter:
     def n_chunks(self) -> int:
         return -(-self.n_items // self.chunk_size)
 
+    def pending(self) -> list[int]:
+        """Chunks still to compute, in order: damaged ones to redo, then the unfinished tail."""
+        return sorted(set(self.redo) | set(range(self.chunks_done, self.n_chunks)))
+
     def chunk_range(self, chunk: int) -> range:
         return range(chunk * self.chunk_size, min(self.n_items, (chunk + 1) * self.chunk_size))
 
@@ -192,15 +221,17 @@ class StoreWriter:
 
     def commit(self, chunk: int, buffers: Mapping[str, np.ndarray], readout=None) -> None:
         """Write one chunk's rows durably, then advance ``progress.json`` (the commit point)."""
-        if chunk != self.chunks_done:
+        if chunk != self.chunks_done and chunk not in self.redo:
             raise EmolensError(f"chunk {chunk} committed out of order (next is {self.chunks_done})",
                                "commit chunks in order")
         start = self.chunk_range(chunk).start
+        sums = {}
         for site, spec in self.manifest["arrays"].items():
             buf = np.ascontiguousarray(buffers[site], dtype=spec["dtype"])
             if buf.shape != (len(self.chunk_range(chunk)), *spec["shape"][1:]):
                 raise ValueError(f"buffer of {site} has shape {buf.shape}")
             row_bytes = buf[0].nbytes if len(buf) else 0
+            sums[site] = chunk_crc(buf)
             fd = os.open(self.root / f"{site}.npy", os.O_WRONLY)
             try:
                 view = memoryview(buf.reshape(-1).view(np.uint8))
@@ -216,26 +247,44 @@ class StoreWriter:
             tmp = path.with_name(path.name + ".tmp")
             readout.to_parquet(tmp, index=False)
             os.replace(tmp, path)
-        self.chunks_done = chunk + 1
-        _atomic_write(self.root / "progress.json", _dump({"chunks_done": self.chunks_done}))
+        if chunk in self.redo:
+            self.redo.remove(chunk)
+        else:
+            self.chunks_done = chunk + 1
+        self.checksums[str(chunk)] = sums
+        progress = {"chunks_done": self.chunks_done, "checksums": self.checksums,
+                    **({"redo": self.redo} if self.redo else {})}
+        _atomic_write(self.root / "progress.json", _dump(progress))
+
+    def release(self) -> None:
+        """Give up the writer lock (also done by :meth:`finish` and at process exit)."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
     def finish(self) -> ActivationStore:
         """Join the readout chunks, then write ``COMPLETE`` (a store is usable only after this)."""
-        if self.chunks_done != self.n_chunks:
-            raise EmolensError(f"store has {self.chunks_done} of {self.n_chunks} chunks", "finish extraction first")
-        chunk_dir = self.root / "readout"
-        if self.manifest["identity"].get("readout") and chunk_dir.exists():
-            import pandas as pd
-
-            parts = [pd.read_parquet(chunk_dir / f"chunk-{c:05d}.parquet") for c in range(self.n_chunks)]
-            frame = pd.concat(parts, ignore_index=True)
-            tmp = self.root / "readout.parquet.tmp"
-            frame.to_parquet(tmp, index=False)
-            os.replace(tmp, self.root / "readout.parquet")
+        if self.chunks_done != self.n_chunks or self.redo:
+            raise EmolensError(f"store has {self.chunks_done - len(self.redo)} of {self.n_chunks} chunks",
+                               "finish extraction first")
+        if self.manifest["identity"].get("readout"):
+            join_readout(self.root, self.n_chunks)
         done = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
         _atomic_write(self.root / "COMPLETE", f"{done}\n".encode())
-        shutil.rmtree(chunk_dir, ignore_errors=True)
+        self.release()
         return ActivationStore.open(self.root)
+
+
+def join_readout(root: Path, n_chunks: int) -> None:
+    """Join the per-chunk readouts into ``readout.parquet`` (the chunks stay, for repairs)."""
+    import pandas as pd
+
+    chunk_dir = root / "readout"
+    parts = [pd.read_parquet(chunk_dir / f"chunk-{c:05d}.parquet") for c in range(n_chunks)]
+    frame = pd.concat(parts, ignore_index=True)
+    tmp = root / "readout.parquet.tmp"
+    frame.to_parquet(tmp, index=False)
+    os.replace(tmp, root / "readout.parquet")
 
 
 def _identity_diff(old: Mapping, new: Mapping) -> list[str]:
@@ -245,28 +294,78 @@ def _identity_diff(old: Mapping, new: Mapping) -> list[str]:
 def prepare_store(root: str | Path, identity: dict, item_ids: Sequence[str],
                   arrays: Mapping[str, tuple[tuple[int, ...], str]], run: dict,
                   info: dict | None = None) -> StoreWriter | ActivationStore:
-    """Create, resume or reuse the store at ``root`` for a request.
+    """Create, resume, repair or reuse the store at ``root`` for a request.
 
     ``identity`` is everything that determines the stored values (compared exactly);
     ``arrays`` maps site -> (shape, dtype name); ``run`` holds what must also match to *resume*
     bit-identically (chunk and batch size, device), but not to reuse a complete store. Returns
     the complete :class:`ActivationStore` when one matching the request exists, else a
-    :class:`StoreWriter` positioned at the first incomplete chunk.
+    :class:`StoreWriter` holding the store's writer lock, positioned at the chunks still to do
+    (damaged chunks found by a full check first). A store holding no finished chunk (left by a
+    failed extract) is replaced, so a corrected command is never blocked by its failed attempt.
     """
     root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise EmolensError(f"--out {str(root)!r} is a file", "pass a folder path for the store")
     identity = json.loads(json.dumps(identity))  # normalise tuples etc. to what JSON reads back
     run = json.loads(json.dumps(run))
+    created = not root.exists()
+    lock = WriterLock(root, "activation store").acquire()
+    try:
+        target = _prepare(root, identity, list(item_ids), arrays, run, info, lock)
+    except BaseException:
+        lock.release()
+        if created and root.is_dir() and not any(root.iterdir()):
+            root.rmdir()
+        raise
+    if isinstance(target, ActivationStore):
+        lock.release()
+    return target
+
+
+def _has_work(root: Path) -> bool:
+    """Whether a store holds anything worth keeping (a finished chunk, or progress we cannot read)."""
+    if (root / "COMPLETE").exists():
+        return True
+    if not (root / "progress.json").exists():
+        return False
+    progress = read_json(root / "progress.json")
+    return progress is None or int(progress.get("chunks_done", 0)) > 0 or bool(progress.get("redo"))
+
+
+def _clear(root: Path) -> None:
+    for p in root.iterdir():
+        if p.name != LOCK_NAME:
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+
+
+def _prepare(root: Path, identity: dict, item_ids: list[str], arrays, run: dict, info: dict | None,
+             lock: WriterLock) -> StoreWriter | ActivationStore:
     manifest_path = root / "manifest.json"
-    if manifest_path.exists():
-        old = json.loads(manifest_path.read_text())
-        if old.get("format") != FORMAT:
-            raise EmolensError(f"{str(root)!r} holds something other than emolens activations",
-                               "choose a new --out folder")
+    if manifest_path.exists() or (root / BACKUP).exists():
+        check = check_store(root, full=True)
+        if check.fatal is not None:
+            if _has_work(root):
+                raise EmolensError(f"store {str(root)!r}: {check.fatal}",
+                                   "delete the folder and extract again, or choose a new --out folder")
+            warn(f"store {str(root)!r}: {check.fatal}; it held no finished chunk, starting it again")
+            _clear(root)
+            return _create(root, identity, item_ids, arrays, run, info, lock)
+        old = check.manifest
         diff = _identity_diff(old["identity"], identity)
-        if diff or old["item_ids"] != list(item_ids):
+        if diff or old["item_ids"] != item_ids:
             fields = diff or ["item_ids"]
+            if not _has_work(root):
+                warn(f"replacing store {str(root)!r}: it held no finished chunk (a failed extract with "
+                     f"different {', '.join(fields)})")
+                _clear(root)
+                return _create(root, identity, item_ids, arrays, run, info, lock)
             raise EmolensError(f"store {str(root)!r} was extracted with different {', '.join(fields)}",
                                "choose a new --out folder or delete the old store")
+        if not check.ok:
+            warn(f"store {str(root)!r} is damaged: {'; '.join(check.problems)}")
+            for line in repair_store(check):
+                warn(f"store {str(root)!r}: {line}")
         if (root / "COMPLETE").exists():
             return ActivationStore.open(root)
         run_diff = _identity_diff(old["run"], run)
@@ -274,17 +373,20 @@ def prepare_store(root: str | Path, identity: dict, item_ids: Sequence[str],
             was = ", ".join(f"{k}={old['run'].get(k)!r}" for k in run_diff)
             raise EmolensError(f"incomplete store {str(root)!r} was started with other settings ({was})",
                                "resume with the same settings or choose a new --out folder")
-        progress = root / "progress.json"
-        done = json.loads(progress.read_text())["chunks_done"] if progress.exists() else 0
-        return StoreWriter(root, old, done)
+        progress = read_json(root / "progress.json") or {}
+        return StoreWriter(root, old, int(progress.get("chunks_done", 0)), progress, lock)
     if root.exists():
         foreign = [p.name for p in root.iterdir()
                    if p.name not in _OWN and not p.name.endswith((".npy", ".tmp"))]
         if foreign:
             raise EmolensError(f"{str(root)!r} exists and is not an activation store (holds {foreign[0]!r})",
                                "choose a new or empty --out folder")
-        for p in root.iterdir():  # leftovers of a run killed before its manifest was written
-            shutil.rmtree(p) if p.is_dir() else p.unlink()
+        _clear(root)  # leftovers of a run killed before its manifest was written
+    return _create(root, identity, item_ids, arrays, run, info, lock)
+
+
+def _create(root: Path, identity: dict, item_ids: list[str], arrays, run: dict, info: dict | None,
+            lock: WriterLock) -> StoreWriter:
     root.mkdir(parents=True, exist_ok=True)
     specs = {}
     for site, (shape, dtype) in arrays.items():
@@ -300,5 +402,6 @@ def prepare_store(root: str | Path, identity: dict, item_ids: Sequence[str],
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "versions": library_versions(), **({"info": info} if info else {}),
     }
-    _atomic_write(manifest_path, _dump(manifest))
-    return StoreWriter(root, manifest, 0)
+    _atomic_write(root / BACKUP, _dump(manifest))
+    _atomic_write(root / "manifest.json", _dump(manifest))
+    return StoreWriter(root, manifest, 0, None, lock)

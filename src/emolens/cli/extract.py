@@ -15,9 +15,11 @@ def register(app: typer.Typer) -> None:
         data: str = typer.Option("crowd-envent", help="crowd-envent, stimuli, or a CSV/TSV/JSONL/zip path"),
         sites: str = typer.Option("attn,mlp,resid", help="comma-separated sites (resid, attn, mlp, attn_post, "
                                                           "mlp_post, heads, embed, final)"),
-        layers: str = typer.Option("all", help="'all', '3', '2,5,7' or 'a:b'"),
-        positions: str = typer.Option("-1", help="relative to the answer cue: '-1,-2', '-5:', span names "
-                                                 "(context, instruction, shots, answer, all; mean-pooled)"),
+        layers: str = typer.Option("all", help="'all', '3', '2,5,7' or 'a:b' (0-indexed; b excluded; every "
+                                               "layer must exist)"),
+        positions: str = typer.Option("-1", help="negative ints relative to the end of the prompt (-1 = the "
+                                                 "answer cue token, -2 the one before): '-1,-2', '-5:'; or span "
+                                                 "names (context, instruction, shots, answer, all; mean-pooled)"),
         readout: bool = typer.Option(False, help="also store the 13 label scores per item (readout.parquet)"),
         dtype: str = typer.Option("float16", help="storage dtype: float16 or float32"),
         limit: int = typer.Option(0, help="seeded label-stratified sample of N items (0 = all)"),
@@ -35,28 +37,46 @@ def register(app: typer.Typer) -> None:
         import time
 
         from emolens.activations.extract import extract as run_extract
-        from emolens.activations.extract import normalise_positions, parse_sites
+        from emolens.activations.extract import parse_sites
         from emolens.activations.store import storage_dtype
+        from emolens.cli.checks import check_layer_text, relative_positions
         from emolens.data.loading import load_dataset
         from emolens.errors import EmolensError
         from emolens.inputs.prompts import PromptSpec, parse_shots
+        from emolens.locks import WriterLock
         from emolens.model.loading import load_model
 
         if separator not in ("space", "newline"):
             raise EmolensError(f"unknown separator {separator!r}", "use 'space' or 'newline'")
         # cheap checks before the model loads, so a typo costs no time
+        if batch_size < 1:
+            raise EmolensError(f"--batch-size {batch_size} is not positive", "pass --batch-size 1 or more")
+        if chunk_size < 1:
+            raise EmolensError(f"--chunk-size {chunk_size} is not positive", "pass --chunk-size 1 or more")
+        if limit < 0:
+            raise EmolensError(f"--limit {limit} is negative", "pass --limit 0 (all items) or a positive N")
+        check_layer_text(layers)
         parse_sites(sites)
-        normalise_positions(positions)
+        relative_positions(positions)
         storage_dtype(dtype)
+        if out.exists() and not out.is_dir():
+            raise EmolensError(f"--out {str(out)!r} is a file", "pass a folder path for the store")
         spec = PromptSpec(template=template, shots=parse_shots(shots), chat=chat,
                           separator=" " if separator == "space" else "\n")
-        dataset = load_dataset(data)
-        if limit:
-            dataset = dataset.sample(limit, seed=seed)
-        lm = load_model(model, dtype=model_dtype, device=device)
-        start = time.perf_counter()
-        store = run_extract(lm, dataset, out, sites=sites, layers=layers, positions=positions, spec=spec,
-                            readout=readout, dtype=dtype, batch_size=batch_size, chunk_size=chunk_size)
+        created = not out.exists()
+        lock = WriterLock(out, "activation store").acquire()  # a second writer stops here, before any work
+        try:
+            dataset = load_dataset(data)
+            if limit:
+                dataset = dataset.sample(limit, seed=seed)
+            lm = load_model(model, dtype=model_dtype, device=device)
+            start = time.perf_counter()
+            store = run_extract(lm, dataset, out, sites=sites, layers=layers, positions=positions, spec=spec,
+                                readout=readout, dtype=dtype, batch_size=batch_size, chunk_size=chunk_size)
+        finally:
+            lock.release()
+            if created and out.is_dir() and not any(out.iterdir()):
+                out.rmdir()  # a command that failed before writing anything leaves no empty folder
         seconds = time.perf_counter() - start
         shapes = ", ".join(f"{s} {tuple(store.read(s).shape)}" for s in store.sites)
         line = f"{len(store)} items; {shapes}"

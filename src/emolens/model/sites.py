@@ -193,10 +193,20 @@ class SiteRegistry:
             return list(range(count))
         if isinstance(layers, str):
             text = layers.strip()
-            if ":" in text:
-                start, stop = (int(x) if x else None for x in text.split(":", 1))
-                return list(range(count))[slice(start, stop)]
-            layers = [int(x) for x in text.split(",") if x.strip()]
+            try:
+                if ":" in text:  # a range must lie inside the model, like a single layer (never clamped)
+                    start, stop = (int(x) if x.strip() else None for x in text.split(":", 1))
+                    for bound in (start, None if stop is None else stop - (stop > 0)):
+                        if bound is not None and not -count <= bound < count:
+                            raise EmolensError(f"layer range {text!r} reaches layer {bound}, out of range for "
+                                               f"site {site!r} ({count} layer(s))", f"use bounds within 0..{count}")
+                    chosen = list(range(count))[slice(start, stop)]
+                    if not chosen:
+                        raise EmolensError(f"layer range {text!r} is empty", f"use a:b with a < b within 0..{count}")
+                    return chosen
+                layers = [int(x) for x in text.split(",") if x.strip()]
+            except ValueError as exc:
+                raise EmolensError(f"bad layers {layers!r}", "use 'all', '3', '2,5,7' or 'a:b'") from exc
         if isinstance(layers, int):
             layers = [layers]
         out = []
