@@ -1,0 +1,75 @@
+"""Cross-model similarity: CKA invariances, RSA's Mantel null, transfer of a model onto itself."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.spatial.distance import pdist
+from scipy.stats import ortho_group
+
+from emolens.crossmodel import centroid_rdm, cka_matrix, linear_cka, mantel, relative_depth_pairs, transfer
+from emolens.labels import EMOTIONS
+
+
+def _acts(seed=0, n=260, d=24):
+    rng = np.random.default_rng(seed)
+    labels = np.array([EMOTIONS[i % 13] for i in range(n)])
+    centres = rng.normal(size=(13, d)) * 2
+    x = centres[[EMOTIONS.index(e) for e in labels]] + rng.normal(size=(n, d))
+    return x, labels
+
+
+def test_cka_of_itself_and_of_a_rotation_is_one():
+    x, _ = _acts()
+    q = ortho_group.rvs(x.shape[1], random_state=1)
+    assert abs(linear_cka(x, x) - 1) < 1e-12
+    assert abs(linear_cka(x, x @ q) - 1) < 1e-10
+    assert abs(linear_cka(x, 3.0 * x + 5.0) - 1) < 1e-10
+    noise = np.random.default_rng(2).normal(size=x.shape)
+    assert linear_cka(x, noise) < 0.3
+
+
+def test_cka_matrix_equals_pairwise_cka():
+    x, _ = _acts()
+    y = np.tanh(x[:, :10])
+    m = cka_matrix([x, y], [y, x[:, :5]])
+    ref = np.array([[linear_cka(a, b) for b in (y, x[:, :5])] for a in (x, y)])
+    np.testing.assert_allclose(m, ref, atol=1e-10)
+
+
+def test_transfer_to_itself_equals_native():
+    x, labels = _acts()
+    ratings = x[:, :2] @ np.array([[1.0, 0.2], [0.0, 1.0]]) + np.random.default_rng(3).normal(size=(len(x), 2))
+    rows = transfer(x, x, labels, ratings, ("pleasantness", "effort"))
+    for row in rows:
+        assert abs(row["transferred"] - row["native"]) < 0.01, row
+    assert rows[0]["native"] > 0.5
+
+
+def test_transfer_from_unrelated_model_is_near_chance():
+    x, labels = _acts()
+    rows = transfer(x, np.random.default_rng(4).normal(size=x.shape), labels)
+    assert rows[0]["native"] > 0.5 and rows[0]["transferred"] < 0.2
+
+
+def test_mantel_null_rejects_at_most_five_percent_over_200_simulations():
+    """Unrelated geometries: p <= .05 in <= 5% of 200 runs (binomial band); related geometries: rejected."""
+    rng = np.random.default_rng(5)
+    sims, false, found = 200, 0, 0
+    for _ in range(sims):
+        a = pdist(rng.normal(size=(13, 6)))
+        b_points = rng.normal(size=(13, 6))
+        false += mantel(a, pdist(b_points), n_perm=199, seed=int(rng.integers(1e9)))[1] <= 0.05
+        shared = rng.normal(size=(13, 6))
+        related = mantel(pdist(shared + 0.5 * rng.normal(size=(13, 6))),
+                         pdist(shared + 0.5 * rng.normal(size=(13, 6))), n_perm=199, seed=1)
+        found += related[1] <= 0.05
+    assert false / sims <= 0.05 + 2.58 * np.sqrt(0.05 * 0.95 / sims)
+    assert found / sims >= 0.9
+
+
+def test_centroid_rdm_and_depth_pairs():
+    x, labels = _acts()
+    rdm = centroid_rdm(x, labels, EMOTIONS)
+    assert rdm.shape == (78,) and (rdm > 0).all()
+    assert relative_depth_pairs(18, 24) [-1] == (1.0, 17, 23)
+    assert relative_depth_pairs(18, 24)[8][1:] == (8, 11)
