@@ -66,19 +66,21 @@ _FULL_PRECONDITIONER_BYTES = 2 * 1024**3
 # input handling
 
 
-def _device(X: ArrayLike, device: str | torch.device | None) -> torch.device:
+def probe_device(X: ArrayLike, device: str | torch.device | None) -> torch.device:
+    """The device probes run on: ``device`` when given, else where a tensor ``X`` already lives (CPU for numpy)."""
     if device is not None:
         return torch.device(device)
     return X.device if isinstance(X, torch.Tensor) else torch.device("cpu")
 
 
-def _stack3(X: ArrayLike) -> ArrayLike:
+def stack_slices(X: ArrayLike) -> ArrayLike:
+    """``X`` itself once it is ``[S, n, d]`` (slices, items, features): the batched estimators' one input shape."""
     if X.ndim != 3:
         raise EmolensError(f"expected activations of shape [slices, items, d], got shape {tuple(X.shape)}")
     return X
 
 
-def _chunk(X: ArrayLike, s0: int, s1: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+def slice_block(X: ArrayLike, s0: int, s1: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """Slices ``s0:s1`` of X as a device tensor; numpy (memmap) data is read once, no extra copy."""
     if isinstance(X, torch.Tensor):
         return X[s0:s1].to(device=device, dtype=dtype)
@@ -89,12 +91,13 @@ def _chunk(X: ArrayLike, s0: int, s1: int, device: torch.device, dtype: torch.dt
     return t.to(device=device, dtype=dtype)
 
 
-def _chunks(n_slices: int, slice_chunk: int | None) -> list[tuple[int, int]]:
+def slice_ranges(n_slices: int, slice_chunk: int | None) -> list[tuple[int, int]]:
+    """``(s0, s1)`` blocks of at most ``slice_chunk`` slices, so large sweeps fit in device memory."""
     step = n_slices if not slice_chunk else max(1, int(slice_chunk))
     return [(s, min(s + step, n_slices)) for s in range(0, n_slices, step)]
 
 
-def _labels(y: ArrayLike, n_slices: int, n_items: int, n_classes: int | None) -> tuple[torch.Tensor, int]:
+def encode_labels(y: ArrayLike, n_slices: int, n_items: int, n_classes: int | None) -> tuple[torch.Tensor, int]:
     """Integer labels as ``[1 or S, n]`` int64; ``-1``/NaN/out-of-range labels are an error."""
     t = torch.as_tensor(np.asarray(y.cpu() if isinstance(y, torch.Tensor) else y))
     if t.is_floating_point():
@@ -118,7 +121,7 @@ def _labels(y: ArrayLike, n_slices: int, n_items: int, n_classes: int | None) ->
     return t, k
 
 
-def _targets(Y: ArrayLike, n_slices: int, n_items: int) -> tuple[torch.Tensor, bool]:
+def encode_targets(Y: ArrayLike, n_slices: int, n_items: int) -> tuple[torch.Tensor, bool]:
     """Regression targets as ``[1 or S, n, T]`` float64 on CPU, and whether they were 1-D."""
     t = torch.as_tensor(np.asarray(Y.cpu() if isinstance(Y, torch.Tensor) else Y, dtype=np.float64))
     single = t.ndim == 1
@@ -380,17 +383,17 @@ def fit_logistic(X: ArrayLike, y: ArrayLike, *, C: float = 1.0, n_classes: int |
     cuts the iterations several-fold on raw activations; ``"diag"`` is the cheap fallback.
     Returns tensors on the CPU.
     """
-    X = _stack3(X)
+    X = stack_slices(X)
     S, n, d = X.shape
-    dev = _device(X, device)
-    labels, K = _labels(y, S, n, n_classes)
+    dev = probe_device(X, device)
+    labels, K = encode_labels(y, S, n, n_classes)
     lam = 1.0 / (C * n)
     if precondition == "full" and not slice_chunk:
         # the factorisation needs ~3 float64 d x d matrices and a transformed copy of X per slice
         slice_chunk = max(1, _FULL_PRECONDITIONER_BYTES // (3 * 8 * d * d + 4 * n * d))
     parts: list[tuple] = []
-    for s0, s1 in _chunks(S, slice_chunk):
-        Xc = _chunk(X, s0, s1, dev, dtype)
+    for s0, s1 in slice_ranges(S, slice_chunk):
+        Xc = slice_block(X, s0, s1, dev, dtype)
         lab = labels if labels.shape[0] == 1 else labels[s0:s1]
         Y = torch.nn.functional.one_hot(lab, K).to(device=dev, dtype=dtype)
         present = Y.sum(1) > 0  # [1 or s, K]
@@ -407,14 +410,14 @@ def fit_logistic(X: ArrayLike, y: ArrayLike, *, C: float = 1.0, n_classes: int |
     return LogisticFit(coef, intercept, n_iter, gnorm, gnorm <= tol, loss, tol)
 
 
-def _linear(X: ArrayLike, coef: torch.Tensor, intercept: torch.Tensor, device, dtype,
-            slice_chunk: int | None) -> torch.Tensor:
+def linear_logits(X: ArrayLike, coef: torch.Tensor, intercept: torch.Tensor, device, dtype,
+                  slice_chunk: int | None) -> torch.Tensor:
     """``X @ coef.T + intercept`` per slice: ``[S, n, K]`` on the CPU."""
-    X = _stack3(X)
-    dev = _device(X, device)
+    X = stack_slices(X)
+    dev = probe_device(X, device)
     out = []
-    for s0, s1 in _chunks(X.shape[0], slice_chunk):
-        Xc = _chunk(X, s0, s1, dev, dtype)
+    for s0, s1 in slice_ranges(X.shape[0], slice_chunk):
+        Xc = slice_block(X, s0, s1, dev, dtype)
         W = coef[s0:s1].to(dev, dtype)
         b = intercept[s0:s1].to(dev, dtype)
         out.append(torch.baddbmm(b.unsqueeze(1), Xc, W.transpose(1, 2)).cpu())
@@ -448,10 +451,10 @@ def fit_ridge(X: ArrayLike, Y: ArrayLike, *, alpha: float | str | Sequence[float
     per slice and target, the alpha with the smallest exact leave-one-out squared error, from one
     eigendecomposition per slice -- the criterion of ``RidgeCV(alphas, alpha_per_target=True)``.
     """
-    X = _stack3(X)
+    X = stack_slices(X)
     S, n, d = X.shape
-    dev = _device(X, device)
-    T_all, _ = _targets(Y, S, n)
+    dev = probe_device(X, device)
+    T_all, _ = encode_targets(Y, S, n)
     grid = None
     if isinstance(alpha, str):
         if alpha != "gcv":
@@ -462,8 +465,8 @@ def fit_ridge(X: ArrayLike, Y: ArrayLike, *, alpha: float | str | Sequence[float
     if grid is not None and (grid <= 0).any():
         raise EmolensError("ridge alphas must be positive")
     parts = []
-    for s0, s1 in _chunks(S, slice_chunk):
-        Xs = _chunk(X, s0, s1, dev, dtype)
+    for s0, s1 in slice_ranges(S, slice_chunk):
+        Xs = slice_block(X, s0, s1, dev, dtype)
         Yt = (T_all if T_all.shape[0] == 1 else T_all[s0:s1]).to(dev, dtype)
         mu, sd = _moments(Xs, standardize)
         Xs = (Xs - mu.unsqueeze(1)) / sd.unsqueeze(1)  # the one working copy of this chunk
@@ -581,14 +584,14 @@ def fit_mlp(X: ArrayLike, y: ArrayLike, *, hidden: int = 32, alpha: float = 1e-4
     had no seed). A slice stops updating once its epoch loss has not improved by ``tol`` for
     ``n_iter_no_change`` epochs (sklearn's rule); the loop ends when all slices have stopped.
     """
-    X = _stack3(X)
+    X = stack_slices(X)
     S, n, d = X.shape
-    dev = _device(X, device)
-    labels, K = _labels(y, S, n, n_classes)
+    dev = probe_device(X, device)
+    labels, K = encode_labels(y, S, n, n_classes)
     gen = torch.Generator().manual_seed(seed)
     parts = []
-    for s0, s1 in _chunks(S, slice_chunk):
-        Xc = _chunk(X, s0, s1, dev, dtype)
+    for s0, s1 in slice_ranges(S, slice_chunk):
+        Xc = slice_block(X, s0, s1, dev, dtype)
         s = s1 - s0
         lab = (labels if labels.shape[0] == 1 else labels[s0:s1]).to(dev).expand(s, n)
         present = torch.zeros(s, K, dtype=torch.bool, device=dev).scatter_(1, lab, True)
@@ -652,12 +655,13 @@ def fit_mlp(X: ArrayLike, y: ArrayLike, *, hidden: int = 32, alpha: float = 1e-4
     return MLPFit(*(torch.cat(v) for v in zip(*parts, strict=True)), standardized=standardize)
 
 
-def _mlp_logits(fit: MLPFit, X: ArrayLike, device, dtype, slice_chunk) -> torch.Tensor:
-    X = _stack3(X)
-    dev = _device(X, device)
+def mlp_logits(fit: MLPFit, X: ArrayLike, device, dtype, slice_chunk) -> torch.Tensor:
+    """Logits of a fitted batched MLP per slice, block by block, on CPU (shared by predict and evaluation)."""
+    X = stack_slices(X)
+    dev = probe_device(X, device)
     out = []
-    for s0, s1 in _chunks(X.shape[0], slice_chunk):
-        Xc = _chunk(X, s0, s1, dev, dtype)
+    for s0, s1 in slice_ranges(X.shape[0], slice_chunk):
+        Xc = slice_block(X, s0, s1, dev, dtype)
         Xn = Xc
         if fit.standardized:
             Xn = (Xc - fit.mu[s0:s1].to(dev, dtype).unsqueeze(1)) / fit.sd[s0:s1].to(dev, dtype).unsqueeze(1)
@@ -718,7 +722,7 @@ class BatchedLogisticProbe(_BatchedClassifier):
 
     def decision_function(self, X: ArrayLike) -> np.ndarray:
         """Logits ``[S, n, K]``."""
-        return _to_np(_linear(X, self.fit_.coef, self.fit_.intercept, **self._run()))
+        return _to_np(linear_logits(X, self.fit_.coef, self.fit_.intercept, **self._run()))
 
 
 class BatchedRidgeProbe(_Batched):
@@ -744,7 +748,7 @@ class BatchedRidgeProbe(_Batched):
 
     def predict(self, X: ArrayLike) -> np.ndarray:
         """Predictions ``[S, n, T]`` (``[S, n]`` for 1-D targets)."""
-        out = _to_np(_linear(X, self.fit_.coef, self.fit_.intercept, **self._run()))
+        out = _to_np(linear_logits(X, self.fit_.coef, self.fit_.intercept, **self._run()))
         return out[..., 0] if self._single else out
 
     def score(self, X: ArrayLike, Y: ArrayLike) -> np.ndarray:
@@ -779,7 +783,7 @@ class BatchedMLPProbe(_BatchedClassifier):
         return self
 
     def decision_function(self, X: ArrayLike) -> np.ndarray:
-        return _to_np(_mlp_logits(self.fit_, X, **self._run()))
+        return _to_np(mlp_logits(self.fit_, X, **self._run()))
 
 
 class _SingleClassifier(ClassifierMixin, BaseEstimator):

@@ -216,8 +216,8 @@ def _fold_chunks(X: Any, keep: np.ndarray, folds, slice_chunk: int | None, dev, 
     Slices are moved to the device one chunk at a time (bounded memory), restricted to the kept
     items, and split by fold; both evaluators iterate exactly this way.
     """
-    for s0, s1 in probes._chunks(X.shape[0], slice_chunk):
-        Xc = probes._chunk(X, s0, s1, dev, dtype)
+    for s0, s1 in probes.slice_ranges(X.shape[0], slice_chunk):
+        Xc = probes.slice_block(X, s0, s1, dev, dtype)
         if len(keep) != X.shape[1]:
             Xc = Xc[:, torch.as_tensor(keep, device=dev)]
         for fi, (tr, te) in enumerate(folds):
@@ -250,7 +250,7 @@ def evaluate_classifier(X: Any, y: Any, slices: Sequence[Slice], *, task: str = 
     preds = {name: np.full((S, n), -1, dtype=np.int64) for name in variants}
     fold_scores: dict[str, list] = {name: [] for name in variants}
     rng = np.random.default_rng(seed + 1)
-    dev = probes._device(X, device)
+    dev = probes.probe_device(X, device)
     kw = dict(probe_kwargs or {})
     for s0, s1, fi, tr, te, Xtr, Xte in _fold_chunks(X, keep, folds, slice_chunk, dev, dtype):
         for name, shuf in variants.items():
@@ -260,11 +260,11 @@ def evaluate_classifier(X: Any, y: Any, slices: Sequence[Slice], *, task: str = 
             if probe == "logistic":
                 fit = probes.fit_logistic(Xtr, ytr, C=C, n_classes=K, standardize=standardize,
                                           device=dev, dtype=dtype, **kw)
-                logits = probes._linear(Xte, fit.coef, fit.intercept, dev, dtype, None)
+                logits = probes.linear_logits(Xte, fit.coef, fit.intercept, dev, dtype, None)
             elif probe == "mlp":
                 mfit = probes.fit_mlp(Xtr, ytr, n_classes=K, standardize=standardize, seed=seed,
                                       device=dev, dtype=dtype, **kw)
-                logits = probes._mlp_logits(mfit, Xte, dev, dtype, None)
+                logits = probes.mlp_logits(mfit, Xte, dev, dtype, None)
             else:
                 raise EmolensError(f"unknown probe {probe!r}", "use 'logistic' or 'mlp'")
             pred = logits.argmax(-1).numpy()
@@ -323,7 +323,7 @@ def evaluate_regressor(X: Any, Y: Any, slices: Sequence[Slice], names: Sequence[
     preds = {name: np.full((S, n, T), np.nan) for name in variants}
     fold_scores: dict[str, list] = {name: [[] for _ in folds] for name in variants}
     rng = np.random.default_rng(seed + 1)
-    dev = probes._device(X, device)
+    dev = probes.probe_device(X, device)
     for s0, s1, fi, tr, te, Xtr, Xte in _fold_chunks(X, keep, folds, slice_chunk, dev, dtype):
         for name, shuf in variants.items():
             Ytr = Yk[tr]
@@ -331,7 +331,7 @@ def evaluate_regressor(X: Any, Y: Any, slices: Sequence[Slice], names: Sequence[
                 Ytr = np.stack([Ytr[rng.permutation(len(tr))] for _ in range(s1 - s0)])
             fit = probes.fit_ridge(Xtr, Ytr, alpha=alpha, standardize=standardize, device=dev,
                                    dtype=dtype)
-            pred = probes._linear(Xte, fit.coef, fit.intercept, dev, dtype, None).double().numpy()
+            pred = probes.linear_logits(Xte, fit.coef, fit.intercept, dev, dtype, None).double().numpy()
             preds[name][s0:s1, te] = pred
             if ci == "folds":
                 fold_scores[name][fi].append(regression_scores(Yk[te], pred))
@@ -460,11 +460,11 @@ def compute_directions(X: Any, y: Any = None, Y: Any = None, *, n_classes: int =
     ``appraisal/diffmean`` (mean of items rated ``>= high`` minus items rated ``<= low``). Pass
     ``y`` and/or ``Y``; missing labels (-1/NaN) are an error.
     """
-    X3 = probes._stack3(X)
-    dev = probes._device(X3, device)
+    X3 = probes.stack_slices(X)
+    dev = probes.probe_device(X3, device)
     out: dict[str, list[torch.Tensor]] = {}
     if y is not None:
-        lab, K = probes._labels(y, X3.shape[0], X3.shape[1], n_classes)
+        lab, K = probes.encode_labels(y, X3.shape[0], X3.shape[1], n_classes)
         if lab.shape[0] != 1:
             raise EmolensError("directions need one label vector y[n] shared by all slices")
         onehot = torch.nn.functional.one_hot(lab[0], K)
@@ -474,7 +474,7 @@ def compute_directions(X: Any, y: Any = None, Y: Any = None, *, n_classes: int =
         if fits is not None:
             fits["emotion"] = fit
     if Y is not None:
-        T, _ = probes._targets(Y, X3.shape[0], X3.shape[1])
+        T, _ = probes.encode_targets(Y, X3.shape[0], X3.shape[1])
         if T.shape[0] != 1:
             raise EmolensError("directions need one target matrix Y[n, A] shared by all slices")
         rfit = probes.fit_ridge(X3, T[0], alpha=alpha, standardize=standardize, device=dev, dtype=dtype,
@@ -482,8 +482,8 @@ def compute_directions(X: Any, y: Any = None, Y: Any = None, *, n_classes: int =
         out["appraisal/probe"] = [rfit.coef]
     if y is None and Y is None:
         raise EmolensError("compute_directions needs labels y and/or appraisal ratings Y")
-    for s0, s1 in probes._chunks(X3.shape[0], slice_chunk):
-        Xc = probes._chunk(X3, s0, s1, dev, dtype)
+    for s0, s1 in probes.slice_ranges(X3.shape[0], slice_chunk):
+        Xc = probes.slice_block(X3, s0, s1, dev, dtype)
         if y is not None:
             out.setdefault("emotion/diffmean", []).append(class_diffmeans(Xc, onehot, 1 - onehot).cpu())
         if Y is not None:
