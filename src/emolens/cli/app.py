@@ -14,14 +14,27 @@ import sys
 
 import typer
 
-from emolens.cli import causal, compare, control, doctor, extract, models, neurons, probe, readout, run, steer
+from emolens.cli import (
+    causal,
+    compare,
+    control,
+    crossmodel,
+    doctor,
+    extract,
+    models,
+    neurons,
+    probe,
+    readout,
+    run,
+    steer,
+)
 from emolens.errors import EmolensError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Mechanistic interpretability of emotion inference in causal language models.")
 
 
-for _command in (causal, compare, control, doctor, extract, models, neurons, probe, readout, run, steer):
+for _command in (causal, compare, control, crossmodel, doctor, extract, models, neurons, probe, readout, run, steer):
     _command.register(app)
 
 

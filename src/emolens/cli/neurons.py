@@ -64,6 +64,9 @@ def register(app: typer.Typer) -> None:
         random_sets: int = typer.Option(19, help="matched random neuron sets per appraisal"),
         ablation_items: int = typer.Option(60, help="items of the target emotion per appraisal (seeded sample)"),
         pairs: bool = typer.Option(True, help="minimal-pair evidence on the built-in stimuli pairs"),
+        ids: Path = typer.Option(None, help="a file of item ids (one per line): analyse only these items"),
+        save_resid: bool = typer.Option(False, help="also save the residual stream at the cue (resid.npz) for "
+                                                   "emolens crossmodel, captured in the same pass"),
         limit: int = typer.Option(0, help="seeded label-stratified sample of N items first (0 = all)"),
         seed: int = typer.Option(0, help="seed of --limit, the probe split and random sets"),
         batch_size: int = typer.Option(16, help="prompts per forward pass"),
@@ -94,13 +97,18 @@ def register(app: typer.Typer) -> None:
         if missing:
             raise EmolensError(f"ablation appraisal(s) {missing} are not analysed", "add them to --appraisals")
         k_values = [int(k) for k in ks.split(",") if k.strip()] or None
+        if ids is not None:
+            from emolens.data.corpus import read_ids
+
+            dataset = dataset.subset(read_ids(ids), name=dataset.name)
         if limit:
             dataset = dataset.sample(limit, seed=seed)
         lm = load_model(model, dtype=dtype, device=device)
         keep = _probe_layers(probe_layers, lm.n_layers)
         timings = {}
         start = time.perf_counter()
-        result = neuron_pass(lm, dataset, names, layers=layers, keep_layers=keep, batch_size=batch_size)
+        result = neuron_pass(lm, dataset, names, layers=layers, keep_layers=keep, batch_size=batch_size,
+                             extra_sites=("resid",) if save_resid else ())
         timings["neuron_pass_s"] = time.perf_counter() - start
         rss_after_pass = _peak_rss_mb()
         table = neuron_table(result)
@@ -122,6 +130,13 @@ def register(app: typer.Typer) -> None:
             agreement.to_parquet(out_dir / "pairs.parquet", index=False)
             top_pairs.to_parquet(out_dir / "pair_neurons.parquet", index=False)
         timings["pairs_s"] = time.perf_counter() - tic
+        if save_resid:
+            import numpy as np
+
+            np.savez(out_dir / "resid.npz", resid=result.extra["resid"], layers=np.asarray(result.layers),
+                     ids=np.asarray([dataset.ids[i] for i in result.items]),
+                     labels=np.asarray([result.emotions[g] for g in result.groups]), ratings=result.ratings,
+                     appraisals=np.asarray(result.appraisals), n_layers=lm.n_layers, model=model)
         sparse.to_parquet(out_dir / "sparse.parquet", index=False)
         if ablation is not None:
             ablation.to_parquet(out_dir / "ablation.parquet", index=False)

@@ -39,6 +39,7 @@ class NeuronPass:
     ratings: np.ndarray  # [len(items), A] float64, the ratings that entered the sums
     groups: np.ndarray  # [len(items)] emotion ids (indices into ``emotions``)
     kept: dict[int, np.ndarray] = field(default_factory=dict)  # layer -> [len(items), N] float32
+    extra: dict[str, np.ndarray] = field(default_factory=dict)  # site -> [len(items), L, width] float32
 
 
 def complete_items(dataset: EmotionDataset, appraisals: Sequence[str], emotions: Sequence[str]) -> np.ndarray:
@@ -51,8 +52,12 @@ def complete_items(dataset: EmotionDataset, appraisals: Sequence[str], emotions:
 
 def neuron_pass(lm, dataset: EmotionDataset, appraisals: Sequence[str] | None = None, spec=None,
                 layers="all", position: int = -1, keep_layers: Sequence[int] = (), batch_size: int = 16,
-                progress: bool = True) -> NeuronPass:
-    """Stream ``dataset`` through ``lm`` and accumulate neuron x appraisal sums at ``position``."""
+                progress: bool = True, extra_sites: Sequence[str] = ()) -> NeuronPass:
+    """Stream ``dataset`` through ``lm`` and accumulate neuron x appraisal sums at ``position``.
+
+    ``extra_sites`` (e.g. ``("resid",)``) are captured in the same forward at every pass layer and
+    kept in memory, so a cross-model comparison needs no second pass over the corpus.
+    """
     spec = spec or PromptSpec()
     appraisals = tuple(appraisals or dataset.appraisal_names)
     unknown = [a for a in appraisals if a not in dataset.appraisal_names]
@@ -77,10 +82,12 @@ def neuron_pass(lm, dataset: EmotionDataset, appraisals: Sequence[str] | None = 
     groups = np.array([emotions.index(dataset.labels[i]) for i in items])
     kept = {k: np.zeros((len(items), width), np.float32) for k in keep}
     prompts = build_prompts([dataset.texts[i] for i in items], spec, lm.tokenizer)
-    op = Capture("neurons", layers=layer_list, positions=[position], dtype=torch.float32, device="cpu")
+    ops = [Capture(site, layers=layer_list, positions=[position], dtype=torch.float32, device="cpu")
+           for site in ("neurons", *extra_sites)]
+    extra = {site: np.zeros((len(items), len(layer_list), *reg.width(site)), np.float32) for site in extra_sites}
     bar = tqdm(total=len(items), desc="neurons", unit="item", disable=not progress)
     for batch in iter_batches(lm.tokenizer, prompts, batch_size, lm.device):
-        _, run = run_forward(lm, batch, [op], need_logits=False)
+        _, run = run_forward(lm, batch, ops, need_logits=False)
         x = run.captures["neurons"][:, :, 0].numpy()  # [b, L, N]
         if not np.isfinite(x).all():
             raise EmolensError("non-finite neuron activations", "load the model in float32 (--model-dtype float32)")
@@ -88,7 +95,9 @@ def neuron_pass(lm, dataset: EmotionDataset, appraisals: Sequence[str] | None = 
         moments.update(x, ratings[idx], groups[idx])
         for k in keep:
             kept[k][idx] = x[:, layer_list.index(k)]
+        for site in extra_sites:
+            extra[site][idx] = run.captures[site][:, :, 0].numpy()
         bar.update(len(batch))
     bar.close()
     return NeuronPass(moments, layer_list, appraisals, emotions, items, len(dataset) - len(items), ratings, groups,
-                      kept)
+                      kept, extra)

@@ -36,10 +36,13 @@ def default_ks(width: int) -> list[int]:
 
 
 def item_split(groups: np.ndarray, test_size: float = 0.25, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Train/test positions stratified by emotion (unstratified where a class has one item)."""
+    """Train/test positions stratified by emotion (unstratified where a class has one item or the
+    test split is smaller than the number of classes)."""
     idx = np.arange(len(groups))
     counts = np.bincount(groups)
-    strat = groups if counts[counts > 0].min() >= 2 else None
+    present = counts[counts > 0]
+    n_test = int(np.ceil(test_size * len(groups)))
+    strat = groups if present.min() >= 2 and n_test >= len(present) else None
     train, test = train_test_split(idx, test_size=test_size, random_state=seed, stratify=strat)
     return np.sort(train), np.sort(test)
 

@@ -1,0 +1,101 @@
+"""Two models' residual streams on shared items -> CKA, RSA (model-model, model-human) and transfer tables.
+
+Why a loader-free core: the inputs are plain arrays (``resid [n, L, d]``, item ids, labels,
+ratings) so the same code serves ``emolens neurons --save-resid`` outputs, activation stores and
+tests. Items are matched by id; only shared items with a label enter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from emolens.crossmodel.similarity import appraisal_rdm, centroid_rdm, cka_matrix, mantel, relative_depth_pairs
+from emolens.crossmodel.transfer import transfer
+from emolens.errors import EmolensError
+
+__all__ = ["ModelActivations", "compare_models", "load_resid"]
+
+
+@dataclass
+class ModelActivations:
+    """One model's activations at one position: ``resid [n, L, d]`` for ``layers`` of ``n_layers``."""
+
+    name: str
+    resid: np.ndarray
+    layers: list[int]
+    n_layers: int
+    ids: list[str]
+    labels: np.ndarray
+    ratings: np.ndarray
+    appraisals: tuple[str, ...]
+
+    def depth(self, layer: int) -> float:
+        return (layer + 1) / self.n_layers
+
+
+def load_resid(path: str | Path) -> ModelActivations:
+    """Read ``resid.npz`` written by ``emolens neurons --save-resid`` (a folder or the file)."""
+    path = Path(path)
+    path = path / "resid.npz" if path.is_dir() else path
+    if not path.exists():
+        raise EmolensError(f"{str(path)!r} does not exist", "run emolens neurons --save-resid for each model first")
+    z = np.load(path, allow_pickle=False)
+    return ModelActivations(str(z["model"]), z["resid"], [int(x) for x in z["layers"]], int(z["n_layers"]),
+                            [str(x) for x in z["ids"]], z["labels"].astype(str), z["ratings"],
+                            tuple(str(x) for x in z["appraisals"]))
+
+
+def _shared(a: ModelActivations, b: ModelActivations) -> tuple[np.ndarray, np.ndarray]:
+    pos_b = {item: i for i, item in enumerate(b.ids)}
+    ia = np.array([i for i, item in enumerate(a.ids) if item in pos_b], dtype=int)
+    ib = np.array([pos_b[a.ids[i]] for i in ia], dtype=int)
+    if len(ia) < 26:
+        raise EmolensError(f"{a.name} and {b.name} share only {len(ia)} items", "run both on the same --ids file")
+    return ia, ib
+
+
+def compare_models(a: ModelActivations, b: ModelActivations, emotions: Sequence[str], depths: int = 4,
+                   n_perm: int = 999, seed: int = 0) -> Mapping[str, pd.DataFrame]:
+    """CKA (every layer pair), RSA at matched depths and against human appraisal space, transfer."""
+    ia, ib = _shared(a, b)
+    labels = a.labels[ia]
+    if not np.array_equal(labels, b.labels[ib]):
+        raise EmolensError("the two runs disagree on item labels", "run both on the same dataset")
+    present = [e for e in emotions if (labels == e).sum() >= 2]
+    xa, xb = a.resid[ia], b.resid[ib]
+    cka = cka_matrix([xa[:, i] for i in range(xa.shape[1])], [xb[:, j] for j in range(xb.shape[1])])
+    cka_rows = [{"model_a": a.name, "model_b": b.name, "layer_a": la, "layer_b": lb, "depth_a": a.depth(la),
+                 "depth_b": b.depth(lb), "cka": cka[i, j], "n_items": len(ia)}
+                for i, la in enumerate(a.layers) for j, lb in enumerate(b.layers)]
+    keep = np.isin(labels, present)
+    ratings = a.ratings[ia]
+    human = appraisal_rdm(ratings[keep], labels[keep], present)
+    rsa_rows = []
+    for model, x, acts in ((a.name, xa, a), (b.name, xb, b)):
+        for i, layer in enumerate(acts.layers):
+            rho, p = mantel(centroid_rdm(x[keep, i], labels[keep], present), human, n_perm, seed)
+            rsa_rows.append({"kind": "model-human", "model": model, "other": "human appraisal space",
+                             "layer": layer, "depth": acts.depth(layer), "rho": rho, "p": p})
+    pairs = relative_depth_pairs(a.n_layers, b.n_layers)
+    for depth, la, lb in pairs:
+        if la in a.layers and lb in b.layers:
+            ra = centroid_rdm(xa[keep, a.layers.index(la)], labels[keep], present)
+            rb = centroid_rdm(xb[keep, b.layers.index(lb)], labels[keep], present)
+            rho, p = mantel(ra, rb, n_perm, seed)
+            rsa_rows.append({"kind": "model-model", "model": a.name, "other": b.name, "layer": la,
+                             "layer_other": lb, "depth": depth, "rho": rho, "p": p})
+    transfer_rows = []
+    for depth, la, lb in relative_depth_pairs(a.n_layers, b.n_layers, depths):
+        if la not in a.layers or lb not in b.layers:
+            continue
+        x1, x2 = xa[keep, a.layers.index(la)], xb[keep, b.layers.index(lb)]
+        for src, tgt, s_x, t_x, s_l, t_l in ((a.name, b.name, x1, x2, la, lb), (b.name, a.name, x2, x1, lb, la)):
+            for row in transfer(s_x, t_x, labels[keep], ratings[keep], a.appraisals, seed=seed):
+                transfer_rows.append({"probe_model": src, "mapped_model": tgt, "depth": depth, "probe_layer": s_l,
+                                      "mapped_layer": t_l, **row})
+    return {"cka": pd.DataFrame(cka_rows), "rsa": pd.DataFrame(rsa_rows), "transfer": pd.DataFrame(transfer_rows)}
