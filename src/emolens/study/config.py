@@ -24,12 +24,15 @@ from emolens.errors import EmolensError
 from emolens.labels import EMOTIONS
 
 #: Stages in execution order. Each stage runs once per model.
-STAGE_ORDER: tuple[str, ...] = ("readout", "extract", "probe", "ablate", "patch", "knockout", "steer", "robustness")
+STAGE_ORDER: tuple[str, ...] = ("readout", "extract", "probe", "ablate", "patch", "knockout", "steer", "robustness",
+                                "neurons")
+#: Stages a study runs only when its config lists them (long, or a different question).
+OPT_IN_STAGES: tuple[str, ...] = ("robustness", "neurons")
 #: What each stage needs to have run first (added automatically when missing from ``stages``).
 STAGE_NEEDS: dict[str, tuple[str, ...]] = {
     "readout": (), "extract": ("readout",), "probe": ("readout", "extract"), "ablate": ("readout",),
     "patch": ("readout",), "knockout": ("readout",), "steer": ("readout", "extract", "probe"),
-    "robustness": (),
+    "robustness": (), "neurons": (),
 }
 PRESETS: tuple[str, ...] = ("quick", "paper")
 #: The paper's appraisal surgery directions (paper-protocol §7.3), as steering specs.
@@ -39,7 +42,7 @@ SURGERY_DIRECTIONS: tuple[str, ...] = (
     "pleasantness-,other_responsblt+", "pleasantness-,other_responsblt-",
 )
 
-StageName = Literal["readout", "extract", "probe", "ablate", "patch", "knockout", "steer", "robustness"]
+StageName = Literal["readout", "extract", "probe", "ablate", "patch", "knockout", "steer", "robustness", "neurons"]
 
 
 class _Section(BaseModel):
@@ -232,6 +235,25 @@ class RobustnessConfig(_Section):
     _once = field_validator("analyses")(classmethod(lambda cls, v: _distinct(v, "analyses")))
 
 
+class NeuronsConfig(_Section):
+    """Appraisal neurons (``emolens neurons``): per-neuron r / partial r with every appraisal from one
+    streaming pass, top-k sparse probes at ``probe_layers``, mean ablation of the top ``ablate_k``
+    neurons of each ``ablate`` appraisal against ``random_sets`` matched random sets, and the
+    minimal-pair agreement on the built-in stimuli (``pairs``)."""
+
+    #: items of the pass (a seeded stratified sample of the study's items; 0 = all of them)
+    limit: int = Field(0, ge=0)
+    appraisals: Literal["all", "paper"] | list[str] = "all"
+    #: layers of the sparse probes: "auto" (four spread layers) or explicit ids
+    probe_layers: Literal["auto"] | list[int] = "auto"
+    ks: list[int] = Field(default_factory=list)
+    ablate: list[str] = Field(default_factory=lambda: ["other_responsblt"])
+    ablate_k: int = Field(50, ge=1)
+    random_sets: int = Field(19, ge=1)
+    ablation_items: int = Field(40, ge=5)
+    pairs: bool = True
+
+
 class StudyConfig(_Section):
     """A whole study. See ``docs/pipeline.md`` for every key."""
 
@@ -243,7 +265,7 @@ class StudyConfig(_Section):
     sites: list[str] = Field(default_factory=lambda: ["attn", "mlp", "resid"], min_length=1)
     layers: Literal["all"] | list[int] = "all"
     positions: list[int] = Field(default_factory=lambda: [-1], min_length=1)
-    stages: list[StageName] = Field(default_factory=lambda: [s for s in STAGE_ORDER if s != "robustness"],
+    stages: list[StageName] = Field(default_factory=lambda: [s for s in STAGE_ORDER if s not in OPT_IN_STAGES],
                                     min_length=1)
     readout: ReadoutConfig = Field(default_factory=ReadoutConfig)
     extract: ExtractConfig = Field(default_factory=ExtractConfig)
@@ -253,6 +275,7 @@ class StudyConfig(_Section):
     knockout: KnockoutConfig = Field(default_factory=KnockoutConfig)
     steer: SteerConfig = Field(default_factory=SteerConfig)
     robustness: RobustnessConfig = Field(default_factory=RobustnessConfig)
+    neurons: NeuronsConfig = Field(default_factory=NeuronsConfig)
     seed: int = 0
     device: str = "auto"
     #: accelerate placement for models larger than one device: auto, balanced, balanced_low_0,
