@@ -25,14 +25,14 @@ from emolens.labels import EMOTIONS
 
 #: Stages in execution order. Each stage runs once per model.
 STAGE_ORDER: tuple[str, ...] = ("readout", "extract", "probe", "ablate", "patch", "knockout", "steer", "robustness",
-                                "neurons")
-#: Stages a study runs only when its config lists them (long, or a different question).
-OPT_IN_STAGES: tuple[str, ...] = ("robustness", "neurons")
+                                "neurons", "control")
+#: Stages a study runs only when its config lists them (long, a different question, or a use).
+OPT_IN_STAGES: tuple[str, ...] = ("robustness", "neurons", "control")
 #: What each stage needs to have run first (added automatically when missing from ``stages``).
 STAGE_NEEDS: dict[str, tuple[str, ...]] = {
     "readout": (), "extract": ("readout",), "probe": ("readout", "extract"), "ablate": ("readout",),
     "patch": ("readout",), "knockout": ("readout",), "steer": ("readout", "extract", "probe"),
-    "robustness": (), "neurons": (),
+    "robustness": (), "neurons": (), "control": (),
 }
 PRESETS: tuple[str, ...] = ("quick", "paper")
 #: The paper's appraisal surgery directions (paper-protocol §7.3), as steering specs.
@@ -42,7 +42,8 @@ SURGERY_DIRECTIONS: tuple[str, ...] = (
     "pleasantness-,other_responsblt+", "pleasantness-,other_responsblt-",
 )
 
-StageName = Literal["readout", "extract", "probe", "ablate", "patch", "knockout", "steer", "robustness", "neurons"]
+StageName = Literal["readout", "extract", "probe", "ablate", "patch", "knockout", "steer", "robustness", "neurons",
+                    "control"]
 
 
 class _Section(BaseModel):
@@ -254,6 +255,45 @@ class NeuronsConfig(_Section):
     pairs: bool = True
 
 
+class ControlStageConfig(_Section):
+    """The control study (``emolens control`` as a stage; see ``docs/control.md``): replies to the
+    built-in sensitive messages, clean, instructed and steered along ``directions`` at ``betas``;
+    directions fitted on ``fit_items`` of the study's items, readout retention measured on
+    ``retention_items`` others."""
+
+    directions: list[str] = Field(default_factory=lambda: ["other_responsblt-", "pleasantness+", "self_control+",
+                                                           "anger-"], min_length=1)
+    betas: list[float] = Field(default_factory=lambda: [0.05, 0.1, 0.2], min_length=1)
+    scale: Literal["unit", "relative"] = "relative"
+    span: int = Field(3, ge=1)
+    form: Literal["auto", "raw", "chat"] = "auto"
+    #: sensitive messages replied to (a seeded sample stratified by emotion; 0 = all 126)
+    messages: int = Field(0, ge=0)
+    max_new_tokens: int = Field(40, ge=1)
+    fit_items: int = Field(260, ge=2)
+    retention_items: int = Field(65, ge=1)
+    n_boot: int = Field(1000, ge=10)
+
+    @field_validator("betas")
+    @classmethod
+    def _positive(cls, value: list[float]) -> list[float]:
+        if any(b <= 0 for b in value):
+            raise ValueError("betas must be positive (beta 0, the clean run, always runs)")
+        return value
+
+    @field_validator("directions")
+    @classmethod
+    def _known_terms(cls, value: list[str]) -> list[str]:
+        from emolens.labels import ALL_APPRAISALS
+
+        for spec in value:
+            for term in spec.split(","):
+                name = term.strip().rstrip("+-").strip()
+                if name not in ALL_APPRAISALS and name not in EMOTIONS:
+                    raise ValueError(f"unknown appraisal or emotion {name!r} in {spec!r}")
+        return value
+
+
 class StudyConfig(_Section):
     """A whole study. See ``docs/pipeline.md`` for every key."""
 
@@ -276,6 +316,7 @@ class StudyConfig(_Section):
     steer: SteerConfig = Field(default_factory=SteerConfig)
     robustness: RobustnessConfig = Field(default_factory=RobustnessConfig)
     neurons: NeuronsConfig = Field(default_factory=NeuronsConfig)
+    control: ControlStageConfig = Field(default_factory=ControlStageConfig)
     seed: int = 0
     device: str = "auto"
     #: accelerate placement for models larger than one device: auto, balanced, balanced_low_0,
