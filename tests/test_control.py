@@ -339,3 +339,33 @@ def test_control_command_end_to_end_and_bad_input(run_cli, tmp_path):
     assert code == 2 and "--betas" in err and err.count("\n") == 1
     code, _, err = run_cli(args[:5] + ["--direction", "kindness+"])
     assert code == 2 and "unknown appraisal or emotion 'kindness'" in err
+
+
+def test_control_study_stage_runs_and_reports(tmp_path):
+    from emolens.report.html import render_report
+    from emolens.study import runner
+    from emolens.study.config import config_from_dict
+
+    cfg = config_from_dict({
+        "name": "ctl", "models": ["tiny:llama"], "dataset": {"spec": "stimuli", "limit": 60, "seed": 0},
+        "stages": ["control"], "batch_size": 8, "output": str(tmp_path),
+        "control": {"directions": ["anger-"], "betas": [2.0], "messages": 4, "max_new_tokens": 4, "fit_items": 40,
+                    "retention_items": 13, "n_boot": 50},
+    }, "test.yaml")
+    assert cfg.stages == ["control"]
+    result = runner.run_study(cfg, progress=False, echo=lambda *a, **k: None)
+    assert {o.stage: o.status for o in result.outcomes} == {"control": "done"}
+    folder = next(tmp_path.rglob("control_replies.parquet")).parent
+    replies = pd.read_parquet(folder / "control_replies.parquet")
+    assert len(replies) == 4 * 3 and set(replies["condition"]) == {"clean", "instructed", "anger-@2"}
+    page = render_report(result.run_dir)
+    assert "Controllable replies in sensitive contexts" in page and "Example replies" in page
+
+
+def test_default_study_does_not_run_the_control_stage():
+    from emolens.study.config import config_from_dict
+
+    cfg = config_from_dict({"name": "d"}, "d.yaml")
+    assert "control" not in cfg.stages and "robustness" not in cfg.stages
+    with pytest.raises(EmolensError, match="betas"):
+        config_from_dict({"name": "d", "control": {"betas": [0.0]}}, "d.yaml")
