@@ -85,13 +85,13 @@ def test_cli_writes_every_output(full_run):
     dirs, meta = load_directions(out / "directions.safetensors")
     slices = json.loads(meta["slices"])
     assert {tuple(s) for s in slices} == want and len(slices) == len(want)
-    assert dirs["emotion/probe"].shape == (len(want), 13, 64)
+    assert dirs["emotion/probe"].shape == (len(want), 4, 64)  # the label set is the four the file uses
     assert dirs["appraisal/probe"].shape == (len(want), 20, 64)
-    assert json.loads(meta["appraisals"]) == list(PAPER_APPRAISALS) and len(json.loads(meta["emotions"])) == 13
+    assert json.loads(meta["appraisals"]) == list(PAPER_APPRAISALS) and len(json.loads(meta["emotions"])) == 4
     human = json.loads((out / "human_baseline.json").read_text())
     assert 0 <= human["ci_low"] <= human["accuracy"] <= human["ci_high"] <= 1 and human["n"] == 16
     coef = pd.read_parquet(out / "human_baseline_coef.parquet")
-    assert list(coef.columns) == ["emotion", "intercept", *PAPER_APPRAISALS] and len(coef) == 13
+    assert list(coef.columns) == ["emotion", "intercept", *PAPER_APPRAISALS] and len(coef) == 4
 
 
 def test_first_word_exclusions_and_selectivity(full_run):

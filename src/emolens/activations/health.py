@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from emolens.activations.files import FORMAT, atomic_write, dump, join_readout
+
 __all__ = ["StoreCheck", "check_store", "chunk_crc", "npy_layout", "read_json", "repair_store"]
 
 BACKUP = "manifest.backup.json"
@@ -87,8 +89,6 @@ def _committed(check: StoreCheck, complete: bool) -> list[int]:
 
 def check_store(root: str | Path, full: bool = True) -> StoreCheck:
     """Inspect the store at ``root`` (see the module docstring); never raises for damage."""
-    from emolens.activations.store import FORMAT
-
     root = Path(root)
     check = StoreCheck(root)
     manifest = read_json(root / "manifest.json")
@@ -183,13 +183,11 @@ def repair_store(check: StoreCheck) -> list[str]:
     command recomputes only ``check.redo``. Raises nothing for damage it can fix; a ``fatal``
     check is returned unchanged (the caller explains it).
     """
-    from emolens.activations.store import _atomic_write, _dump
-
     if check.fatal is not None or check.ok:
         return []
     root, manifest, done = check.root, check.manifest, []
     if check.manifest_from_backup:
-        _atomic_write(root / "manifest.json", _dump(manifest))
+        atomic_write(root / "manifest.json", dump(manifest))
         done.append("restored manifest.json from its backup")
     for site in sorted(check.recreate):
         spec = manifest["arrays"][site]
@@ -214,15 +212,13 @@ def repair_store(check: StoreCheck) -> list[str]:
         sums = progress.get("checksums", {})
         for c in check.redo:
             sums.pop(str(c), None)
-        _atomic_write(root / "progress.json", _dump(progress))
+        atomic_write(root / "progress.json", dump(progress))
         (root / "COMPLETE").unlink(missing_ok=True)
         (root / "readout.parquet").unlink(missing_ok=True)
         done.append(f"chunk(s) {progress['redo']} marked for recomputation: rerun the same extract command")
     elif check.rejoin_readout:
-        from emolens.activations.store import join_readout
-
         join_readout(root, n_chunks)
         done.append("rejoined readout.parquet from its chunks")
     elif check.progress != progress or not (root / "progress.json").exists():
-        _atomic_write(root / "progress.json", _dump(progress))
+        atomic_write(root / "progress.json", dump(progress))
     return done

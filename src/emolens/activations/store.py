@@ -32,17 +32,17 @@ import os
 import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from emolens.activations.files import FORMAT, VERSION, join_readout
+from emolens.activations.files import atomic_write as _atomic_write
+from emolens.activations.files import dump as _dump
 from emolens.activations.health import BACKUP, check_store, chunk_crc, read_json, repair_store
 from emolens.errors import EmolensError
 from emolens.locks import LOCK_NAME, WriterLock
 from emolens.notices import warn
 
-FORMAT = "emolens-activations"
-VERSION = 1
 STORE_DTYPES: dict[str, np.dtype] = {"float32": np.dtype("float32"), "float16": np.dtype("float16")}
 _OWN = {"manifest.json", "progress.json", "COMPLETE", "readout.parquet", "readout", BACKUP, LOCK_NAME}
 
@@ -52,19 +52,6 @@ def storage_dtype(name: str) -> np.dtype:
     if name not in STORE_DTYPES:
         raise EmolensError(f"unknown storage dtype {name!r}", f"use one of {list(STORE_DTYPES)}")
     return STORE_DTYPES[name]
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def _dump(obj: Any) -> bytes:
-    return (json.dumps(obj, indent=1, sort_keys=False) + "\n").encode()
 
 
 def library_versions() -> dict[str, str]:
@@ -94,7 +81,9 @@ class ActivationStore:
         """
         root = Path(root)
         if not root.is_dir():
-            raise EmolensError(f"{str(root)!r} is not a folder", "pass the --out folder of `emolens extract`")
+            what = "a file" if root.exists() else "no such folder"
+            raise EmolensError(f"{str(root)!r} is not an activation store ({what})",
+                               "pass the --out folder of `emolens extract`")
         if not (root / "manifest.json").exists() and not (root / BACKUP).exists():
             raise EmolensError(f"{str(root)!r} is not an activation store (no manifest.json)",
                                "run `emolens extract --out` to create one")
@@ -273,18 +262,6 @@ class StoreWriter:
         _atomic_write(self.root / "COMPLETE", f"{done}\n".encode())
         self.release()
         return ActivationStore.open(self.root)
-
-
-def join_readout(root: Path, n_chunks: int) -> None:
-    """Join the per-chunk readouts into ``readout.parquet`` (the chunks stay, for repairs)."""
-    import pandas as pd
-
-    chunk_dir = root / "readout"
-    parts = [pd.read_parquet(chunk_dir / f"chunk-{c:05d}.parquet") for c in range(n_chunks)]
-    frame = pd.concat(parts, ignore_index=True)
-    tmp = root / "readout.parquet.tmp"
-    frame.to_parquet(tmp, index=False)
-    os.replace(tmp, root / "readout.parquet")
 
 
 def _identity_diff(old: Mapping, new: Mapping) -> list[str]:

@@ -56,13 +56,12 @@ def _exit_code(returned) -> int:
     return 0
 
 
-def run_app(argv: list[str] | None = None) -> int:
-    """Run the app and return the exit status: 0 success, 1 failed stage, 2 bad input, 130 interrupt."""
+def _run(argv: list[str] | None) -> int:
     try:
         code = _exit_code(app(args=argv, standalone_mode=False))
     except EmolensError as exc:
         print(f"emolens: error: {exc}", file=sys.stderr)
-        return EmolensError.exit_code
+        return 2
     except typer.Exit as exc:  # raised outside a command's invoke (e.g. a callback)
         code = int(exc.exit_code or 0)
     except KeyboardInterrupt:
@@ -80,6 +79,19 @@ def run_app(argv: list[str] | None = None) -> int:
             raise
     if code == 130:
         print(INTERRUPTED, file=sys.stderr)
+    return code
+
+
+def run_app(argv: list[str] | None = None) -> int:
+    """Run the app and return the exit status: 0 success, 1 failed stage, 2 bad input, 130 interrupt.
+
+    A failed command leaves no empty output folder behind (see :mod:`emolens.cli.outputs`).
+    """
+    from emolens.cli.outputs import remove_empty_created
+
+    code = _run(argv)
+    if code:
+        remove_empty_created()
     return code
 
 

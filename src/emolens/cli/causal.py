@@ -12,6 +12,7 @@ from pathlib import Path
 
 import typer
 
+from emolens.cli.corpus_options import Corpus, corpus_options
 from emolens.errors import EmolensError
 
 MARKER = "results.parquet"
@@ -68,6 +69,13 @@ def _heads(lm, text: str | None) -> list[int] | None:
     return heads
 
 
+def _heads_need_site(heads: str | None, sites: str) -> None:
+    """``--heads`` selects heads of the ``heads`` site; with other sites it would be silently ignored."""
+    if heads and "heads" not in [s.strip() for s in sites.split(",")]:
+        raise EmolensError(f"--heads {heads} applies only to the heads site, not --sites {sites}",
+                           "add heads to --sites (e.g. --sites heads --heads 0) or drop --heads")
+
+
 def _sites(lm, text: str) -> list[str]:
     sites = [s.strip() for s in text.split(",") if s.strip()]
     for site in sites:
@@ -108,21 +116,20 @@ def register(app: typer.Typer) -> None:
         "force": typer.Option(False, help="overwrite an existing result in --out"),
     }
 
-    def _setup(model, data, items, limit, seed, batch_size, device, dtype, out, force, attn=None):
+    def _setup(model, data, items, limit, seed, batch_size, device, dtype, out, force, attn=None, corpus=None):
         from emolens.cli.readout import prepare_out_dir
-        from emolens.data.loading import load_dataset
         from emolens.inputs.prompts import PromptSpec
         from emolens.model.loading import load_model
 
+        corpus = corpus or Corpus()
+        dataset = corpus.load(data, limit, seed)
         out_dir = prepare_out_dir(out, force, marker=MARKER)
-        dataset = load_dataset(data)
-        if limit:
-            dataset = dataset.sample(limit, seed=seed)
         lm = load_model(model, dtype=dtype, device=device, attn_implementation=attn)
-        spec = PromptSpec()
+        spec = corpus.prompt_for(PromptSpec(), dataset)
         return out_dir, _select_items(lm, dataset, items, spec, batch_size), lm, spec
 
     @app.command()
+    @corpus_options
     def ablate(model: str = common["model"], data: str = common["data"], items: str = common["items"],
                limit: int = common["limit"], sites: str = typer.Option("attn,mlp,resid", help="sites to ablate"),
                span: str = common["span"], centers: str = common["centers"], layers: str = common["layers"],
@@ -130,11 +137,14 @@ def register(app: typer.Typer) -> None:
                kinds: str = typer.Option("zero,random", help="zero, mean, random, resample"),
                heads: str = typer.Option(None, help="with site heads: 'all' or head ids, each its own condition"),
                seed: int = common["seed"], batch_size: int = common["batch_size"], device: str = common["device"],
-               dtype: str = common["dtype"], out: Path = common["out"], force: bool = common["force"]) -> None:
+               dtype: str = common["dtype"], out: Path = common["out"], force: bool = common["force"],
+               corpus: Corpus = None) -> None:
         """Zero / mean / norm-matched random / resample ablation at sites x windows x positions."""
         from emolens.causal.ablation import ablate as run
 
-        out_dir, items_ds, lm, spec = _setup(model, data, items, limit, seed, batch_size, device, dtype, out, force)
+        _heads_need_site(heads, sites)
+        out_dir, items_ds, lm, spec = _setup(model, data, items, limit, seed, batch_size, device, dtype, out, force,
+                                             corpus=corpus)
         start = time.perf_counter()
         result = run(lm, items_ds, _sites(lm, sites), _windows(lm, span, centers, layers), _positions(positions),
                      [k.strip() for k in kinds.split(",") if k.strip()], _heads(lm, heads), spec, batch_size, seed)
@@ -142,6 +152,7 @@ def register(app: typer.Typer) -> None:
                 ("agreement", "accuracy", "delta_logp_gold"), time.perf_counter() - start, lm)
 
     @app.command()
+    @corpus_options
     def patch(model: str = common["model"], data: str = common["data"], items: str = common["items"],
               limit: int = common["limit"], sites: str = typer.Option("attn,mlp,resid", help="sites to patch"),
               span: str = common["span"], centers: str = common["centers"], layers: str = common["layers"],
@@ -149,14 +160,17 @@ def register(app: typer.Typer) -> None:
               pairs: str = typer.Option("200", help="number of seeded pairs, or 'stimuli' (built-in minimal pairs)"),
               heads: str = typer.Option(None, help="with site heads: 'all' or head ids"),
               seed: int = common["seed"], batch_size: int = common["batch_size"], device: str = common["device"],
-              dtype: str = common["dtype"], out: Path = common["out"], force: bool = common["force"]) -> None:
+              dtype: str = common["dtype"], out: Path = common["out"], force: bool = common["force"],
+               corpus: Corpus = None) -> None:
         """Activation patching source -> target on one fixed, saved pair set."""
         from emolens.causal.patching import patch as run
         from emolens.causal.patching import stimulus_pairs
 
         if pairs == "stimuli" and data != "stimuli":
             raise EmolensError("--pairs stimuli needs the built-in stimuli", "pass --data stimuli")
-        out_dir, items_ds, lm, spec = _setup(model, data, items, limit, seed, batch_size, device, dtype, out, force)
+        _heads_need_site(heads, sites)
+        out_dir, items_ds, lm, spec = _setup(model, data, items, limit, seed, batch_size, device, dtype, out, force,
+                                             corpus=corpus)
         pos = _positions(positions)
         if any(not isinstance(p, int) for p in pos):
             raise EmolensError(f"cannot patch positions {positions!r}", "patch integer positions such as -1,-2")
@@ -172,6 +186,7 @@ def register(app: typer.Typer) -> None:
                 time.perf_counter() - start, lm)
 
     @app.command()
+    @corpus_options
     def knockout(model: str = common["model"], data: str = common["data"], items: str = common["items"],
                  limit: int = common["limit"], span: str = common["span"], centers: str = common["centers"],
                  layers: str = common["layers"],
@@ -179,11 +194,13 @@ def register(app: typer.Typer) -> None:
                  queries: str = typer.Option("-1", help="query positions: -1 (answer cue), a span name or ints"),
                  heads: str = typer.Option(None, help="'all' or head ids to knock out one head at a time"),
                  seed: int = common["seed"], batch_size: int = common["batch_size"], device: str = common["device"],
-                 dtype: str = common["dtype"], out: Path = common["out"], force: bool = common["force"]) -> None:
+                 dtype: str = common["dtype"], out: Path = common["out"], force: bool = common["force"],
+               corpus: Corpus = None) -> None:
         """Block attention from the query positions to each key span in each layer window."""
         from emolens.causal.knockout import knockout as run
 
-        out_dir, items_ds, lm, spec = _setup(model, data, items, limit, seed, batch_size, device, dtype, out, force)
+        out_dir, items_ds, lm, spec = _setup(model, data, items, limit, seed, batch_size, device, dtype, out, force,
+                                             corpus=corpus)
         q = _positions(queries)
         query = q[0] if len(q) == 1 else q
         start = time.perf_counter()

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from emolens.cli.corpus_options import Corpus, corpus_options
 from emolens.errors import EmolensError
 
 
@@ -45,6 +46,7 @@ def retention_items(spec: str, fit, n: int, seed: int):
 
 def register(app: typer.Typer) -> None:
     @app.command()
+    @corpus_options
     def control(
         model: str = typer.Option("gemma-3-270m", help="alias, hub id, local folder or .gguf file"),
         data: str = typer.Option("sensitive", help="messages to reply to: sensitive (built in) or a table with "
@@ -73,6 +75,7 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option("auto", help="auto, cpu, cuda ..."),
         dtype: str = typer.Option("auto", help="auto, float32, bfloat16, float16"),
         overwrite: bool = typer.Option(False, help="replace a run with other settings in --out"),
+        corpus: Corpus = None,
     ) -> None:
         """Replies with and without appraisal/emotion steering and an instructed baseline, judged independently,
         with capability retention and safety rates versus beta."""
@@ -103,7 +106,7 @@ def register(app: typer.Typer) -> None:
             raise EmolensError(f"bad --judges {judges!r}", f"use some of {sorted(JUDGES)}, including vader and "
                                "safety (the worse-than-clean rate needs them)")
         dirs = tuple(d for spec in direction for d in spec.split(";") if d.strip())
-        dataset = load_dataset(data)
+        dataset = corpus.load(data)
         for d in dirs:
             parse_direction(d, list(dataset.appraisal_names) + list(EMOTIONS))
         if limit:

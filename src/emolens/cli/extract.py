@@ -6,9 +6,12 @@ from pathlib import Path
 
 import typer
 
+from emolens.cli.corpus_options import Corpus, corpus_options
+
 
 def register(app: typer.Typer) -> None:
     @app.command()
+    @corpus_options
     def extract(
         out: Path = typer.Option(..., help="store folder (resumed if incomplete, reused if complete)"),
         model: str = typer.Option("gemma-3-270m", help="alias, hub id, local folder or .gguf file"),
@@ -20,7 +23,7 @@ def register(app: typer.Typer) -> None:
         positions: str = typer.Option("-1", help="negative ints relative to the end of the prompt (-1 = the "
                                                  "answer cue token, -2 the one before): '-1,-2', '-5:'; or span "
                                                  "names (context, instruction, shots, answer, all; mean-pooled)"),
-        readout: bool = typer.Option(False, help="also store the 13 label scores per item (readout.parquet)"),
+        readout: bool = typer.Option(False, help="also store the label scores per item (readout.parquet)"),
         dtype: str = typer.Option("float16", help="storage dtype: float16 or float32"),
         limit: int = typer.Option(0, help="seeded label-stratified sample of N items (0 = all)"),
         seed: int = typer.Option(0, help="seed of the --limit sample"),
@@ -32,6 +35,7 @@ def register(app: typer.Typer) -> None:
         chat: bool = typer.Option(False, help="wrap the prompt in the tokenizer's chat template"),
         device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1 ..."),
         model_dtype: str = typer.Option("auto", help="model weights: auto (bf16 GPU, fp32 CPU), float32, bfloat16"),
+        corpus: Corpus = None,
     ) -> None:
         """Capture sites x layers x positions for every item (and the label readout) into a store."""
         import time
@@ -40,7 +44,6 @@ def register(app: typer.Typer) -> None:
         from emolens.activations.extract import parse_sites
         from emolens.activations.store import storage_dtype
         from emolens.cli.checks import check_layer_text, relative_positions
-        from emolens.data.loading import load_dataset
         from emolens.errors import EmolensError
         from emolens.inputs.prompts import PromptSpec, parse_shots
         from emolens.locks import WriterLock
@@ -66,9 +69,8 @@ def register(app: typer.Typer) -> None:
         created = not out.exists()
         lock = WriterLock(out, "activation store").acquire()  # a second writer stops here, before any work
         try:
-            dataset = load_dataset(data)
-            if limit:
-                dataset = dataset.sample(limit, seed=seed)
+            dataset = corpus.load(data, limit, seed)
+            spec = corpus.prompt_for(spec, dataset)
             lm = load_model(model, dtype=model_dtype, device=device)
             start = time.perf_counter()
             store = run_extract(lm, dataset, out, sites=sites, layers=layers, positions=positions, spec=spec,

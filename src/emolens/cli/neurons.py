@@ -13,6 +13,8 @@ from pathlib import Path
 
 import typer
 
+from emolens.cli.corpus_options import Corpus, corpus_options
+
 MARKER = "neurons.parquet"
 
 
@@ -50,6 +52,7 @@ def _peak_rss_mb() -> float:
 
 def register(app: typer.Typer) -> None:
     @app.command()
+    @corpus_options
     def neurons(
         out: Path = typer.Option(..., help="output folder"),
         model: str = typer.Option("gemma-3-270m", help="alias, hub id, local folder or .gguf file"),
@@ -73,10 +76,10 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option("auto", help="auto, cpu, cuda ..."),
         dtype: str = typer.Option("auto", help="model weights: auto (bf16 GPU, fp32 CPU), float32, bfloat16"),
         force: bool = typer.Option(False, help="overwrite an existing result in --out"),
+        corpus: Corpus = None,
     ) -> None:
         """Per-neuron correlations with appraisal ratings, sparse probes, minimal pairs and ablation."""
         from emolens.cli.readout import prepare_out_dir
-        from emolens.data.loading import load_dataset
         from emolens.errors import EmolensError
         from emolens.labels import APPRAISAL_PRESETS
         from emolens.model.loading import load_model
@@ -88,7 +91,7 @@ def register(app: typer.Typer) -> None:
         from emolens.report.neuron_figures import plot_neuron_figures
 
         out_dir = prepare_out_dir(out, force, marker=MARKER)
-        dataset = load_dataset(data)
+        dataset = corpus.load(data)
         names = list(APPRAISAL_PRESETS[appraisals]) if appraisals in APPRAISAL_PRESETS else \
             _names(appraisals, dataset.appraisal_names, "appraisal(s)")
         names = [a for a in names if a in dataset.appraisal_names]

@@ -6,9 +6,27 @@ from pathlib import Path
 
 import typer
 
+from emolens.cli.corpus_options import Corpus, corpus_options
+
+
+def parse_alpha(text: str) -> float | str:
+    """``--alpha``: a ridge penalty >= 0, or ``gcv`` (leave-one-out choice per target, as RidgeCV)."""
+    from emolens.errors import EmolensError
+
+    if text.strip().lower() == "gcv":
+        return "gcv"
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise EmolensError(f"bad --alpha {text!r}", "pass a number >= 0 or gcv")
+    return value
+
 
 def register(app: typer.Typer) -> None:
     @app.command()
+    @corpus_options
     def probe(
         acts: Path = typer.Option(..., help="activation store folder written by `emolens extract`"),
         out: Path = typer.Option(..., help="output folder"),
@@ -25,13 +43,15 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(42, help="split, bootstrap and control seed"),
         n_boot: int = typer.Option(200, help="bootstrap resamples for the 95% intervals"),
         c: float = typer.Option(1.0, "--C", help="inverse L2 strength of the logistic probes"),
-        alpha: float = typer.Option(5.0, help="ridge penalty of the appraisal probes"),
+        alpha: str = typer.Option("5", help="ridge penalty of the appraisal probes: a number >= 0, or gcv "
+                                            "(leave-one-out choice per target)"),
         max_iter: int = typer.Option(1000, help="L-BFGS iteration cap of the logistic probes (the paper's "
                                                  "sklearn default is 100)"),
         positions: str = typer.Option("", help="probe only these stored positions, e.g. '-1' or '-1,-2' "
                                                "(default: all int positions)"),
         directions: bool = typer.Option(True, help="write directions.safetensors"),
         force: bool = typer.Option(False, help="overwrite an existing result in --out"),
+        corpus: Corpus = None,
     ) -> None:
         """Probe every layer x site x position for emotions, appraisals and the first-word control."""
         import time
@@ -55,19 +75,24 @@ def register(app: typer.Typer) -> None:
             raise EmolensError(f"unknown probe {probe!r}", f"use one of {list(PROBES)}")
         if protocol not in PROTOCOLS:
             raise EmolensError(f"unknown protocol {protocol!r}", f"use one of {list(PROTOCOLS)}")
-        if k < 2 or n_boot < 10 or c <= 0 or alpha < 0 or max_iter < 1:
-            raise EmolensError("bad number: need --k >= 2, --n-boot >= 10, --C > 0, --alpha >= 0, --max-iter >= 1")
+        ridge_alpha = parse_alpha(alpha)
+        if k < 2 or n_boot < 10 or c <= 0 or max_iter < 1:
+            raise EmolensError("bad number: need --k >= 2, --n-boot >= 10, --C > 0, --max-iter >= 1")
+        if corpus.balanced:
+            raise EmolensError("--balanced does not apply to probe", "sample when extracting: extract --limit N "
+                               "--balanced")
         try:
             pos = [int(p) for p in positions.split(",") if p.strip()] or None
         except ValueError as exc:
             raise EmolensError(f"bad --positions {positions!r}", "pass ints such as -1,-2") from exc
         store = ActivationStore.open(acts)
-        dataset = dataset_for_store(store, data)
+        dataset = dataset_for_store(store, data, corpus.columns() if data is not None else None)
         out_dir = prepare_out_dir(out, force, marker=TABLE)
         start = time.perf_counter()
         result = run_probing(store, dataset, tasks=tasks, items=items, protocol=protocol, probe=probe,
                              standardize=standardize, shuffled=shuffled, appraisals=appraisals, k=k, seed=seed,
-                             C=c, alpha=alpha, n_boot=n_boot, directions=directions, max_iter=max_iter, positions=pos,
+                             C=c, alpha=ridge_alpha, n_boot=n_boot, directions=directions, max_iter=max_iter,
+                             positions=pos,
                              log=lambda m: typer.echo(m, err=True))
         result.summary["seconds"]["total"] = round(time.perf_counter() - start, 2)
         write_outputs(result, out_dir)

@@ -6,21 +6,29 @@ from pathlib import Path
 
 import typer
 
+from emolens.cli.corpus_options import Corpus, corpus_options
 from emolens.errors import EmolensError
 
 
 def prepare_out_dir(out: Path, force: bool = False, marker: str = "metrics.json") -> Path:
     """Create the output folder, refusing to overwrite a finished result unless ``force``."""
+    from emolens.cli.outputs import note_created
+
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise EmolensError(f"--out {str(out)!r} is a file", "pass a folder path")
     if (out / marker).exists() and not force:
         raise EmolensError(f"{str(out)!r} already holds results ({marker})",
                            "choose a new --out folder or pass --force to overwrite")
-    out.mkdir(parents=True, exist_ok=True)
+    if not out.exists():
+        out.mkdir(parents=True)
+        note_created(out)
     return out
 
 
 def register(app: typer.Typer) -> None:
     @app.command()
+    @corpus_options
     def readout(
         model: str = typer.Option("gemma-3-270m", help="alias, hub id, local folder or .gguf file"),
         data: str = typer.Option("crowd-envent", help="crowd-envent, stimuli, or a CSV/TSV/JSONL/zip path"),
@@ -36,10 +44,10 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1 ..."),
         dtype: str = typer.Option("auto", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16"),
         force: bool = typer.Option(False, help="overwrite an existing result in --out"),
+        corpus: Corpus = None,
     ) -> None:
-        """Score the 13 emotion labels at the answer position; write readout.parquet and metrics."""
+        """Score the emotion labels (13, or your --labels) at the answer position; write readout.parquet and metrics."""
         from emolens.data.corpus import write_ids
-        from emolens.data.loading import load_dataset
         from emolens.inputs.prompts import PromptSpec, parse_shots
         from emolens.metrics import confusion
         from emolens.model.loading import load_model
@@ -54,9 +62,8 @@ def register(app: typer.Typer) -> None:
         spec = PromptSpec(template=template, shots=parse_shots(shots), chat=chat,
                           separator=" " if separator == "space" else "\n")
         out_dir = prepare_out_dir(out, force)
-        dataset = load_dataset(data)
-        if limit:
-            dataset = dataset.sample(limit, seed=seed)
+        dataset = corpus.load(data, limit, seed)
+        spec = corpus.prompt_for(spec, dataset)
         lm = load_model(model, dtype=dtype, device=device)
         import time
 

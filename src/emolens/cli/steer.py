@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from emolens.cli.corpus_options import Corpus, corpus_options
 from emolens.errors import EmolensError
 
 
@@ -39,8 +40,38 @@ def _bank(acts: str, lm, dataset, layers, method, seed):
     return bank_from_store(path, dataset, layers, method, seed=seed)
 
 
+def directions_provenance(acts: str, lm, bank) -> dict:
+    """Where ``--acts`` directions come from; refuses another model's (source id or width differ).
+
+    Directions fitted on one model are meaningless in another's residual stream even when the
+    widths agree, so a recorded source id must match; a width mismatch is refused in any case.
+    """
+    from emolens.activations.store import ActivationStore
+    from emolens.probes.evaluation import load_directions
+
+    width = int(lm.sites.width("resid")[0])
+    file = _directions_file(acts)
+    if file is None:
+        ident = ActivationStore.open(acts).identity
+        source, model = ident.get("source_id"), ident.get("model")
+        where = {"kind": "activation store", "path": str(acts)}
+    else:
+        _, meta = load_directions(file)
+        source, model = meta.get("source_id"), meta.get("model")
+        where = {"kind": "directions file", "path": str(file)}
+    got = int(bank.vectors.shape[-1])
+    if got != width:
+        raise EmolensError(f"--acts {acts!r} holds directions of width {got} (model {model or 'unrecorded'}), but "
+                           f"{lm.spec} has width {width}", "fit directions on this model: extract a store with it")
+    if source is not None and str(source) != str(lm.source_id):
+        raise EmolensError(f"--acts {acts!r} comes from {model} ({source}), not {lm.spec} ({lm.source_id})",
+                           "use a store or directions file made with this model")
+    return {**where, "model": model, "source_id": source, "checked": "source id" if source else "width only"}
+
+
 def register(app: typer.Typer) -> None:
     @app.command()
+    @corpus_options
     def steer(
         model: str = typer.Option("gemma-3-270m", help="alias, hub id, local folder or .gguf file"),
         data: str = typer.Option("crowd-envent", help="crowd-envent, stimuli, or a CSV/TSV/JSONL/zip path"),
@@ -84,14 +115,14 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option("auto", help="auto, cpu, cuda ..."),
         dtype: str = typer.Option("auto", help="auto, float32, bfloat16, float16"),
         force: bool = typer.Option(False, help="overwrite an existing result in --out"),
+        corpus: Corpus = None,
     ) -> None:
         """Steering sweep with random and specificity controls, theory alignment and steered generation."""
         import json
         import time
 
         from emolens.cli.readout import prepare_out_dir
-        from emolens.data.loading import load_dataset
-        from emolens.labels import EMOTIONS
+        from emolens.inputs.prompts import PromptSpec
         from emolens.model.loading import load_model
         from emolens.paths import dump_json
         from emolens.probes.evaluation import save_directions
@@ -119,10 +150,12 @@ def register(app: typer.Typer) -> None:
             raise EmolensError(f"bad --gen-window {gen_window!r}", "use best, middle or a centre layer")
         betas = _floats(beta, "beta")
         dirs = [d for spec in direction for d in spec.split(";") if d.strip()]
-        dataset = load_dataset(data)
-        if limit:
-            dataset = dataset.sample(limit, seed=seed)
-        known = list(dataset.appraisal_names) + list(EMOTIONS)
+        if n_random < 0:
+            raise EmolensError(f"--n-random {n_random} is negative", "pass 0 (no random controls) or more; 19 lets "
+                               "the alignment p-value reach 0.05")
+        dataset = corpus.load(data, limit, seed)
+        spec = corpus.prompt_for(PromptSpec(), dataset)
+        known = list(dataset.appraisal_names) + list(dataset.label_names)
         parsed = {d: parse_direction(d, known) for d in dirs}  # bad syntax fails before loading
         fixed_list = [f.strip() for f in fixed.split(",") if f.strip()] or None
         for f in fixed_list or []:
@@ -136,18 +169,22 @@ def register(app: typer.Typer) -> None:
         # directions from a file were fitted elsewhere: steer every item; else fit on a split
         fit, steered = (None, dataset) if from_file else fit_split(dataset, holdout, seed)
         bank = _bank(acts, lm, fit, layers, method, seed) if acts else None
+        provenance = directions_provenance(acts, lm, bank) if acts else {"kind": "fitted here", "model": model,
+                                                                         "source_id": lm.source_id}
         start = time.perf_counter()
         result = sweep(
             lm, steered, dirs, bank=bank, method=method, windows=centres, span=span, betas=betas,
             positions=sweep_pos, scale=scale, partial=partial, fixed=fixed_list, n_random=n_random,
-            control=None if control == "none" else control, fit_dataset=None if from_file else fit,
+            control=None if control == "none" else control, fit_dataset=None if from_file else fit, spec=spec,
             batch_size=batch_size, max_rows=max_rows, fast=None if fast else False, seed=seed, progress=True)
         seconds = time.perf_counter() - start
         frame = result.frame.assign(model=model)
         frame.to_parquet(out_dir / "steering.parquet", index=False)
         save_directions(out_dir / "directions.safetensors",
                         {f"bank/{result.bank.method}": result.bank.vectors},
-                        {"layers": result.bank.layers, "names": result.bank.names, "model": model})
+                        {"layers": result.bank.layers, "names": result.bank.names, "model": model,
+                         "source_id": lm.source_id, "width": int(result.bank.vectors.shape[-1]),
+                         "directions_from": json.dumps(provenance)})
         appraisals = [n for n in dataset.appraisal_names]
         ref = theory.rating_profile(dataset, appraisals) if reference == "ratings" \
             else theory.classifier_profile(dataset, appraisals)
@@ -177,7 +214,8 @@ def register(app: typer.Typer) -> None:
                    dataset.fingerprint(), "directions": list(terms), "method": method, "partial": partial,
                    "scale": scale, "reference": reference, "seconds_sweep": round(seconds, 2),
                    "figures": [str(f) for f in figures], "generations": n_gen, "generation_position": gen_position,
-                   "generation_window_beta": list(gen_at) if gen_at else None, **result.info}
+                   "generation_window_beta": list(gen_at) if gen_at else None, "directions_from": provenance,
+                   "labels": list(dataset.label_names), **result.info}
         dump_json(out_dir / "summary.json", summary)
         head = align[align.metric == "alignment"] if len(align) else align
         line = (f"{len(result.conditions)} conditions on {len(result.dataset)} items "

@@ -12,7 +12,7 @@ import io
 import os
 import urllib.request
 import zipfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +29,17 @@ CROWD_ENVENT_ZIP_SHA256 = "8e5b8379aa137124d985f817661fcff5fcede537363798e4e2824
 #: SHA-256 of the CSV form shipped with the Tak et al. code (Windows-1252).
 CROWD_ENVENT_CSV_SHA256 = "941683c991923cdecf2953c4c945227bbbd3678b96139564c7ed68cb432c5a2c"
 _ZIP_MEMBER = "corpus/crowd-enVent_generation.tsv"
+#: Columns that identify a crowd-enVENT table (any of the texts, and one of the label columns).
+CROWD_ENVENT_TEXTS = ("hidden_emo_text", "generated_text")
+CROWD_ENVENT_LABELS = ("emotion", "original_emotion")
+
+
+class CorpusUnreachable(EmolensError):
+    """The default corpus could not be fetched (no local copy, download failed).
+
+    The only loading failure a study's ``dataset.fallback`` may stand in for: a missing file of
+    the user's own, or labels outside the set, is an ordinary error and never falls back.
+    """
 _CSV_NAMES = ("enVent_gen_Data.csv", "crowd-enVent_generation.tsv")
 
 
@@ -62,7 +73,8 @@ class EmotionDataset:
         unknown = sorted({lab for lab in self.labels if lab is not None and lab not in self.label_names})
         if unknown:
             raise EmolensError(f"dataset {self.name!r} has unknown labels {unknown}",
-                               f"map them to one of {list(self.label_names)} or pass label_names")
+                               f"map them with --label-map old=new to one of {list(self.label_names)}, or declare "
+                               "the label set with --labels a,b,c")
         if self.meta.empty:
             self.meta = pd.DataFrame(index=range(n))
         self.meta = self.meta.reset_index(drop=True)
@@ -115,25 +127,30 @@ class EmotionDataset:
             meta=self.meta.iloc[idx].reset_index(drop=True), name=name or self.name, source=self.source,
         )
 
-    def sample(self, n: int, seed: int = 0, stratify: bool = True) -> EmotionDataset:
+    def sample(self, n: int, seed: int = 0, stratify: bool = True, balanced: bool = False) -> EmotionDataset:
         """A seeded sample of ``n`` items, stratified by label so small ``n`` keeps every class.
 
-        Stratification allocates ``n`` across labels proportionally (largest remainders), then
-        draws within each label; the result keeps the dataset's original item order.
+        Stratification allocates ``n`` across labels proportionally (largest remainders);
+        ``balanced`` allocates ``n / K`` to each of the K labels instead (a label with fewer items
+        gives all it has, the rest is shared among the others), so rare labels such as guilt and
+        shame are not halved. Draws are within each label; the result keeps the original order.
         """
-        if n >= len(self):
-            return self
         if n <= 0:
             raise EmolensError(f"sample size {n} is not positive", "pass --limit N with N >= 1")
+        if n >= len(self) and not balanced:
+            return self
         rng = np.random.default_rng(seed)
         if not stratify:
             return self.subset(np.sort(rng.choice(len(self), size=n, replace=False)))
         groups = _groups(self.labels)
-        sizes = np.array([len(g) for g in groups.values()], dtype=float)
-        quota = sizes / sizes.sum() * n
-        take = np.floor(quota).astype(int)
-        for i in np.argsort(-(quota - take), kind="stable")[: n - take.sum()]:
-            take[i] += 1
+        sizes = np.array([len(g) for g in groups.values()], dtype=int)
+        if balanced:
+            take = _balanced_quota(sizes, min(n, int(sizes.sum())))
+        else:
+            quota = sizes / sizes.sum() * n
+            take = np.floor(quota).astype(int)
+            for i in np.argsort(-(quota - take), kind="stable")[: n - take.sum()]:
+                take[i] += 1
         chosen = [rng.choice(g, size=k, replace=False) for g, k in zip(groups.values(), take, strict=True) if k]
         return self.subset(np.sort(np.concatenate(chosen)))
 
@@ -159,6 +176,17 @@ class EmotionDataset:
         for j, name in enumerate(self.appraisal_names):
             frame[name] = self.appraisals[:, j]
         return frame
+
+
+def _balanced_quota(sizes: np.ndarray, n: int) -> np.ndarray:
+    """Equal shares of ``n`` per group, capped by each group's size (water-filling, stable order)."""
+    take = np.zeros(len(sizes), dtype=int)
+    while take.sum() < n:
+        open_ = np.flatnonzero(take < sizes)
+        share, extra = divmod(n - int(take.sum()), len(open_))
+        for rank, i in enumerate(open_):
+            take[i] = min(sizes[i], take[i] + share + (1 if rank < extra else 0))
+    return take
 
 
 def _groups(labels: Sequence[str | None]) -> dict[str | None, np.ndarray]:
@@ -206,17 +234,20 @@ def dataset_from_frame(
     frame: pd.DataFrame,
     text: str = "text",
     label: str | None = "label",
-    appraisals: Iterable[str] | str | None = None,
+    appraisals: Iterable[str] | Mapping[str, str] | str | None = None,
     id_column: str | None = "id",
     label_map: dict[str, str] | None = None,
-    label_names: Sequence[str] = EMOTIONS,
+    label_names: Sequence[str] | None = EMOTIONS,
     name: str = "dataset",
     source: str = "",
 ) -> EmotionDataset:
     """Build a dataset from any table given its column mapping.
 
-    ``appraisals`` is a list of column names, a preset name (``"paper"``, ``"all"``), or ``None``
-    for every crowd-enVENT appraisal column present. Missing ids are numbered from 0.
+    ``appraisals`` is a list of column names, a mapping ``{appraisal name: column}`` (names
+    outside crowd-enVENT's are kept as given), a preset name (``"paper"``, ``"all"``), or ``None``
+    for every crowd-enVENT appraisal column present. Labels are matched case-insensitively after
+    ``label_map`` (keys case-insensitive too). ``label_names`` is the label set; ``None`` means the
+    protocol emotions the table uses, in the protocol's order. Missing ids are numbered from 0.
     """
     columns = list(frame.columns)
     required = [text] + ([label] if label else [])
@@ -224,11 +255,22 @@ def dataset_from_frame(
     if missing:
         raise EmolensError(f"{name}: missing column(s) {missing}; found {columns[:12]}",
                            "pass the right --text-column/--label-column or fix the file")
+    if len(frame) == 0:
+        raise EmolensError(f"{name}: the table has a header but no rows", "add rows or pass another --data file")
     if isinstance(appraisals, str):
         if appraisals not in APPRAISAL_PRESETS:
             raise EmolensError(f"unknown appraisal preset {appraisals!r}", f"use one of {list(APPRAISAL_PRESETS)}")
         appraisals = APPRAISAL_PRESETS[appraisals]
-    if appraisals is None:
+    if isinstance(appraisals, Mapping):
+        absent = [c for c in appraisals.values() if c not in columns]
+        if absent:
+            raise EmolensError(f"{name}: appraisal column(s) {absent} not found; found {columns[:12]}",
+                               "fix --appraisal-columns name=column,...")
+        frame = frame.rename(columns={c: n for n, c in appraisals.items() if n != c})
+        frame = frame.loc[:, ~frame.columns.duplicated(keep="last")]
+        columns = list(frame.columns)
+        names = tuple(appraisals)
+    elif appraisals is None:
         names = tuple(c for c in ALL_APPRAISALS if c in columns)
     else:
         names = tuple(appraisals)
@@ -244,8 +286,18 @@ def dataset_from_frame(
         ids = [str(i) for i in range(len(frame))]
     labels: list[str | None] = [None] * len(frame)
     if label:
-        mapping = label_map or {}
-        labels = [None if pd.isna(v) else mapping.get(str(v).strip(), str(v).strip()) for v in frame[label]]
+        mapping = {str(k).strip().lower(): str(v).strip().lower() for k, v in (label_map or {}).items()}
+        labels = [None if pd.isna(v) else mapping.get(str(v).strip().lower(), str(v).strip().lower())
+                  for v in frame[label]]
+    if label_names is None:
+        present = {lab for lab in labels if lab is not None}
+        unknown = sorted(present - set(EMOTIONS))
+        if unknown:
+            raise EmolensError(f"dataset {name!r} has unknown labels {unknown} (outside the protocol emotions)",
+                               "map them with --label-map old=new, or declare the label set with --labels a,b,c")
+        label_names = [e for e in EMOTIONS if e in present]
+    else:
+        label_names = [str(lab).strip().lower() for lab in label_names]
     try:
         matrix = frame[list(names)].to_numpy(dtype=np.float32) if names else np.zeros((len(frame), 0), np.float32)
     except (TypeError, ValueError) as exc:
@@ -284,6 +336,17 @@ def load_crowd_envent(
         frame = _read_zip_member(path)
     else:
         frame = read_table(path)
+    return crowd_envent_from_frame(frame, str(path), text_column, appraisals)
+
+
+def looks_like_crowd_envent(frame: pd.DataFrame) -> bool:
+    """Whether a table has crowd-enVENT's columns (a text column and an emotion column)."""
+    return any(c in frame.columns for c in CROWD_ENVENT_TEXTS) and any(c in frame.columns for c in CROWD_ENVENT_LABELS)
+
+
+def crowd_envent_from_frame(frame: pd.DataFrame, path: str, text_column: str = "hidden_emo_text",
+                            appraisals: Iterable[str] | str | None = "all") -> EmotionDataset:
+    """crowd-enVENT's table (any of its published forms, already read) as a dataset."""
     if "original_emotion" in frame.columns and "emotion" not in frame.columns:
         frame = frame.rename(columns={"original_emotion": "emotion"})
     if text_column not in frame.columns:
@@ -291,7 +354,7 @@ def load_crowd_envent(
                            "use text_column='hidden_emo_text' or 'generated_text'")
     return dataset_from_frame(frame, text=text_column, label="emotion", appraisals=appraisals,
                               id_column="text_id", label_map={"no-emotion": "neutral"},
-                              name="crowd-enVENT", source=str(path))
+                              name="crowd-enVENT", source=path)
 
 
 def _locate_crowd_envent(source: str | Path | None, verify: bool) -> Path:
@@ -349,8 +412,8 @@ def download_crowd_envent(target: Path, url: str = CROWD_ENVENT_URL, verify: boo
                 fh.write(block)
     except OSError as exc:
         partial.unlink(missing_ok=True)
-        raise EmolensError(f"could not download crowd-enVENT from {url} ({exc.__class__.__name__})",
-                           "download it by hand and pass its path or set EMOLENS_CROWD_ENVENT") from exc
+        raise CorpusUnreachable(f"could not download crowd-enVENT from {url} ({exc.__class__.__name__})",
+                                "download it by hand and pass its path or set EMOLENS_CROWD_ENVENT") from exc
     digest = sha256_file(partial)
     if verify and digest != CROWD_ENVENT_ZIP_SHA256:
         partial.unlink(missing_ok=True)

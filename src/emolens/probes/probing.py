@@ -72,12 +72,15 @@ def parse_tasks(spec: str | Sequence[str]) -> list[str]:
 def parse_appraisals(spec: str | Sequence[str], available: Sequence[str]) -> tuple[str, ...]:
     """``paper`` (20), ``all`` (21), ``none`` or ``a,b,c`` -> names, kept only where the data has them.
 
-    A preset keeps the names the dataset has; an explicit name the dataset lacks is an error.
+    A preset keeps the names the dataset has, plus the dataset's own appraisals that crowd-enVENT
+    lacks (a user's corpus declares those on purpose, so they are never silently dropped); an
+    explicit name the dataset lacks is an error.
     """
     if isinstance(spec, str) and spec == "none":
         return ()
     if isinstance(spec, str) and spec in APPRAISAL_PRESETS:
-        return tuple(a for a in APPRAISAL_PRESETS[spec] if a in available)
+        own = [a for a in available if a not in APPRAISAL_PRESETS["all"]]
+        return tuple(a for a in APPRAISAL_PRESETS[spec] if a in available) + tuple(own)
     names = [s.strip() for s in spec.split(",")] if isinstance(spec, str) else list(spec)
     names = [s for s in names if s]
     missing = [a for a in names if a not in available]
@@ -97,7 +100,7 @@ def first_word_labels(texts: Sequence[str], vocabulary: Sequence[str] = FIRST_WO
 # store, data and items
 
 
-def dataset_for_store(store, data: str | Path | None = None):
+def dataset_for_store(store, data: str | Path | None = None, columns=None):
     """The store's items as an :class:`~emolens.data.corpus.EmotionDataset`, in store order.
 
     The manifest records the dataset's name, fingerprint and item ids, not its path. With
@@ -121,7 +124,7 @@ def dataset_for_store(store, data: str | Path | None = None):
                                "store does not record", "pass --data with the file used for extraction")
         where = name
     else:
-        full = load_dataset(data)
+        full = load_dataset(data, columns)  # columns: a user's corpus options (emolens.data.loading.Columns)
         where = str(data)
     try:
         ds = full.subset(np.array(store.item_ids, dtype=object).astype(str))

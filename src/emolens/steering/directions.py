@@ -133,7 +133,16 @@ class ConceptBank:
 
 
 def _ratings_and_labels(dataset, appraisals: Sequence[str], emotions: Sequence[str]):
+    """Ratings ``[N, A]`` on crowd-enVENT's 1-5 scale, and label ids.
+
+    A binary column (a corpus that codes an appraisal as 0/1) is put on the 1-5 scale (0 -> 1,
+    1 -> 5), so the high/low thresholds split it into its two groups instead of leaving one side empty.
+    """
     R = np.stack([dataset.appraisal(a) for a in appraisals], 1) if appraisals else np.zeros((len(dataset), 0))
+    for j in range(R.shape[1]):
+        values = R[:, j][np.isfinite(R[:, j])]
+        if len(values) and np.isin(values, (0.0, 1.0)).all():
+            R[:, j] = np.where(np.isfinite(R[:, j]), 1 + 4 * R[:, j], np.nan)
     index = {e: i for i, e in enumerate(emotions)}
     y = np.array([index.get(lab, -1) if lab is not None else -1 for lab in dataset.labels])
     return R.astype(np.float64), y
