@@ -246,7 +246,7 @@ def test_compare_two_runs(base_run, tmp_path):
     peaks = pd.read_csv(out / "peaks.csv")
     assert set(peaks.analysis) >= {"probe_best"} and peaks.relative_depth.between(0, 1).all()
     with pytest.raises(EmolensError, match="not an emolens run"):
-        from emolens.cli.compare import compare_runs
+        from emolens.report.compare import compare_runs
 
         compare_runs([tmp_path], tmp_path / "x")
 

@@ -69,6 +69,7 @@ def register(app: typer.Typer) -> None:
             summary_lines,
             write_outputs,
         )
+        from emolens.report.probe_figures import write_probe_figures
 
         tasks = parse_tasks(task)  # cheap checks first
         if probe not in PROBES:
@@ -96,6 +97,7 @@ def register(app: typer.Typer) -> None:
                              log=lambda m: typer.echo(m, err=True))
         result.summary["seconds"]["total"] = round(time.perf_counter() - start, 2)
         write_outputs(result, out_dir)
+        write_probe_figures(result.table, out_dir)
         for line in summary_lines(result):
             typer.echo(line)
         typer.echo(f"{result.summary['seconds']['total']:.1f}s; results in {out_dir}")

@@ -49,11 +49,10 @@ def register(app: typer.Typer) -> None:
         """Score the emotion labels (13, or your --labels) at the answer position; write readout.parquet and metrics."""
         from emolens.data.corpus import write_ids
         from emolens.inputs.prompts import PromptSpec, parse_shots
-        from emolens.metrics import confusion
         from emolens.model.loading import load_model
         from emolens.paths import dump_json
         from emolens.readout import readout as run_readout
-        from emolens.report.figures import plot_confusion
+        from emolens.report.readout_figures import write_readout_figures
 
         if batch_size < 1:
             raise EmolensError(f"batch size {batch_size} is not positive", "pass --batch-size 1 or more")
@@ -72,12 +71,8 @@ def register(app: typer.Typer) -> None:
         seconds = time.perf_counter() - start
         result.frame.to_parquet(out_dir / "readout.parquet", index=False)
         write_ids(out_dir / "correct_ids.txt", result.correct_ids)
-        labels = list(result.labels)
-        known = result.frame["gold"].isin(labels)
-        gold = result.frame.loc[known, "gold"].map(labels.index).to_numpy()
-        pred = result.frame.loc[known, "pred"].map(labels.index).to_numpy()
-        plot_confusion(confusion(gold, pred, len(labels)), labels, out_dir / "confusion.png",
-                       title=f"{model} on {dataset.name} (n={len(gold)})")
+        n_known = int(result.frame["gold"].isin(list(result.labels)).sum())
+        write_readout_figures(result.frame, out_dir, f"{model} on {dataset.name} (n={n_known})", result.labels)
         metrics = {**result.metrics, "model": model, "source_id": lm.source_id, "data": data,
                    "dataset_fingerprint": dataset.fingerprint(), "prompt": spec.__dict__,
                    "prompt_fingerprint": spec.fingerprint(), "limit": limit, "seed": seed,

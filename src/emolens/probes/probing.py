@@ -17,8 +17,9 @@ one folder of results (``emolens probe``):
     :func:`emolens.steering.directions.bank_from_file`).
 ``human_baseline.json`` / ``human_baseline_coef.parquet``
     how well the human appraisal ratings alone predict the emotion (paper §5.4), and its weights.
-``summary.json``, ``items.txt``, figures
-    which items were used and why, exclusions, timings, best slices; heatmaps and probe curves.
+``summary.json``, ``items.txt``
+    which items were used and why, exclusions, timings, best slices. Figures (heatmaps, probe
+    curves) are drawn from the table by :mod:`emolens.report.probe_figures`.
 
 The first-word control (paper §5.5): the label is the first whitespace token of the text when it
 is one of :data:`emolens.labels.FIRST_WORDS` (case-sensitive); other items are excluded and
@@ -441,8 +442,12 @@ def best_slices(table: pd.DataFrame) -> dict[str, Any]:
 # outputs
 
 
-def write_outputs(result: ProbingResult, out: str | Path, figures: bool = True) -> list[Path]:
-    """Write the table, directions, human baseline, items, summary and figures into ``out``."""
+def write_outputs(result: ProbingResult, out: str | Path) -> list[Path]:
+    """Write the table, directions, human baseline, items and summary into ``out``.
+
+    Figures are drawn from the table by :func:`emolens.report.probe_figures.write_probe_figures`,
+    which ``emolens probe`` and the probe stage both call after this.
+    """
     from emolens.paths import dump_json
     from emolens.probes import evaluation as pe
 
@@ -473,129 +478,9 @@ def write_outputs(result: ProbingResult, out: str | Path, figures: bool = True) 
         written += [out / HUMAN_JSON, out / HUMAN_COEF]
     (out / ITEMS).write_text("".join(f"{i}\n" for i in result.items))
     written.append(out / ITEMS)
-    if figures:
-        written += write_figures(result.table, out)
     result.summary["files"] = sorted(p.name for p in written) + [SUMMARY]
     dump_json(out / SUMMARY, result.summary)
     return written + [out / SUMMARY]
-
-
-def write_figures(table: pd.DataFrame, out: Path) -> list[Path]:
-    """Heatmaps (layer x site at -1, layer x position for resid) per classification task, probe curves,
-    and an appraisal x layer R² map."""
-    paths = []
-    for task in ("emotion", "first_word", "selectivity"):
-        part = table[(table.task == task) & (table.metric == "accuracy")]
-        if part.empty:
-            continue
-        lab = "accuracy" if task != "selectivity" else "selectivity (accuracy difference)"
-        at_last = part[part.position == -1]
-        if not at_last.empty:
-            paths.append(plot_heatmap(at_last, "site", out / f"heatmap_{task}_sites.png",
-                                      f"{task}: {lab}, position -1", diverging=task == "selectivity"))
-        sites = list(dict.fromkeys(part.site))
-        site = "resid" if "resid" in sites else sites[-1]
-        by_pos = part[part.site == site]
-        if by_pos.position.nunique() > 1:
-            paths.append(plot_heatmap(by_pos, "position", out / f"heatmap_{task}_positions.png",
-                                      f"{task}: {lab}, {site}", diverging=task == "selectivity"))
-    emo = table[(table.task == "emotion") & (table.metric == "accuracy") & (table.position == -1)]
-    if not emo.empty:
-        paths.append(plot_curves(table, out / "curve_emotion.png"))
-    app = table[(table.task == "appraisal") & (table.metric == "r2")]
-    if not app.empty:
-        paths.append(plot_appraisal_map(app, out / "heatmap_appraisal_r2.png"))
-    return paths
-
-
-def plot_heatmap(part: pd.DataFrame, rows: str, path: Path, title: str, diverging: bool = False) -> Path:
-    """``rows`` (site or position) x layer grid of ``value``; the best cell is outlined."""
-    import matplotlib.pyplot as plt
-
-    from emolens.report.figures import save_figure
-
-    grid = part.pivot_table(index=rows, columns="layer", values="value", aggfunc="first")
-    if rows == "site":
-        grid = grid.reindex([s for s in dict.fromkeys(part.site)])
-    else:
-        grid = grid.sort_index(ascending=False)  # -1 on top
-    vals = grid.to_numpy(dtype=float)
-    fig, ax = plt.subplots(figsize=(max(5.0, 0.38 * vals.shape[1] + 2), 0.55 * vals.shape[0] + 1.6))
-    if diverging:
-        m = float(np.nanmax(np.abs(vals))) if np.isfinite(vals).any() else 1.0
-        im = ax.imshow(vals, cmap="coolwarm", vmin=-m, vmax=m, aspect="auto")
-    else:
-        im = ax.imshow(vals, cmap="magma", vmin=0, vmax=1, aspect="auto")
-    ax.set_xticks(range(vals.shape[1]), [str(c + 1) for c in grid.columns], fontsize=7)
-    ax.set_yticks(range(vals.shape[0]), [str(r) for r in grid.index])
-    ax.set_xlabel("layer (1-indexed)")
-    ax.set_ylabel(rows)
-    if np.isfinite(vals).any():
-        i, j = np.unravel_index(np.nanargmax(vals), vals.shape)
-        ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="cyan", linewidth=2))
-        title += f" (best {vals[i, j]:.3f} at {grid.index[i]}, layer {grid.columns[j] + 1})"
-    fig.colorbar(im, ax=ax)
-    ax.set_title(title, fontsize=9)
-    return save_figure(fig, path)
-
-
-def plot_curves(table: pd.DataFrame, path: Path) -> Path:
-    """Emotion accuracy over layers at position -1 for each site with 95% CI bands; shuffled and
-    first-word controls dashed and dotted, chance as a grey line."""
-    import matplotlib.pyplot as plt
-
-    from emolens.report.figures import save_figure
-
-    base = table[(table.metric == "accuracy") & (table.position == -1)]
-    sites = list(dict.fromkeys(base[base.task == "emotion"].site))
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    colors = dict(zip(sites, plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False))
-    for task, style in (("emotion", "-"), ("emotion/shuffled", "--"), ("first_word", ":")):
-        for site in sites:
-            cur = base[(base.task == task) & (base.site == site)].sort_values("layer")
-            if cur.empty:
-                continue
-            x = cur.layer.to_numpy() + 1
-            ax.plot(x, cur.value, style, color=colors[site], label=f"{site} {task}" if task != "emotion" else site,
-                    linewidth=1.6 if task == "emotion" else 1.0)
-            if task == "emotion":
-                ax.fill_between(x, cur.ci_low, cur.ci_high, color=colors[site], alpha=0.2, linewidth=0)
-    chance = base[base.task == "emotion"].chance
-    if len(chance):
-        ax.axhline(float(chance.iloc[0]), color="grey", linewidth=0.8, label="chance (majority)")
-    ax.set_ylim(0, 1.02)
-    ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
-    ax.set_xlabel("layer (1-indexed)")
-    ax.set_ylabel("held-out accuracy")
-    ax.set_title("emotion probe at position -1 (bands: 95% CI)", fontsize=9)
-    ax.legend(fontsize=7, ncol=2)
-    return save_figure(fig, path)
-
-
-def plot_appraisal_map(app: pd.DataFrame, path: Path) -> Path:
-    """Appraisal x layer test R² at position -1 for the resid site (else the last site); best per row marked."""
-    import matplotlib.pyplot as plt
-
-    from emolens.report.figures import save_figure
-
-    sites = list(dict.fromkeys(app.site))
-    site = "resid" if "resid" in sites else sites[-1]
-    part = app[(app.site == site) & (app.position == -1)]
-    grid = part.pivot_table(index="target", columns="layer", values="value", aggfunc="first")
-    grid = grid.reindex(list(dict.fromkeys(part.target)))
-    vals = grid.to_numpy(dtype=float)
-    fig, ax = plt.subplots(figsize=(max(5.0, 0.38 * vals.shape[1] + 3), 0.3 * vals.shape[0] + 1.6))
-    im = ax.imshow(np.clip(vals, -0.2, 1), cmap="magma", vmin=-0.2, vmax=1, aspect="auto")
-    for i in range(vals.shape[0]):
-        if np.isfinite(vals[i]).any():
-            j = int(np.nanargmax(vals[i]))
-            ax.plot(j, i, marker="*", color="cyan", markersize=6)
-    ax.set_xticks(range(vals.shape[1]), [str(c + 1) for c in grid.columns], fontsize=7)
-    ax.set_yticks(range(vals.shape[0]), list(grid.index), fontsize=7)
-    ax.set_xlabel("layer (1-indexed)")
-    fig.colorbar(im, ax=ax, label="test R² (clipped at -0.2)")
-    ax.set_title(f"appraisal probes, {site} at -1 (star: best layer)", fontsize=9)
-    return save_figure(fig, path)
 
 
 def summary_lines(result: ProbingResult) -> list[str]:

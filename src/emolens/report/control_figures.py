@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from emolens.report.figures import plt
+from emolens.report.plotting import subplots
 
 #: Judge metrics drawn in the dose-response figure, with their axis labels.
 DOSE_METRICS: tuple[tuple[str, str], ...] = (
@@ -32,7 +32,7 @@ def _steered(frame: pd.DataFrame) -> pd.DataFrame:
 def dose_response_figure(effects: pd.DataFrame):
     """One panel per judge metric: Δ vs β per direction (interval as a band), instruction as a band."""
     metrics = [(m, lab) for m, lab in DOSE_METRICS if m in set(effects["metric"])]
-    fig, axes = plt.subplots(1, len(metrics), figsize=(3.3 * len(metrics), 3.2), squeeze=False)
+    fig, axes = subplots(1, len(metrics), figsize=(3.3 * len(metrics), 3.2), squeeze=False)
     steered = _steered(effects)
     for ax, (metric, label) in zip(axes[0], metrics, strict=True):
         part = steered[steered["metric"] == metric]
@@ -60,7 +60,7 @@ def tradeoff_figure(effects: pd.DataFrame, capability: pd.DataFrame, max_ppl_rat
                                                           "ci_high"]]
     cap = capability[capability["kind"] != "clean"]
     merged = cap.merge(gain, on=["direction", "beta", "kind"], how="inner")
-    fig, axes = plt.subplots(1, 2, figsize=(8.5, 3.4), sharey=True)
+    fig, axes = subplots(1, 2, figsize=(8.5, 3.4), sharey=True)
     for ax, col, label, limit in ((axes[0], "ppl_ratio", "perplexity ratio on neutral text", max_ppl_ratio),
                                   (axes[1], "accuracy_delta", "readout accuracy change", -max_accuracy_drop)):
         for direction, g in merged.groupby("direction", sort=False):
@@ -89,7 +89,7 @@ def capability_figure(capability: pd.DataFrame):
     """Perplexity ratio, readout accuracy (with Wilson interval) and degenerate rate versus β."""
     clean = capability[capability["kind"] == "clean"]
     cap = capability[capability["kind"] != "clean"]
-    fig, axes = plt.subplots(1, 3, figsize=(10, 3.1))
+    fig, axes = subplots(1, 3, figsize=(10, 3.1))
     for direction, g in cap.groupby("direction", sort=False):
         g = pd.concat([clean.assign(direction=direction), g]).sort_values("beta")
         axes[0].plot(g["beta"], g["ppl_ratio"], marker="o", label=direction)

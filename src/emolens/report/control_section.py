@@ -8,16 +8,15 @@ a self-contained page (``control_report.html``) so a control run has a report of
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import json
 from pathlib import Path
 
 import pandas as pd
 
 from emolens.report.control_figures import capability_figure, dose_response_figure, tradeoff_figure
-from emolens.report.figures import plt
+from emolens.report.page import img
+from emolens.report.plotting import fig_png
 
 _CSS = ("body{font-family:sans-serif;max-width:1100px;margin:1em auto;padding:0 1em}"
         "table{border-collapse:collapse;font-size:.85em;margin:.5em 0}td,th{border:1px solid #ddd;padding:3px 6px;"
@@ -31,10 +30,7 @@ __all__ = ["control_section", "example_replies", "write_control_report"]
 
 
 def _img(fig, alt: str) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
+    return img(fig_png(fig, dpi=110), alt)
 
 
 def _table(frame: pd.DataFrame) -> str:

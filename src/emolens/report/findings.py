@@ -11,8 +11,8 @@ from typing import Any
 import pandas as pd
 
 from emolens.labels import EMOTIONS
-from emolens.report.figures_robustness import ROBUSTNESS_METRICS, readout_rows
 from emolens.report.plotting import main_position, numeric_positions
+from emolens.report.robustness_figures import ROBUSTNESS_METRICS, readout_rows
 from emolens.report.runs import ModelRun, relative_depth
 
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 import pandas as pd
 
-from emolens.report.figures import plt, save_figure
+from emolens.report.plotting import save_figure, subplots
 
 __all__ = ["plot_ablation", "plot_neuron_figures", "plot_significant", "plot_sparse"]
 
@@ -22,7 +23,7 @@ def plot_significant(counts: pd.DataFrame, path: str | Path, title: str = "") ->
     """Heatmap of significant-neuron counts, ``counts`` indexed by layer with one column per appraisal."""
     if counts.empty:
         return None
-    fig, ax = plt.subplots(figsize=(1.2 + 0.42 * counts.shape[1], 1.5 + 0.28 * counts.shape[0]))
+    fig, ax = subplots(figsize=(1.2 + 0.42 * counts.shape[1], 1.5 + 0.28 * counts.shape[0]))
     im = ax.imshow(counts.to_numpy(dtype=float), aspect="auto", cmap="viridis")
     ax.set_xticks(range(counts.shape[1]), [str(c) for c in counts.columns], rotation=60, ha="right", fontsize=7)
     ax.set_yticks(range(counts.shape[0]), [str(i) for i in counts.index], fontsize=7)
@@ -37,8 +38,8 @@ def plot_sparse(sparse: pd.DataFrame, path: str | Path) -> Path | None:
     if sparse.empty:
         return None
     layers = sorted(sparse["layer"].unique())
-    fig, axes = plt.subplots(1, len(layers), figsize=(3.4 * len(layers), 3.2), squeeze=False, sharey=True)
-    colours = plt.get_cmap("tab20")
+    fig, axes = subplots(1, len(layers), figsize=(3.4 * len(layers), 3.2), squeeze=False, sharey=True)
+    colours = matplotlib.colormaps["tab20"]
     for ax, layer in zip(axes[0], layers, strict=True):
         part = sparse[sparse["layer"] == layer]
         for j, (name, rows) in enumerate(part.groupby("appraisal", sort=False)):
@@ -62,7 +63,7 @@ def plot_ablation(ablation: pd.DataFrame, path: str | Path) -> Path | None:
     data = ablation.dropna(subset=["effect"]) if "effect" in ablation else ablation.iloc[0:0]
     if data.empty:
         return None
-    fig, ax = plt.subplots(figsize=(1.8 + 1.2 * len(data), 3.2))
+    fig, ax = subplots(figsize=(1.8 + 1.2 * len(data), 3.2))
     x = np.arange(len(data))
     for offset, (col, lo, hi, label) in zip((-0.12, 0.12), (("effect", "effect_lo", "effect_hi", "top-k neurons"),
                                                            ("random_effect", "random_lo", "random_hi",

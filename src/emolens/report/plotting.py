@@ -7,6 +7,7 @@ Layers are 0-indexed in the tables and 1-indexed on every axis; *relative depth*
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -26,11 +27,18 @@ def subplots(nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float] | N
     return fig, fig.subplots(nrows, ncols, **kwargs)
 
 
-def fig_png(fig) -> bytes:
+def fig_png(fig: Figure, dpi: int = 100) -> bytes:
     """The figure as PNG bytes (embedded in HTML as base64)."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
     return buf.getvalue()
+
+
+def save_figure(fig: Figure, path: str | Path, dpi: int = 120) -> Path:
+    """Write the figure as a PNG file (what the CLI commands and study stages leave next to their tables)."""
+    path = Path(path)
+    fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    return path
 
 
 def numeric_positions(frame: pd.DataFrame) -> pd.DataFrame:
@@ -52,8 +60,10 @@ def main_position(frame: pd.DataFrame) -> int | None:
 
 
 def layer_axis(layers, n_layers: int | None, depth: bool):
+    """x values for 0-indexed ``layers``: 1-indexed layers, or relative depth when ``depth`` and the depth is known."""
     layers = np.asarray(layers, dtype=float)
     return (layers + 1) / n_layers if depth and n_layers else layers + 1
 
 
-__all__ = ["SITE_COLORS", "fig_png", "layer_axis", "main_position", "numeric_positions", "subplots"]
+__all__ = ["SITE_COLORS", "fig_png", "layer_axis", "main_position", "numeric_positions", "save_figure",
+           "subplots"]

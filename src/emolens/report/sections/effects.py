@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from emolens.report.figures_causal import effect_heatmaps
+from emolens.report.causal_figures import effect_heatmaps
 from emolens.report.page import absent, img
 from emolens.report.runs import ModelRun
 from emolens.report.section_registry import section

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from emolens.report.figures_probes import appraisal_heatmap, probe_curves, probe_heatmaps
 from emolens.report.page import absent, img, table_html
 from emolens.report.plotting import fig_png, subplots
+from emolens.report.probe_figures import appraisal_heatmap, probe_curves, probe_heatmaps
 from emolens.report.runs import ModelRun
 from emolens.report.section_registry import section
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from emolens.report.figures_readout import confusion_figure
 from emolens.report.page import absent, img, table_html
+from emolens.report.plotting import fig_png
+from emolens.report.readout_figures import readout_confusion
 from emolens.report.runs import ModelRun
 from emolens.report.section_registry import section
 
@@ -27,7 +28,7 @@ def readout_section(mr: ModelRun) -> str:
         rows.append(("calibrated accuracy", metrics["calibrated"].get("accuracy")))
     body = table_html(pd.DataFrame(rows, columns=["metric", "value"]))
     if frame is not None:
-        png = confusion_figure(frame, f"{mr.spec}: confusion (n={len(frame)})")
-        if png:
-            body += img(png, "confusion matrix")
+        fig = readout_confusion(frame, f"{mr.spec}: confusion (n={len(frame)})")
+        if fig is not None:
+            body += img(fig_png(fig), "confusion matrix")
     return body

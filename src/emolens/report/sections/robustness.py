@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import html
 
-from emolens.report.figures_robustness import (
+from emolens.report.findings import robustness_findings, robustness_text
+from emolens.report.page import absent, img, table_html
+from emolens.report.robustness_figures import (
     ROBUSTNESS_METRICS,
     readout_rows,
     robustness_analysis_figure,
     robustness_figure,
 )
-from emolens.report.findings import robustness_findings, robustness_text
-from emolens.report.page import absent, img, table_html
 from emolens.report.runs import ModelRun
 from emolens.report.section_registry import section
 

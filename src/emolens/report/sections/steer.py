@@ -6,10 +6,10 @@ import html
 
 import pandas as pd
 
-from emolens.report.figures_steering import steering_figures
 from emolens.report.page import absent, img, table_html
 from emolens.report.runs import ModelRun
 from emolens.report.section_registry import section
+from emolens.report.steering_figures import steering_figures
 
 
 @section("steer", "Steering", 60)

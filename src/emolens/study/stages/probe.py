@@ -1,7 +1,8 @@
 """The ``probe`` stage: emotion and appraisal probes on the extract stage's store.
 
-It goes through :func:`emolens.probes.probing.run_probing` and ``write_outputs`` -- the path of
-``emolens probe`` -- so a study and the CLI write the same tables.
+It goes through :func:`emolens.probes.probing.run_probing`, ``write_outputs`` and
+:func:`emolens.report.probe_figures.write_probe_figures` -- the path of ``emolens probe`` -- so a
+study and the CLI write the same tables and figures.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import pandas as pd
 
 from emolens.activations.store import ActivationStore
 from emolens.probes import probing
+from emolens.report.probe_figures import write_probe_figures
 from emolens.study.registry import StageContext, dump_section, stage
 
 
@@ -54,7 +56,8 @@ def _probe(ctx: StageContext) -> dict:
     main.summary["probes"] = list(p.probes)
     main.summary["best"] = probing.best_slices(main.table)
     ctx.notes.extend(main.summary.get("notes", []))
-    probing.write_outputs(main, ctx.dir, figures=False)
+    probing.write_outputs(main, ctx.dir)
+    write_probe_figures(main.table, ctx.dir)
     table = main.table
     best = table[(table.task == "emotion") & (table.metric == "accuracy")].sort_values("value").tail(1)
     summary = {"rows": len(table), "n_items": len(dataset)}
