@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -19,13 +20,26 @@ def cache_dir() -> Path:
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write via a sibling temp file and rename, so readers never see a partial file."""
+    """Write via a sibling temp file, fsync, then rename: readers never see a partial file, and
+    after a crash the file holds either the old or the new bytes, never a torn mix."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
 
 
 def dump_json(path: str | Path, obj) -> None:
     """Write JSON atomically, sorted and indented for diffable results."""
     atomic_write_bytes(path, json.dumps(obj, indent=2, sort_keys=True, default=str).encode())
+
+
+def sha256_file(path: str | Path) -> str:
+    """SHA-256 of a file, streamed in 4 MiB blocks (downloads and converted weights are checked by it)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()

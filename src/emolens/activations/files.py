@@ -1,4 +1,6 @@
-"""The store's file-level vocabulary: its format tag and durable writes, shared by store and health.
+"""The store's file-level vocabulary: its format tag, record encoding and readout join, shared by store and health.
+
+Durable writes are :func:`emolens.paths.atomic_write_bytes` (fsync, then rename), the one writer.
 
 Kept apart so :mod:`emolens.activations.store` (read/write) and :mod:`emolens.activations.health`
 (check/repair) both use one definition without importing each other.
@@ -11,20 +13,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["FORMAT", "VERSION", "atomic_write", "dump", "join_readout"]
+__all__ = ["FORMAT", "VERSION", "dump", "join_readout"]
 
 FORMAT = "emolens-activations"
 VERSION = 1
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write durably (fsync) via a sibling temp file and rename."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def dump(obj: Any) -> bytes:

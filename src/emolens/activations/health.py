@@ -20,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from emolens.activations.files import FORMAT, atomic_write, dump, join_readout
+from emolens.activations.files import FORMAT, dump, join_readout
+from emolens.paths import atomic_write_bytes
 
 __all__ = ["StoreCheck", "check_store", "chunk_crc", "npy_layout", "read_json", "repair_store"]
 
@@ -187,7 +188,7 @@ def repair_store(check: StoreCheck) -> list[str]:
         return []
     root, manifest, done = check.root, check.manifest, []
     if check.manifest_from_backup:
-        atomic_write(root / "manifest.json", dump(manifest))
+        atomic_write_bytes(root / "manifest.json", dump(manifest))
         done.append("restored manifest.json from its backup")
     for site in sorted(check.recreate):
         spec = manifest["arrays"][site]
@@ -212,7 +213,7 @@ def repair_store(check: StoreCheck) -> list[str]:
         sums = progress.get("checksums", {})
         for c in check.redo:
             sums.pop(str(c), None)
-        atomic_write(root / "progress.json", dump(progress))
+        atomic_write_bytes(root / "progress.json", dump(progress))
         (root / "COMPLETE").unlink(missing_ok=True)
         (root / "readout.parquet").unlink(missing_ok=True)
         done.append(f"chunk(s) {progress['redo']} marked for recomputation: rerun the same extract command")
@@ -220,5 +221,5 @@ def repair_store(check: StoreCheck) -> list[str]:
         join_readout(root, n_chunks)
         done.append("rejoined readout.parquet from its chunks")
     elif check.progress != progress or not (root / "progress.json").exists():
-        atomic_write(root / "progress.json", dump(progress))
+        atomic_write_bytes(root / "progress.json", dump(progress))
     return done

@@ -36,12 +36,12 @@ from pathlib import Path
 import numpy as np
 
 from emolens.activations.files import FORMAT, VERSION, join_readout
-from emolens.activations.files import atomic_write as _atomic_write
 from emolens.activations.files import dump as _dump
 from emolens.activations.health import BACKUP, check_store, chunk_crc, read_json, repair_store
 from emolens.errors import EmolensError
 from emolens.locks import LOCK_NAME, WriterLock
 from emolens.notices import warn
+from emolens.paths import atomic_write_bytes
 
 STORE_DTYPES: dict[str, np.dtype] = {"float32": np.dtype("float32"), "float16": np.dtype("float16")}
 _OWN = {"manifest.json", "progress.json", "COMPLETE", "readout.parquet", "readout", BACKUP, LOCK_NAME}
@@ -243,7 +243,7 @@ class StoreWriter:
         self.checksums[str(chunk)] = sums
         progress = {"chunks_done": self.chunks_done, "checksums": self.checksums,
                     **({"redo": self.redo} if self.redo else {})}
-        _atomic_write(self.root / "progress.json", _dump(progress))
+        atomic_write_bytes(self.root / "progress.json", _dump(progress))
 
     def release(self) -> None:
         """Give up the writer lock (also done by :meth:`finish` and at process exit)."""
@@ -259,7 +259,7 @@ class StoreWriter:
         if self.manifest["identity"].get("readout"):
             join_readout(self.root, self.n_chunks)
         done = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
-        _atomic_write(self.root / "COMPLETE", f"{done}\n".encode())
+        atomic_write_bytes(self.root / "COMPLETE", f"{done}\n".encode())
         self.release()
         return ActivationStore.open(self.root)
 
@@ -379,6 +379,6 @@ def _create(root: Path, identity: dict, item_ids: list[str], arrays, run: dict, 
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "versions": library_versions(), **({"info": info} if info else {}),
     }
-    _atomic_write(root / BACKUP, _dump(manifest))
-    _atomic_write(root / "manifest.json", _dump(manifest))
+    atomic_write_bytes(root / BACKUP, _dump(manifest))
+    atomic_write_bytes(root / "manifest.json", _dump(manifest))
     return StoreWriter(root, manifest, 0, None, lock)

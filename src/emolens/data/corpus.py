@@ -21,7 +21,7 @@ import pandas as pd
 
 from emolens.errors import EmolensError
 from emolens.labels import ALL_APPRAISALS, APPRAISAL_PRESETS, EMOTIONS
-from emolens.paths import cache_dir
+from emolens.paths import cache_dir, sha256_file
 
 CROWD_ENVENT_URL = "https://www.romanklinger.de/data-sets/crowd-enVent2023.zip"
 #: SHA-256 of the 2023 zip as reported by a third party; a mismatch is an error unless overridden.
@@ -391,15 +391,6 @@ def _read_zip_member(path: Path) -> pd.DataFrame:
     except zipfile.BadZipFile as exc:
         raise EmolensError(f"{str(path)!r} is not a readable zip", "download it again") from exc
     return _read_delimited(raw, "\t", f"{path}:{member}")
-
-
-def sha256_file(path: str | Path) -> str:
-    """SHA-256 of a file, streamed."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def download_crowd_envent(target: Path, url: str = CROWD_ENVENT_URL, verify: bool = True) -> Path:

@@ -19,7 +19,7 @@ import torch
 
 from emolens.errors import EmolensError
 from emolens.model.sites import SiteRegistry, resolve_sites, validate_sites
-from emolens.paths import cache_dir
+from emolens.paths import cache_dir, sha256_file
 
 
 @dataclass(frozen=True)
@@ -131,14 +131,6 @@ def alias_status(name: str) -> AliasStatus:
     return AliasStatus(name, True, "converted" if (converted / ".complete").exists() else "installed")
 
 
-def sha256_path(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _converted_dir(alias: Alias) -> Path:
     key = alias.sha256[:16] if alias.sha256 else "unhashed"
     return cache_dir() / "models" / f"{alias.name}-{key}"
@@ -162,7 +154,7 @@ def assemble_alias(name: str) -> Path:
             with open(path, "rb") as chunk:
                 shutil.copyfileobj(chunk, out, 1 << 22)
     size = partial.stat().st_size
-    digest = sha256_path(partial)
+    digest = sha256_file(partial)
     if (alias.size and size != alias.size) or (alias.sha256 and digest != alias.sha256):
         partial.unlink()
         raise EmolensError(f"assembled {name!r} has size {size} and SHA-256 {digest[:12]}..., expected "
@@ -384,7 +376,7 @@ def _resolve_weights(spec: str, revision: str | None) -> tuple[str, str, dict]:
     if path.suffix == ".gguf":
         if not path.exists():
             raise EmolensError(f"GGUF file {spec!r} does not exist", "check the path")
-        digest = sha256_path(path)
+        digest = sha256_file(path)
         out = cache_dir() / "models" / f"{path.stem}-{digest[:16]}"
         convert_gguf(path, out)
         return str(out), f"gguf-sha256:{digest}", {"gguf": str(path)}
