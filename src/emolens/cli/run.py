@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from emolens.errors import EmolensError
+
 
 def register(app: typer.Typer) -> None:
     @app.command()
@@ -28,7 +30,7 @@ def register(app: typer.Typer) -> None:
         Stages whose inputs did not change are skipped; an interrupted run resumes where it stopped.
         Without a config this runs the `quick` preset on gemma-3-270m.
         """
-        from emolens.errors import EmolensError
+        # lazy: the study imports torch and transformers, which would slow `emolens --help`
         from emolens.study.config import load_config, load_preset
         from emolens.study.runner import run_study
 

@@ -19,6 +19,7 @@ import torch
 
 from emolens.errors import EmolensError
 from emolens.model.sites import SiteRegistry, resolve_sites, validate_sites
+from emolens.model.tiny import TINY_FAMILIES, tiny_model, tiny_tokenizer
 from emolens.paths import cache_dir, sha256_file
 
 
@@ -286,8 +287,6 @@ def load_model(
         raise EmolensError("offload_folder and max_memory only apply with a device_map", "pass device_map too")
     info: dict = {}
     if spec.startswith("tiny:") and device_map is None:
-        from emolens.model.tiny import tiny_model, tiny_tokenizer
-
         family = _tiny_family(spec)
         model = tiny_model(family, attn_implementation=attn_implementation).to(torch_dtype)
         tokenizer = tiny_tokenizer()
@@ -337,8 +336,6 @@ def load_model(
 
 
 def _tiny_family(spec: str) -> str:
-    from emolens.model.tiny import TINY_FAMILIES
-
     family = spec.split(":", 1)[1]
     if family not in TINY_FAMILIES:
         raise EmolensError(f"unknown tiny model family {family!r}", f"use one of {list(TINY_FAMILIES)}")
@@ -347,8 +344,6 @@ def _tiny_family(spec: str) -> str:
 
 def _tiny_folder(family: str) -> Path:
     """A tiny model saved once under the cache, so accelerate can dispatch it like any checkpoint."""
-    from emolens.model.tiny import tiny_model, tiny_tokenizer
-
     out = cache_dir() / "models" / f"tiny-{family}-seed0"
     if (out / ".complete").exists():
         return out

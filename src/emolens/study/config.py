@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -21,7 +22,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from emolens.errors import EmolensError
-from emolens.labels import EMOTIONS
+from emolens.inputs.prompts import INSTRUCTIONS, SHOT_POOL, PromptSpec
+from emolens.labels import ALL_APPRAISALS, EMOTIONS
+from emolens.model.sites import SITES
 
 #: Stages in execution order. Each stage runs once per model.
 STAGE_ORDER: tuple[str, ...] = ("readout", "extract", "probe", "ablate", "patch", "knockout", "steer", "robustness",
@@ -78,8 +81,6 @@ class PromptsConfig(_Section):
     @field_validator("shots")
     @classmethod
     def _known_shots(cls, value: list[str]) -> list[str]:
-        from emolens.inputs.prompts import SHOT_POOL
-
         unknown = [s for s in value if s not in SHOT_POOL]
         if unknown:
             raise ValueError(f"unknown shot emotion(s) {unknown}; choose from {list(SHOT_POOL)}")
@@ -88,8 +89,6 @@ class PromptsConfig(_Section):
     @field_validator("template")
     @classmethod
     def _known_template(cls, value: str) -> str:
-        from emolens.inputs.prompts import INSTRUCTIONS
-
         if value not in INSTRUCTIONS and "{text}" not in value:
             raise ValueError(f"unknown template {value!r}; use one of {list(INSTRUCTIONS)} or a string with {{text}}")
         return value
@@ -133,8 +132,6 @@ def _odd_spans(value: list[int]) -> list[int]:
 
 
 def _known_sites(value: list[str]) -> list[str]:
-    from emolens.model.sites import SITES
-
     unknown = [s for s in value if s not in SITES]
     if unknown or not value:
         raise ValueError(f"unknown site(s) {unknown or value}; use {list(SITES)}")
@@ -196,8 +193,6 @@ class SteerConfig(_Windowed):
     @field_validator("appraisals")
     @classmethod
     def _known_appraisals(cls, value: list[str]) -> list[str]:
-        from emolens.labels import ALL_APPRAISALS
-
         for spec in value:
             for term in spec.split(","):
                 name = term.strip().rstrip("+-").strip()
@@ -387,8 +382,6 @@ class StudyConfig(_Section):
         return hashlib.sha256(json.dumps(self.canonical(), sort_keys=True).encode()).hexdigest()
 
     def prompt_spec(self, template: str | None = None, shots: list[str] | tuple[str, ...] | None = None):
-        from emolens.inputs.prompts import PromptSpec
-
         p = self.prompts
         return PromptSpec(template=template or p.template, shots=tuple(p.shots if shots is None else shots),
                           chat=p.chat, separator=" " if p.separator == "space" else "\n")
@@ -396,8 +389,6 @@ class StudyConfig(_Section):
 
 def model_slug(spec: str) -> str:
     """A folder name for a model spec: ``tiny:llama`` -> ``tiny-llama``, ``org/name`` -> ``org--name``."""
-    import re
-
     text = spec.replace("/", "--").replace(":", "-")
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.") or "model"
 
