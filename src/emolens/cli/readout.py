@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import typer
 
 from emolens.cli.corpus_options import Corpus, corpus_options
+from emolens.cli.outputs import note_created
 from emolens.errors import EmolensError
+from emolens.paths import dump_json
 
 
 def prepare_out_dir(out: Path, force: bool = False, marker: str = "metrics.json") -> Path:
     """Create the output folder, refusing to overwrite a finished result unless ``force``."""
-    from emolens.cli.outputs import note_created
-
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise EmolensError(f"--out {str(out)!r} is a file", "pass a folder path")
@@ -47,10 +48,10 @@ def register(app: typer.Typer) -> None:
         corpus: Corpus = None,
     ) -> None:
         """Score the emotion labels (13, or your --labels) at the answer position; write readout.parquet and metrics."""
+        # lazy: these import torch, transformers and pandas, which would slow `emolens --help`
         from emolens.data.corpus import write_ids
         from emolens.inputs.prompts import PromptSpec, parse_shots
         from emolens.model.loading import load_model
-        from emolens.paths import dump_json
         from emolens.readout import readout as run_readout
         from emolens.report.readout_figures import write_readout_figures
 
@@ -64,8 +65,6 @@ def register(app: typer.Typer) -> None:
         dataset = corpus.load(data, limit, seed)
         spec = corpus.prompt_for(spec, dataset)
         lm = load_model(model, dtype=dtype, device=device)
-        import time
-
         start = time.perf_counter()
         result = run_readout(lm, dataset, spec, batch_size=batch_size, calibrate=calibrate)
         seconds = time.perf_counter() - start

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from emolens.report.figures import plt, save_figure
+from emolens.report.plotting import save_figure, subplots
 
 __all__ = ["plot_cka", "plot_crossmodel_figures", "plot_rsa", "plot_transfer"]
 
@@ -17,7 +17,7 @@ def plot_cka(cka: pd.DataFrame, path: str | Path) -> Path | None:
     if cka.empty:
         return None
     grid = cka.pivot_table(index="depth_a", columns="depth_b", values="cka")
-    fig, ax = plt.subplots(figsize=(5.5, 4.6))
+    fig, ax = subplots(figsize=(5.5, 4.6))
     im = ax.imshow(grid.to_numpy(), origin="lower", aspect="auto", cmap="magma", vmin=0, vmax=1,
                    extent=(grid.columns.min(), grid.columns.max(), grid.index.min(), grid.index.max()))
     ax.set_xlabel(f"{cka['model_b'].iloc[0]} relative depth")
@@ -31,7 +31,7 @@ def plot_rsa(rsa: pd.DataFrame, path: str | Path) -> Path | None:
     """Spearman rho of emotion-centroid distance matrices vs relative depth; filled markers p <= .05."""
     if rsa.empty:
         return None
-    fig, ax = plt.subplots(figsize=(6, 3.4))
+    fig, ax = subplots(figsize=(6, 3.4))
     for (_kind, model, other), rows in rsa.groupby(["kind", "model", "other"], sort=False):
         rows = rows.sort_values("depth")
         line, = ax.plot(rows["depth"], rows["rho"], lw=1, label=f"{model} vs {other}")
@@ -50,7 +50,7 @@ def plot_transfer(transfer: pd.DataFrame, path: str | Path) -> Path | None:
     data = transfer[transfer["measure"] == "emotion_accuracy"] if not transfer.empty else transfer
     if data.empty:
         return None
-    fig, ax = plt.subplots(figsize=(6, 3.4))
+    fig, ax = subplots(figsize=(6, 3.4))
     for (src, tgt), rows in data.groupby(["probe_model", "mapped_model"], sort=False):
         rows = rows.sort_values("depth")
         x = rows["depth"].to_numpy(float)
