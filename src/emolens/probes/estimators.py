@@ -161,7 +161,8 @@ class LogisticFit:
 
     Classes absent from a slice's training labels get zero coefficients and intercept ``-inf``
     (probability 0), as they carry no information. ``grad_norm`` is the final ``max|grad|`` of
-    the mean-scaled objective, ``converged`` is ``grad_norm <= tol``.
+    the mean-scaled objective, ``converged`` is ``grad_norm <= tol``; ``refined`` marks slices
+    finished in float64 after the working precision stalled; ``n_iter`` counts both phases.
     """
 
     coef: torch.Tensor
@@ -171,6 +172,7 @@ class LogisticFit:
     converged: torch.Tensor
     loss: torch.Tensor
     tol: float
+    refined: torch.Tensor | None = None
 
 
 class _Softmax:
@@ -238,6 +240,13 @@ class _Softmax:
         """Raw weights ``W [S, K, d]`` from preconditioned ones."""
         return Wp * self.sw if self.Linv is None else Wp @ self.Linv
 
+    def pack(self, W: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Solver parameters from raw ``coef [S, K, d]`` and ``intercept [S, K]`` (inverse of :meth:`unpack`)."""
+        S = W.shape[0]
+        Wp = W / self.sw if self.Linv is None else W @ self.Lt.transpose(1, 2)
+        bc = b + (W @ self.mu.unsqueeze(-1)).squeeze(-1)
+        return torch.cat([Wp.reshape(S, -1), bc / self.sb], 1)
+
     def unpack(self, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw ``coef [S, K, d]`` and ``intercept [S, K]`` from the solver's parameters."""
         S, K, d = theta.shape[0], self.K, self.d
@@ -275,8 +284,19 @@ class _Softmax:
         return f, g, gmax
 
 
+#: Iterations over which a slice's objective must fall by more than round-off to count as moving.
+STALL_WINDOW = 10
+
+
 def _lbfgs(problem: _Softmax, theta: torch.Tensor, tol: float, max_iter: int, history: int):
     """Batched L-BFGS with per-slice history, step sizes (Armijo backtracking) and stopping.
+
+    A slice stops when ``max|grad| <= tol`` (converged), when no step decreases the objective, or
+    when the objective fell by less than ``STALL_WINDOW * eps`` of its own scale over the last
+    :data:`STALL_WINDOW` iterations: that is the working precision's round-off, where the raw
+    gradient of large-scale activations can sit above ``tol`` forever (gemma's residual stream in
+    float32 ran all 1,000 iterations without moving the loss). Those two are *stalled*, returned
+    so the caller can finish them in float64.
 
     Finished slices are dropped from the batch once they are a fifth of it, so late iterations
     only pay for the slices still moving; likewise backtracking re-evaluates only the slices whose
@@ -287,8 +307,12 @@ def _lbfgs(problem: _Softmax, theta: torch.Tensor, tol: float, max_iter: int, hi
     out_iter = torch.zeros(S, dtype=torch.long)
     out_g = torch.zeros(S, dtype=theta.dtype)
     out_f = torch.zeros(S, dtype=theta.dtype)
+    out_stall = torch.zeros(S, dtype=torch.bool)
     gid = torch.arange(S, device=theta.device)
     f, g, gmax = problem.fg(theta)
+    flat_tol = STALL_WINDOW * torch.finfo(theta.dtype).eps
+    f_hist: list[torch.Tensor] = [f]
+    stall = torch.zeros(S, dtype=torch.bool, device=theta.device)
     s_hist: list[torch.Tensor] = []
     y_hist: list[torch.Tensor] = []
     r_hist: list[torch.Tensor] = []
@@ -350,30 +374,41 @@ def _lbfgs(problem: _Softmax, theta: torch.Tensor, tol: float, max_iter: int, hi
         gamma = torch.where(valid, sy / (y_new * y_new).sum(1).clamp_min(1e-30), gamma)
         theta, f, g, gmax = new_theta, new_f, new_g, new_gmax
         n_iter += moved.long()
-        done = done | stalled | (gmax <= tol)
+        f_hist.append(f)
+        if len(f_hist) > STALL_WINDOW + 1:
+            f_hist.pop(0)
+        flat = torch.zeros_like(stalled)
+        if len(f_hist) > STALL_WINDOW:  # relative to the loss scale (scipy's ftol rule, over a window)
+            flat = (f_hist[0] - f) <= flat_tol * f.abs().clamp_min(1.0)
+        converged = gmax <= tol
+        stall = stall | (~done & ~converged & (stalled | flat))
+        done = done | converged | stall
         # retire finished slices
         if bool(done.any()) and int((~done).sum()) <= 0.8 * done.numel():
             fin = done.nonzero().squeeze(1)
             gi = gid[fin].cpu()
             out_theta[gi], out_iter[gi] = theta[fin].to(out_theta), n_iter[fin].cpu()
             out_g[gi], out_f[gi] = gmax[fin].cpu().to(out_g), f[fin].cpu().to(out_f)
+            out_stall[gi] = stall[fin].cpu()
             keep = (~done).nonzero().squeeze(1)
             problem = problem.take(keep)
-            gid, theta, f, g, gmax, gamma, n_iter, done = (
-                v[keep] for v in (gid, theta, f, g, gmax, gamma, n_iter, done))
+            gid, theta, f, g, gmax, gamma, n_iter, done, stall = (
+                v[keep] for v in (gid, theta, f, g, gmax, gamma, n_iter, done, stall))
             s_hist = [v[keep] for v in s_hist]
             y_hist = [v[keep] for v in y_hist]
             r_hist = [v[keep] for v in r_hist]
+            f_hist = [v[keep] for v in f_hist]
     gi = gid.cpu()
     out_theta[gi], out_iter[gi] = theta.to(out_theta), n_iter.cpu()
     out_g[gi], out_f[gi] = gmax.cpu().to(out_g), f.cpu().to(out_f)
-    return out_theta, out_iter, out_g, out_f
+    out_stall[gi] = stall.cpu()
+    return out_theta, out_iter, out_g, out_f, out_stall
 
 
 def fit_logistic(X: ArrayLike, y: ArrayLike, *, C: float = 1.0, n_classes: int | None = None,
                  standardize: bool = False, tol: float = 1e-4, max_iter: int = 1000, history: int = 20,
                  device: str | torch.device | None = None, dtype: torch.dtype = torch.float32,
-                 slice_chunk: int | None = None, precondition: str = "full") -> LogisticFit:
+                 slice_chunk: int | None = None, precondition: str = "full", refine: bool = True) -> LogisticFit:
     """L2-penalised multinomial logistic regression on every slice of ``X[S, n, d]`` at once.
 
     ``y`` is ``[n]`` (shared by all slices) or ``[S, n]`` with integer labels ``0..K-1``.
@@ -381,6 +416,9 @@ def fit_logistic(X: ArrayLike, y: ArrayLike, *, C: float = 1.0, n_classes: int |
     ``max|grad|`` of the mean-scaled objective exactly as sklearn's ``tol`` does for lbfgs.
     ``precondition="full"`` (default) costs one ``d x d`` Gram and Cholesky per slice up front and
     cuts the iterations several-fold on raw activations; ``"diag"`` is the cheap fallback.
+    Slices whose ``dtype`` solve stalls at round-off above ``tol`` are finished in float64 from
+    their current point (``refine=True``; reported in ``refined``), so precision is chosen per
+    slice: most solve in float32, the few large-scale ones that need it get float64.
     Returns tensors on the CPU.
     """
     X = stack_slices(X)
@@ -401,13 +439,32 @@ def fit_logistic(X: ArrayLike, y: ArrayLike, *, C: float = 1.0, n_classes: int |
         mu, sd = _moments(Xc, standardize)
         problem = _Softmax(Xc, Y, mu, sd.pow(2), lam, mask_add, precondition)
         theta0 = torch.zeros(s1 - s0, K * (d + 1), device=dev, dtype=dtype)
-        theta, n_it, gmax, f = _lbfgs(problem, theta0, tol, max_iter, history)
+        theta, n_it, gmax, f, stalled = _lbfgs(problem, theta0, tol, max_iter, history)
         W, b = problem.unpack(theta)
-        b = torch.where(present.expand_as(b), b, torch.full_like(b, -math.inf))
-        parts.append((W.cpu(), b.cpu(), n_it, gmax, f))
+        W, b = W.cpu(), b.cpu()
+        refined = torch.zeros(s1 - s0, dtype=torch.bool)
+        redo = (stalled & (gmax > tol)).nonzero().squeeze(1)
+        if refine and dtype != torch.float64 and redo.numel():
+            # float32 round-off stopped these slices short of tol: finish them in float64 from where they are
+            r = redo.to(dev)
+            X64 = Xc[r].double()
+            mu64, sd64 = _moments(X64, standardize)
+            sub = _Softmax(X64, Y[r].double() if Y.shape[0] > 1 else Y.double(), mu64, sd64.pow(2), lam,
+                           mask_add[r].double(), precondition)
+            Wr, br = problem.unpack(theta[r])
+            theta64, it64, g64, f64, _ = _lbfgs(sub, sub.pack(Wr.double(), br.double()), tol,
+                                                max(1, max_iter - int(n_it[redo].min())), history)
+            W64, b64 = sub.unpack(theta64)
+            W[redo], b[redo] = W64.cpu().to(W.dtype), b64.cpu().to(b.dtype)
+            n_it[redo] += it64
+            gmax[redo], f[redo] = g64.to(gmax.dtype), f64.to(f.dtype)
+            refined[redo] = True
+            del X64, sub
+        b = torch.where(present.expand_as(b).cpu(), b, torch.full_like(b, -math.inf))
+        parts.append((W, b, n_it, gmax, f, refined))
         del Xc, problem
-    coef, intercept, n_iter, gnorm, loss = (torch.cat(v) for v in zip(*parts, strict=True))
-    return LogisticFit(coef, intercept, n_iter, gnorm, gnorm <= tol, loss, tol)
+    coef, intercept, n_iter, gnorm, loss, refined = (torch.cat(v) for v in zip(*parts, strict=True))
+    return LogisticFit(coef, intercept, n_iter, gnorm, gnorm <= tol, loss, tol, refined)
 
 
 def linear_logits(X: ArrayLike, coef: torch.Tensor, intercept: torch.Tensor, device, dtype,
@@ -571,6 +628,7 @@ class MLPFit:
     n_epochs: torch.Tensor  # [S]
     loss: torch.Tensor  # [S]
     standardized: bool = False
+    converged: torch.Tensor | None = None  # [S]: stopped improving before max_epochs (sklearn's rule)
 
 
 def fit_mlp(X: ArrayLike, y: ArrayLike, *, hidden: int = 32, alpha: float = 1e-4, lr: float = 1e-3,
@@ -650,9 +708,10 @@ def fit_mlp(X: ArrayLike, y: ArrayLike, *, hidden: int = 32, alpha: float = 1e-4
                 break
         W1, c1, W2, c2 = (p.detach().cpu() for p in params)
         c2 = torch.where(present.cpu(), c2, torch.full_like(c2, -math.inf))
-        parts.append((W1, c1, W2, c2, mu.cpu(), sd.cpu(), epochs.cpu(), last_loss.cpu()))
+        parts.append((W1, c1, W2, c2, mu.cpu(), sd.cpu(), epochs.cpu(), last_loss.cpu(), (~active).cpu()))
         del Xc, Xn
-    return MLPFit(*(torch.cat(v) for v in zip(*parts, strict=True)), standardized=standardize)
+    *arrays, stopped = (torch.cat(v) for v in zip(*parts, strict=True))
+    return MLPFit(*arrays, standardized=standardize, converged=stopped)
 
 
 def mlp_logits(fit: MLPFit, X: ArrayLike, device, dtype, slice_chunk) -> torch.Tensor:
