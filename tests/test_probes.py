@@ -112,6 +112,56 @@ def test_logistic_batched_equals_one_at_a_time_and_reports_convergence():
     assert not short.converged.any() and (short.n_iter <= 2).all()
 
 
+def _residual_like(S=2, n=260, d=64, K=13, seed=0):
+    """Float32 activations at a real residual stream's scale: gemma-3-270m's has max |x| ~ 1.4e4
+    (a few massive-mean dimensions) and feature sd up to ~400 next to dimensions of sd ~1."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % K
+    X = np.empty((S, n, d), np.float32)
+    for s in range(S):
+        sd = np.exp(rng.normal(0.5, 1.0, d))
+        sd[:3] = [393, 200, 80]
+        mean = rng.normal(0, 1, d) * sd
+        mean[:2] = [-1.2e4, 6e3]
+        latent = rng.normal(size=(n, 8)) + np.eye(K, 8)[y] * 1.0
+        X[s] = latent @ (rng.normal(size=(8, d)) * sd / 4) + rng.normal(size=(n, d)) * sd + mean
+    return X, y
+
+
+def test_logistic_stops_when_converged_on_residual_stream_scales():
+    """On raw residual-scale float32 data the raw gradient's round-off sits above tol: the solver
+    used to run every iteration without moving the loss and report failure. It must notice the
+    stall, finish those slices in float64, and land on the float64 optimum, converged, early."""
+    X, y = _residual_like()
+    assert np.abs(X).max() > 1e4 and X.std(1).max() > 300
+    ref = fit_logistic(X, y, C=0.1, max_iter=400, dtype=torch.float64)
+    assert ref.converged.all()
+    fit = fit_logistic(X, y, C=0.1, max_iter=400)  # float32 working precision
+    assert fit.converged.all() and (fit.grad_norm <= 1e-4).all()
+    assert (fit.n_iter < 150).all(), fit.n_iter  # not the whole budget
+    assert fit.refined.any()  # the precision was raised for the slices that needed it, and it says so
+    np.testing.assert_allclose(fit.loss.numpy(), ref.loss.numpy(), rtol=1e-6)
+    scale = ref.coef.abs().max().item()
+    np.testing.assert_allclose(fit.coef.double().numpy(), ref.coef.numpy(), atol=2e-3 * scale)
+    # without refinement the stall still ends the solve early, reported as not converged
+    raw = fit_logistic(X, y, C=0.1, max_iter=400, refine=False)
+    assert (raw.n_iter < 150).all() and not raw.converged.all() and not raw.refined.any()
+
+
+def test_cv_table_reports_convergence_per_slice():
+    X, y = _classes(S=2)
+    df = pe.evaluate_classifier(X, y, _slices(2), n_boot=20, shuffled=True, probe_kwargs={"max_iter": 1},
+                                convergence=True)
+    conv = df[df.metric == "converged"]
+    assert set(conv.task) == {"emotion", "emotion/shuffled"} and (conv.n == 400).all()
+    assert (conv.value < 1).all()  # one iteration is never enough here, and the table says so
+    done = pe.evaluate_classifier(X, y, _slices(2), n_boot=20, convergence=True)
+    assert (done[done.metric == "converged"].value == 1).all()
+    mlp = pe.evaluate_classifier(X, y, _slices(2), probe="mlp", n_boot=20, probe_kwargs={"max_epochs": 2},
+                                 convergence=True)
+    assert (mlp[mlp.metric == "converged"].value == 0).all()
+
+
 def test_per_slice_labels_and_absent_classes():
     X, y = _classes(S=2, K=4)
     y2 = np.stack([y, np.where(y == 3, 0, y)])  # class 3 absent from slice 1

@@ -103,7 +103,11 @@ def test_first_word_exclusions_and_selectivity(full_run):
     assert summary["items"] == {"mode": "all", "source": "all store items", "n_store": N, "n_used": N,
                                 "n_with_label": N}
     table = pd.read_parquet(full_run / "probes.parquet")
-    fw = table[table.task == "first_word"]
+    conv = table[table.metric == "converged"]  # every classifier task says whether its fits finished
+    assert set(conv.task) >= {"emotion", "first_word"} and set(summary["converged"]) == set(conv.task)
+    assert summary["converged"]["emotion"]["slices"] == len(conv[conv.task == "emotion"])
+    assert "converged" not in set(table[table.task == "selectivity"].metric)
+    fw = table[(table.task == "first_word") & (table.metric != "converged")]
     assert (fw.n == int(np.ceil(0.2 * (N - excluded)))).all()
     keys = ["target", "site", "layer", "position", "metric"]
     m = table[table.task == "emotion"].merge(fw, on=keys, suffixes=("_e", "_f")).merge(

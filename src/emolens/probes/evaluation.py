@@ -231,12 +231,17 @@ def evaluate_classifier(X: Any, y: Any, slices: Sequence[Slice], *, task: str = 
                         ci: str = "bootstrap", n_boot: int = 1000, shuffled: bool = False,
                         drop_invalid: bool = False, probe_kwargs: Mapping[str, Any] | None = None,
                         device: str | torch.device | None = None, dtype: torch.dtype = torch.float32,
-                        slice_chunk: int | None = None) -> pd.DataFrame:
+                        slice_chunk: int | None = None, convergence: bool = False) -> pd.DataFrame:
     """Classification probes (``"logistic"`` or ``"mlp"``) on every slice; a tidy frame.
 
     ``y [n]`` holds class ids (``-1``/NaN = no label). ``shuffled=True`` adds the shuffled-label
     control: the same probe fitted on training labels permuted independently per slice (seeded),
     scored against the true labels, as task ``"<task>/shuffled"``.
+
+    ``convergence=True`` adds, per variant, rows of metric ``"converged"``: the share of the slice's fold fits
+    that met their stopping rule (logistic: ``max|grad| <= tol``; MLP: stopped improving before
+    ``max_epochs``); ``n`` stays the number of tested items. A value below 1 means the accuracy is of an
+    unfinished fit, and says so in the table rather than in a log nobody reads.
     """
     slices = _check_slices(X, slices)
     _folds_and_ci(protocol, ci)
@@ -249,6 +254,7 @@ def evaluate_classifier(X: Any, y: Any, slices: Sequence[Slice], *, task: str = 
     variants = {task: False, **({f"{task}/shuffled": True} if shuffled else {})}
     preds = {name: np.full((S, n), -1, dtype=np.int64) for name in variants}
     fold_scores: dict[str, list] = {name: [] for name in variants}
+    converged = {name: np.zeros((S, len(folds)), dtype=bool) for name in variants}
     rng = np.random.default_rng(seed + 1)
     dev = probes.probe_device(X, device)
     kw = dict(probe_kwargs or {})
@@ -261,10 +267,12 @@ def evaluate_classifier(X: Any, y: Any, slices: Sequence[Slice], *, task: str = 
                 fit = probes.fit_logistic(Xtr, ytr, C=C, n_classes=K, standardize=standardize,
                                           device=dev, dtype=dtype, **kw)
                 logits = probes.linear_logits(Xte, fit.coef, fit.intercept, dev, dtype, None)
+                converged[name][s0:s1, fi] = fit.converged.numpy()
             elif probe == "mlp":
                 mfit = probes.fit_mlp(Xtr, ytr, n_classes=K, standardize=standardize, seed=seed,
                                       device=dev, dtype=dtype, **kw)
                 logits = probes.mlp_logits(mfit, Xte, dev, dtype, None)
+                converged[name][s0:s1, fi] = mfit.converged.numpy()
             else:
                 raise EmolensError(f"unknown probe {probe!r}", "use 'logistic' or 'mlp'")
             pred = logits.argmax(-1).numpy()
@@ -279,6 +287,9 @@ def evaluate_classifier(X: Any, y: Any, slices: Sequence[Slice], *, task: str = 
     chance = classification_chance(labels[tested], K)
     rows: list[dict] = []
     for name in variants:
+        if convergence:
+            share = converged[name].mean(1)  # a count, not an estimate: its interval is the value itself
+            rows += _rows(name, "all", slices, "converged", share, share, share, len(tested), np.nan)
         if ci == "folds":
             per = {m: np.stack([np.concatenate(f[m]) for f in fold_scores[name]])
                    for m in CLASSIFICATION_METRICS}

@@ -303,6 +303,7 @@ def run_probing(store, dataset, *, tasks: Sequence[str] = TASKS, items: str = "c
     say(f"{len(sel.ids)} items ({sel.mode}: {sel.source}); tasks {', '.join(tasks)}")
 
     common = dict(protocol=protocol, k=k, seed=seed, n_boot=n_boot)
+    ckw = dict(convergence=True, **common)
     pkw = {"max_iter": max_iter} if probe == "logistic" else {}
     summary["max_iter"] = max_iter
     frames: list[pd.DataFrame] = []
@@ -334,13 +335,13 @@ def run_probing(store, dataset, *, tasks: Sequence[str] = TASKS, items: str = "c
                 with timed("emotion"):
                     frames.append(pe.evaluate_classifier(
                         X, y, slices, task="emotion", probe=probe, C=C, n_classes=K, standardize=standardize,
-                        shuffled=shuffled, drop_invalid=True, probe_kwargs=pkw, **common))
+                        shuffled=shuffled, drop_invalid=True, probe_kwargs=pkw, **ckw))
             if "first-word" in tasks:
                 with timed("first_word"):
                     frames.append(pe.evaluate_classifier(
                         X, fw, slices, task="first_word", probe=probe, C=C, n_classes=len(FIRST_WORDS),
                         standardize=standardize, shuffled=shuffled, drop_invalid=True, probe_kwargs=pkw,
-                        **common))
+                        **ckw))
             if "appraisal" in tasks:
                 last = [i for i, s in enumerate(slices) if s[2] == -1]
                 with timed("appraisal"):
@@ -375,9 +376,15 @@ def run_probing(store, dataset, *, tasks: Sequence[str] = TASKS, items: str = "c
                 summary["notes"].append("human baseline skipped: too few items with ratings and labels")
     table = pd.concat(frames, ignore_index=True) if frames else pe.results_frame([])
     if "emotion" in tasks and "first-word" in tasks:
-        sel_rows = pe.selectivity(table[table.task == "emotion"], table[table.task == "first_word"],
+        scored = table[table.metric != "converged"]
+        sel_rows = pe.selectivity(scored[scored.task == "emotion"], scored[scored.task == "first_word"],
                                   name="selectivity")
         table = pd.concat([table, sel_rows], ignore_index=True)
+    summary["converged"] = convergence_summary(table)
+    unfinished = {t: c for t, c in summary["converged"].items() if c["slices_converged"] < c["slices"]}
+    if unfinished:
+        summary["notes"].append("some probe fits did not converge (table metric 'converged' < 1): " + ", ".join(
+            f"{t} {c['slices_converged']}/{c['slices']} slices" for t, c in unfinished.items()))
     summary["best"] = best_slices(table)
     if human is not None:
         summary["human_baseline"] = {"accuracy": human.accuracy, "ci_low": human.ci_low, "ci_high": human.ci_high,
@@ -414,6 +421,17 @@ def _directions(X, y, Y, rated, K, C, alpha, standardize, max_iter):
         out.update(pe.compute_directions(X[:, rated], Y=Y[rated], alpha=alpha, standardize=standardize,
                                          dtype=torch.float64))
     return out, conv
+
+
+def convergence_summary(table: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    """Per task: slices whose every fold fit met its stopping rule, and the share of all fits that
+    did (from the table's ``converged`` rows)."""
+    out: dict[str, dict[str, Any]] = {}
+    rows = table[table.metric == "converged"]
+    for task, grp in rows.groupby("task", sort=False):
+        out[str(task)] = {"slices": len(grp), "slices_converged": int((grp["value"] >= 1).sum()),
+                          "share_of_fits": round(float(grp["value"].mean()), 4)}
+    return out
 
 
 PRIMARY = {"emotion": "accuracy", "first_word": "accuracy", "selectivity": "accuracy", "appraisal": "r2",
