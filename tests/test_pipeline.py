@@ -445,7 +445,7 @@ def test_robustness_reruns_probe_ablation_and_patching_per_variant(robust_run):
     assert table.variant.nunique() == 9
     counts = table.groupby(["variant", "analysis"]).size().unstack()
     assert (counts.readout == 3).all()
-    assert (counts.probe == 2 * 3 * 3).all()  # 2 sites x 3 layers x 3 metrics (position -1)
+    assert (counts.probe == 2 * 3 * 4).all()  # 2 sites x 3 layers x (3 metrics + converged) (position -1)
     assert (counts.ablate == 3 * 3).all() and (counts.patch == 3 * 4).all()  # 3 windows x metrics
     assert set(table[table.analysis != "readout"].site) <= {"attn", "resid"}
     assert set(table[table.analysis.isin(["ablate", "patch"])].site) == {"attn"}

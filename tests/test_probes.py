@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -14,6 +15,7 @@ from sklearn.linear_model import LogisticRegression, Ridge, RidgeCV
 from sklearn.model_selection import train_test_split
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from emolens.errors import EmolensError
 from emolens.labels import EMOTIONS, PAPER_APPRAISALS
@@ -27,6 +29,7 @@ from emolens.probes.estimators import (
     RidgeProbe,
     fit_logistic,
     fit_ridge,
+    probe_device,
 )
 
 
@@ -198,6 +201,37 @@ def test_single_slice_estimators_are_sklearn_like():
     assert lp.predict_proba(X[0]).shape == (400, 4)
     np.testing.assert_allclose(lp.predict_proba(X[0]).sum(1), 1, atol=1e-5)
     assert lp.get_params()["C"] == 1.0
+
+
+@parametrize_with_checks([LogisticProbe(), RidgeProbe(), MLPProbe(hidden=8, lr=1e-2, max_epochs=30)])
+def test_single_slice_estimators_pass_sklearns_estimator_checks(estimator, check):
+    """The scikit-learn contract (input validation, classes_ from labels, n_features_in_, fitted
+    state, NotFittedError, clone/pickle, dtypes), checked by sklearn itself. The MLP is small and
+    short so the checks stay fast; the contract does not depend on its size."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        check(estimator)
+
+
+def test_chunked_streaming_equals_one_chunk_and_auto_device_is_cpu_here(tmp_path):
+    """Slices streamed from a memmap a chunk at a time give the fit of the whole stack at once."""
+    X, y = _classes(S=4)
+    mm = np.lib.format.open_memmap(tmp_path / "x.npy", mode="w+", dtype=np.float32, shape=X.shape)
+    mm[:] = X
+    mm.flush()
+    ro = np.load(tmp_path / "x.npy", mmap_mode="r")
+    whole = fit_logistic(X.astype(np.float32), y, C=0.5, dtype=torch.float64)
+    chunked = fit_logistic(ro, y, C=0.5, dtype=torch.float64, slice_chunk=1, device="cpu")
+    torch.testing.assert_close(chunked.coef, whole.coef)
+    r1 = fit_ridge(ro, y.astype(float), alpha=2.0, slice_chunk=3, dtype=torch.float64)
+    r2 = fit_ridge(X.astype(np.float32), y.astype(float), alpha=2.0, dtype=torch.float64)
+    torch.testing.assert_close(r1.coef, r2.coef)
+    m1 = BatchedMLPProbe(max_epochs=3, n_classes=4, slice_chunk=2, device="auto").fit(ro, y)
+    m2 = BatchedMLPProbe(max_epochs=3, n_classes=4).fit(X.astype(np.float32), y)
+    np.testing.assert_allclose(m1.decision_function(ro), m2.decision_function(X.astype(np.float32)), rtol=1e-5,
+                               atol=1e-5)
+    if not torch.cuda.is_available():
+        assert probe_device(ro, "auto") == torch.device("cpu")
 
 
 # ---------------------------------------------------------------------------------------------- ridge

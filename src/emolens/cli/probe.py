@@ -50,6 +50,9 @@ def register(app: typer.Typer) -> None:
         positions: str = typer.Option("", help="probe only these stored positions, e.g. '-1' or '-1,-2' "
                                                "(default: all int positions)"),
         directions: bool = typer.Option(True, help="write directions.safetensors"),
+        device: str = typer.Option("auto", help="where the probes run: auto (CUDA when available), cpu, cuda, "
+                                                "cuda:1 ..."),
+        slice_chunk: int = typer.Option(0, help="slices moved to the device at a time (0: all of a site)"),
         force: bool = typer.Option(False, help="overwrite an existing result in --out"),
         corpus: Corpus = None,
     ) -> None:
@@ -93,8 +96,8 @@ def register(app: typer.Typer) -> None:
         result = run_probing(store, dataset, tasks=tasks, items=items, protocol=protocol, probe=probe,
                              standardize=standardize, shuffled=shuffled, appraisals=appraisals, k=k, seed=seed,
                              C=c, alpha=ridge_alpha, n_boot=n_boot, directions=directions, max_iter=max_iter,
-                             positions=pos,
-                             log=lambda m: typer.echo(m, err=True))
+                             positions=pos, log=lambda m: typer.echo(m, err=True), device=device,
+                             slice_chunk=slice_chunk or None)
         result.summary["seconds"]["total"] = round(time.perf_counter() - start, 2)
         write_outputs(result, out_dir)
         write_probe_figures(result.table, out_dir)

@@ -236,7 +236,8 @@ def run_probing(store, dataset, *, tasks: Sequence[str] = TASKS, items: str = "c
                 C: float = 1.0, alpha: float = 5.0, n_boot: int = 200, directions: bool = True,
                 max_iter: int = 1000, positions: Sequence[int] | None = None,
                 human_baseline: bool = True, direction_sites: Sequence[str] | None = None,
-                log: Callable[[str], None] | None = None) -> ProbingResult:
+                log: Callable[[str], None] | None = None, device: str | None = None,
+                slice_chunk: int | None = None) -> ProbingResult:
     """Probe every slice of ``store`` for ``tasks`` on the selected items (see the module docstring).
 
     ``dataset`` is the store's data in store order (:func:`dataset_for_store`). ``max_iter``
@@ -245,6 +246,8 @@ def run_probing(store, dataset, *, tasks: Sequence[str] = TASKS, items: str = "c
     default stops at 100); ``summary.json`` reports how many directions fits converged.
     ``positions`` restricts the stored positions probed. ``human_baseline=False`` skips the
     ratings-only classifier; ``direction_sites`` fits directions only at those sites (default: all).
+    ``device`` runs every probe and direction fit there (``"auto"``: CUDA when available; None:
+    the CPU, as a memmapped store has no device), streaming ``slice_chunk`` slices at a time.
     """
     import torch
 
@@ -303,7 +306,8 @@ def run_probing(store, dataset, *, tasks: Sequence[str] = TASKS, items: str = "c
     say(f"{len(sel.ids)} items ({sel.mode}: {sel.source}); tasks {', '.join(tasks)}")
 
     common = dict(protocol=protocol, k=k, seed=seed, n_boot=n_boot)
-    ckw = dict(convergence=True, **common)
+    run_on = dict(device=device, slice_chunk=slice_chunk)
+    ckw = dict(convergence=True, **common, **run_on)
     pkw = {"max_iter": max_iter} if probe == "logistic" else {}
     summary["max_iter"] = max_iter
     frames: list[pd.DataFrame] = []
@@ -349,10 +353,10 @@ def run_probing(store, dataset, *, tasks: Sequence[str] = TASKS, items: str = "c
                         X[last][:, rated], Y[rated], [slices[i] for i in last], list(names), alpha=alpha,
                         standardize=standardize,
                         strata=y[rated] if protocol == "cv" and (y[rated] >= 0).all() else None,
-                        shuffled=shuffled, dtype=torch.float64, **common))
+                        shuffled=shuffled, dtype=torch.float64, **common, **run_on))
             if directions and (direction_sites is None or site in direction_sites):
                 with timed("directions"):
-                    got, conv = _directions(X, y, Y, rated, K, C, alpha, standardize, max_iter)
+                    got, conv = _directions(X, y, Y, rated, K, C, alpha, standardize, max_iter, run_on)
                 conv_total[0] += int(conv.sum())
                 conv_total[1] += len(conv)
                 for key, v in got.items():
@@ -403,7 +407,7 @@ def run_probing(store, dataset, *, tasks: Sequence[str] = TASKS, items: str = "c
     return ProbingResult(table, direction_tensors, metadata, summary, human, sel.ids)
 
 
-def _directions(X, y, Y, rated, K, C, alpha, standardize, max_iter):
+def _directions(X, y, Y, rated, K, C, alpha, standardize, max_iter, run_on):
     """Emotion probe weights and class diff-of-means, appraisal ridge weights and high-low means."""
     import torch
 
@@ -414,12 +418,12 @@ def _directions(X, y, Y, rated, K, C, alpha, standardize, max_iter):
     if valid.sum() >= 2:
         fits: dict = {}
         out.update(pe.compute_directions(X[:, valid], y=y[valid], n_classes=K, C=C, standardize=standardize,
-                                         max_iter=max_iter, fits=fits))
+                                         max_iter=max_iter, fits=fits, **run_on))
         conv = fits["emotion"].converged.numpy()
     if Y is not None and rated.sum() >= 2:
         # float64: with n < d the kernel Cholesky of raw activations (|x| ~ 1e4) fails in float32
         out.update(pe.compute_directions(X[:, rated], Y=Y[rated], alpha=alpha, standardize=standardize,
-                                         dtype=torch.float64))
+                                         dtype=torch.float64, **run_on))
     return out, conv
 
 

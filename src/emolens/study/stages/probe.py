@@ -11,9 +11,15 @@ import numpy as np
 import pandas as pd
 
 from emolens.activations.store import ActivationStore
+from emolens.model.loading import placement_device
 from emolens.probes import probing
 from emolens.report.probe_figures import write_probe_figures
 from emolens.study.registry import StageContext, dump_section, stage
+
+
+def probe_device(ctx: StageContext) -> str:
+    """The probes run where the study places its model (without loading it): on a GPU host, the GPU."""
+    return placement_device(ctx.cfg.device, ctx.cfg.device_map)
 
 
 @stage("probe", lambda c: {"items": c.items, "seed": c.seed, "directions_site": c.steer.site, **dump_section(c.probe)},
@@ -40,7 +46,7 @@ def _probe(ctx: StageContext) -> dict:
         else:
             tasks.append("appraisal")
     common = dict(items="all", protocol=p.protocol, shuffled="shuffled" in p.controls, k=p.k, seed=ctx.cfg.seed + 42,
-                  C=p.C, alpha=p.alpha, n_boot=p.n_boot, max_iter=p.max_iter)
+                  C=p.C, alpha=p.alpha, n_boot=p.n_boot, max_iter=p.max_iter, device=probe_device(ctx))
     results = []
     for i, kind in enumerate(p.probes):  # the first kind also does appraisals, baseline and directions
         res = probing.run_probing(store, dataset, tasks=tasks if i == 0 else ["emotion"], probe=kind,

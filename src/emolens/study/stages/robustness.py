@@ -22,6 +22,7 @@ from emolens.study import registry
 from emolens.study.config import StudyConfig
 from emolens.study.registry import StageContext, dump_section, stage
 from emolens.study.stages.causal import causal_windows
+from emolens.study.stages.probe import probe_device
 
 #: Columns of ``robustness.parquet``: one tidy row per (variant, analysis, site, layer or window
 #: centre, metric); ``layer`` is NaN for the readout, ``window_span`` 0 for readout and probe rows.
@@ -61,7 +62,7 @@ def _robustness_probe(ctx: StageContext, items, spec, store_dir: Path) -> pd.Dat
     dataset = items.subset(np.asarray(store.item_ids, dtype=object).astype(str))
     res = probing.run_probing(store, dataset, tasks=["emotion"], items="all", protocol=p.protocol, probe="logistic",
                               shuffled=False, k=p.k, seed=ctx.cfg.seed + 42, C=p.C, alpha=p.alpha, n_boot=p.n_boot,
-                              directions=False, max_iter=p.max_iter, human_baseline=False)
+                              directions=False, max_iter=p.max_iter, human_baseline=False, device=probe_device(ctx))
     t = res.table[res.table.task == "emotion"]
     return pd.DataFrame({"analysis": "probe", "site": t.site, "layer": t.layer, "metric": t.metric, "value": t.value,
                          "ci_low": t.ci_low, "ci_high": t.ci_high, "n": t.n, "chance": t.chance})
