@@ -1,0 +1,159 @@
+"""Work accounting: forwards, token-layers and wall time per stage, against a plain-forward floor.
+
+A GPU speed claim ("the ablation sweep runs at 40% of a plain bf16 forward") needs two numbers a
+CPU can check too: *how much* model work an analysis does, and *how fast* the machine does plain
+model work. This module counts the first exactly, from the model itself, so a regression in the
+amount of work (a fast path that silently re-runs every layer, a condition that is no longer
+batched) shows in a CPU test without a GPU:
+
+``forwards``
+    calls of the decoder backbone (the module that owns the layer list): one per batched forward,
+    one per generated token when decoding;
+``tokens``
+    token positions fed to those calls (padding included -- it is computed);
+``token_layers``
+    token positions times decoder layers actually run, counted at every layer call; a suffix
+    forward from a KV prefix counts its few tokens, a forward that starts at a middle layer
+    counts only the layers it runs.
+
+:func:`plain_forward_rate` measures the machine: token-layers per second of plain batched
+forwards over given prompts. A stage's ``floor_s = token_layers / rate`` is the time those
+token-layers would take as plain forwards, and ``ratio = floor_s / wall_s`` the share of the
+floor the stage achieves (1.0 = as fast as plain forwards; the issue's target is >= 0.4).
+
+Counting uses forward *pre*-hooks that only read shapes, so outputs stay bit-identical.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+__all__ = ["Work", "WorkCounter", "plain_forward_rate", "stage_row"]
+
+
+@dataclass
+class Work:
+    """Model work done (and the wall time it took) over some span of a run."""
+
+    forwards: int = 0
+    tokens: int = 0
+    token_layers: int = 0
+    seconds: float = 0.0
+
+    def __sub__(self, other: Work) -> Work:
+        return Work(self.forwards - other.forwards, self.tokens - other.tokens,
+                    self.token_layers - other.token_layers, self.seconds - other.seconds)
+
+    def __add__(self, other: Work) -> Work:
+        return Work(self.forwards + other.forwards, self.tokens + other.tokens,
+                    self.token_layers + other.token_layers, self.seconds + other.seconds)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _rows_tokens(args: tuple, kwargs: dict) -> int:
+    """Token positions in a call's hidden states / input ids (batch x sequence)."""
+    for value in (*args, kwargs.get("hidden_states"), kwargs.get("input_ids"), kwargs.get("inputs_embeds")):
+        if isinstance(value, torch.Tensor) and value.ndim >= 2:
+            return int(value.shape[0]) * int(value.shape[1])
+    return 0
+
+
+@dataclass
+class WorkCounter:
+    """Cumulative work of one model, counted by read-only pre-hooks on its backbone and layers.
+
+    ``WorkCounter.attach(lm)`` installs the hooks (``lm`` a :class:`~emolens.model.loading.LoadedModel`
+    or anything with ``.model`` and ``.sites``); ``snapshot()`` reads the totals; ``span()``
+    measures a block; ``detach()`` removes the hooks.
+    """
+
+    total: Work = field(default_factory=Work)
+    _handles: list = field(default_factory=list, repr=False)
+
+    @classmethod
+    def attach(cls, lm) -> WorkCounter:
+        counter = cls()
+        layers: Sequence[torch.nn.Module] = lm.sites.layers
+        backbone_path = lm.sites.paths.layers.rsplit(".", 1)[0] if "." in lm.sites.paths.layers else ""
+        backbone = lm.model.get_submodule(backbone_path) if backbone_path else lm.model
+
+        def on_forward(_module, args, kwargs):
+            counter.total.forwards += 1
+            counter.total.tokens += _rows_tokens(args, kwargs)
+
+        def on_layer(_module, args, kwargs):
+            counter.total.token_layers += _rows_tokens(args, kwargs)
+
+        counter._handles.append(backbone.register_forward_pre_hook(on_forward, with_kwargs=True))
+        for layer in layers:
+            counter._handles.append(layer.register_forward_pre_hook(on_layer, with_kwargs=True))
+        return counter
+
+    def snapshot(self) -> Work:
+        return Work(self.total.forwards, self.total.tokens, self.total.token_layers, time.perf_counter())
+
+    @contextmanager
+    def span(self) -> Iterator[Work]:
+        """``with counter.span() as work:`` -- ``work`` holds the block's work and wall time after it."""
+        out = Work()
+        start = self.snapshot()
+        try:
+            yield out
+        finally:
+            _sync()
+            done = self.snapshot() - start
+            out.forwards, out.tokens, out.token_layers, out.seconds = (
+                done.forwards, done.tokens, done.token_layers, done.seconds)
+
+    def detach(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+@torch.no_grad()
+def plain_forward_rate(lm, prompts: Sequence, batch_size: int, repeats: int = 1) -> dict[str, float]:
+    """Token-layers per second of plain batched forwards (no hooks, no outputs kept) over ``prompts``.
+
+    The first batch is run once untimed (kernel selection, allocator warm-up). Returns the rate
+    and the work measured, so a table can say what the floor was measured on.
+    """
+    from emolens.inputs.batching import iter_batches
+
+    counter = WorkCounter.attach(lm)
+    try:
+        first = next(iter_batches(lm.tokenizer, prompts[:batch_size], batch_size, lm.device))
+        lm.model(input_ids=first.input_ids, attention_mask=first.attention_mask, use_cache=False)
+        _sync()
+        with counter.span() as work:
+            for _ in range(repeats):
+                for batch in iter_batches(lm.tokenizer, prompts, batch_size, lm.device):
+                    lm.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+    finally:
+        counter.detach()
+    rate = work.token_layers / max(work.seconds, 1e-9)
+    return {"token_layers_per_s": rate, "seconds": work.seconds, "token_layers": work.token_layers,
+            "forwards": work.forwards, "batch_size": batch_size}
+
+
+def stage_row(stage: str, work: Work, rate: float | None) -> dict[str, Any]:
+    """One row of a stage table: the work, the floor it implies at ``rate`` and the achieved ratio."""
+    row: dict[str, Any] = {"stage": stage, **work.as_dict()}
+    if rate:
+        floor = work.token_layers / rate
+        row["floor_s"] = floor
+        row["ratio"] = floor / work.seconds if work.seconds > 0 else float("nan")
+    return row
