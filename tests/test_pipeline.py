@@ -290,6 +290,12 @@ def test_probe_stage_is_the_emolens_probe_path(base_run, tmp_path, run_cli):
     summary = json.loads((stage / "summary.json").read_text())  # the stage writes emolens probe's outputs
     assert summary["items"]["mode"] == "all" and summary["items"]["n_used"] == 26
     assert (stage / "directions.safetensors").exists() and (stage / "items.txt").read_text().count("\n") == 26
+    # one drawing function (report.probe_figures) after both: the same figures, byte for byte
+    figures = sorted(p.name for p in stage.glob("*.png"))
+    assert figures and figures == sorted(p.name for p in out.glob("*.png"))
+    for name in figures:
+        assert (stage / name).read_bytes() == (out / name).read_bytes(), name
+    assert (first.run_dir / "tiny-llama/readout/confusion.png").stat().st_size > 1000  # as emolens readout draws it
 
 
 def test_report_summary_survives_all_nan_tables():

@@ -37,6 +37,9 @@ def register(app: typer.Typer) -> None:
         if config is not None and preset is not None:
             raise EmolensError("pass a config file or --preset, not both",
                                "put `base: <preset>` in the config to start from a preset")
+        if backend != "ray" and (ray_address is not None or ray_cpus is not None or gpus_per_task is not None):
+            raise EmolensError("--ray-address, --ray-cpus and --gpus-per-task only apply to --backend ray",
+                               "drop them or add --backend ray")
         cfg = load_config(config) if config is not None else load_preset(preset or "quick")
         result = run_study(cfg, out=out, progress=progress, echo=typer.echo, backend=backend,
                            ray_address=ray_address, ray_cpus=ray_cpus, gpus_per_task=gpus_per_task)

@@ -41,9 +41,15 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 
+from emolens.data.corpus import read_ids
+from emolens.data.loading import load_dataset
+from emolens.data.stimuli import load_stimuli
 from emolens.errors import EmolensError
 from emolens.labels import APPRAISAL_PRESETS, FIRST_WORDS
+from emolens.paths import cache_dir, dump_json
+from emolens.probes import evaluation as pe
 
 #: Task names accepted by ``--task`` (``all`` = every one of them).
 TASKS: tuple[str, ...] = ("emotion", "appraisal", "first-word")
@@ -109,14 +115,10 @@ def dataset_for_store(store, data: str | Path | None = None, columns=None):
     crowd-enVENT copy that needs no download (``EMOLENS_CROWD_ENVENT`` or the cache) are tried.
     Either way the items are matched by id and the fingerprint must equal the manifest's.
     """
-    from emolens.data.loading import load_dataset
-
     ident = store.identity
     name = str(ident.get("dataset", ""))
     if data is None:
         if name.startswith("stimuli-"):
-            from emolens.data.stimuli import load_stimuli
-
             full = load_stimuli(kind=name.split("-", 1)[1])
         elif name == "crowd-enVENT" and _crowd_envent_local():
             full = load_dataset("crowd-envent")
@@ -142,8 +144,6 @@ def dataset_for_store(store, data: str | Path | None = None, columns=None):
 def _crowd_envent_local() -> bool:
     if os.environ.get("EMOLENS_CROWD_ENVENT"):
         return True
-    from emolens.paths import cache_dir
-
     return (cache_dir() / "data" / "crowd-enVent2023.zip").exists()
 
 
@@ -160,8 +160,6 @@ class ItemSelection:
 
 def select_items(store, items: str = "correct") -> ItemSelection:
     """``all``, ``correct`` (the store's readout, else ``correct_ids.txt`` beside it) or an id file."""
-    from emolens.data.corpus import read_ids
-
     n = len(store)
     if items == "all":
         return ItemSelection("all", store.item_ids, np.arange(n), "all store items", n)
@@ -249,10 +247,6 @@ def run_probing(store, dataset, *, tasks: Sequence[str] = TASKS, items: str = "c
     ``device`` runs every probe and direction fit there (``"auto"``: CUDA when available; None:
     the CPU, as a memmapped store has no device), streaming ``slice_chunk`` slices at a time.
     """
-    import torch
-
-    from emolens.probes import evaluation as pe
-
     say = log or (lambda _m: None)
     tasks = parse_tasks(tasks)
     if probe not in PROBES:
@@ -409,10 +403,6 @@ def run_probing(store, dataset, *, tasks: Sequence[str] = TASKS, items: str = "c
 
 def _directions(X, y, Y, rated, K, C, alpha, standardize, max_iter, run_on):
     """Emotion probe weights and class diff-of-means, appraisal ridge weights and high-low means."""
-    import torch
-
-    from emolens.probes import evaluation as pe
-
     out, conv = {}, np.zeros(0, bool)
     valid = y >= 0
     if valid.sum() >= 2:
@@ -470,9 +460,6 @@ def write_outputs(result: ProbingResult, out: str | Path) -> list[Path]:
     Figures are drawn from the table by :func:`emolens.report.probe_figures.write_probe_figures`,
     which ``emolens probe`` and the probe stage both call after this.
     """
-    from emolens.paths import dump_json
-    from emolens.probes import evaluation as pe
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written = []

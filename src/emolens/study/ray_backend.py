@@ -39,7 +39,7 @@ def _import_ray():
     try:
         import ray
     except ImportError as exc:
-        raise EmolensError(f"--backend ray needs Ray, which is not installed here ({exc})", INSTALL) from None
+        raise EmolensError(f"the ray backend needs Ray, which is not installed here ({exc})", INSTALL) from None
     return ray
 
 
@@ -56,7 +56,7 @@ def _check_reachable(address: str, timeout: float = 3.0) -> None:
             pass
     except OSError as exc:
         raise EmolensError(f"cannot reach the Ray cluster at {address!r} ({exc.__class__.__name__}: {exc})",
-                           "start it (ray start --head) or check --ray-address; leave it away for a local "
+                           "start it (ray start --head) or check the address; leave it away for a local "
                            "cluster") from None
 
 
@@ -166,10 +166,11 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> RaySessi
     """Start a local Ray cluster (``num_cpus`` CPUs, default all) or connect to ``address``."""
     ray = _import_ray()
     if num_cpus is not None and num_cpus < 1:
-        raise EmolensError(f"--ray-cpus must be >= 1, got {num_cpus}", "pass a positive number of CPUs")
+        raise EmolensError(f"a local Ray cluster needs >= 1 CPU, got {num_cpus}", "pass a positive number of CPUs")
     if address is not None:
         if num_cpus is not None:
-            raise EmolensError("--ray-cpus sizes a local cluster, not one at an address", "drop --ray-cpus")
+            raise EmolensError("a CPU count sizes a local cluster, not one at an address",
+                               "give the address or the CPUs")
         _check_reachable(address)
     if ray.is_initialized():
         return RaySession(ray, address, started=False)
@@ -180,5 +181,5 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> RaySessi
             ray.init(address=address, configure_logging=False)
     except Exception as exc:  # Ray raises ConnectionError, RuntimeError, ValueError, ... with long texts
         raise EmolensError(f"cannot start or join Ray at {address or 'a local cluster'!r} ({_first_line(exc)})",
-                           "check --ray-address, or leave it away for a local cluster") from None
+                           "check the address, or leave it away for a local cluster") from None
     return RaySession(ray, address, started=True)

@@ -51,7 +51,7 @@ def study_hash(cfg: StudyConfig, data: ResolvedData) -> str:
 
 
 def default_run_dir(cfg: StudyConfig, data: ResolvedData) -> Path:
-    """``<output>/<config name>-<hash8>``: the folder a study gets when ``--out`` is not given."""
+    """``<output>/<config name>-<hash8>``: the folder a study gets when none is given."""
     return Path(cfg.output) / f"{cfg.name}-{study_hash(cfg, data)[:8]}"
 
 
@@ -63,15 +63,17 @@ def claim_run_dir(run_dir: Path, cfg: StudyConfig, data: ResolvedData) -> dict:
     if meta_path.exists():
         meta = json.loads(meta_path.read_text())
         if meta.get("format") != RUN_FORMAT:
-            raise EmolensError(f"{str(run_dir)!r} holds a run.json that is not an emolens run", "choose another --out")
+            raise EmolensError(f"{str(run_dir)!r} holds a run.json that is not an emolens run",
+                               "choose another run folder")
         if meta.get("study_hash") != ident:
             raise EmolensError(
                 f"{str(run_dir)!r} holds the run of a different study (config {meta.get('config', {}).get('name')!r}, "
                 f"hash {str(meta.get('study_hash'))[:8]}; this one is {ident[:8]})",
-                "choose another --out, or leave --out away to get a folder named after this config")
+                "choose another run folder, or none to get one named after this config")
         return meta
     if run_dir.exists() and any(run_dir.iterdir()):
-        raise EmolensError(f"{str(run_dir)!r} is not empty and holds no emolens run", "choose an empty or new --out")
+        raise EmolensError(f"{str(run_dir)!r} is not empty and holds no emolens run",
+                           "choose an empty or new run folder")
     run_dir.mkdir(parents=True, exist_ok=True)
     meta = {"format": RUN_FORMAT, "study_hash": ident, "created": now(), "emolens": __version__,
             "config": cfg.model_dump(mode="json"), "dataset": {"spec": data.spec, "how": data.how,

@@ -92,8 +92,8 @@ def run_study(cfg: StudyConfig, out: str | Path | None = None, progress: bool = 
     if backend not in BACKENDS:
         raise EmolensError(f"unknown backend {backend!r}", f"use one of {list(BACKENDS)}")
     if backend != "ray" and (ray_address is not None or ray_cpus is not None or gpus_per_task is not None):
-        raise EmolensError("--ray-address, --ray-cpus and --gpus-per-task only apply to --backend ray",
-                           "drop them or add --backend ray")
+        raise EmolensError("a Ray address, CPU count or GPUs per task only apply to the ray backend",
+                           "drop them or choose backend ray")
     session = None
     if backend == "ray":  # connect before any work, so a missing Ray or a bad address fails at once
         session = ray_backend.connect(ray_address, ray_cpus)
