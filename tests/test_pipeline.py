@@ -222,18 +222,65 @@ def test_unavailable_stage_is_reported_not_faked(base_run, tmp_path, monkeypatch
     assert "not available: module emolens.not_landed_yet" in (run_dir / "report.html").read_text()
 
 
-def test_dataset_fallback_says_why(monkeypatch):
+def test_dataset_fallback_only_for_an_unreachable_default_corpus(monkeypatch, tmp_path, capsys):
     import emolens.data.corpus as data
 
-    def unreachable(*_args, **_kwargs):
-        raise EmolensError("could not download crowd-enVENT (URLError)")
+    monkeypatch.delenv("EMOLENS_CROWD_ENVENT", raising=False)
+    monkeypatch.setenv("EMOLENS_CACHE", str(tmp_path / "cache"))
 
-    monkeypatch.setattr(data, "load_crowd_envent", unreachable)
+    def unreachable(*_args, **_kwargs):
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(data.urllib.request, "urlopen", unreachable)
     cfg = config_from_dict({"dataset": {"spec": "crowd-envent", "limit": 20, "fallback": "stimuli"}})
     resolved = data_choice.resolve_dataset(cfg)
     assert len(resolved.dataset) == 20 and "because crowd-envent is not reachable" in resolved.how
+    assert "emolens: warning: data: using the FALLBACK" in capsys.readouterr().err  # announced on stderr
+    assert resolved.fallback_reason and "could not download" in resolved.fallback_reason
     with pytest.raises(EmolensError, match="could not download"):
         data_choice.resolve_dataset(config_from_dict({"dataset": {"spec": "crowd-envent"}}))
+    # your own data never falls back, even with base: quick's fallback inherited
+    bad = tmp_path / "mine.csv"
+    bad.write_text("text,label\nI won.,ecstasy\n")
+    for spec, message in [(str(tmp_path / "absent.csv"), "does not exist"), (str(bad), "unknown labels")]:
+        own = config_from_dict({"base": "quick", "dataset": {"spec": spec}})
+        assert own.dataset.fallback == "stimuli"
+        with pytest.raises(EmolensError, match=message):
+            data_choice.resolve_dataset(own)
+
+
+def test_fallback_is_recorded_in_run_json_and_the_report_head(tmp_path, monkeypatch):
+    import emolens.data.corpus as data
+
+    monkeypatch.delenv("EMOLENS_CROWD_ENVENT", raising=False)
+    monkeypatch.setenv("EMOLENS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(data.urllib.request, "urlopen", lambda *a, **k: (_ for _ in ()).throw(OSError("offline")))
+    cfg = cfg_with(tmp_path, dataset={"spec": "crowd-envent", "limit": 13, "fallback": "stimuli"}, stages=["readout"])
+    result = runner.run_study(cfg, progress=False, echo=quiet)
+    meta = json.loads((result.run_dir / "run.json").read_text())
+    assert "could not download" in meta["dataset"]["fallback_reason"]
+    html = (result.run_dir / "report.html").read_text()
+    assert html.index("Fallback data:") < html.index("<h2>")
+
+
+def test_second_study_process_on_a_run_folder_is_refused(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    from emolens.locks import LOCK_NAME
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (run_dir / LOCK_NAME).write_text(json.dumps({"pid": holder.pid, "host": socket.gethostname(),
+                                                     "since": "now", "what": "run folder"}))
+        with pytest.raises(EmolensError, match=f"run folder .* is being written by pid {holder.pid}"):
+            runner.run_study(cfg_with(tmp_path, stages=["readout"]), out=run_dir, progress=False, echo=quiet)
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def test_compare_two_runs(base_run, tmp_path):

@@ -15,9 +15,12 @@ def register(app: typer.Typer) -> None:
     def compare(
         runs: list[Path] = typer.Argument(..., help="run folders made by emolens run"),
         out: Path = typer.Option(..., help="folder for compare.png, peaks.csv and compare.html"),
+        force: bool = typer.Option(False, help="overwrite an existing comparison in --out"),
     ) -> None:
         """Cross-model figures on relative depth (probes, patching, ablation, steering), one row per model."""
+        from emolens.cli.readout import prepare_out_dir
         from emolens.report.compare import compare_runs  # lazy: pandas/matplotlib would slow `emolens --help`
 
+        prepare_out_dir(out, force, marker="peaks.csv")
         paths = compare_runs(list(runs), out)
         typer.echo(f"figure: {paths['figure']}; peaks: {paths['peaks']}; page: {paths['html']}")

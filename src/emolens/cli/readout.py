@@ -18,6 +18,13 @@ def prepare_out_dir(out: Path, force: bool = False, marker: str = "metrics.json"
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise EmolensError(f"--out {str(out)!r} is a file", "pass a folder path")
+    if (out / "manifest.json").exists():
+        raise EmolensError(f"--out {str(out)!r} is an activation store; writing results there would overwrite its "
+                           "files", "choose a separate --out folder")
+    for folder in (out, *out.resolve().parents):
+        if (folder / "run.json").exists():
+            raise EmolensError(f"--out {str(out)!r} is inside the run folder {str(folder)!r}, which emolens run "
+                               "manages", "choose an --out folder outside it")
     if (out / marker).exists() and not force:
         raise EmolensError(f"{str(out)!r} already holds results ({marker})",
                            "choose a new --out folder or pass --force to overwrite")

@@ -314,6 +314,13 @@ def load_model(
             raise EmolensError(f"cannot load model {spec!r} ({str(exc).splitlines()[0]})",
                                "pass a packaged alias (emolens models), a local folder, a .gguf file, or a "
                                "hub id that is downloadable here") from exc
+        except Exception as exc:  # damaged weights (a truncated safetensors file, a bad config) fail here
+            if type(exc).__name__ not in ("SafetensorError", "ValueError", "KeyError", "RuntimeError",
+                                          "JSONDecodeError", "HeaderTooLarge"):
+                raise
+            raise EmolensError(f"the weights of model {spec!r} are damaged or incomplete "
+                               f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})",
+                               "download or copy the model folder again") from exc
         model = model.eval()
         if hub_rev := getattr(model.config, "_commit_hash", None):
             source_id = source_id if not source_id.startswith("hub:") else f"{source_id}@{hub_rev}"

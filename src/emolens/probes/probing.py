@@ -50,6 +50,7 @@ from emolens.errors import EmolensError
 from emolens.labels import APPRAISAL_PRESETS, FIRST_WORDS
 from emolens.paths import cache_dir, dump_json
 from emolens.probes import evaluation as pe
+from emolens.probes.validity import probe_warnings
 
 #: Task names accepted by ``--task`` (``all`` = every one of them).
 TASKS: tuple[str, ...] = ("emotion", "appraisal", "first-word")
@@ -384,6 +385,8 @@ def run_probing(store, dataset, *, tasks: Sequence[str] = TASKS, items: str = "c
         summary["notes"].append("some probe fits did not converge (table metric 'converged' < 1): " + ", ".join(
             f"{t} {c['slices_converged']}/{c['slices']} slices" for t, c in unfinished.items()))
     summary["best"] = best_slices(table)
+    summary["warnings"] = probe_warnings(table, y if "emotion" in tasks else np.array([], dtype=np.int64),
+                                         ds.label_names, fw if "first-word" in tasks else None)
     if human is not None:
         summary["human_baseline"] = {"accuracy": human.accuracy, "ci_low": human.ci_low, "ci_high": human.ci_high,
                                      "n": human.n}
@@ -497,11 +500,15 @@ def summary_lines(result: ProbingResult) -> list[str]:
     s = result.summary
     lines = [f"{s['items']['n_used']} items ({s['items']['mode']}); {len(result.table)} rows"]
     best = s.get("best", {})
+    flags = s.get("warnings", [])
     for task in ("emotion", "first_word", "selectivity"):
         if task in best:
             b = best[task]
+            flagged = any(w.startswith("emotion" if task == "emotion" else "first-word") for w in flags) or \
+                (task == "selectivity" and bool(flags))
             lines.append(f"best {task}: {b['value']:.3f} [{b['ci_low']:.3f}, {b['ci_high']:.3f}] at {b['site']} "
-                         f"layer {b['layer']} position {b['position']}")
+                         f"layer {b['layer']} position {b['position']}" + (" (NOT A FINDING: see warning)"
+                                                                          if flagged else ""))
     if "first_word" in s:
         lines.append(f"first-word control: {s['first_word']['n_included']} items, "
                      f"{s['first_word']['n_excluded']} excluded (first word not in the vocabulary)")
@@ -511,4 +518,5 @@ def summary_lines(result: ProbingResult) -> list[str]:
     if "human_baseline" in s:
         h = s["human_baseline"]
         lines.append(f"human baseline: {h['accuracy']:.3f} [{h['ci_low']:.3f}, {h['ci_high']:.3f}] (n={h['n']})")
+    lines += [f"WARNING: {w}" for w in flags]
     return lines

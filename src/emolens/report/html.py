@@ -44,6 +44,11 @@ def render_report(run_dir: str | Path) -> str:
     cfg = meta.get("config", {})
     parts = [f"<h1>emolens report: {html.escape(str(cfg.get('name', run_dir.name)))}</h1>"]
     data = meta.get("dataset", {})
+    if data.get("fallback_reason"):
+        asked = html.escape(str(cfg.get("dataset", {}).get("spec")))
+        used = html.escape(str(data.get("how")))
+        parts.append(f'<p class="warning"><b>Fallback data:</b> this run did not use {asked}; it used {used}. '
+                     "Its numbers describe the fallback data, not the corpus the config names.</p>")
     parts.append(table_html(pd.DataFrame([
         ("run folder", str(run_dir)), ("study hash", meta.get("study_hash", "")[:16]),
         ("created", meta.get("created")), ("updated", meta.get("updated")), ("emolens", meta.get("emolens")),

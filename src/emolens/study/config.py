@@ -60,13 +60,34 @@ class DatasetConfig(_Section):
     """``spec``: crowd-envent, stimuli or a file path; ``limit``: seeded stratified sample (0 = all).
 
     ``fallback``: a dataset to use when ``spec`` cannot be loaded (e.g. crowd-enVENT is not
-    reachable); the run says which data it used and why.
+    reachable); it applies only when ``spec`` is the default corpus and no copy can be fetched,
+    never to your own file. The run says which data it used and why (stderr, run.json, report).
+
+    A corpus of your own is described by the same keys as the CLI's corpus options:
+    ``text_column``, ``label_column``, ``id_column``, ``label_map`` (old: new), ``labels`` (the
+    label set scored, probed and steered), ``appraisal_columns`` (name: column) and ``balanced``
+    (``limit`` items as N/K per label).
     """
 
     spec: str = "crowd-envent"
     limit: int = Field(0, ge=0)
     seed: int = 0
     fallback: str | None = None
+    text_column: str | None = None
+    label_column: str | None = None
+    id_column: str | None = None
+    label_map: dict[str, str] = Field(default_factory=dict)
+    labels: list[str] | None = None
+    appraisal_columns: dict[str, str] | None = None
+    balanced: bool = False
+
+    def columns(self):
+        """These keys as :class:`emolens.data.loading.Columns`."""
+        from emolens.data.loading import Columns
+
+        return Columns(text=self.text_column, label=self.label_column, id=self.id_column,
+                       label_map=dict(self.label_map), labels=tuple(self.labels) if self.labels else None,
+                       appraisals=dict(self.appraisal_columns) if self.appraisal_columns else None)
 
 
 class PromptsConfig(_Section):

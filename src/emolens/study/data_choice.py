@@ -11,8 +11,9 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from emolens.data.loading import load_dataset
-from emolens.errors import EmolensError
+from emolens.data.corpus import CorpusUnreachable
+from emolens.data.loading import DEFAULT_CORPUS, load_dataset
+from emolens.notices import warn
 from emolens.paths import cache_dir
 from emolens.study.config import StudyConfig
 
@@ -41,22 +42,28 @@ def _describe_crowd_envent(dataset) -> str:
 
 
 def resolve_dataset(cfg: StudyConfig) -> ResolvedData:
-    """Load ``dataset.spec`` (or ``dataset.fallback`` when the spec cannot be loaded), then sample."""
+    """Load ``dataset.spec``, then sample; ``dataset.fallback`` only if the default corpus is unreachable.
+
+    A file of the user's own that fails to load (missing, wrong columns, labels outside the set)
+    is an error even when the config (or its ``base:`` preset) names a fallback: substituting
+    other data would give results about a corpus the user did not ask for.
+    """
     spec = cfg.dataset.spec
     reason = None
     try:
-        dataset = load_dataset(spec)
+        dataset = load_dataset(spec, cfg.dataset.columns())
         how = _describe_crowd_envent(dataset) if dataset.name == "crowd-enVENT" else f"{dataset.name} ({spec})"
-    except EmolensError as exc:
-        if not cfg.dataset.fallback:
+    except CorpusUnreachable as exc:
+        if not cfg.dataset.fallback or str(spec).lower() not in DEFAULT_CORPUS:
             raise
         reason = str(exc)
         spec = cfg.dataset.fallback
         dataset = load_dataset(spec)
         how = (f"{dataset.name} (dataset.fallback: {spec}) because {cfg.dataset.spec} is not reachable "
                f"here: {reason}")
+        warn(f"data: using the FALLBACK {how}")
     if cfg.dataset.limit:
-        dataset = dataset.sample(cfg.dataset.limit, seed=cfg.dataset.seed)
+        dataset = dataset.sample(cfg.dataset.limit, seed=cfg.dataset.seed, balanced=cfg.dataset.balanced)
     return ResolvedData(dataset, spec, f"{how}; {len(dataset)} items", reason)
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from emolens import __version__
@@ -42,7 +42,8 @@ def stage_key(name: str, cfg: StudyConfig, model: ModelHandle, data: ResolvedDat
     """The content address of a stage: what it computes from, so equal keys mean equal results."""
     return content_hash({"stage": name, "section": STAGES[name].section(cfg), "model": model.identity,
                          "model_dtype": model.dtype_name, "dataset": data.fingerprint,
-                         "prompt": cfg.prompt_spec().fingerprint(), "upstream": upstream_keys,
+                         "prompt": replace(cfg.prompt_spec(), labels=tuple(data.dataset.label_names)).fingerprint(),
+                         "upstream": upstream_keys,
                          "emolens": __version__})
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib.util
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from emolens.data.corpus import read_ids
@@ -39,7 +39,8 @@ class StageContext:
 
     @property
     def prompt(self):
-        return self.cfg.prompt_spec()
+        """The study's prompt, scoring the dataset's label set (so chance and macro metrics follow it)."""
+        return replace(self.cfg.prompt_spec(), labels=tuple(self.dataset.label_names))
 
     @property
     def dataset(self):

@@ -29,6 +29,7 @@ import yaml
 
 from emolens import __version__
 from emolens.errors import EmolensError
+from emolens.locks import LOCK_NAME
 from emolens.paths import atomic_write_bytes, dump_json
 from emolens.report.runs import DONE, RUN_FORMAT, read_stage
 from emolens.study.config import StudyConfig, model_slug
@@ -71,12 +72,14 @@ def claim_run_dir(run_dir: Path, cfg: StudyConfig, data: ResolvedData) -> dict:
                 f"hash {str(meta.get('study_hash'))[:8]}; this one is {ident[:8]})",
                 "choose another run folder, or none to get one named after this config")
         return meta
-    if run_dir.exists() and any(run_dir.iterdir()):
+    if run_dir.exists() and any(p.name != LOCK_NAME for p in run_dir.iterdir()):
         raise EmolensError(f"{str(run_dir)!r} is not empty and holds no emolens run",
                            "choose an empty or new run folder")
     run_dir.mkdir(parents=True, exist_ok=True)
     meta = {"format": RUN_FORMAT, "study_hash": ident, "created": now(), "emolens": __version__,
             "config": cfg.model_dump(mode="json"), "dataset": {"spec": data.spec, "how": data.how,
+                                                                "fallback_reason": data.fallback_reason,
+                                                                "labels": list(data.dataset.label_names),
                                                                 "name": data.dataset.name,
                                                                 "fingerprint": data.fingerprint,
                                                                 "n_items": len(data.dataset)},

@@ -14,6 +14,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from emolens.errors import EmolensError
+from emolens.locks import WriterLock
 from emolens.paths import dump_json
 from emolens.report.html import write_report
 from emolens.study import ray_backend
@@ -101,26 +102,35 @@ def run_study(cfg: StudyConfig, out: str | Path | None = None, progress: bool = 
         data = resolve_dataset(cfg)
         echo(f"data: {data.how}")
         run_dir = Path(out) if out is not None else default_run_dir(cfg, data)
-        meta = claim_run_dir(run_dir, cfg, data)
-        echo(f"run: {run_dir}" + (f" (ray: {session.describe()})" if session is not None else ""))
-        bar = tqdm(total=len(cfg.models) * len(cfg.stages), desc="study", unit="stage", disable=not progress)
-        recorder = RunRecorder(run_dir, meta, echo, bar)
+        if run_dir.exists() and not run_dir.is_dir():
+            raise EmolensError(f"--out {str(run_dir)!r} is a file", "pass a folder path for the run")
+        created = not run_dir.exists()
+        lock = WriterLock(run_dir, "run folder").acquire()  # one study process per run folder
         try:
-            if session is None:
-                _run_local(cfg, data, run_dir, recorder, progress, echo)
-            else:
-                session.run(cfg, data, run_dir, recorder, gpus_per_task)
+            meta = claim_run_dir(run_dir, cfg, data)
+            echo(f"run: {run_dir}" + (f" (ray: {session.describe()})" if session is not None else ""))
+            bar = tqdm(total=len(cfg.models) * len(cfg.stages), desc="study", unit="stage", disable=not progress)
+            recorder = RunRecorder(run_dir, meta, echo, bar)
+            try:
+                if session is None:
+                    _run_local(cfg, data, run_dir, recorder, progress, echo)
+                else:
+                    session.run(cfg, data, run_dir, recorder, gpus_per_task)
+            finally:
+                bar.close()
+            order = {(model_slug(m), s): i for i, (m, s) in enumerate((m, s) for m in cfg.models for s in cfg.stages)}
+            outcomes = sorted(recorder.outcomes, key=lambda o: order.get((o.model, o.stage), len(order)))
+            result = RunResult(run_dir, data, outcomes)
+            if report:
+                result.report = write_report(run_dir)
+                echo(f"report: {result.report}")
         finally:
-            bar.close()
+            lock.release()
+            if created and run_dir.is_dir() and not any(run_dir.iterdir()):
+                run_dir.rmdir()
     finally:
         if session is not None:
             session.close()
-    order = {(model_slug(m), s): i for i, (m, s) in enumerate((m, s) for m in cfg.models for s in cfg.stages)}
-    outcomes = sorted(recorder.outcomes, key=lambda o: order.get((o.model, o.stage), len(order)))
-    result = RunResult(run_dir, data, outcomes)
-    if report:
-        result.report = write_report(run_dir)
-        echo(f"report: {result.report}")
     return result
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import html
+
 from emolens.report.page import absent, img, table_html
 from emolens.report.plotting import fig_png, subplots
 from emolens.report.probe_figures import appraisal_heatmap, probe_curves, probe_heatmaps
@@ -15,7 +17,9 @@ def probe_section(mr: ModelRun) -> str:
     probes = mr.table("probe") if ok else None
     if probes is None:
         return absent(f"No probe tables: {why or 'probes.parquet is missing'}.")
-    body = ""
+    summary = mr.json("probe", "summary.json") or {}
+    body = "".join(f'<p class="warning"><b>Not a finding:</b> {html.escape(w)}</p>'
+                   for w in summary.get("warnings", []))
     tasks = [t for t in ("emotion", "emotion/mlp") if t in set(probes.task)]
     fig, axes = subplots(1, 2, figsize=(11, 3.6))
     probe_curves(axes[0], probes, mr.n_layers, "accuracy", tasks[0] if tasks else "emotion")

@@ -5,6 +5,7 @@ the emotion probe, zero ablation and patching re-run under it (one tidy ``robust
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -108,7 +109,7 @@ def _robustness(ctx: StageContext) -> dict:
         if path.exists():
             frames.append(pd.read_parquet(path))
             continue
-        spec = ctx.cfg.prompt_spec(template, shots)
+        spec = replace(ctx.cfg.prompt_spec(template, shots), labels=ctx.prompt.labels)
         rows, correct = _robustness_readout(ctx, items, spec)
         parts = [rows]
         analysed = items if ctx.cfg.items == "all" else \
