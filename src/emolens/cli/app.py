@@ -28,6 +28,7 @@ from emolens.cli import (
     run,
     steer,
 )
+from emolens.cli.outputs import remove_empty_created
 from emolens.errors import EmolensError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -87,8 +88,6 @@ def run_app(argv: list[str] | None = None) -> int:
 
     A failed command leaves no empty output folder behind (see :mod:`emolens.cli.outputs`).
     """
-    from emolens.cli.outputs import remove_empty_created
-
     code = _run(argv)
     if code:
         remove_empty_created()

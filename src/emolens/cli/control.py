@@ -8,6 +8,7 @@ import typer
 
 from emolens.cli.corpus_options import Corpus, corpus_options
 from emolens.errors import EmolensError
+from emolens.labels import EMOTIONS
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -25,6 +26,7 @@ def retention_items(spec: str, fit, n: int, seed: int):
 
     ``auto``: crowd-enVENT when it is available, else the built-in stimuli singles.
     """
+    # lazy: the library imports torch, transformers or pandas; kept out of `emolens --help`
     from emolens.data.loading import load_dataset
 
     if spec == "auto":
@@ -86,7 +88,6 @@ def register(app: typer.Typer) -> None:
         from emolens.control.study import ControlConfig, run_control
         from emolens.data.loading import load_dataset
         from emolens.data.sensitive import load_neutral_text
-        from emolens.labels import EMOTIONS
         from emolens.model.loading import load_model
         from emolens.report.control_section import write_control_report
         from emolens.steering.apply import SCALES

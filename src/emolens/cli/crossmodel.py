@@ -12,6 +12,11 @@ from pathlib import Path
 
 import typer
 
+from emolens.cli.readout import prepare_out_dir
+from emolens.errors import EmolensError
+from emolens.labels import EMOTIONS
+from emolens.paths import dump_json
+
 MARKER = "cka.parquet"
 
 
@@ -26,11 +31,8 @@ def register(app: typer.Typer) -> None:
         force: bool = typer.Option(False, help="overwrite an existing result in --out"),
     ) -> None:
         """Linear CKA (depth x depth), RSA of emotion geometry and probe transfer between two models."""
-        from emolens.cli.readout import prepare_out_dir
+        # lazy: the library imports torch, transformers or pandas; kept out of `emolens --help`
         from emolens.crossmodel.compare import compare_models, load_resid
-        from emolens.errors import EmolensError
-        from emolens.labels import EMOTIONS
-        from emolens.paths import dump_json
         from emolens.report.crossmodel_figures import plot_crossmodel_figures
 
         paths = [p.strip() for p in runs.split(",") if p.strip()]

@@ -12,8 +12,12 @@ from pathlib import Path
 
 import typer
 
+from emolens.errors import EmolensError
+from emolens.locks import LOCK_NAME, WriterLock, lock_holder
+
 
 def _stores_under(root: Path) -> list[Path]:
+    # lazy: the library imports torch, transformers or pandas; kept out of `emolens --help`
     from emolens.activations.health import BACKUP
 
     found = {p.parent for name in ("manifest.json", BACKUP) for p in root.rglob(name)}
@@ -22,6 +26,7 @@ def _stores_under(root: Path) -> list[Path]:
 
 def _doctor_store(root: Path, repair: bool) -> bool:
     """Report (and optionally repair) one store; True when it is healthy afterwards."""
+    # lazy: the library imports torch, transformers or pandas; kept out of `emolens --help`
     from emolens.activations.health import check_store, repair_store
 
     check = check_store(root, full=True)
@@ -52,9 +57,8 @@ def register(app: typer.Typer) -> None:
                                                 "recomputation by the next extract; stale locks removed)"),
     ) -> None:
         """Check an activation store or a run folder; with --repair, make it resumable again."""
+        # lazy: the library imports torch, transformers or pandas; kept out of `emolens --help`
         from emolens.activations.health import BACKUP, read_json
-        from emolens.errors import EmolensError
-        from emolens.locks import LOCK_NAME, lock_holder
 
         if not path.is_dir():
             raise EmolensError(f"{str(path)!r} is not a folder", "pass an extract --out folder or a run folder")
@@ -69,8 +73,6 @@ def register(app: typer.Typer) -> None:
                 typer.echo(f"{folder}: locked by pid {holder.get('pid')} on {holder.get('host')} "
                            f"since {holder.get('since')}")
                 if repair:
-                    from emolens.locks import WriterLock
-
                     lock = WriterLock(folder, "folder").acquire()  # refuses a live holder, takes a stale one
                     lock.release()
                     typer.echo(f"{folder}: removed the stale lock ({LOCK_NAME})")

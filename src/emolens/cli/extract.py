@@ -6,7 +6,10 @@ from pathlib import Path
 
 import typer
 
+from emolens.cli.checks import check_layer_text, relative_positions
 from emolens.cli.corpus_options import Corpus, corpus_options
+from emolens.errors import EmolensError
+from emolens.locks import WriterLock
 
 
 def register(app: typer.Typer) -> None:
@@ -43,10 +46,7 @@ def register(app: typer.Typer) -> None:
         from emolens.activations.extract import extract as run_extract
         from emolens.activations.extract import parse_sites
         from emolens.activations.store import storage_dtype
-        from emolens.cli.checks import check_layer_text, relative_positions
-        from emolens.errors import EmolensError
         from emolens.inputs.prompts import PromptSpec, parse_shots
-        from emolens.locks import WriterLock
         from emolens.model.loading import load_model
 
         if separator not in ("space", "newline"):

@@ -14,13 +14,15 @@ from pathlib import Path
 import typer
 
 from emolens.cli.corpus_options import Corpus, corpus_options
+from emolens.cli.readout import prepare_out_dir
+from emolens.errors import EmolensError
+from emolens.labels import APPRAISAL_PRESETS
+from emolens.paths import dump_json
 
 MARKER = "neurons.parquet"
 
 
 def _names(text: str, allowed, what: str) -> list[str]:
-    from emolens.errors import EmolensError
-
     items = [s.strip() for s in text.split(",") if s.strip()]
     bad = [s for s in items if s not in allowed]
     if bad or not items:
@@ -29,8 +31,6 @@ def _names(text: str, allowed, what: str) -> list[str]:
 
 
 def _probe_layers(text: str, n_layers: int) -> list[int]:
-    from emolens.errors import EmolensError
-
     if text == "auto":  # four evenly spaced layers, the last included
         return sorted({round(i * (n_layers - 1) / 3) for i in range(4)})
     if text == "none":
@@ -79,15 +79,12 @@ def register(app: typer.Typer) -> None:
         corpus: Corpus = None,
     ) -> None:
         """Per-neuron correlations with appraisal ratings, sparse probes, minimal pairs and ablation."""
-        from emolens.cli.readout import prepare_out_dir
-        from emolens.errors import EmolensError
-        from emolens.labels import APPRAISAL_PRESETS
+        # lazy: the library imports torch, transformers or pandas; kept out of `emolens --help`
         from emolens.model.loading import load_model
         from emolens.neurons import neuron_pass, neuron_table, significant_counts
         from emolens.neurons.ablation import THEORY_TARGETS, ablation_table
         from emolens.neurons.pairs import pairs_table
         from emolens.neurons.sparse import sparse_table
-        from emolens.paths import dump_json
         from emolens.report.neuron_figures import plot_neuron_figures
 
         out_dir = prepare_out_dir(out, force, marker=MARKER)

@@ -7,12 +7,12 @@ from pathlib import Path
 import typer
 
 from emolens.cli.corpus_options import Corpus, corpus_options
+from emolens.cli.readout import prepare_out_dir
+from emolens.errors import EmolensError
 
 
 def parse_alpha(text: str) -> float | str:
     """``--alpha``: a ridge penalty >= 0, or ``gcv`` (leave-one-out choice per target, as RidgeCV)."""
-    from emolens.errors import EmolensError
-
     if text.strip().lower() == "gcv":
         return "gcv"
     try:
@@ -60,8 +60,6 @@ def register(app: typer.Typer) -> None:
         import time
 
         from emolens.activations.store import ActivationStore
-        from emolens.cli.readout import prepare_out_dir
-        from emolens.errors import EmolensError
         from emolens.probes.probing import (
             PROBES,
             PROTOCOLS,

@@ -87,7 +87,7 @@ def iter_batches(tokenizer, prompts: Sequence[Prompt], batch_size: int, device: 
     batching order.
     """
     if batch_size < 1:
-        raise EmolensError(f"batch size {batch_size} is not positive", "pass --batch-size 1 or more")
+        raise EmolensError(f"batch size {batch_size} is not positive", "use a batch size of 1 or more")
     order = np.arange(len(prompts))
     if sort_by_length and len(prompts) > batch_size:
         order = np.argsort(token_lengths(tokenizer, prompts), kind="stable")

@@ -188,11 +188,11 @@ def _wrap_chat(prompt: Prompt, tokenizer) -> Prompt:
     """Place the prompt as one user turn; spans shift by where it lands in the chat text."""
     if tokenizer is None or not getattr(tokenizer, "chat_template", None):
         raise EmolensError("chat wrapping needs a tokenizer with a chat template",
-                           "drop --chat for base models such as gemma-3-270m")
+                           "use a plain prompt (chat off) for base models such as gemma-3-270m")
     wrapped = tokenizer.apply_chat_template([{"role": "user", "content": prompt.text}], tokenize=False,
                                             add_generation_prompt=True)
     offset = wrapped.find(prompt.text)
     if offset < 0:
-        raise EmolensError("the chat template rewrote the prompt text", "use a plain prompt (no --chat)")
+        raise EmolensError("the chat template rewrote the prompt text", "use a plain prompt (chat off)")
     spans = {k: [(s + offset, e + offset) for s, e in v] for k, v in prompt.spans.items()}
     return Prompt(wrapped, spans, label_prefix="")

@@ -196,7 +196,7 @@ def resolve_device(device: str | None) -> str:
     if device in (None, "auto"):
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise EmolensError(f"device {device!r} requested but CUDA is not available", "use --device cpu")
+        raise EmolensError(f"device {device!r} requested but CUDA is not available", "use device cpu")
     return device
 
 

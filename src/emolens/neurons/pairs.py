@@ -21,6 +21,7 @@ import pandas as pd
 import torch
 from scipy import stats as sps
 
+from emolens.data.stimuli import load_stimuli
 from emolens.engine.intervention import Capture, run_forward
 from emolens.inputs.batching import iter_batches
 from emolens.inputs.prompts import PromptSpec, build_prompts
@@ -64,8 +65,6 @@ def pair_agreement(delta: np.ndarray, design_change: np.ndarray, scale: np.ndarr
 def pairs_table(lm, table: pd.DataFrame, layers, appraisals, spec=None, batch_size: int = 16, top: int = 20,
                 n_perm: int = 199, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Agreement per appraisal (one row each) and the ``top`` neurons by |pair effect| per appraisal."""
-    from emolens.data.stimuli import load_stimuli
-
     data = load_stimuli("pairs")
     layers = list(layers)
     x = capture_neurons(lm, data.texts, layers, spec, batch_size=batch_size)

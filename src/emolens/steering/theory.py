@@ -28,6 +28,7 @@ from scipy import stats
 
 from emolens.errors import EmolensError
 from emolens.labels import EMOTIONS
+from emolens.probes.evaluation import human_baseline
 
 
 def rating_profile(dataset, appraisals: Sequence[str] | None = None,
@@ -61,8 +62,6 @@ def classifier_profile(dataset, appraisals: Sequence[str] | None = None, emotion
     Standardised inputs, so coefficients compare across appraisals. Emotions absent from the
     data come out as zero rows in the fit; they are set to NaN here.
     """
-    from emolens.probes.evaluation import human_baseline
-
     appraisals = list(appraisals if appraisals is not None else dataset.appraisal_names)
     index = {e: i for i, e in enumerate(emotions)}
     y = np.array([index.get(lab, -1) if lab is not None else -1 for lab in dataset.labels])

@@ -300,8 +300,6 @@ class ControlStageConfig(_Section):
     @field_validator("directions")
     @classmethod
     def _known_terms(cls, value: list[str]) -> list[str]:
-        from emolens.labels import ALL_APPRAISALS
-
         for spec in value:
             for term in spec.split(","):
                 name = term.strip().rstrip("+-").strip()
