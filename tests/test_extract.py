@@ -116,3 +116,21 @@ def test_cli_extract(tmp_path, dataset, capsys):
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("emolens: error:") and "different" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_store_the_disk_cannot_hold_is_refused_before_any_work(tiny_llama, dataset, tmp_path, monkeypatch):
+    """The size is the arrays' exact bytes; a disk with less free space gets one line naming it."""
+    import shutil
+    from collections import namedtuple
+
+    from emolens.activations.extract import store_bytes
+
+    d = tiny_llama.sites.d_model
+    need = store_bytes({"resid": ((len(dataset), 3, 1, d), "float32"), "attn": ((len(dataset), 3, 1, d), "float16")})
+    assert need == len(dataset) * 3 * d * (4 + 2)
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda _p: usage(10**12, 10**12 - need // 2, need // 2))
+    with pytest.raises(EmolensError, match=r"needs .* GB but .* GB free"):
+        extract(tiny_llama, dataset, tmp_path / "store", sites=["resid", "attn"], layers="all", positions=[-1],
+                dtype="float32", progress=False)
+    assert not (tmp_path / "store" / "manifest.json").exists()

@@ -79,6 +79,29 @@ def prompt_hash(texts: Sequence[str]) -> str:
     return h.hexdigest()
 
 
+def store_bytes(arrays: dict[str, tuple[tuple[int, ...], str]]) -> int:
+    """Bytes a store of these ``site -> (shape, dtype name)`` arrays takes once written."""
+    return sum(int(np.prod(shape)) * storage_dtype(dtype).itemsize for shape, dtype in arrays.values())
+
+
+def check_free_space(out: str | Path, needed: int, margin: float = 1.05) -> None:
+    """Refuse, before any work, a store the disk cannot hold.
+
+    The store's memmaps are created sparse, so a disk too small fails only when a late chunk is
+    written -- for an 8B model's full-corpus fp32 store (52 GB) after most of an hour. Checking
+    up front costs one ``statvfs``.
+    """
+    import shutil
+
+    where = Path(out).resolve()
+    while not where.exists():
+        where = where.parent
+    free = shutil.disk_usage(where).free
+    if needed * margin > free:
+        raise EmolensError(f"the activation store needs {needed / 1e9:.2f} GB but {where} has {free / 1e9:.2f} GB free",
+                           "free space, put --out on a larger disk, or store fewer layers/positions or --dtype float16")
+
+
 def extract(lm, dataset, out: str | Path, sites: str | Sequence[str] = ("attn", "mlp", "resid"),
             layers="all", positions=(-1,), spec=None, readout: bool = False, dtype: str = "float16",
             batch_size: int = 16, chunk_size: int = 256, progress: bool = True,
@@ -115,6 +138,8 @@ def extract(lm, dataset, out: str | Path, sites: str | Sequence[str] = ("attn", 
     }
     arrays = {s: ((len(dataset), len(layers_of[s]), len(pos), *reg.width(s)), dtype) for s in site_list}
     run = {"chunk_size": chunk_size, "batch_size": batch_size, "device": str(lm.device)}
+    if not (Path(out) / "manifest.json").exists():
+        check_free_space(out, store_bytes(arrays))
     target = prepare_store(out, identity, dataset.ids, arrays, run,
                            info={"model_family": reg.family, "n_layers": reg.n_layers})
     if isinstance(target, ActivationStore):
