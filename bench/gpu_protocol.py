@@ -1,0 +1,213 @@
+"""One prepared command: every paper-preset stage on an 8B-shaped model, with work and throughput ratios.
+
+Runs the ``paper`` study preset (readout, extract, probe, ablate, patch, knockout, steer,
+robustness) through ``emolens.study.runner.run_study`` on a random-initialised Llama with
+Llama-3.1-8B's shape (``bench/end_to_end.py``'s ``tiny-8b-shape``: gemma-3-270m's tokenizer,
+bf16 on CUDA), on a subset sized to fit <= 8 minutes on one H100. Before the study it measures
+the plain-forward floor -- token-layers per second of plain batched bf16 forwards over the
+study's prompts -- and while it runs it counts each stage's model work with
+:mod:`emolens.engine.accounting` (forwards, tokens, token-layers). It prints the stage table
+(wall, work, floor time of that work, ratio = floor / wall) and projects the full protocol
+(6,600 items; causal and steering stages on 3,300, a paper model's correct subset) two ways:
+measured wall scaled by items (and layer windows), and the work scaled the same way at the
+floor rate -- the time the protocol would take at ratio 1.
+
+On a GPU host with only torch and transformers (no network): bring the other wheels in a
+folder that travels with the working tree, then install from it::
+
+    # here (network):  pip download -d wheels --only-binary=:all: --python-version 3.11 \\
+    #                      --platform manylinux2014_x86_64 pydantic pydantic-core typer pyyaml pyarrow pandas \\
+    #                      scipy scikit-learn safetensors tqdm matplotlib
+    # there:           pip install --no-index --find-links wheels --no-deps -e . && \\
+    #                  EMOLENS_CROWD_ENVENT=../shared/data/crowd-enVENT python bench/gpu_protocol.py
+
+(``pip download`` needs the packages' dependency closure; ``--no-deps`` there keeps pip from
+asking the network for what the host already has.) ``--tiny`` shrinks the shape 64-fold in width
+and to 6 layers and the subset to a few items, to check the whole path on a CPU::
+
+    python bench/gpu_protocol.py --tiny                 # CPU check of the path, ~1-3 min
+    python bench/gpu_protocol.py                        # one H100: the subset below, <= 8 min
+    python bench/gpu_protocol.py --model gemma-3-270m --limit 260 --max-items 16   # a real small model
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from end_to_end import SHAPES, crowd_envent_here, install_random_shape, n_layers_of, shrink, study_config  # noqa: E402
+from machine import describe as machine  # noqa: E402
+
+FULL_ITEMS, FULL_CAUSAL_ITEMS = 6600, 3300
+CAUSAL = ("ablate", "patch", "knockout", "steer", "robustness")
+
+
+def stage_registry() -> dict:
+    """The pipeline's stage table (``study.stages`` since the split; ``study.pipeline`` before it)."""
+    try:
+        from emolens.study.stages import STAGES
+    except ImportError:  # older layout
+        from emolens.study.pipeline import STAGES
+    return STAGES
+
+
+def model_handle_class():
+    """The handle class ``install_random_shape`` put in place (``study.runner`` since the split)."""
+    try:
+        from emolens.study import (
+            model_handle,  # noqa: F401  (exists since the split)
+            runner,
+        )
+
+        return runner.ModelHandle
+    except ImportError:  # older layout
+        from emolens.study import pipeline
+
+        return pipeline.ModelHandle
+
+
+def instrument(rate_prompts: int, batch_size: int) -> SimpleNamespace:
+    """Count every stage's model work, and measure the plain-forward floor once the model exists."""
+    from emolens.engine.accounting import Work, WorkCounter, plain_forward_rate
+    from emolens.inputs.prompts import PromptSpec, build_prompts
+    state = SimpleNamespace(counter=None, rate=None, work={}, lm=None)
+    handle_cls = model_handle_class()
+    plain_lm = handle_cls.lm
+
+    def lm(self):
+        got = plain_lm.fget(self)
+        if state.counter is None:
+            from emolens.data.loading import load_dataset
+
+            state.lm = got
+            texts = load_dataset("stimuli").texts[:rate_prompts]
+            prompts = build_prompts(texts, PromptSpec(), got.tokenizer)
+            state.rate = plain_forward_rate(got, prompts, batch_size)  # before any stage work is counted
+            state.counter = WorkCounter.attach(got)
+        return got
+
+    handle_cls.lm = property(lm)
+    for name, sdef in stage_registry().items():
+        if sdef.run is None:
+            continue
+
+        def wrapped(ctx, _run=sdef.run, _name=name):
+            start = state.counter.snapshot() if state.counter else Work(seconds=time.perf_counter())
+            try:
+                return _run(ctx)
+            finally:
+                if state.counter is not None:  # attached in this stage if the model loaded here: from zero
+                    end = state.counter.snapshot()
+                    state.work[_name] = Work(end.forwards - start.forwards, end.tokens - start.tokens,
+                                             end.token_layers - start.token_layers, end.seconds - start.seconds)
+
+        sdef.run = wrapped
+    return state
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="tiny-8b-shape", help=f"one of {list(SHAPES)} or any emolens model spec")
+    ap.add_argument("--tiny", action="store_true", help="64x narrower, 6 layers, a few items: a CPU check")
+    ap.add_argument("--limit", type=int, default=None, help="items (default 650; --tiny 26)")
+    ap.add_argument("--max-items", type=int, default=None, help="items of causal/steer/robustness (default 32; "
+                                                                 "--tiny 4)")
+    ap.add_argument("--layer-step", type=int, default=None, help="every K-th layer / window centre (default 4; "
+                                                                  "--tiny 1)")
+    ap.add_argument("--pairs", type=int, default=None, help="patching pairs (default 32; --tiny 8)")
+    ap.add_argument("--probes", default="logistic,mlp")
+    ap.add_argument("--max-iter", type=int, default=0, help="logistic cap (default: the preset's 1000)")
+    ap.add_argument("--stages", default="")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--dtype", default="auto", help="auto = bf16 on CUDA, fp32 on CPU")
+    ap.add_argument("--batch-size", type=int, default=None, help="default 64 on CUDA, 16 on CPU")
+    ap.add_argument("--json", default=None, help="also write the table and projection here")
+    args = ap.parse_args()
+    tiny = args.tiny
+    args.limit = args.limit if args.limit is not None else (26 if tiny else 650)
+    args.max_items = args.max_items if args.max_items is not None else (4 if tiny else 32)
+    args.layer_step = args.layer_step if args.layer_step is not None else (1 if tiny else 4)
+    args.pairs = args.pairs if args.pairs is not None else (8 if tiny else 32)
+    cuda = torch.cuda.is_available() and args.device in ("auto", "cuda") or args.device.startswith("cuda")
+    args.batch_size = args.batch_size or (64 if cuda else 16)
+    args.items, args.out, args.data = "all", None, None  # random weights read ~1/13 correctly: analyse all
+
+    found = crowd_envent_here()
+    if found:
+        os.environ["EMOLENS_CROWD_ENVENT"] = found
+    args.data = "crowd-envent" if found else "stimuli"
+    shape = None
+    if args.model in SHAPES:
+        shape = shrink(SHAPES[args.model]) if tiny else SHAPES[args.model]
+        install_random_shape(args.model, shape)
+    state = instrument(rate_prompts=4 * args.batch_size, batch_size=args.batch_size)
+    tmp = tempfile.TemporaryDirectory(prefix="emolens-gpu-")
+    args.out = tmp.name
+    n_layers = n_layers_of(args.model, shape)
+    cfg = study_config(args, n_layers)
+
+    from emolens.study import runner
+
+    start = time.perf_counter()
+    result = runner.run_study(cfg, progress=False, echo=lambda line: print(line, file=sys.stderr), report=False)
+    wall = time.perf_counter() - start
+    rate = state.rate["token_layers_per_s"] if state.rate else None
+    n_items = args.limit
+    rows = []
+    for o in result.outcomes:
+        work = state.work.get(o.stage)
+        scale = (FULL_CAUSAL_ITEMS / max(1, min(args.max_items, n_items)) if o.stage in CAUSAL
+                 else FULL_ITEMS / max(1, n_items)) * args.layer_step
+        row = {"stage": o.stage, "status": o.status, "wall_s": o.seconds, "scale": scale}
+        if work is not None:
+            row.update(forwards=work.forwards, tokens=work.tokens, token_layers=work.token_layers)
+            if rate:
+                row["floor_s"] = work.token_layers / rate
+                row["ratio"] = row["floor_s"] / o.seconds if o.seconds > 0 else math.nan
+        row["projected_wall_s"] = o.seconds * scale
+        row["projected_floor_s"] = row.get("floor_s", math.nan) * scale
+        rows.append(row)
+    device = str(state.lm.device) if state.lm is not None else args.device
+    dtype = str(state.lm.dtype).replace("torch.", "") if state.lm is not None else "?"
+    print(f"**{args.model}{' (--tiny)' if tiny else ''}** on {device}, {dtype}; {n_items} items "
+          f"({args.data}); causal/steer/robustness on {args.max_items}; every {args.layer_step}th layer; "
+          f"{args.pairs} patching pairs; probes {args.probes}; batch {args.batch_size}")
+    if state.rate:
+        print(f"plain-forward floor: {rate:,.0f} token-layers/s ({state.rate['forwards']} forwards, "
+              f"{state.rate['token_layers']:,} token-layers in {state.rate['seconds']:.2f} s)\n")
+    print("| stage | status | wall s | forwards | token-layers | floor s | ratio | projected s | at floor s |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    def num(r: dict, key: str, fmt: str) -> str:
+        return format(r[key], fmt) if key in r and not (isinstance(r[key], float) and math.isnan(r[key])) else ""
+
+    for r in rows:
+        print(f"| {r['stage']} | {r['status']} | {r['wall_s']:.1f} | {num(r, 'forwards', ',')} | "
+              f"{num(r, 'token_layers', ',')} | {num(r, 'floor_s', '.2f')} | {num(r, 'ratio', '.3f')} | "
+              f"{r['projected_wall_s']:.0f} | {num(r, 'projected_floor_s', '.0f')} |")
+    total = sum(r["projected_wall_s"] for r in rows)
+    floor = sum(r["projected_floor_s"] for r in rows if not math.isnan(r["projected_floor_s"]))
+    print(f"| **total** | | {wall:.1f} | | | | | **{total:.0f}** | **{floor:.0f}** |\n")
+    print(f"projected full protocol ({FULL_ITEMS} items, causal/steer on {FULL_CAUSAL_ITEMS}): "
+          f"{total / 60:.1f} min at the measured stage speeds, {floor / 60:.1f} min if every stage ran at the "
+          "plain-forward floor (the probe stage has no model work: its floor column is empty)")
+    if device.startswith("cuda"):
+        print(f"peak GPU memory: {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
+    print(f"machine: {machine(device)}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"rows": rows, "rate": state.rate, "wall_s": wall,
+                                               "args": vars(args)}, indent=1, default=str))
+    tmp.cleanup()
+
+
+if __name__ == "__main__":
+    main()
