@@ -37,7 +37,8 @@ def dose_response_figure(effects: pd.DataFrame):
     for ax, (metric, label) in zip(axes[0], metrics, strict=True):
         part = steered[steered["metric"] == metric]
         for direction, g in part.groupby("direction", sort=False):
-            g = g.sort_values("beta")
+            origin = pd.DataFrame({"beta": [0.0], "delta": [0.0], "ci_low": [0.0], "ci_high": [0.0]})
+            g = pd.concat([origin, g[["beta", "delta", "ci_low", "ci_high"]]]).sort_values("beta")  # β 0 = clean
             ax.plot(g["beta"], g["delta"], marker="o", label=direction)
             ax.fill_between(g["beta"], g["ci_low"], g["ci_high"], alpha=0.15)
         inst = effects[(effects["condition"] == "instructed") & (effects["metric"] == metric)]
@@ -77,6 +78,8 @@ def tradeoff_figure(effects: pd.DataFrame, capability: pd.DataFrame, max_ppl_rat
             ax.errorbar([x0], [r["delta"]], yerr=[[r["delta"] - r["ci_low"]], [r["ci_high"] - r["delta"]]],
                         marker="*", ms=10, color="k", capsize=2, label="instructed")
         ax.axvline(limit, color="red", ls="--", lw=0.8)
+        if col == "ppl_ratio" and len(merged) and merged[col].max() > 10:
+            ax.set_xscale("log")  # a broken model's perplexity runs to orders of magnitude
         ax.axhline(0, color="grey", lw=0.6)
         ax.set_xlabel(label)
     axes[0].set_ylabel("Δ VADER valence vs clean")
