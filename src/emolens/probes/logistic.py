@@ -329,7 +329,7 @@ def fit_logistic(X: ArrayLike, y: ArrayLike, *, C: float = 1.0, n_classes: int |
             mu64, sd64 = moments(X64, standardize)
             sub = _Softmax(X64, Y[r].double() if Y.shape[0] > 1 else Y.double(), mu64, sd64.pow(2), lam,
                            mask_add[r].double(), precondition)
-            Wr, br = problem.unpack(theta[r])
+            Wr, br = problem.take(r).unpack(theta[r])  # the redone slices only (unpack uses per-slice state)
             theta64, it64, g64, f64, _ = _lbfgs(sub, sub.pack(Wr.double(), br.double()), tol,
                                                 max(1, max_iter - int(n_it[redo].min())), history)
             W64, b64 = sub.unpack(theta64)
