@@ -1,7 +1,7 @@
 """Benchmark: the streaming neuron pass against a plain extraction of the same neurons, and the floor.
 
 Three runs over the same ``--items`` crowd-enVENT items, each in its own subprocess so peak RSS
-is its own: ``floor`` (plain forwards with no hooks, stopped after the last layer), ``extract``
+is its own: ``floor`` (plain forwards with no hooks, last-position logits only), ``extract``
 (the ``neurons`` site of every layer at the answer cue into a float16 activation store, the
 "giant store" the streaming pass avoids) and ``stream`` (:func:`emolens.neurons.neuron_pass`).
 Prints wall time, peak RSS and bytes on disk, and what a full store would need for the whole
@@ -50,7 +50,7 @@ def run_mode(mode: str, model: str, items: int, seed: int, batch_size: int) -> d
         prompts = build_prompts(data.texts, PromptSpec(), lm.tokenizer)
         with torch.no_grad():
             for batch in iter_batches(lm.tokenizer, prompts, batch_size, lm.device):
-                run_forward(lm, batch, [], need_logits=False)
+                run_forward(lm, batch, [], need_logits=True, logits_to_keep=1)  # no op: no early stop
     elif mode == "extract":
         with tempfile.TemporaryDirectory() as tmp:
             extract(lm, data, Path(tmp) / "store", sites="neurons", layers="all", positions=[-1], dtype="float16",

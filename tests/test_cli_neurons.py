@@ -27,7 +27,7 @@ def test_neurons_writes_tables_and_figures_and_refuses_to_overwrite(run_cli, tmp
     assert ablation.loc[0, "target"] == "anger" and ablation.loc[0, "n_sets"] == 2
     pairs = pd.read_parquet(out / "pairs.parquet")
     assert not pairs["independent"].any()  # --data stimuli: r and pairs share items, flagged
-    run = json.loads((out / "run.json").read_text())
+    run = json.loads((out / "neurons_run.json").read_text())
     assert run["neurons_per_layer"] == 128 and run["n_items"] == 80
     assert {"neurons_significant.png", "neurons_sparse.png", "neurons_ablation.png"} <= set(run["plots"])
     assert "q < 0.05" in stdout

@@ -56,7 +56,7 @@ def test_crossmodel_cli_writes_tables(run_cli, tmp_path):
     assert code == 0, err
     assert len(pd.read_parquet(out / "cka.parquet")) == 12
     assert {"crossmodel_cka.png", "crossmodel_rsa.png", "crossmodel_transfer.png"} <= set(
-        json.loads((out / "run.json").read_text())["plots"])
+        json.loads((out / "crossmodel_run.json").read_text())["plots"])
     code, _, err = run_cli(["crossmodel", "--runs", str(tmp_path / "A"), "--out", str(tmp_path / "x")])
     assert code == 2 and "exactly two" in err
 

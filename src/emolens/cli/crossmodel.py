@@ -44,7 +44,7 @@ def register(app: typer.Typer) -> None:
         for name in ("rsa", "transfer", "cka"):  # cka last: it marks a finished result
             tables[name].to_parquet(out_dir / f"{name}.parquet", index=False)
         plots = plot_crossmodel_figures(out_dir, tables)
-        dump_json(out_dir / "run.json", {"runs": paths, "models": [a.name, b.name],
+        dump_json(out_dir / "crossmodel_run.json", {"runs": paths, "models": [a.name, b.name],
                                          "n_items": int(tables["cka"]["n_items"].iloc[0]),
                                          "permutations": permutations, "seed": seed,
                                          "plots": [p.name for p in plots]})

@@ -3,7 +3,8 @@
 Writes ``neurons.parquet`` (layer, neuron, appraisal, r, partial_r, q, rank, intervals),
 ``significant.csv`` (q < 0.05 counts per layer x appraisal), ``sparse.parquet`` (R² versus k),
 ``ablation.parquet`` (causal test vs matched random sets), ``pairs.parquet`` and
-``pair_neurons.parquet`` (minimal-pair agreement), figures, and ``run.json`` with timings.
+``pair_neurons.parquet`` (minimal-pair agreement), figures, and ``neurons_run.json`` with timings
+(not ``run.json``: that name marks a study run folder).
 """
 
 from __future__ import annotations
@@ -144,7 +145,7 @@ def register(app: typer.Typer) -> None:
         plots = plot_neuron_figures(out_dir, counts, sparse, ablation)
         table.to_parquet(out_dir / MARKER, index=False)  # last: its presence marks a finished run
         seconds = time.perf_counter() - start
-        dump_json(out_dir / "run.json", {
+        dump_json(out_dir / "neurons_run.json", {
             "model": model, "source_id": lm.source_id, "data": data, "n_items": int(result.moments.n),
             "n_skipped": result.n_skipped, "appraisals": names, "layers": result.layers, "probe_layers": keep,
             "neurons_per_layer": lm.sites.width("neurons")[0], "ablate": ablated, "ablate_k": ablate_k,
