@@ -24,7 +24,8 @@ import time
 
 import torch
 
-from emolens.engine.intervention import Capture, run_forward
+from emolens.engine.intervention import run_forward
+from emolens.engine.ops import Capture
 from emolens.model.sites import resolve_sites
 from machine import describe as machine
 

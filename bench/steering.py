@@ -27,13 +27,14 @@ import numpy as np
 import torch
 
 from emolens.data.stimuli import load_stimuli
+from emolens.engine.windows import Window
 from emolens.inputs.prompts import build_prompts
 from emolens.labels import EMOTIONS
 from emolens.model.loading import load_model
 from emolens.readout import LabelReader
 from emolens.steering.apply import mean_resid_norm
 from emolens.steering.directions import capture_resid, compute_bank
-from emolens.steering.sweep import build_conditions, run_conditions, window_layers
+from emolens.steering.sweep import build_conditions, run_conditions
 from machine import describe as machine
 
 
@@ -60,7 +61,7 @@ def main() -> None:
     data = fit.subset(np.arange(args.items))
     prompts = build_prompts(data.texts, None, lm.tokenizer)
     centres = [int(x) for x in args.windows.split(",")]
-    layers = sorted({x for c in centres for x in window_layers(c, args.span, lm.n_layers)})
+    layers = sorted({x for c in centres for x in Window(c, args.span).check(lm.n_layers).layers})
     X = capture_resid(lm, build_prompts(fit.texts, None, lm.tokenizer), layers, args.batch_size)
     bank = compute_bank(X, layers, fit)
     ref = {"last": mean_resid_norm(lm, prompts, layers, "last", args.batch_size)}

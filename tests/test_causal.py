@@ -8,19 +8,13 @@ import pytest
 import torch
 
 from emolens.causal.ablation import ablation_condition, derangement, norm_matched_noise
-from emolens.causal.common import (
-    Scorer,
-    Window,
-    clean_pass,
-    explicit_window,
-    layer_windows,
-    make_batches,
-    run_conditions,
-)
-from emolens.causal.knockout import EdgeKnockout, positions_mask
+from emolens.causal.common import Scorer, clean_pass, make_batches, run_conditions
 from emolens.causal.patching import draw_pairs, normalised_difference, patch, patch_condition
 from emolens.data.loading import load_dataset
-from emolens.engine.intervention import Capture, Set
+from emolens.engine.intervention import Intervention
+from emolens.engine.ops import Capture, Knockout, Set
+from emolens.engine.positions import Positions
+from emolens.engine.windows import Window, layer_windows
 from emolens.errors import EmolensError
 from emolens.inputs.prompts import PromptSpec, build_prompts
 from emolens.readout import LabelReader
@@ -41,13 +35,33 @@ def test_windows():
     w = layer_windows(16, [1, 3, 5])
     assert [x.center for x in w if x.span == 3] == list(range(1, 15))
     assert [x.center for x in w if x.span == 5] == list(range(2, 14))
-    assert Window(10, 5, (8, 9, 10, 11, 12)) in w
-    assert explicit_window([3, 1, 2], 16) == Window(2, 3, (1, 2, 3))
+    assert Window(10, 5) in w
+    assert Window.from_layers([3, 1, 2], 16) == Window(2, 3)
     for bad in ([2], [17]):
         with pytest.raises(EmolensError):
             layer_windows(16, bad)
     with pytest.raises(EmolensError):
         layer_windows(16, [3], centers=[0])
+    assert [w.center for w in layer_windows(16, [3], centers=[0, 5, 15], strict=False)] == [5]
+    assert Window(4, 3).layers == (3, 4, 5) and Window(4, 3).label == "3,4,5" and Window(4, 3).text == "3-5"
+
+
+@pytest.mark.parametrize("span", [0, 2, 4, -1])
+def test_window_rejects_even_and_empty_spans(span):
+    with pytest.raises(EmolensError, match="odd") as info:
+        Window(5, span)
+    assert "\n" not in str(info.value) and "--" not in str(info.value)  # one line, no CLI wording
+
+
+def test_window_bounds_and_explicit_layers():
+    with pytest.raises(EmolensError, match="before layer 0"):
+        Window(0, 3)
+    with pytest.raises(EmolensError, match="outside"):
+        Window(15, 3).check(16)
+    assert Window(14, 3).check(16).layers == (13, 14, 15)
+    for bad in ([1, 2, 3, 4], [1, 3, 5], [], [15, 16, 17]):
+        with pytest.raises(EmolensError):
+            Window.from_layers(bad, 16)
 
 
 def test_self_patch_and_clean_set_are_bit_identical(setup):
@@ -59,7 +73,7 @@ def test_self_patch_and_clean_set_are_bit_identical(setup):
         clean = clean_pass(scorer, batches, len(prompts), caps if path == "fast" else (),
                            caps if path == "full" else (), paths=(path,))
         src = np.arange(len(prompts))  # each target patched with its own activations
-        conds = [patch_condition(site, Window(1, 3, (0, 1, 2)), position, head, clean.captures[path], site, src,
+        conds = [patch_condition(site, Window(1, 3), position, head, clean.captures[path], site, src,
                                  path == "fast") for site, head in (("resid", None), ("attn", None), ("heads", 1))]
         for got in run_conditions(scorer, batches, len(prompts), conds):
             assert np.array_equal(got, clean.scores[path])
@@ -71,7 +85,7 @@ def test_fast_path_matches_full_forward(setup):
     batches = make_batches(lm, prompts, 3)
     clean = clean_pass(scorer, batches, len(prompts), paths=("fast", "full"))
     np.testing.assert_allclose(clean.scores["fast"], clean.scores["full"], atol=1e-4)
-    w = Window(1, 1, (1,))
+    w = Window(1, 1)
     conds = [ablation_condition("zero", "attn", w, -1, None, clean, "", None, 0, fast) for fast in (True, False)]
     fast, full = run_conditions(scorer, batches, len(prompts), conds)
     np.testing.assert_allclose(fast, full, atol=1e-4)
@@ -85,7 +99,7 @@ def test_resid_last_layer_transfers_and_batching_is_invariant(setup):
     clean = clean_pass(scorer, make_batches(lm, prompts, 4), n, [Capture("resid", layers="all", positions=[-1],
                                                                          name="resid")], paths=("fast",))
     src = np.roll(np.arange(n), 1)
-    last = Window(lm.n_layers - 1, 1, (lm.n_layers - 1,))
+    last = Window(lm.n_layers - 1, 1)
     out = {}
     for bs in (1, 4):
         cond = patch_condition("resid", last, -1, None, clean.captures["fast"], "resid", src, True)
@@ -105,7 +119,7 @@ def test_patch_metrics_and_pairs(tiny_llama, tmp_path):
     assert pd.read_parquet(tmp_path / "pairs.parquet").equals(pairs)
     with pytest.raises(EmolensError):
         draw_pairs(["a", "b"], ["joy", "joy"], 3)
-    last = Window(tiny_llama.n_layers - 1, 1, (tiny_llama.n_layers - 1,))
+    last = Window(tiny_llama.n_layers - 1, 1)
     res = patch(tiny_llama, ds, pairs=pairs, sites=["resid"], windows=[last], batch_size=6, progress=False)
     frame = res.frame.set_index("metric")
     if frame.loc["transfer", "n"] > 0:
@@ -123,7 +137,7 @@ def test_mean_and_random_ablation(setup):
     scorer = Scorer(lm, reader)
     batches = make_batches(lm, prompts, 4)
     clean = clean_pass(scorer, batches, len(prompts), [Capture("mlp", layers="all", positions=[-1], name="k")])
-    w = Window(1, 3, (0, 1, 2))
+    w = Window(1, 3)
     cond = ablation_condition("mean", "mlp", w, -1, None, clean, "k", None, 0, True)
     op = cond.build(batches[0])[0][0]
     assert torch.allclose(op.value, clean.captures["fast"]["k"].mean(0))  # the reference mean, per layer
@@ -185,22 +199,28 @@ def test_knockout_equals_zero_and_renormalise(family):
     batch = make_batches(lm, prompts, 3)[0]  # padded rows
     inputs = batch.model_inputs()
     layers, heads = [1, 2], [0, 2]
-    queries, keys = positions_mask(batch, -1), positions_mask(batch, "context")
+    spans = batch.span_masks
     plain = lm.model(**inputs).logits[:, -1]
     for model in (lm, eager):
-        with EdgeKnockout(model, layers, queries, positions_mask(batch, "none")):
+        with Intervention(model, Knockout("attn", layers=layers, positions=-1, keys="none"), spans=spans):
             assert torch.equal(model.model(**inputs).logits[:, -1], model.model(**inputs).logits[:, -1])
-    with EdgeKnockout(lm, layers, queries, positions_mask(batch, "none")):
+    with Intervention(lm, Knockout("attn", layers=layers, positions=-1, keys="none"), spans=spans):
         assert torch.equal(lm.model(**inputs).logits[:, -1], plain)  # empty knockout: bit-identical
-    ko = EdgeKnockout(lm, layers, queries, keys, heads)
-    with ko:
+    ko = Knockout("attn", layers=layers, positions=-1, keys="context", heads=heads)
+    with Intervention(lm, ko, spans=spans):
         got_sdpa = lm.model(**inputs).logits[:, -1]
-    with EdgeKnockout(eager, layers, queries, keys, heads):
+    with Intervention(eager, ko, spans=spans):
         got_eager = eager.model(**inputs).logits[:, -1]
     T = batch.input_ids.shape[1]
+    am = batch.attention_mask
+    head_mask = torch.zeros(lm.sites.n_heads, dtype=torch.bool)
+    head_mask[heads] = True
+    block = ko.block(Positions.of(-1).mask(am), Positions.of("context").mask(am, spans), T, T, head_mask,
+                     batch.input_ids.device)
+    assert bool(block.any())
     _REF_BLOCK.clear()
     for layer in layers:
-        _REF_BLOCK[id(ref_sites.point("attn", layer).module)] = ko.block(T, batch.input_ids.device)
+        _REF_BLOCK[id(ref_sites.point("attn", layer).module)] = block
     try:
         want = ref(**inputs).logits[:, -1]
     finally:
@@ -215,16 +235,18 @@ def test_knockout_fast_path_and_errors(setup):
 
     lm, prompts, reader = setup
     ds = load_dataset("stimuli").sample(6, seed=0)
-    w = [Window(1, 3, (0, 1, 2))]
+    w = [Window(1, 3)]
     fast = knockout(lm, ds, keys=["context"], windows=w, batch_size=3, progress=False)
     full = knockout(lm, ds, keys=["context"], windows=w, batch_size=3, fast=False, progress=False)
     np.testing.assert_allclose(fast.scores[0], full.scores[0], atol=1e-4)
     batch = make_batches(lm, prompts, 2)[0]
-    starve = EdgeKnockout(lm, [0], positions_mask(batch, -1), positions_mask(batch, "all"))
-    with pytest.raises(EmolensError), starve:  # blocking every key leaves the query nothing to read
+    starve = Intervention(lm, Knockout("attn", layers=[0], positions=-1, keys="all"))
+    with pytest.raises(EmolensError, match="no key"), starve:  # blocking every key leaves the query nothing
         lm.model(**batch.model_inputs())
-    with pytest.raises(EmolensError):
-        EdgeKnockout(lm, [0], positions_mask(batch, -1), positions_mask(batch, "context"), heads=[9])
+    with pytest.raises(EmolensError, match="out of range"):
+        Intervention(lm, Knockout("attn", layers=[0], positions=-1, keys="context", heads=[9]), spans=batch.span_masks)
+    with pytest.raises(EmolensError, match="site 'attn'"):
+        Knockout("resid", layers=[0], keys="context")
 
 
 @pytest.mark.real_model
@@ -237,11 +259,11 @@ def test_real_model_noop_knockout_and_resid_transfer(real_model):
     clean = clean_pass(scorer, batches, 4, [Capture("resid", layers="all", positions=[-1], name="resid")])
     batch = batches[0]
     prefix = scorer.prefix(batch)
-    empty = EdgeKnockout(lm, [5, 6], positions_mask(batch, -1), positions_mask(batch, "none"))
-    got, _ = scorer.run(batch, knock=empty, prefix=prefix)
+    empty = Knockout("attn", layers=[5, 6], positions=-1, keys="none")
+    got, _ = scorer.run(batch, [empty], prefix=prefix)
     assert np.array_equal(got.numpy(), clean.scores["fast"][batch.indices])
     src = np.roll(np.arange(4), 1)
-    last = Window(lm.n_layers - 1, 1, (lm.n_layers - 1,))
+    last = Window(lm.n_layers - 1, 1)
     cond = patch_condition("resid", last, -1, None, clean.captures["fast"], "resid", src, True)
     out = run_conditions(scorer, batches, 4, [cond])[0]
     assert (out.argmax(1) == clean.scores["fast"][src].argmax(1)).all()

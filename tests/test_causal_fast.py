@@ -8,17 +8,18 @@ import pytest
 
 from emolens.causal import common as causal
 from emolens.causal.ablation import ablate
-from emolens.causal.common import Scorer, Window, clean_pass, make_batches, path_name, run_conditions, suffix_len
+from emolens.causal.common import Scorer, clean_pass, make_batches, path_name, run_conditions, suffix_len
 from emolens.causal.knockout import knockout
 from emolens.causal.patching import patch, patch_condition
 from emolens.data.loading import load_dataset
-from emolens.engine.intervention import Capture
+from emolens.engine.ops import Capture
+from emolens.engine.windows import Window
 from emolens.inputs.prompts import PromptSpec, build_prompts
 from emolens.model.loading import load_model
 from emolens.readout import LabelReader
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-WINDOWS = [Window(1, 3, (0, 1, 2)), Window(2, 1, (2,))]
+WINDOWS = [Window(1, 3), Window(2, 1)]
 SPAN5 = (-1, -2, -3, -4, -5)
 
 

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from emolens.data.stimuli import load_stimuli
-from emolens.engine.intervention import Add, Capture, Intervention, Zero, run_forward
+from emolens.engine.intervention import Intervention, run_forward
+from emolens.engine.ops import Add, Capture, Zero
 from emolens.inputs.batching import iter_batches
 from emolens.inputs.prompts import PromptSpec, build_prompts
 from emolens.model.loading import load_model

@@ -7,23 +7,11 @@ import functools
 import pytest
 import torch
 
-from emolens.engine.intervention import (
-    Add,
-    Apply,
-    Capture,
-    Intervention,
-    Mean,
-    Resample,
-    Scale,
-    Set,
-    Zero,
-    broadcast_value,
-    parse_positions,
-    position_ids_from_mask,
-    position_index,
-    run_forward,
-)
+from emolens.engine.intervention import Intervention, run_forward
+from emolens.engine.ops import Add, Apply, Capture, Mean, Resample, Scale, Set, Zero, broadcast_value
+from emolens.engine.positions import Positions, position_items
 from emolens.errors import EmolensError
+from emolens.inputs.batching import position_ids_from_mask
 from emolens.model.loading import load_model
 from emolens.model.tiny import TINY_FAMILIES
 
@@ -66,7 +54,7 @@ def test_identities_per_family(family):
     clean = lm.model(**enc, output_hidden_states=True)
     hs = clean.hidden_states
     sites = ["resid", "attn", "mlp", "attn_post", "mlp_post", "embed"]
-    ops = [Capture(s, layers="all", positions=parse_positions("-4:")) for s in sites]
+    ops = [Capture(s, layers="all", positions="-4:") for s in sites]
     manual: dict[tuple[str, int], torch.Tensor] = {}
     handles = []
     for layer in range(reg.n_layers):
@@ -82,7 +70,7 @@ def test_identities_per_family(family):
     # capture-only ops leave logits bit-identical
     assert torch.equal(hooked, clean.logits)
     cap = run.captures
-    idx = position_index(enc["attention_mask"], [-4, -3, -2, -1])
+    idx = Positions.of([-4, -3, -2, -1]).index(enc["attention_mask"])
     rows = torch.arange(len(TEXTS))[:, None]
     n = reg.n_layers
     assert cap["resid"].shape == (3, n, 4, reg.d_model)
@@ -257,12 +245,15 @@ def test_value_shapes_and_ops(tiny_llama):
 def test_position_errors_and_parsing(tiny_llama):
     lm = tiny_llama
     before = hook_counts(lm)
-    assert parse_positions("-1,-2") == [-1, -2]
-    assert parse_positions("-3:") == [-3, -2, -1]
-    assert parse_positions("-1,context") == [-1, "context"]
-    for bad in ("x", "1:3", ""):
+    assert position_items("-1,-2") == [-1, -2]
+    assert position_items("-3:") == [-3, -2, -1]
+    assert position_items("-1,context") == [-1, "context"]
+    assert Positions.of("-3:") == Positions.of([-3, -2, -1]) == Positions(ints=(-3, -2, -1))
+    for bad in ("x", "1:3", "", "-1,-1", [True]):
         with pytest.raises(EmolensError):
-            parse_positions(bad)
+            Positions.of(bad)
+    with pytest.raises(EmolensError, match="mix"):
+        Positions.of("-1,context")
     with pytest.raises(EmolensError, match="outside"):
         run_forward(lm, encode(lm), [Capture("resid", positions=-40)])
     with pytest.raises(EmolensError, match="unknown site"):
@@ -323,3 +314,29 @@ def test_real_model_resid_and_noop(real_model):
     assert torch.equal(hooked, clean.logits)
     for layer in layers:
         assert torch.equal(run.captures["resid"][:, layer, 0], clean.hidden_states[layer + 1][:, -1])
+
+
+def test_positions_mask_and_index_agree_on_padded_rows():
+    """One resolution for every position: ints relative to the real tokens, names as masks."""
+    mask = torch.tensor([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1], [0, 0, 0, 0, 1, 1]])
+    last = Positions.of(-1)
+    assert last.index(mask).tolist() == [[5], [5], [5]] and last.suffix == 1 and last.label == "-1"
+    assert Positions.of(0).index(mask).tolist() == [[2], [0], [4]] and Positions.of(0).suffix == 0
+    two = Positions.of("-2:")
+    assert two.suffix == 2 and two.label == "-2|-1"
+    assert torch.equal(two.mask(mask), torch.zeros_like(mask, dtype=torch.bool).scatter_(1, two.index(mask), True))
+    prompt = Positions.of("prompt").mask(mask)  # every real token but the first (the sink)
+    assert prompt.tolist() == [[False, False, False, True, True, True], [False] + [True] * 5,
+                               [False] * 5 + [True]]
+    assert torch.equal(Positions.of("all").mask(mask), mask.bool())
+    assert not Positions.of("none").mask(mask).any() and not Positions.of("generated").mask(mask).any()
+    spans = {"context": torch.tensor([[0, 0, 1, 1, 0, 0]] * 3).bool()}
+    assert Positions.of("context").mask(mask, spans).tolist()[2] == [False] * 6  # padding is never a position
+    explicit = Positions.of(torch.ones(3, 6, dtype=torch.bool))
+    assert torch.equal(explicit.mask(mask), mask.bool())
+    with pytest.raises(EmolensError, match="outside row 2"):
+        Positions.of(-3).index(mask)
+    with pytest.raises(EmolensError, match="no token mask"):
+        Positions.of("shots").mask(mask, spans)
+    with pytest.raises(EmolensError, match="no real token"):
+        last.index(torch.zeros(1, 3))

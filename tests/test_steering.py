@@ -9,14 +9,16 @@ import pandas as pd
 import pytest
 import torch
 
-from emolens.engine.intervention import Capture, Intervention
+from emolens.engine.intervention import Intervention
+from emolens.engine.ops import Capture
+from emolens.engine.windows import Window, layer_windows
 from emolens.errors import EmolensError
 from emolens.inputs.batching import encode
 from emolens.inputs.prompts import build_prompts
 from emolens.labels import EMOTIONS
 from emolens.readout import LabelReader
 from emolens.steering import theory
-from emolens.steering.apply import mean_resid_norm, position_mask, scaled, steered_label_scores, steering_op
+from emolens.steering.apply import mean_resid_norm, scaled, steer_positions, steered_label_scores, steering_op
 from emolens.steering.directions import (
     ConceptBank,
     Term,
@@ -36,10 +38,8 @@ from emolens.steering.sweep import (
     build_conditions,
     fit_relation,
     outcome_rows,
-    parse_windows,
     success_score,
     sweep,
-    window_layers,
 )
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -84,7 +84,7 @@ def test_beta_zero_is_bit_identical_and_removal_restores(tiny_llama, batch, posi
     # (output_hidden_states does); what matters is that steering leaves none of its own behind.
     hooks_before = _hook_ids(lm.model)
     clean = _logits(lm, batch)
-    mask = position_mask(batch.attention_mask, position)
+    mask = steer_positions(position).mask(batch.attention_mask)
     zero = scaled(torch.ones(2, lm.sites.d_model) / lm.sites.d_model ** 0.5, 0.0)
     assert torch.equal(_logits(lm, batch, steering_op([0, 1], zero, mask)), clean)
     steered = _logits(lm, batch, steering_op([0, 1], _vec(lm, 2), mask))
@@ -108,7 +108,7 @@ def test_multi_token_labels_are_steered_at_the_prompt_only(tiny_llama, batch):
         want = reader.score(lm.model, batch, last)
     base = steered_label_scores(lm, reader, batch)
     assert torch.allclose(base, want, atol=1e-5)
-    mask = position_mask(batch.attention_mask, "last")
+    mask = steer_positions("last").mask(batch.attention_mask)
     z = torch.zeros(len(batch), 2, lm.sites.d_model)
     assert torch.equal(steered_label_scores(lm, reader, batch, [0, 1], z, mask), base)
     v = _vec(lm, 2)[None].expand(len(batch), -1, -1)
@@ -122,7 +122,7 @@ def test_window_leaves_earlier_activations_bit_identical(tiny_llama, batch):
             Capture("resid", layers=[0], positions=[-1, -2, 0], name="r0"),
             Capture("attn", layers=[0, 1], positions=[-1, -2], name="a"),
             Capture("resid", layers=[1, 2], positions=[-1], name="late")]
-    mask = position_mask(batch.attention_mask, "prompt")
+    mask = steer_positions("prompt").mask(batch.attention_mask)
     with torch.no_grad():
         with Intervention(lm, caps, batch_mask=batch.attention_mask) as clean:
             lm.model(**batch.model_inputs())
@@ -204,13 +204,13 @@ def test_relative_scale_has_intended_norm(tiny_llama, stim):
         hs = lm.model(**b.model_inputs(), output_hidden_states=True).hidden_states
     for position in ("last", "prompt"):
         ref = mean_resid_norm(lm, prompts, [0, 1], position, batch_size=2)
-        m = position_mask(b.attention_mask, position)
+        m = steer_positions(position).mask(b.attention_mask)
         want = torch.stack([hs[layer + 1][m].norm(dim=-1).mean() for layer in (0, 1)])
         assert torch.allclose(ref, want, rtol=1e-4)
         unit = random_unit(2, lm.sites.d_model, 3)
         v = scaled(unit, 0.5, "relative", ref)
         assert torch.allclose(v.norm(dim=-1), 0.5 * ref, rtol=1e-5)
-    first = position_mask(b.attention_mask, "prompt")
+    first = steer_positions("prompt").mask(b.attention_mask)
     rows = torch.arange(len(b))
     assert not first[rows, b.attention_mask.int().argmax(1)].any()  # the sink is never steered
 
@@ -302,12 +302,12 @@ def test_bad_inputs_are_one_line_errors():
         with pytest.raises(EmolensError, match=match) as info:
             parse_direction(bad, names)
         assert "\n" not in str(info.value)
-    with pytest.raises(EmolensError, match="falls outside"):
-        parse_windows("0,5", 3, 6)
-    assert parse_windows("auto", 3, 6) == [1, 2, 3, 4]
-    assert parse_windows("auto", 3, 30) == sorted(set(parse_windows("auto", 3, 30)))
-    assert len(parse_windows("auto", 3, 30)) == 8
-    assert window_layers(4, 3, 10) == [3, 4, 5]
+    with pytest.raises(EmolensError, match="out of range"):
+        layer_windows(6, [3], "0,5")
+    assert [w.center for w in layer_windows(6, [3], "auto")] == [1, 2, 3, 4]
+    auto = [w.center for w in layer_windows(30, [3], "auto")]
+    assert auto == sorted(set(auto)) and len(auto) == 8
+    assert Window(4, 3).layers == (3, 4, 5)
 
 
 # ---------------------------------------------------------------------------------------------- end to end

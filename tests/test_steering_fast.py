@@ -12,7 +12,7 @@ from emolens.inputs.prompts import build_prompts
 from emolens.labels import EMOTIONS
 from emolens.model.loading import load_model
 from emolens.readout import LabelReader
-from emolens.steering.apply import fast_label_scores, position_mask, prefix_cache, repeat_batch, steered_label_scores
+from emolens.steering.apply import fast_label_scores, prefix_cache, repeat_batch, steer_positions, steered_label_scores
 from emolens.steering.sweep import Condition, run_conditions, sweep
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -73,7 +73,7 @@ def test_fast_label_scores_match_steered_label_scores_row_by_row(tiny_llama, sti
     value = torch.randn(3 * len(batch), 2, lm.sites.d_model, generator=torch.Generator().manual_seed(2)) * 5
     value[: len(batch)] = 0  # the first stacked copy is the clean run
     full = steered_label_scores(lm, multi, repeat_batch(batch, 3), [0, 1], value,
-                                   position_mask(batch.attention_mask, "last").repeat(3, 1))
+                                   steer_positions("last").mask(batch.attention_mask).repeat(3, 1))
     prefix = prefix_cache(lm, batch)
     before = [(layer.keys.clone(), layer.values.clone()) for layer in prefix.layers]
     fast = fast_label_scores(lm, multi, batch, prefix, 3, [0, 1], value)

@@ -18,7 +18,9 @@ import torch
 from tqdm.auto import tqdm
 
 from emolens.activations.store import ActivationStore, prepare_store, storage_dtype
-from emolens.engine.intervention import SPAN_NAMES, Capture, parse_positions, run_forward
+from emolens.engine.intervention import run_forward
+from emolens.engine.ops import Capture
+from emolens.engine.positions import position_items
 from emolens.errors import EmolensError
 from emolens.model.sites import SITES
 
@@ -33,20 +35,6 @@ def parse_sites(sites: str | Sequence[str]) -> list[str]:
     if unknown or not items:
         raise EmolensError(f"unknown site(s) {unknown or items}", f"use sites from {list(SITES)}")
     return list(dict.fromkeys(items))
-
-
-def normalise_positions(positions) -> list[int | str]:
-    parsed = parse_positions(positions)
-    items = [parsed] if isinstance(parsed, (int, str)) else list(parsed)
-    if isinstance(parsed, range):
-        items = list(parsed)
-    for p in items:
-        if isinstance(p, bool) or not isinstance(p, (int, str)) or (isinstance(p, str) and p not in
-                                                                     (*SPAN_NAMES, "all")):
-            raise EmolensError(f"bad position {p!r}", f"use ints, 'all' or spans from {list(SPAN_NAMES)}")
-    if len(set(items)) != len(items):
-        raise EmolensError(f"repeated positions in {items}", "list each position once")
-    return items
 
 
 def _capture_ops(sites: list[str], layers_of: dict[str, list[int]], positions: list[int | str],
@@ -116,7 +104,7 @@ def extract(lm, dataset, out: str | Path, sites: str | Sequence[str] = ("attn", 
 
     spec = spec or PromptSpec()
     site_list = parse_sites(sites)
-    pos = normalise_positions(positions)
+    pos = position_items(positions)
     np_dtype = storage_dtype(dtype)
     if batch_size < 1 or chunk_size < 1:
         raise EmolensError("batch and chunk sizes must be positive", "pass --batch-size 1 or more")

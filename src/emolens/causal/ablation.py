@@ -34,7 +34,7 @@ from emolens.causal.common import (
     suffix_len,
     to_frame,
 )
-from emolens.engine.intervention import Apply, Capture, Resample, Set, Zero
+from emolens.engine.ops import Apply, Capture, Resample, Set, Zero
 from emolens.errors import EmolensError
 from emolens.inputs.prompts import PromptSpec, build_prompts
 

@@ -28,8 +28,10 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from emolens.engine.intervention import Intervention, Op
+from emolens.engine.intervention import Intervention
+from emolens.engine.ops import Op
 from emolens.engine.prefix import bytes_per_row, extend_prefix, prefix_cache, suffix_inputs, suffix_mask, tile_cache
+from emolens.engine.windows import Window
 from emolens.errors import EmolensError
 from emolens.inputs.batching import Batch, iter_batches
 from emolens.metrics import wilson_interval
@@ -41,47 +43,6 @@ Position = int | str | tuple[int, ...]
 
 
 # ----------------------------------------------------------------------------------- windows
-
-
-@dataclass(frozen=True)
-class Window:
-    """Consecutive layers centred on ``center`` (``span`` = their number; explicit lists keep theirs)."""
-
-    center: int
-    span: int
-    layers: tuple[int, ...]
-
-    @property
-    def label(self) -> str:
-        return ",".join(map(str, self.layers))
-
-
-def layer_windows(n_layers: int, spans: Sequence[int] = (3,), centers: Sequence[int] | None = None) -> list[Window]:
-    """Windows of each span: layers c-s//2 .. c+s//2 for centres s//2 .. L-1-s//2 (paper §6)."""
-    out = []
-    for span in spans:
-        if span < 1 or span % 2 == 0:
-            raise EmolensError(f"window span {span} is not a positive odd number", "use spans like 1,3,5")
-        half = span // 2
-        if span > n_layers:
-            raise EmolensError(f"window span {span} is larger than the model's {n_layers} layers",
-                               f"use spans up to {n_layers}")
-        valid = range(half, n_layers - half)
-        chosen = list(valid) if centers is None else list(centers)
-        bad = [c for c in chosen if c not in valid]
-        if bad:
-            raise EmolensError(f"window centre(s) {bad} out of range for span {span}",
-                               f"use centres {half}..{n_layers - 1 - half}")
-        out += [Window(c, span, tuple(range(c - half, c + half + 1))) for c in chosen]
-    return out
-
-
-def explicit_window(layers: Sequence[int], n_layers: int) -> Window:
-    """A window from an explicit layer list (centre = its middle layer, span = its size)."""
-    layers = sorted({int(x) for x in layers})
-    if not layers or layers[0] < 0 or layers[-1] >= n_layers:
-        raise EmolensError(f"layers {layers} out of range", f"use layers 0..{n_layers - 1}")
-    return Window(layers[len(layers) // 2], len(layers), tuple(layers))
 
 
 def position_label(position: Position) -> str:

@@ -37,7 +37,7 @@ from emolens.causal.common import (
     suffix_len,
     to_frame,
 )
-from emolens.engine.intervention import Capture, Set
+from emolens.engine.ops import Capture, Set
 from emolens.errors import EmolensError
 from emolens.inputs.prompts import PromptSpec, build_prompts
 

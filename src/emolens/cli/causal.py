@@ -44,17 +44,17 @@ def _select_items(lm, dataset, items: str, spec, batch_size: int):
 
 
 def _windows(lm, span: str, centers: str | None, layers: str | None):
-    from emolens.causal.common import explicit_window, layer_windows
+    from emolens.engine.windows import Window, layer_windows
 
     if layers:
-        return [explicit_window(_ints(layers, "layers"), lm.n_layers)]
+        return [Window.from_layers(_ints(layers, "layers"), lm.n_layers)]
     return layer_windows(lm.n_layers, _ints(span, "spans"), _ints(centers, "centres") if centers else None)
 
 
 def _positions(text: str) -> list:
-    from emolens.engine.intervention import parse_positions
+    from emolens.engine.positions import position_items
 
-    return list(parse_positions(text))
+    return position_items(text)
 
 
 def _heads(lm, text: str | None) -> list[int] | None:

@@ -23,9 +23,9 @@ def check_layer_text(layers: str) -> None:
 
 def relative_positions(positions: str) -> list[int | str]:
     """Parse ``--positions``: ints must be negative (relative to the end of the prompt, -1 = cue)."""
-    from emolens.activations.extract import normalise_positions
+    from emolens.engine.positions import position_items
 
-    parsed = normalise_positions(positions)
+    parsed = position_items(positions)
     absolute = [p for p in parsed if isinstance(p, int) and p >= 0]
     if absolute:
         raise EmolensError(f"--positions {absolute[0]} is not relative",

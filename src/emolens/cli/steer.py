@@ -122,6 +122,7 @@ def register(app: typer.Typer) -> None:
         import time
 
         from emolens.cli.readout import prepare_out_dir
+        from emolens.engine.windows import layer_windows
         from emolens.inputs.prompts import PromptSpec
         from emolens.model.loading import load_model
         from emolens.paths import dump_json
@@ -131,7 +132,7 @@ def register(app: typer.Typer) -> None:
         from emolens.steering.apply import POSITIONS, SCALES
         from emolens.steering.directions import METHODS, format_terms, parse_direction
         from emolens.steering.generation import steered_generations
-        from emolens.steering.sweep import N_RANDOM, fit_split, parse_windows, sweep, window_layers
+        from emolens.steering.sweep import N_RANDOM, fit_split, sweep
 
         if method not in METHODS:
             raise EmolensError(f"unknown method {method!r}", f"use one of {list(METHODS)}")
@@ -163,8 +164,9 @@ def register(app: typer.Typer) -> None:
                 raise EmolensError(f"unknown appraisal {f!r} in --fixed", f"use one of {known}")
         out_dir = prepare_out_dir(out, force, marker="steering.parquet")
         lm = load_model(model, dtype=dtype, device=device)
-        centres = parse_windows(windows, span, lm.n_layers)
-        layers = sorted({x for c in centres for x in window_layers(c, span, lm.n_layers)})
+        wins = layer_windows(lm.n_layers, [span], windows)
+        centres = [w.center for w in wins]
+        layers = sorted({x for w in wins for x in w.layers})
         from_file = bool(acts) and _directions_file(acts) is not None
         # directions from a file were fitted elsewhere: steer every item; else fit on a split
         fit, steered = (None, dataset) if from_file else fit_split(dataset, holdout, seed)

@@ -42,6 +42,7 @@ from emolens.control.judges import judge_texts, make_judges
 from emolens.control.prompts import CALM_INSTRUCTION, reply_prompts, resolve_form
 from emolens.control.verdict import verdict
 from emolens.data.corpus import EmotionDataset
+from emolens.engine.windows import Window
 from emolens.errors import EmolensError
 from emolens.inputs.prompts import Prompt, PromptSpec, build_prompts
 from emolens.labels import EMOTIONS
@@ -49,7 +50,6 @@ from emolens.metrics import wilson_interval
 from emolens.steering.apply import mean_resid_norm, scaled
 from emolens.steering.directions import capture_resid, combine, compute_bank, format_terms, parse_direction
 from emolens.steering.generation import continuation_logprob, fluency_flags, generate_steered
-from emolens.steering.sweep import window_layers
 
 #: A steered reply is "worse" when its VADER compound falls this far below the clean reply's.
 WORSE_VALENCE_DROP = 0.5
@@ -219,7 +219,7 @@ def run_control(lm, dataset: EmotionDataset, out: str | Path, fit: EmotionDatase
     out = Path(out)
     form = resolve_form(cfg.form, lm.tokenizer)
     centre = cfg.window if cfg.window is not None else lm.n_layers // 2
-    layers = window_layers(centre, cfg.span, lm.n_layers)
+    layers = list(Window(centre, cfg.span).check(lm.n_layers).layers)
     fingerprint = {"config": asdict(cfg), "model": lm.source_id, "data": dataset.fingerprint(),
                    "fit": fit.fingerprint(), "form": form, "layers": layers}
     gen = _cache(out, json.loads(json.dumps(fingerprint, default=str)), overwrite)

@@ -33,270 +33,34 @@ Why this shape:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import weakref
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from torch import nn
 
+from emolens.engine.ops import (
+    Add,
+    Apply,
+    Capture,
+    Knockout,
+    Op,
+    OpContext,
+    Resample,
+    Set,
+    broadcast_value,
+    check_maskable,
+    edited_attention_mask,
+)
+from emolens.engine.positions import SPAN_NAMES
 from emolens.errors import EmolensError
+from emolens.inputs.batching import position_ids_from_mask
+from emolens.model.sites import SiteRegistry, resolve_sites
 
-Positions = int | Sequence[int] | range | str | torch.Tensor
-Layers = str | int | Sequence[int] | range | None
-SPAN_NAMES: tuple[str, ...] = ("instruction", "shots", "context", "answer")
+__all__ = ["Intervention", "run_forward", "unwrap"]
 
-
-# --------------------------------------------------------------------------------------- ops
-
-
-@dataclass(eq=False)
-class Op:
-    """Base of every op: where it acts. ``heads`` restricts ops at the ``heads`` site."""
-
-    site: str
-    layers: Layers = "all"
-    positions: Positions = -1
-    heads: int | Sequence[int] | None = None
-    every_token: bool = False
-
-    def edit(self, x: torch.Tensor, value: torch.Tensor | None) -> torch.Tensor:  # pragma: no cover
-        raise NotImplementedError
-
-    @property
-    def value_tensor(self) -> torch.Tensor | float | None:
-        return None
-
-
-@dataclass(eq=False)
-class Capture(Op):
-    """Record the site at the positions. ``pool="mean"`` averages a span (required for spans).
-
-    ``name`` keys ``run.captures`` (default: the site); ``dtype``/``device`` cast and move the
-    gathered slice right away (a CUDA->CPU move is non-blocking; the context syncs on read).
-    """
-
-    pool: str | None = None
-    name: str | None = None
-    dtype: torch.dtype | None = None
-    device: str | torch.device | None = None
-
-    @property
-    def key(self) -> str:
-        return self.name or self.site
-
-
-@dataclass(eq=False)
-class Set(Op):
-    """Replace the activation at the positions with ``value`` (see :func:`broadcast_value`)."""
-
-    value: torch.Tensor | None = None
-    dims: str | None = None
-
-    def edit(self, x, value):
-        return value.to(x.dtype).expand_as(x)
-
-    @property
-    def value_tensor(self):
-        return self.value
-
-
-@dataclass(eq=False)
-class Add(Op):
-    """Add ``value`` at the positions (steering, promotion)."""
-
-    value: torch.Tensor | None = None
-    dims: str | None = None
-
-    def edit(self, x, value):
-        return x + value.to(x.dtype)
-
-    @property
-    def value_tensor(self):
-        return self.value
-
-
-@dataclass(eq=False)
-class Scale(Op):
-    """Multiply the activation at the positions by ``factor`` (a number or a broadcastable tensor)."""
-
-    factor: float | torch.Tensor = 1.0
-    dims: str | None = None
-
-    def edit(self, x, value):
-        return x * (value.to(x.dtype) if isinstance(value, torch.Tensor) else value)
-
-    @property
-    def value_tensor(self):
-        return self.factor
-
-
-@dataclass(eq=False)
-class Zero(Op):
-    """Zero ablation (paper §6.1)."""
-
-    def edit(self, x, value):
-        return torch.zeros_like(x)
-
-
-@dataclass(eq=False)
-class Mean(Set):
-    """Mean ablation: replace with a given mean activation (``value``, e.g. ``[d]`` or ``[layers, d]``)."""
-
-
-@dataclass(eq=False)
-class Resample(Op):
-    """Replace with activations of *other* items: ``source`` is a pool ``[N, layers, P, *width]``.
-
-    Row ``b`` takes pool item ``index[b]``; without ``index`` one item per row is drawn with a
-    generator seeded by ``seed`` (the same draw for every layer and position of the op).
-    """
-
-    source: torch.Tensor | None = None
-    index: torch.Tensor | Sequence[int] | None = None
-    seed: int = 0
-
-    def edit(self, x, value):
-        return value.to(x.dtype).expand_as(x)
-
-
-@dataclass(eq=False)
-class Apply(Op):
-    """Escape hatch: ``fn(selected) -> replacement`` for ops outside the vocabulary.
-
-    ``fn`` gets ``[B, P, *width]`` for int positions; for spans/``"all"`` it gets the whole
-    ``[B, T, *width]`` and only the span's positions are kept. E.g. norm-matched random ablation
-    (paper §6.2) without a new hook path.
-    """
-
-    fn: Callable[[torch.Tensor], torch.Tensor] | None = None
-
-    def edit(self, x, value):
-        return self.fn(x)
-
-
-# ------------------------------------------------------------------------------- positions
-
-
-def parse_positions(text: str | Positions) -> Positions | list:
-    """CLI text -> positions: ``"-1,-2"``, ``"-5:"`` (= -5..-1), ``"all"``, ``"context"``, mixes.
-
-    A mix of ints and span names returns a list whose items are ints or names.
-    """
-    if not isinstance(text, str):
-        return text
-    out: list[int | str] = []
-    for part in (p.strip() for p in text.split(",")):
-        if not part:
-            continue
-        if ":" in part:
-            lo, hi = part.split(":", 1)
-            try:
-                start, stop = int(lo) if lo else None, int(hi) if hi else None
-            except ValueError as exc:
-                raise EmolensError(f"bad position range {part!r}", "write it like -5: or -5:-1") from exc
-            if start is None or start >= 0 or (stop is not None and stop > 0):
-                raise EmolensError(f"bad position range {part!r}",
-                                   "ranges are relative to the end, like -5: or -5:-2")
-            out.extend(range(start, stop if stop is not None else 0))
-            continue
-        try:
-            out.append(int(part))
-        except ValueError:
-            if part not in (*SPAN_NAMES, "all"):
-                raise EmolensError(f"bad position {part!r}",
-                                   f"use ints relative to the answer cue (-1), ranges like -5:, 'all' "
-                                   f"or a span name from {list(SPAN_NAMES)}") from None
-            out.append(part)
-    if not out:
-        raise EmolensError("no positions given", "pass e.g. -1 or -1,-2,-3")
-    return out
-
-
-def _as_index_list(positions: Positions) -> list[int] | None:
-    if isinstance(positions, bool):
-        raise EmolensError(f"bad position {positions!r}", "use an int, a list of ints, 'all' or a span name")
-    if isinstance(positions, int):
-        return [positions]
-    if isinstance(positions, range):
-        return list(positions)
-    if isinstance(positions, Sequence) and not isinstance(positions, str):
-        if not positions or not all(isinstance(p, int) and not isinstance(p, bool) for p in positions):
-            raise EmolensError(f"bad positions {positions!r}", "a list of positions must hold ints only")
-        return list(positions)
-    return None
-
-
-def row_bounds(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """First and last real-token index of each row of a ``[B, T]`` mask (left or right padded)."""
-    m = mask.bool()
-    if not bool(m.any(1).all()):
-        raise EmolensError("a row of the attention mask has no real token", "drop empty prompts")
-    first = m.int().argmax(1)
-    last = m.shape[1] - 1 - m.flip(1).int().argmax(1)
-    return first, last
-
-
-def position_index(mask: torch.Tensor, positions: Sequence[int]) -> torch.Tensor:
-    """``[B, P]`` absolute indices of relative positions: negative from the end, else from the start."""
-    first, last = row_bounds(mask)
-    rel = torch.tensor(list(positions), device=mask.device)
-    idx = torch.where(rel < 0, last[:, None] + 1 + rel[None, :], first[:, None] + rel[None, :])
-    bad = (idx < first[:, None]) | (idx > last[:, None])
-    if bool(bad.any()):
-        row = int(bad.any(1).nonzero()[0])
-        length = int(last[row] - first[row] + 1)
-        outside = sorted({positions[j] for j in bad[row].nonzero().flatten().tolist()})
-        raise EmolensError(f"position(s) {outside} fall outside row {row}, which has {length} real tokens",
-                           "use positions within the shortest prompt")
-    return idx
-
-
-# ------------------------------------------------------------------------------- values
-
-
-def broadcast_value(value: torch.Tensor, n_layers: int, batch: int, width_ndim: int,
-                    dims: str | None = None) -> torch.Tensor:
-    """View ``value`` as ``[B|1, L|1, P|1, *width]`` so one layer's slice broadcasts over ``[B, P, *width]``.
-
-    Leading dims are named by ``dims`` (letters ``b``, ``l``, ``p`` in order), else inferred:
-    none (``[d]``), ``blp`` (``[B, layers, P, d]``), or one leading dim that is the op's layers
-    when its size equals their number (more than one layer) and the batch otherwise
-    (``[layers, d]`` / ``[B, d]``). Where both readings fit, pass ``dims``.
-    """
-    lead = value.ndim - width_ndim
-    if lead < 0:
-        raise EmolensError(f"value of shape {tuple(value.shape)} has fewer dims than one activation",
-                           "give at least the activation width")
-    if dims is None:
-        if lead == 0:
-            dims = ""
-        elif lead == 3:
-            dims = "blp"
-        elif lead == 1:
-            size = value.shape[0]
-            as_layers, as_batch = n_layers > 1 and size == n_layers, size in (batch, 1)
-            if as_layers and as_batch and size != 1:
-                raise EmolensError(f"value of shape {tuple(value.shape)} is ambiguous: {size} is both the "
-                                   f"batch size and the number of layers", "pass dims='b' or dims='l'")
-            dims = "l" if as_layers else "b"
-        else:
-            raise EmolensError(f"cannot tell the dims of a value of shape {tuple(value.shape)}",
-                               "pass dims, e.g. dims='lp' for [layers, positions, d]")
-    if len(dims) != lead or any(c not in "blp" for c in dims) or len(set(dims)) != len(dims) \
-            or list(dims) != sorted(dims, key="blp".index):
-        raise EmolensError(f"dims {dims!r} does not fit a value of shape {tuple(value.shape)}",
-                           "name each leading dim once, in the order b, l, p")
-    shape = []
-    for name, size in (("b", batch), ("l", n_layers), ("p", None)):
-        if name in dims:
-            got = value.shape[dims.index(name)]
-            if got not in (1, size) and size is not None:
-                raise EmolensError(f"value dim {name!r} has size {got}, expected {size} or 1",
-                                   "match the batch size and the op's number of layers")
-            shape.append(got)
-        else:
-            shape.append(1)
-    return value.reshape(*shape, *value.shape[lead:])
 
 
 # ------------------------------------------------------------------------------- engine
@@ -316,15 +80,24 @@ class _StopForward(Exception):
 class _State:
     decode: bool = False
     mask: torch.Tensor | None = None
+    full_mask: torch.Tensor | None = None
     forward_no: int = -1
     step: int = -1
     cache: dict = field(default_factory=dict)
 
 
-def _unwrap(lm: Any):
+_REGISTRIES: weakref.WeakKeyDictionary[nn.Module, SiteRegistry] = weakref.WeakKeyDictionary()
+
+
+def unwrap(lm: Any) -> tuple[nn.Module, SiteRegistry]:
+    """``(model, sites)`` of a loaded model or of a plain ``nn.Module`` (sites resolved by structure, once)."""
     if hasattr(lm, "sites") and hasattr(lm, "model"):
         return lm.model, lm.sites
-    raise EmolensError(f"expected a loaded model, got {type(lm).__name__}", "pass the result of load_model()")
+    if isinstance(lm, nn.Module):
+        if lm not in _REGISTRIES:
+            _REGISTRIES[lm] = resolve_sites(lm)
+        return lm, _REGISTRIES[lm]
+    raise EmolensError(f"expected a causal LM (an nn.Module or a loaded model), got {type(lm).__name__}")
 
 
 class Intervention:
@@ -342,7 +115,7 @@ class Intervention:
 
     def __init__(self, lm: Any, ops: Sequence[Op] | Op, batch_mask: torch.Tensor | None = None,
                  spans: Mapping[str, torch.Tensor] | None = None, stop_early: bool = False, suffix: bool = False):
-        self.model, self.registry = _unwrap(lm)
+        self.model, self.registry = unwrap(lm)
         self.ops = [ops] if isinstance(ops, Op) else list(ops)
         self.batch_mask = batch_mask
         self.spans = dict(spans or {})
@@ -370,22 +143,20 @@ class Intervention:
             self._layers.append(self.registry.resolve_layers(op.layers, op.site))
             self._heads.append(self._resolve_heads(op))
             pos = op.positions
-            if _as_index_list(pos) is None and not isinstance(pos, torch.Tensor):
-                if pos not in ("all", "generated", *SPAN_NAMES) and pos not in self.spans:
-                    raise EmolensError(f"unknown position {pos!r}",
-                                       f"use ints, 'all', 'generated' or a span from {list(SPAN_NAMES)}")
-                if pos in SPAN_NAMES and pos not in self.spans:
-                    raise EmolensError(f"span {pos!r} requested but no span masks were given",
-                                       "pass spans={name: BoolTensor[B, T]} (e.g. batch.span_masks)")
+            for p in (pos, op.keys) if isinstance(op, Knockout) else (pos,):
+                if p.span in SPAN_NAMES and p.span not in self.spans:
+                    raise EmolensError(f"span {p.span!r} requested but no span masks were given "
+                                       "(pass spans= as [B, T] masks, e.g. batch.span_masks)")
+            if isinstance(op, Knockout):
+                check_maskable(self.model)
             if isinstance(op, Capture):
                 if op.key in keys:
                     raise EmolensError(f"two captures named {op.key!r}", "give each Capture a distinct name=")
                 keys.add(op.key)
                 if op.pool not in (None, "mean"):
                     raise EmolensError(f"unknown pool {op.pool!r}", "use pool=None or pool='mean'")
-                if op.pool is None and _as_index_list(pos) is None and pos != "generated":
-                    raise EmolensError(f"capturing positions {pos if isinstance(pos, str) else 'mask'!r} "
-                                       "needs pooling", "pass pool='mean'")
+                if op.pool is None and not pos.is_index and pos.span != "generated":
+                    raise EmolensError(f"capturing positions {pos.label!r} needs pooling", "pass pool='mean'")
             if isinstance(op, (Set, Add)) and op.value is None:
                 raise EmolensError(f"{type(op).__name__} at {op.site!r} has no value", "pass value=tensor")
             if isinstance(op, Resample) and op.source is None:
@@ -396,12 +167,16 @@ class Intervention:
     def _resolve_heads(self, op: Op) -> torch.Tensor | None:
         if op.heads is None:
             return None
-        if op.site != "heads":
+        if op.site != "heads" and not isinstance(op, Knockout):
             raise EmolensError(f"heads= given for site {op.site!r}", "restrict heads only at site 'heads'")
         heads = [op.heads] if isinstance(op.heads, int) else list(op.heads)
         n = self.registry.n_heads
         if not heads or any(not -n <= h < n for h in heads):
             raise EmolensError(f"heads {heads} out of range", f"use 0..{n - 1}")
+        if isinstance(op, Knockout):  # a mask over the attention's head dim
+            mask = torch.zeros(n, dtype=torch.bool)
+            mask[[h % n for h in heads]] = True
+            return mask
         return torch.tensor([h % n for h in heads])
 
     def stop_layer(self) -> int | None:
@@ -422,7 +197,13 @@ class Intervention:
                     points.setdefault((op.site, layer), []).append(i)
             for (site, layer), idx in points.items():
                 point = self.registry.point(site, layer)
-                self._handles.append(point.register(self._make_hook(site, layer, idx)))
+                knock = [i for i in idx if isinstance(self.ops[i], Knockout)]
+                edits = [i for i in idx if i not in knock]
+                if edits:
+                    self._handles.append(point.register(self._make_hook(site, layer, edits)))
+                if knock:
+                    self._handles.append(point.module.register_forward_pre_hook(
+                        self._make_knockout_hook(layer, knock), with_kwargs=True))
             stop = self.stop_layer() if self.stop_early else None
             if stop is not None and stop < self.registry.n_layers:
                 self._handles.append(self.registry.layers[stop].register_forward_pre_hook(self._stop))
@@ -460,6 +241,7 @@ class Intervention:
         decode = not self.suffix and (bool(cached) or (mask is not None and mask.ndim == 2 and n_new is not None
                                                        and mask.shape[1] > n_new))
         self._state.decode = decode
+        self._state.full_mask = mask if mask is not None and mask.ndim == 2 else None
         if not decode:
             self._state.forward_no += 1
             self._state.cache = {}
@@ -483,36 +265,25 @@ class Intervention:
     def _where(self, i: int, x: torch.Tensor) -> tuple[str, torch.Tensor] | None:
         """Op ``i``'s positions this forward: ("index", [B, P], flat) or ("mask", [B, T]), or None."""
         op = self.ops[i]
-        index = _as_index_list(op.positions)
-        shared = index is not None and not self._state.decode  # ops with the same positions share one
-        key = (tuple(index) if shared else i, x.shape[0], x.shape[1], x.device)
+        pos = op.positions
+        shared = pos.is_index and not self._state.decode  # ops with the same positions share one
+        key = (pos.ints if shared else i, x.shape[0], x.shape[1], x.device)
         if key in self._state.cache:
             return self._state.cache[key]
         if self._state.decode:
-            active = op.every_token or op.positions == "generated"
+            active = op.every_token or pos.span == "generated"
             where = ("mask", torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)) if active else None
             if active and isinstance(op, Capture):
                 where = _index_where(torch.arange(x.shape[1], device=x.device).expand(x.shape[0], -1), x)
-        elif op.positions == "generated":
+        elif pos.span == "generated":
             where = None
+        elif pos.is_index:
+            where = _index_where(pos.index(self._mask_for(x)), x)
         else:
-            if index is not None:
-                where = _index_where(position_index(self._mask_for(x), index), x)
-            else:
-                if isinstance(op.positions, torch.Tensor):
-                    m = op.positions
-                elif op.positions == "all":
-                    m = self._mask_for(x)
-                else:
-                    m = self.spans[op.positions]
-                if tuple(m.shape) != tuple(x.shape[:2]):
-                    raise EmolensError(f"position mask of shape {tuple(m.shape)} does not match activations "
-                                       f"{tuple(x.shape[:2])}", "give one [B, T] mask per batch")
-                m = m.to(device=x.device, dtype=torch.bool)
-                if isinstance(op, Capture) and not bool(m.any(1).all()):
-                    name = op.positions if isinstance(op.positions, str) else "mask"
-                    raise EmolensError(f"span {name!r} is empty in some row", "check the span masks")
-                where = ("mask", m)
+            m = pos.mask(self._mask_for(x), self.spans)
+            if isinstance(op, Capture) and not bool(m.any(1).all()):
+                raise EmolensError(f"span {pos.label!r} is empty in some row", "check the span masks")
+            where = ("mask", m)
         self._state.cache[key] = where
         return where
 
@@ -532,6 +303,32 @@ class Intervention:
                     x = self._edit(i, op, layer, x, where)
                     changed = True
             return x if changed else None
+
+        return hook
+
+    def _make_knockout_hook(self, layer: int, op_ids: list[int]):
+        def hook(module, args, kwargs):
+            if self._state.decode:  # knockouts act on prompt forwards (and cached suffix steps) only
+                return None
+            hidden = args[0] if args else kwargs["hidden_states"]
+            mask = kwargs.get("attention_mask")
+            full = self._state.full_mask
+            if full is None:
+                full = torch.ones(hidden.shape[:2], dtype=torch.bool, device=hidden.device)
+            total, q_len = full.shape[1], hidden.shape[1]
+            sliding = mask is not None and q_len < mask.shape[-1] < total  # a cached step's sliding-window layer
+            if mask is not None and mask.shape[-1] != total and not sliding:
+                raise EmolensError(f"attention mask covers {mask.shape[-1]} keys but the batch has {total}")
+            kv_len = mask.shape[-1] if sliding else total
+            block = None
+            for i in op_ids:
+                op = self.ops[i]
+                cut = op.block(op.positions.mask(full, self.spans), op.keys.mask(full, self.spans), q_len, kv_len,
+                               self._heads[i], hidden.device)
+                block = cut if block is None else block | cut
+            if block is None or not bool(block.any()):
+                return None
+            return args, {**kwargs, "attention_mask": edited_attention_mask(mask, block, total, q_len, hidden.device)}
 
         return hook
 
@@ -583,6 +380,9 @@ class Intervention:
             value = value[:, :, heads.to(value.device)]
         return value
 
+    def _context(self, op: Op, layer: int) -> OpContext:
+        return OpContext(op.site, layer, op.positions, self._state.step if self._state.decode else None)
+
     def _edit(self, i: int, op: Op, layer: int, x: torch.Tensor, where) -> torch.Tensor:
         kind, sel = where[:2]
         value = self._value(i, op, layer, x, where)
@@ -594,11 +394,11 @@ class Intervention:
             else:
                 hs = heads.to(x.device)
                 index = (rows[:, :, None], sel[:, :, None], hs[None, None, :])
-            new = op.edit(x[index], value)
+            new = op.edit(x[index], value, self._context(op, layer))
             return x.index_put(index, new.to(x.dtype))
         # mask: compute on the whole tensor, keep where selected
         target = x if heads is None else x[:, :, heads.to(x.device)]
-        new = op.edit(target, value)
+        new = op.edit(target, value, self._context(op, layer))
         m = sel.view(*sel.shape, *([1] * (x.ndim - 2)))
         if heads is None:
             return torch.where(m, new.to(x.dtype), x)
@@ -667,11 +467,6 @@ def _field(batch: Any, name: str):
     return getattr(batch, name, None)
 
 
-def position_ids_from_mask(mask: torch.Tensor) -> torch.Tensor:
-    """Position ids that start at 0 on each row's first real token, so padding never shifts them."""
-    return (mask.long().cumsum(-1) - 1).clamp(min=0)
-
-
 def run_forward(lm: Any, batch: Any, ops: Sequence[Op], need_logits: bool = True,
                 **forward_kwargs) -> tuple[Any, Intervention]:
     """One forward of ``batch`` (a ``Batch``, ``BatchEncoding`` or dict) with ``ops`` applied.
@@ -681,7 +476,7 @@ def run_forward(lm: Any, batch: Any, ops: Sequence[Op], need_logits: bool = True
     layer any op needs and the returned output is ``None``. Span masks of a ``Batch``
     (``span_masks``) are used for named positions.
     """
-    model, _ = _unwrap(lm)
+    model, _ = unwrap(lm)
     ids = _field(batch, "input_ids")
     mask = _field(batch, "attention_mask")
     pos = _field(batch, "position_ids")

@@ -13,7 +13,9 @@ from collections.abc import Sequence
 
 import torch
 
-from emolens.engine.intervention import Add, Apply, Intervention, row_bounds, run_forward
+from emolens.engine.intervention import Intervention, run_forward
+from emolens.engine.ops import Add, Apply
+from emolens.engine.positions import Positions
 from emolens.engine.prefix import prefix_cache as _prefix_cache
 from emolens.engine.prefix import suffix_inputs, tile_cache
 from emolens.errors import EmolensError
@@ -21,26 +23,19 @@ from emolens.inputs.batching import Batch, iter_batches
 from emolens.readout import LabelReader
 
 SCALES: tuple[str, ...] = ("unit", "relative")
-POSITIONS: tuple[str, ...] = ("last", "prompt", "generated")
+#: Where steering acts, by setting name: the answer cue; every prompt token but the first (the
+#: attention sink, which steering would wreck rather than steer); or the answer cue and then every
+#: generated token (``every_token`` during ``generate()``).
+STEER_AT: dict[str, Positions] = {"last": Positions.of(-1), "prompt": Positions.of("prompt"),
+                                  "generated": Positions.of(-1)}
+POSITIONS: tuple[str, ...] = tuple(STEER_AT)
 
 
-def position_mask(attention_mask: torch.Tensor, position: str) -> torch.Tensor:
-    """Steered prompt positions ``[B, T]``: ``last`` = the answer cue; ``prompt`` = every real
-    token but the first (the attention sink, which steering would wreck rather than steer);
-    ``generated`` = the answer cue (the generated tokens follow during ``generate()``).
-    """
-    if position not in POSITIONS:
-        raise EmolensError(f"unknown steering position {position!r}", f"use one of {list(POSITIONS)}")
-    m = attention_mask.bool()
-    first, last = row_bounds(m)
-    rows = torch.arange(m.shape[0], device=m.device)
-    out = torch.zeros_like(m)
-    if position == "prompt":
-        out = m.clone()
-        out[rows, first] = False
-    else:
-        out[rows, last] = True
-    return out
+def steer_positions(name: str) -> Positions:
+    """The :class:`Positions` of a steering position name (see :data:`STEER_AT`)."""
+    if name not in STEER_AT:
+        raise EmolensError(f"unknown steering position {name!r}: use one of {list(STEER_AT)}")
+    return STEER_AT[name]
 
 
 @torch.no_grad()
@@ -55,7 +50,7 @@ def mean_resid_norm(lm, prompts, layers: Sequence[int], position: str = "last", 
     sums = torch.zeros(len(layers), dtype=torch.float64)
     count = 0
     for batch in iter_batches(lm.tokenizer, prompts, batch_size, lm.device):
-        sel = position_mask(batch.attention_mask, where)
+        sel = steer_positions(where).mask(batch.attention_mask)
         norms: dict[int, torch.Tensor] = {}
 
         def record(x, layer, norms=norms):
@@ -151,7 +146,7 @@ def fast_label_scores(lm, reader: LabelReader, batch: Batch, prefix, times: int 
     """Label log-probabilities ``[times * B, K]`` of ``batch`` stacked ``times`` over (condition-major),
     steering the answer cue only, from the shared ``prefix`` cache of :func:`prefix_cache`.
 
-    The same numbers as :func:`steered_label_scores` with ``position_mask(..., "last")`` on the
+    The same numbers as :func:`steered_label_scores` with positions ``last`` on the
     repeated batch (up to float rounding): one token per row runs instead of the whole prompt.
     ``value`` is ``[times * B, L, d]`` (or ``[L, d]``); multi-token labels continue each row's
     steered cache with the label's tokens, unsteered, as the full path does.

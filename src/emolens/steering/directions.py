@@ -23,7 +23,8 @@ import numpy as np
 import torch
 
 from emolens.activations.store import ActivationStore
-from emolens.engine.intervention import Capture, run_forward
+from emolens.engine.intervention import run_forward
+from emolens.engine.ops import Capture
 from emolens.errors import EmolensError
 from emolens.inputs.batching import iter_batches
 from emolens.labels import ALL_APPRAISALS, EMOTIONS, PAPER_APPRAISALS

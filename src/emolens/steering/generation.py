@@ -18,7 +18,7 @@ from emolens.engine.intervention import Intervention
 from emolens.inputs.batching import iter_batches
 from emolens.inputs.prompts import PromptSpec, build_prompts
 from emolens.readout import LabelReader
-from emolens.steering.apply import position_mask, steered_label_scores, steering_op
+from emolens.steering.apply import steer_positions, steered_label_scores, steering_op
 from emolens.steering.sweep import Condition, layers_text
 
 
@@ -63,7 +63,7 @@ def generate_steered(lm, texts: Sequence[str], layers: Sequence[int] | None = No
         if vector is None:
             gen = lm.model.generate(**enc, **kw)
         else:
-            pmask = position_mask(enc["attention_mask"], position)
+            pmask = steer_positions(position).mask(enc["attention_mask"])
             op = steering_op(layers, vector.to(lm.device, lm.dtype), pmask, every_token=position == "generated")
             with Intervention(lm, [op]):
                 gen = lm.model.generate(**enc, **kw)

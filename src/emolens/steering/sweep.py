@@ -27,6 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from emolens.engine.prefix import bytes_per_row as _bytes_per_row
+from emolens.engine.windows import Window, layer_windows
 from emolens.errors import EmolensError
 from emolens.inputs.batching import Batch, iter_batches
 from emolens.inputs.prompts import PromptSpec, build_prompts
@@ -37,10 +38,10 @@ from emolens.steering.apply import (
     SCALES,
     fast_label_scores,
     mean_resid_norm,
-    position_mask,
     prefix_cache,
     repeat_batch,
     scaled,
+    steer_positions,
     steered_label_scores,
 )
 from emolens.steering.directions import (
@@ -62,44 +63,6 @@ COLUMNS: tuple[str, ...] = ("direction", "kind", "method", "partial", "scale", "
 #: Default number of norm-matched random directions: with 19, the permutation p-value of the theory
 #: alignment can reach 1 / 20 = 0.05.
 N_RANDOM = 19
-
-
-def window_layers(centre: int, span: int, n_layers: int) -> list[int]:
-    """The ``span`` consecutive layers around ``centre`` (an even span leans left); must fit the model."""
-    if span < 1:
-        raise EmolensError(f"span {span} is not positive", "use --span 1 or more")
-    start = centre - (span - 1) // 2
-    layers = list(range(start, start + span))
-    if layers[0] < 0 or layers[-1] >= n_layers:
-        lo, hi = (span - 1) // 2, n_layers - 1 - span // 2
-        raise EmolensError(f"window centred on layer {centre} with span {span} falls outside the model's "
-                           f"{n_layers} layers", f"use centres {lo}..{hi} (0-indexed)" if lo <= hi
-                           else "use a smaller --span")
-    return layers
-
-
-def parse_windows(text: str | Sequence[int], span: int, n_layers: int) -> list[int]:
-    """Window centres from ``"3,5,8"`` or ``"auto"`` (every valid centre, at most 8, evenly spread)."""
-    lo, hi = (span - 1) // 2, n_layers - 1 - span // 2
-    if isinstance(text, str) and text.strip().lower() == "auto":
-        if lo > hi:
-            raise EmolensError(f"span {span} is wider than the model's {n_layers} layers", "use a smaller --span")
-        valid = list(range(lo, hi + 1))
-        if len(valid) > 8:
-            valid = sorted({valid[round(i)] for i in np.linspace(0, len(valid) - 1, 8)})
-        return valid
-    if isinstance(text, str):
-        try:
-            centres = [int(x) for x in text.split(",") if x.strip()]
-        except ValueError as exc:
-            raise EmolensError(f"bad windows {text!r}", "write centre layers like 3,5,8 or auto") from exc
-    else:
-        centres = [int(x) for x in text]
-    if not centres:
-        raise EmolensError("no windows given", "write centre layers like 3,5,8 or auto")
-    for c in centres:
-        window_layers(c, span, n_layers)
-    return sorted(set(centres))
 
 
 @dataclass
@@ -227,7 +190,7 @@ def run_conditions(lm, prompts, reader: LabelReader, conditions: Sequence[Condit
         for batch in batches:
             B = len(batch)
             per = max(1, max_rows // B)
-            base_mask = position_mask(batch.attention_mask, position)
+            base_mask = steer_positions(position).mask(batch.attention_mask)
             for c0 in range(0, stacks[key].shape[0], per):
                 chunk = stacks[key][c0:c0 + per].to(lm.device, lm.dtype)
                 C = chunk.shape[0]
@@ -288,7 +251,7 @@ def build_conditions(lm, bank: ConceptBank, directions: Sequence[str], windows: 
     appraisal_names = [n for n in bank.names if n not in EMOTIONS and (control != "auto" or bank.is_defined(n))]
     out: list[Condition] = []
     for centre in windows:
-        layers = tuple(window_layers(centre, span, n_layers))
+        layers = Window(centre, span).check(n_layers).layers
         for position in positions:
             ref = None if ref_norm is None else ref_norm[position][[bank.layers.index(x) for x in layers]]
             for beta in betas:
@@ -387,8 +350,9 @@ def sweep(lm, dataset, directions: Sequence[str], *, bank: ConceptBank | None = 
     if scale not in SCALES:
         raise EmolensError(f"unknown scale {scale!r}", f"use one of {list(SCALES)}")
     spec = spec or PromptSpec()
-    centres = parse_windows(windows, span, lm.n_layers)
-    layers = sorted({x for c in centres for x in window_layers(c, span, lm.n_layers)})
+    wins = layer_windows(lm.n_layers, [span], windows)
+    centres = [w.center for w in wins]
+    layers = sorted({x for w in wins for x in w.layers})
     if bank is not None or fit_dataset is not None:
         fit, steered = fit_dataset, dataset
     else:

@@ -192,7 +192,7 @@ class SteerConfig(_Windowed):
     #: ``unit``: beta in raw residual units (the paper; tiny on models with large residual norms such
     #: as Gemma); ``relative``: beta times the layer's mean residual norm, comparable across models
     scale: Literal["unit", "relative"] = "unit"
-    span: int = Field(3, ge=1)
+    span: int = Field(3, ge=1)  # odd: a window is centred on its layer
     site: Literal["resid"] = "resid"  # steering adds to the residual stream (the paper's loc 7)
     emotions: list[str] = Field(default_factory=lambda: ["anger", "joy", "pride", "fear", "guilt", "sadness"])
     directions: list[Literal["probe", "diffmean"]] = Field(default_factory=lambda: ["probe"])
@@ -228,6 +228,8 @@ class SteerConfig(_Windowed):
         if unknown:
             raise ValueError(f"unknown emotion(s) {unknown}; use {list(EMOTIONS)}")
         return value
+
+    _span = field_validator("span")(classmethod(lambda cls, v: _odd_spans([v])[0]))
 
 
 class RobustnessConfig(_Section):

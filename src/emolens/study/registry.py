@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from emolens.data.corpus import read_ids
+from emolens.engine.windows import Window, layer_windows
 from emolens.errors import EmolensError
 from emolens.study.config import STAGE_NEEDS, StudyConfig
 from emolens.study.data_choice import ResolvedData
@@ -62,14 +63,9 @@ class StageContext:
         meta = json.loads((self.upstream["readout"] / "metrics.json").read_text())
         return int(meta["n_layers"])
 
-    def windows(self, span: int, section) -> list[tuple[int, list[int]]]:
-        """(centre, layers) of every window of ``span`` layers that the section asks for."""
-        n = self.n_layers()
-        half = span // 2
-        valid = list(range(half, n - (span - 1 - half)))
-        centres = valid if section.centers == "all" else [c for c in section.centers if c in valid]
-        centres = centres[:: section.stride]
-        return [(c, list(range(c - half, c - half + span))) for c in centres]
+    def windows(self, span: int, section) -> list[Window]:
+        """Every window of ``span`` layers that the section asks for (centres that do not fit are dropped)."""
+        return layer_windows(self.n_layers(), [span], section.centers, section.stride, strict=False)
 
     def limited(self, dataset, max_items: int):
         if max_items and len(dataset) > max_items:

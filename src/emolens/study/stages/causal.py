@@ -7,19 +7,16 @@ pairs (patching) and ``info.json``. :func:`causal_windows` is shared with the ro
 from __future__ import annotations
 
 from emolens.causal.ablation import ablate
-from emolens.causal.common import layer_windows
 from emolens.causal.knockout import knockout
 from emolens.causal.patching import patch
+from emolens.engine.windows import Window
 from emolens.paths import dump_json
 from emolens.study.registry import StageContext, dump_section, stage
 
 
-def causal_windows(ctx: StageContext, section) -> list:
+def causal_windows(ctx: StageContext, section) -> list[Window]:
     """The layer windows of every span in ``section`` whose centre the section asks for."""
-    out = []
-    for span in section.spans:
-        out += layer_windows(ctx.n_layers(), [span], [c for c, _ in ctx.windows(span, section)])
-    return out
+    return [w for span in section.spans for w in ctx.windows(span, section)]
 
 
 def save_causal(ctx: StageContext, result, name: str) -> dict:

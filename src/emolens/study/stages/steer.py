@@ -17,7 +17,7 @@ from emolens.probes.evaluation import save_directions
 from emolens.steering import theory
 from emolens.steering.directions import ConceptBank, bank_from_file, bank_from_store, parse_direction
 from emolens.steering.generation import steered_generations
-from emolens.steering.sweep import fit_split, sweep, window_layers
+from emolens.steering.sweep import fit_split, sweep
 from emolens.study.registry import StageContext, dump_section, stage
 
 
@@ -61,11 +61,11 @@ def _steer(ctx: StageContext) -> dict:
     s = ctx.cfg.steer
     lm = ctx.model.lm
     items = ctx.items()
-    centres = [c for c, _ in ctx.windows(s.span, s)]
+    centres = [w.center for w in ctx.windows(s.span, s)]
     if not centres:
         raise EmolensError(f"steer: no window of span {s.span} fits {ctx.n_layers()} layers with centers "
                            f"{s.centers}", "change steer.span or steer.centers")
-    layers = sorted({x for c in centres for x in window_layers(c, s.span, ctx.n_layers())})
+    layers = sorted({x for w in ctx.windows(s.span, s) for x in w.layers})
     fit, held = fit_split(items, s.holdout, ctx.cfg.seed) if s.holdout else (None, items)
     evaluate = ctx.limited(held, s.max_items)
     frames, terms, swept, info = [], {}, {}, {}
