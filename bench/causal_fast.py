@@ -23,7 +23,7 @@ from machine import describe as machine
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from emolens.causal.ablation import ablate  # noqa: E402
-from emolens.causal.common import layer_windows  # noqa: E402
+from emolens.engine.windows import layer_windows  # noqa: E402
 
 
 def main() -> None:

@@ -25,10 +25,10 @@ from machine import describe as machine
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from emolens.causal.common import layer_windows  # noqa: E402
 from emolens.causal.patching import draw_pairs, patch  # noqa: E402
 from emolens.engine.intervention import Intervention  # noqa: E402
 from emolens.engine.ops import Capture, Set  # noqa: E402
+from emolens.engine.windows import layer_windows  # noqa: E402
 from emolens.inputs.prompts import PromptSpec, build_prompts  # noqa: E402
 
 

@@ -27,11 +27,11 @@ import numpy as np
 import torch
 
 from emolens.data.stimuli import load_stimuli
+from emolens.engine.scoring import LabelScorer
 from emolens.engine.windows import Window
 from emolens.inputs.prompts import build_prompts
 from emolens.labels import EMOTIONS
 from emolens.model.loading import load_model
-from emolens.readout import LabelReader
 from emolens.steering.apply import mean_resid_norm
 from emolens.steering.directions import capture_resid, compute_bank
 from emolens.steering.sweep import build_conditions, run_conditions
@@ -68,7 +68,7 @@ def main() -> None:
     conds = build_conditions(lm, bank, args.directions.split(";"), centres, args.span,
                                 [float(b) for b in args.betas.split(",")], ["last"], "relative", ref,
                                 n_random=args.n_random)
-    reader = LabelReader.build(lm.tokenizer, EMOTIONS, prompts[0].text, prompts[0].label_prefix)
+    reader = LabelScorer.build(lm.tokenizer, EMOTIONS, prompts[0].text, prompts[0].label_prefix)
     tokens = [len(lm.tokenizer(p.text)["input_ids"]) for p in prompts]
 
     load_before = " ".join(f"{x:.1f}" for x in os.getloadavg())

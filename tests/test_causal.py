@@ -8,12 +8,13 @@ import pytest
 import torch
 
 from emolens.causal.ablation import ablation_condition, derangement, norm_matched_noise
-from emolens.causal.common import Scorer, clean_pass, make_batches, run_conditions
+from emolens.causal.common import make_batches
 from emolens.causal.patching import draw_pairs, normalised_difference, patch, patch_condition
 from emolens.data.loading import load_dataset
 from emolens.engine.intervention import Intervention
 from emolens.engine.ops import Capture, Knockout, Set
 from emolens.engine.positions import Positions
+from emolens.engine.runner import ConditionRunner
 from emolens.engine.windows import Window, layer_windows
 from emolens.errors import EmolensError
 from emolens.inputs.prompts import PromptSpec, build_prompts
@@ -66,44 +67,43 @@ def test_window_bounds_and_explicit_layers():
 
 def test_self_patch_and_clean_set_are_bit_identical(setup):
     lm, prompts, reader = setup
-    scorer = Scorer(lm, reader)
+    scorer = ConditionRunner(lm, reader)
     batches = make_batches(lm, prompts, 4)
     for path, position in (("fast", -1), ("full", -2)):
         caps = [Capture(s, layers="all", positions=[position], name=s) for s in ("resid", "attn", "heads")]
-        clean = clean_pass(scorer, batches, len(prompts), caps if path == "fast" else (),
-                           caps if path == "full" else (), paths=(path,))
+        clean = scorer.clean(batches, len(prompts), (path,), {path: caps})
         src = np.arange(len(prompts))  # each target patched with its own activations
         conds = [patch_condition(site, Window(1, 3), position, head, clean.captures[path], site, src,
                                  path == "fast") for site, head in (("resid", None), ("attn", None), ("heads", 1))]
-        for got in run_conditions(scorer, batches, len(prompts), conds):
+        for got in scorer.conditions(batches, len(prompts), conds):
             assert np.array_equal(got, clean.scores[path])
 
 
 def test_fast_path_matches_full_forward(setup):
     lm, prompts, reader = setup
-    scorer = Scorer(lm, reader)
+    scorer = ConditionRunner(lm, reader)
     batches = make_batches(lm, prompts, 3)
-    clean = clean_pass(scorer, batches, len(prompts), paths=("fast", "full"))
+    clean = scorer.clean(batches, len(prompts), ("fast", "full"))
     np.testing.assert_allclose(clean.scores["fast"], clean.scores["full"], atol=1e-4)
     w = Window(1, 1)
     conds = [ablation_condition("zero", "attn", w, -1, None, clean, "", None, 0, fast) for fast in (True, False)]
-    fast, full = run_conditions(scorer, batches, len(prompts), conds)
+    fast, full = scorer.conditions(batches, len(prompts), conds)
     np.testing.assert_allclose(fast, full, atol=1e-4)
     assert not np.allclose(fast, clean.scores["fast"], atol=1e-6)
 
 
 def test_resid_last_layer_transfers_and_batching_is_invariant(setup):
     lm, prompts, reader = setup
-    scorer = Scorer(lm, reader)
+    scorer = ConditionRunner(lm, reader)
     n = len(prompts)
-    clean = clean_pass(scorer, make_batches(lm, prompts, 4), n, [Capture("resid", layers="all", positions=[-1],
-                                                                         name="resid")], paths=("fast",))
+    clean = scorer.clean(make_batches(lm, prompts, 4), n, ("fast",),
+                         {"fast": [Capture("resid", layers="all", positions=[-1], name="resid")]})
     src = np.roll(np.arange(n), 1)
     last = Window(lm.n_layers - 1, 1)
     out = {}
     for bs in (1, 4):
         cond = patch_condition("resid", last, -1, None, clean.captures["fast"], "resid", src, True)
-        out[bs] = run_conditions(scorer, make_batches(lm, prompts, bs), n, [cond])[0]
+        out[bs] = scorer.conditions(make_batches(lm, prompts, bs), n, [cond])[0]
     np.testing.assert_allclose(out[4], out[1], atol=1e-5)  # batched = one pair at a time
     np.testing.assert_allclose(out[4], clean.scores["fast"][src], atol=1e-5)  # the source's own readout
     assert (out[4].argmax(1) == clean.scores["fast"][src].argmax(1)).all()
@@ -134,12 +134,13 @@ def test_patch_metrics_and_pairs(tiny_llama, tmp_path):
 
 def test_mean_and_random_ablation(setup):
     lm, prompts, reader = setup
-    scorer = Scorer(lm, reader)
+    scorer = ConditionRunner(lm, reader)
     batches = make_batches(lm, prompts, 4)
-    clean = clean_pass(scorer, batches, len(prompts), [Capture("mlp", layers="all", positions=[-1], name="k")])
+    clean = scorer.clean(batches, len(prompts), ("fast",), {"fast": [Capture("mlp", layers="all", positions=[-1],
+                                                                            name="k")]})
     w = Window(1, 3)
     cond = ablation_condition("mean", "mlp", w, -1, None, clean, "k", None, 0, True)
-    op = cond.build(batches[0])[0][0]
+    op = cond.build(batches[0])[0]
     assert torch.allclose(op.value, clean.captures["fast"]["k"].mean(0))  # the reference mean, per layer
     x = torch.randn(5, 2, 64) * 3
     rows = np.arange(5)
@@ -153,9 +154,9 @@ def test_mean_and_random_ablation(setup):
     # Set to the clean value changes nothing; zero ablation does
     value = clean.captures["fast"]["k"][:, list(w.layers)]
     clean_set = ablation_condition("zero", "mlp", w, -1, None, clean, "k", None, 0, True)
-    clean_set.build = lambda b: ([Set("mlp", layers=list(w.layers), positions=[-1], value=value[b.indices],
-                                      dims="blp")], None)
-    got = run_conditions(scorer, batches, len(prompts), [clean_set])[0]
+    clean_set.build = lambda b: [Set("mlp", layers=list(w.layers), positions=[-1], value=value[b.indices],
+                                     dims="blp")]
+    got = scorer.conditions(batches, len(prompts), [clean_set])[0]
     assert np.array_equal(got, clean.scores["fast"])
 
 
@@ -254,9 +255,10 @@ def test_real_model_noop_knockout_and_resid_transfer(real_model):
     lm = real_model
     prompts = build_prompts(TEXTS[:4], PromptSpec(), lm.tokenizer)
     reader = LabelReader.build(lm.tokenizer, prompt_text=prompts[0].text, prefix=prompts[0].label_prefix)
-    scorer = Scorer(lm, reader)
+    scorer = ConditionRunner(lm, reader)
     batches = make_batches(lm, prompts, 4)
-    clean = clean_pass(scorer, batches, 4, [Capture("resid", layers="all", positions=[-1], name="resid")])
+    clean = scorer.clean(batches, 4, ("fast",), {"fast": [Capture("resid", layers="all", positions=[-1],
+                                                                 name="resid")]})
     batch = batches[0]
     prefix = scorer.prefix(batch)
     empty = Knockout("attn", layers=[5, 6], positions=-1, keys="none")
@@ -265,7 +267,7 @@ def test_real_model_noop_knockout_and_resid_transfer(real_model):
     src = np.roll(np.arange(4), 1)
     last = Window(lm.n_layers - 1, 1)
     cond = patch_condition("resid", last, -1, None, clean.captures["fast"], "resid", src, True)
-    out = run_conditions(scorer, batches, 4, [cond])[0]
+    out = scorer.conditions(batches, 4, [cond])[0]
     assert (out.argmax(1) == clean.scores["fast"][src].argmax(1)).all()
 
 

@@ -6,13 +6,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from emolens.causal import common as causal
 from emolens.causal.ablation import ablate
-from emolens.causal.common import Scorer, clean_pass, make_batches, path_name, run_conditions, suffix_len
+from emolens.causal.common import make_batches, suffix_len
 from emolens.causal.knockout import knockout
 from emolens.causal.patching import patch, patch_condition
 from emolens.data.loading import load_dataset
+from emolens.engine import runner as engine_runner
 from emolens.engine.ops import Capture
+from emolens.engine.runner import ConditionRunner, path_name
 from emolens.engine.windows import Window
 from emolens.inputs.prompts import PromptSpec, build_prompts
 from emolens.model.loading import load_model
@@ -38,7 +39,7 @@ def ds():
 def suffixes(monkeypatch):
     """The suffix lengths whose prefix cache was actually built (directly or from a longer one)."""
     seen: list[int] = []
-    build, extend = causal.prefix_cache, causal.extend_prefix
+    build, extend = engine_runner.prefix_cache, engine_runner.extend_prefix
 
     def spy_build(lm, batch, m=1):
         cache = build(lm, batch, m)
@@ -50,8 +51,8 @@ def suffixes(monkeypatch):
         seen.append(m_to)
         return extend(lm, batch, cache, m_from, m_to)
 
-    monkeypatch.setattr(causal, "prefix_cache", spy_build)
-    monkeypatch.setattr(causal, "extend_prefix", spy_extend)
+    monkeypatch.setattr(engine_runner, "prefix_cache", spy_build)
+    monkeypatch.setattr(engine_runner, "extend_prefix", spy_extend)
     return seen
 
 
@@ -103,14 +104,14 @@ def test_knockout_fast_equals_full(lm, ds, suffixes, queries):
 def test_self_patch_on_an_m_token_suffix_changes_nothing(lm, ds):
     prompts = build_prompts(ds.texts, PromptSpec(), lm.tokenizer)
     reader = LabelReader.build(lm.tokenizer, prompt_text=prompts[0].text, prefix=prompts[0].label_prefix)
-    scorer = Scorer(lm, reader, prefix_bytes=0)  # no prefix kept: each is rebuilt, to the same bits
+    scorer = ConditionRunner(lm, reader, prefix_bytes=0)  # no prefix kept: each is rebuilt, to the same bits
     batches = make_batches(lm, prompts, 4)
     for position in (-1, -4):
         m = suffix_len(position)
         caps = [Capture(s, layers="all", positions=[position], name=s) for s in ("resid", "attn", "mlp")]
-        clean = clean_pass(scorer, batches, len(prompts), caps, paths=(path_name(m),))
+        clean = scorer.clean(batches, len(prompts), (path_name(m),), {path_name(m): caps})
         src = np.arange(len(prompts))  # each target patched with its own activations
         conds = [patch_condition(site, WINDOWS[0], position, None, clean.captures[path_name(m)], site, src, m)
                  for site in ("resid", "attn", "mlp")]
-        for got in run_conditions(scorer, batches, len(prompts), conds):
+        for got in scorer.conditions(batches, len(prompts), conds):
             assert np.array_equal(got, clean.scores[path_name(m)])

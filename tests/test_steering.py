@@ -11,6 +11,7 @@ import torch
 
 from emolens.engine.intervention import Intervention
 from emolens.engine.ops import Capture
+from emolens.engine.runner import ConditionRunner
 from emolens.engine.windows import Window, layer_windows
 from emolens.errors import EmolensError
 from emolens.inputs.batching import encode
@@ -18,7 +19,7 @@ from emolens.inputs.prompts import build_prompts
 from emolens.labels import EMOTIONS
 from emolens.readout import LabelReader
 from emolens.steering import theory
-from emolens.steering.apply import mean_resid_norm, scaled, steer_positions, steered_label_scores, steering_op
+from emolens.steering.apply import mean_resid_norm, scaled, steer_positions, steering_op
 from emolens.steering.directions import (
     ConceptBank,
     Term,
@@ -43,6 +44,12 @@ from emolens.steering.sweep import (
 )
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def _label_scores(lm, reader, batch, layers=None, value=None, positions=None):
+    """Label scores of ``batch`` with ``value`` added at ``positions`` (none: the clean run), full forwards."""
+    ops = [] if value is None else [steering_op(layers, value, positions)]
+    return ConditionRunner(lm, reader).run(batch, ops)[0]
 
 
 @pytest.fixture(scope="module")
@@ -92,9 +99,9 @@ def test_beta_zero_is_bit_identical_and_removal_restores(tiny_llama, batch, posi
     assert torch.equal(_logits(lm, batch), clean)  # hooks gone: the model is exactly restored
     assert _hook_ids(lm.model) == hooks_before
     reader = LabelReader.build(lm.tokenizer, EMOTIONS, "Context: x Answer:")
-    base = steered_label_scores(lm, reader, batch)
+    base = _label_scores(lm, reader, batch)
     z = torch.zeros(len(batch), 2, lm.sites.d_model)
-    assert torch.equal(steered_label_scores(lm, reader, batch, [0, 1], z, mask), base)
+    assert torch.equal(_label_scores(lm, reader, batch, [0, 1], z, mask), base)
 
 
 def test_multi_token_labels_are_steered_at_the_prompt_only(tiny_llama, batch):
@@ -106,13 +113,13 @@ def test_multi_token_labels_are_steered_at_the_prompt_only(tiny_llama, batch):
     with torch.no_grad():
         last = lm.model(**batch.model_inputs(), logits_to_keep=1).logits[:, -1]
         want = reader.score(lm.model, batch, last)
-    base = steered_label_scores(lm, reader, batch)
+    base = _label_scores(lm, reader, batch)
     assert torch.allclose(base, want, atol=1e-5)
     mask = steer_positions("last").mask(batch.attention_mask)
     z = torch.zeros(len(batch), 2, lm.sites.d_model)
-    assert torch.equal(steered_label_scores(lm, reader, batch, [0, 1], z, mask), base)
+    assert torch.equal(_label_scores(lm, reader, batch, [0, 1], z, mask), base)
     v = _vec(lm, 2)[None].expand(len(batch), -1, -1)
-    steered = steered_label_scores(lm, reader, batch, [0, 1], v, mask)
+    steered = _label_scores(lm, reader, batch, [0, 1], v, mask)
     assert not torch.allclose(steered[:, 0], base[:, 0])
 
 

@@ -6,13 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from emolens.engine.prefix import bytes_per_row
+from emolens.engine.prefix import bytes_per_row, prefix_cache
+from emolens.engine.runner import ConditionRunner, Prefix, repeat_batch
 from emolens.inputs.batching import encode
 from emolens.inputs.prompts import build_prompts
 from emolens.labels import EMOTIONS
 from emolens.model.loading import load_model
 from emolens.readout import LabelReader
-from emolens.steering.apply import fast_label_scores, prefix_cache, repeat_batch, steer_positions, steered_label_scores
+from emolens.steering.apply import steer_positions, steering_op
 from emolens.steering.sweep import Condition, run_conditions, sweep
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -65,25 +66,31 @@ def test_fast_path_equals_full_forward_on_left_padded_batches(family, stim):
             assert np.abs(a - fast_clean[(c.layers, "last")]).max() > 1e-2  # the steering really acts
 
 
-def test_fast_label_scores_match_steered_label_scores_row_by_row(tiny_llama, stim):
+def test_runner_suffix_path_matches_its_full_path_row_by_row(tiny_llama, stim):
     lm = tiny_llama
     prompts = build_prompts(stim.texts[:5], None, lm.tokenizer)
     batch = encode(lm.tokenizer, prompts)
     _, multi = _readers(lm, prompts[0])
+    runner = ConditionRunner(lm, multi)
     value = torch.randn(3 * len(batch), 2, lm.sites.d_model, generator=torch.Generator().manual_seed(2)) * 5
     value[: len(batch)] = 0  # the first stacked copy is the clean run
-    full = steered_label_scores(lm, multi, repeat_batch(batch, 3), [0, 1], value,
-                                   steer_positions("last").mask(batch.attention_mask).repeat(3, 1))
+    op = steering_op([0, 1], value, steer_positions("last"))
+    full, _ = runner.run(repeat_batch(batch, 3), [op])
     prefix = prefix_cache(lm, batch)
     before = [(layer.keys.clone(), layer.values.clone()) for layer in prefix.layers]
-    fast = fast_label_scores(lm, multi, batch, prefix, 3, [0, 1], value)
+    fast, _ = runner.run(batch, [op], Prefix(prefix, 1), times=3)
     torch.testing.assert_close(fast, full, atol=1e-5, rtol=0)
-    plain = steered_label_scores(lm, multi, batch)
+    plain, _ = runner.run(batch)
     torch.testing.assert_close(fast[: len(batch)], plain, atol=1e-5, rtol=0)
     # the shared prefix is never written to: a second run on it is bit-identical
     assert all(torch.equal(k, layer.keys) and torch.equal(v, layer.values)
                for (k, v), layer in zip(before, prefix.layers, strict=True))
-    assert torch.equal(fast_label_scores(lm, multi, batch, prefix, 3, [0, 1], value), fast)
+    assert torch.equal(runner.run(batch, [op], Prefix(prefix, 1), times=3)[0], fast)
+    # the counter sees the saving: the suffix step runs one token per row
+    counted = runner.counter.token_layers
+    runner.run(batch, [op], Prefix(prefix, 1), times=3)
+    n_multi = sum(len(t) - 1 for t in multi.token_ids if len(t) > 1)
+    assert runner.counter.token_layers - counted == 3 * len(batch) * (1 + n_multi) * lm.n_layers
 
 
 def test_sweep_uses_fast_path_for_last_only_and_gives_the_same_table(tiny_llama, stim):

@@ -1,15 +1,12 @@
-"""Closed-vocabulary emotion readout: score every label at the answer position.
+"""Closed-vocabulary emotion readout: which label each text implies, as Tak et al. ask it.
 
-Tak et al. take the logit of the *last* sub-token of ``" <label>"`` with no check that labels are
-single tokens (paper-protocol §2.3, §10.9). We tokenise each label exactly as it would follow the
-prompt, check that labels are single and distinct tokens, and where one splits we score it by its
-full teacher-forced log-probability (and say so) instead of an arbitrary sub-token. Scores are
-log-probabilities over the whole vocabulary, so single- and multi-token labels are comparable.
+Every label is scored at the answer position by :class:`~emolens.engine.scoring.LabelScorer`
+(single-token check, multi-token labels by their full log-probability); this module runs the
+clean forwards, adds contextual calibration (Zhao et al., 2021) and the accuracy metrics.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,84 +15,18 @@ import torch
 from tqdm.auto import tqdm
 
 from emolens.data.corpus import EmotionDataset
+from emolens.engine.scoring import LabelScorer
 from emolens.errors import EmolensError
-from emolens.inputs.batching import Batch, iter_batches
+from emolens.inputs.batching import iter_batches
 from emolens.inputs.prompts import PromptSpec, build_prompts
-from emolens.labels import EMOTIONS
 from emolens.metrics import classification_summary
 
 #: Content-free inputs for contextual calibration (Zhao et al., 2021).
 CONTENT_FREE = ("N/A", "", "[MASK]")
 
 
-@dataclass
-class LabelReader:
-    """Token ids of each label as it follows the prompt, and how they are scored."""
-
-    labels: tuple[str, ...]
-    token_ids: list[list[int]]
-    single_token: bool
-
-    @classmethod
-    def build(cls, tokenizer, labels: Sequence[str] = EMOTIONS, prompt_text: str = "Context: x Answer:",
-              prefix: str = " ") -> LabelReader:
-        """Tokenise ``prompt_text + prefix + label`` and keep the tokens after the prompt's own.
-
-        Using the real prompt tail as context catches tokenizers that merge the prefix space
-        differently in context than alone.
-        """
-        base = tokenizer(prompt_text, add_special_tokens=True)["input_ids"]
-        ids = []
-        for label in labels:
-            full = tokenizer(prompt_text + prefix + label, add_special_tokens=True)["input_ids"]
-            if full[: len(base)] == base and len(full) > len(base):
-                ids.append(list(full[len(base):]))
-            else:  # the label merged into the prompt's last token: fall back to the bare label
-                ids.append(list(tokenizer(prefix + label, add_special_tokens=False)["input_ids"]))
-            if not ids[-1]:
-                raise EmolensError(f"label {label!r} tokenises to nothing", "check the label list")
-        if len({tuple(t) for t in ids}) < len(ids):
-            raise EmolensError("two labels tokenise to the same tokens", "use distinct label words")
-        firsts = [t[0] for t in ids]
-        single = all(len(t) == 1 for t in ids) and len(set(firsts)) == len(firsts)
-        return cls(tuple(labels), ids, single)
-
-    @property
-    def multi_token_labels(self) -> list[str]:
-        return [lab for lab, ids in zip(self.labels, self.token_ids, strict=True) if len(ids) > 1]
-
-    def describe(self) -> str:
-        if self.single_token:
-            return "every label is a single, distinct token: scored by its next-token log-probability"
-        return (f"labels {self.multi_token_labels or 'sharing a first token'} split into several tokens: every "
-                "label is scored by its full teacher-forced log-probability")
-
-    @torch.no_grad()
-    def score(self, model, batch: Batch, last_logits: torch.Tensor) -> torch.Tensor:
-        """Label log-probabilities ``[B, K]`` given the answer-position logits of ``batch``."""
-        logp = torch.log_softmax(last_logits.float(), dim=-1)
-        first = torch.tensor([t[0] for t in self.token_ids], device=logp.device)
-        scores = logp[:, first]
-        if self.single_token:
-            return scores
-        for k, ids in enumerate(self.token_ids):
-            if len(ids) > 1:
-                scores[:, k] = self._sequence_logprob(model, batch, ids)
-        return scores
-
-    def _sequence_logprob(self, model, batch: Batch, ids: list[int]) -> torch.Tensor:
-        """log p(ids | prompt) by one teacher-forced forward of prompt + label tokens."""
-        n = len(batch)
-        device = batch.input_ids.device
-        extra = torch.tensor(ids, device=device).expand(n, -1)
-        input_ids = torch.cat([batch.input_ids, extra], dim=1)
-        mask = torch.cat([batch.attention_mask, torch.ones_like(extra)], dim=1)
-        pos = batch.position_ids[:, -1:] + torch.arange(1, len(ids) + 1, device=device)
-        position_ids = torch.cat([batch.position_ids, pos], dim=1)
-        out = model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids,
-                    logits_to_keep=len(ids) + 1)
-        logp = torch.log_softmax(out.logits[:, :-1].float(), dim=-1)  # predicts each label token
-        return logp.gather(-1, extra.unsqueeze(-1)).squeeze(-1).sum(-1)
+#: The readout's name for the engine's label scorer (one implementation: :mod:`emolens.engine.scoring`).
+LabelReader = LabelScorer
 
 
 @dataclass
@@ -126,14 +57,15 @@ def score_prompts(lm, prompts, reader: LabelReader, batch_size: int = 16, top_k:
                   progress: bool = False, desc: str = "readout") -> tuple[np.ndarray, list[str]]:
     """Label log-probabilities ``[N, K]`` and the top-1 vocabulary token for each prompt."""
     if batch_size < 1:
-        raise EmolensError(f"batch size {batch_size} is not positive", "pass --batch-size 1 or more")
+        raise EmolensError(f"batch size {batch_size} is not positive")
     scores = np.zeros((len(prompts), len(reader.labels)), dtype=np.float32)
     top: list[str] = [""] * len(prompts)
     bar = tqdm(total=len(prompts), desc=desc, unit="item", disable=not progress, leave=False)
     for batch in iter_batches(lm.tokenizer, prompts, batch_size, lm.device):
-        out = lm.model(**batch.model_inputs(), logits_to_keep=1)
+        cache = reader.new_cache(lm.model)
+        out = lm.model(**batch.model_inputs(), cache=cache, use_cache=cache is not None, logits_to_keep=1)
         last = out.logits[:, -1]
-        scores[batch.indices] = reader.score(lm.model, batch, last).cpu().numpy()
+        scores[batch.indices] = reader.score(lm.model, batch, last, cache).cpu().numpy()
         best = last.argmax(-1).tolist()
         for i, tok_id in zip(batch.indices, best, strict=True):
             top[i] = lm.tokenizer.decode([tok_id])

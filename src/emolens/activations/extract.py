@@ -14,6 +14,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
@@ -21,7 +22,10 @@ from emolens.activations.store import ActivationStore, prepare_store, storage_dt
 from emolens.engine.intervention import run_forward
 from emolens.engine.ops import Capture
 from emolens.engine.positions import position_items
+from emolens.engine.scoring import LabelScorer
 from emolens.errors import EmolensError
+from emolens.inputs.batching import iter_batches
+from emolens.inputs.prompts import PromptSpec, build_prompts
 from emolens.model.sites import SITES
 
 _TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16}
@@ -100,8 +104,6 @@ def extract(lm, dataset, out: str | Path, sites: str | Sequence[str] = ("attn", 
     ...; stored mean-pooled). ``on_chunk(k)`` runs after chunk ``k`` is committed (tests inject
     kills there). Returns the complete store.
     """
-    from emolens.inputs.prompts import PromptSpec, build_prompts
-
     spec = spec or PromptSpec()
     site_list = parse_sites(sites)
     pos = position_items(positions)
@@ -136,9 +138,7 @@ def extract(lm, dataset, out: str | Path, sites: str | Sequence[str] = ("attn", 
     ops, layout = _capture_ops(site_list, layers_of, pos, _TORCH_DTYPES[dtype])
     reader = None
     if readout:
-        from emolens.readout import LabelReader
-
-        reader = LabelReader.build(lm.tokenizer, spec.labels, prompts[0].text, prompts[0].label_prefix)
+        reader = LabelScorer.build(lm.tokenizer, spec.labels, prompts[0].text, prompts[0].label_prefix)
     todo = writer.pending()  # damaged chunks a repair marked, then the unfinished tail
     done_items = len(dataset) - sum(len(writer.chunk_range(c)) for c in todo)
     bar = tqdm(total=len(dataset), initial=done_items, desc="extract", unit="item", disable=not progress)
@@ -156,8 +156,6 @@ def extract(lm, dataset, out: str | Path, sites: str | Sequence[str] = ("attn", 
 def _fill(writer, todo, lm, dataset, prompts, spec, ops, layout, site_list, np_dtype, reader, batch_size, bar,
           on_chunk) -> None:
     """Compute and commit the chunks in ``todo``."""
-    from emolens.inputs.batching import iter_batches
-
     for chunk in todo:
         rows = writer.chunk_range(chunk)
         buffers = writer.buffers(chunk)
@@ -165,9 +163,10 @@ def _fill(writer, todo, lm, dataset, prompts, spec, ops, layout, site_list, np_d
         top: list[str] = [""] * len(rows)
         chunk_prompts = [prompts[i] for i in rows]
         for batch in iter_batches(lm.tokenizer, chunk_prompts, batch_size, lm.device):
+            cache = reader.new_cache(lm.model) if reader is not None else None
             with torch.no_grad():
-                out_, run_ = run_forward(lm, batch, ops, need_logits=reader is not None,
-                                         **({"logits_to_keep": 1} if reader is not None else {}))
+                out_, run_ = run_forward(lm, batch, ops, need_logits=reader is not None, logits_to_keep=1,
+                                         cache=cache, use_cache=cache is not None)
                 caps = run_.captures
                 for site in site_list:
                     parts = [caps[name][:, :, j] for name, j in layout[site]]
@@ -178,7 +177,7 @@ def _fill(writer, todo, lm, dataset, prompts, spec, ops, layout, site_list, np_d
                     buffers[site][batch.indices] = block.numpy()
                 if reader is not None:
                     last = out_.logits[:, -1]
-                    scores[batch.indices] = reader.score(lm.model, batch, last).cpu().numpy()
+                    scores[batch.indices] = reader.score(lm.model, batch, last, cache).cpu().numpy()
                     for i, tok_id in zip(batch.indices, last.argmax(-1).tolist(), strict=True):
                         top[i] = lm.tokenizer.decode([tok_id])
             bar.update(len(batch))
@@ -189,8 +188,6 @@ def _fill(writer, todo, lm, dataset, prompts, spec, ops, layout, site_list, np_d
 
 
 def _readout_frame(dataset, rows: range, labels: Sequence[str], scores: np.ndarray, top: list[str]):
-    import pandas as pd
-
     index = {lab: i for i, lab in enumerate(labels)}
     gold_names = [dataset.labels[i] for i in rows]
     gold = np.array([index.get(g, -1) if g is not None else -1 for g in gold_names])

@@ -19,22 +19,19 @@ from emolens.causal.common import (
     CausalResult,
     Condition,
     Position,
-    Scorer,
     Window,
-    clean_pass,
     gold_index,
     int_positions,
     make_batches,
-    path_name,
     position_label,
     prediction_metrics,
-    reader_for,
     reference_path,
-    run_conditions,
+    runner_for,
     suffix_len,
     to_frame,
 )
 from emolens.engine.ops import Apply, Capture, Resample, Set, Zero
+from emolens.engine.runner import path_name
 from emolens.errors import EmolensError
 from emolens.inputs.prompts import PromptSpec, build_prompts
 
@@ -91,20 +88,20 @@ def ablation_condition(kind: str, site: str, window: Window, position: Position,
 
     def build(batch):
         if kind == "zero":
-            return [Zero(site, layers=layers, positions=pos, heads=heads)], None
+            return [Zero(site, layers=layers, positions=pos, heads=heads)]
         if kind == "mean":
             mean = caps[pool_key].float().mean(0)[layers].to(caps[pool_key].dtype)  # [layers, P, *w]
-            return [Set(site, layers=layers, positions=pos, heads=heads, value=mean, dims="lp")], None
+            return [Set(site, layers=layers, positions=pos, heads=heads, value=mean, dims="lp")]
         if kind == "resample":
             source = caps[pool_key][:, layers]
             return [Resample(site, layers=layers, positions=pos, heads=heads, source=source,
-                             index=torch.as_tensor(perm[batch.indices]))], None
-        ops = []
-        for layer in layers:
-            key = f"{seed}|{site}|{layer}|{window.center}|{window.span}|{position_label(position)}|{head}"
-            ops.append(Apply(site, layers=[layer], positions=pos, heads=heads,
-                             fn=lambda x, k=key, rows=batch.indices: norm_matched_noise(x, rows, k)))
-        return ops, None
+                             index=torch.as_tensor(perm[batch.indices]))]
+        where = f"{window.center}|{window.span}|{position_label(position)}|{head}"
+
+        def noise(x, ctx, rows=batch.indices):  # one draw per (item, layer): the op context names the layer
+            return norm_matched_noise(x, rows, f"{seed}|{site}|{ctx.layer}|{where}")
+
+        return [Apply(site, layers=layers, positions=pos, heads=heads, fn=noise)]
 
     return Condition(kind, site, window, position, head, build, fast)
 
@@ -128,8 +125,8 @@ def ablate(lm, dataset, sites: Sequence[str] = ("attn", "mlp", "resid"), windows
         lm.sites.width(site)
     spec = spec or PromptSpec()
     prompts = build_prompts(dataset.texts, spec, lm.tokenizer)
-    reader = reader_for(lm, prompts, spec)
-    scorer = Scorer(lm, reader)
+    runner = runner_for(lm, prompts, spec)
+    reader = runner.scorer
     batches = make_batches(lm, prompts, batch_size)
     n = len(prompts)
     needs_pool = any(k in ("mean", "resample") for k in kinds)
@@ -149,7 +146,7 @@ def ablate(lm, dataset, sites: Sequence[str] = ("attn", "mlp", "resid"), windows
                               pool=None if ints is not None else "mean", name=key)
                 caps.setdefault(path_name(suffix_len(position, fast)), []).append(cap)
     paths = sorted({path_name(suffix_len(p, fast)) for p in positions})
-    clean = clean_pass(scorer, batches, n, paths=paths, progress=progress, ops=caps)
+    clean = runner.clean(batches, n, paths, caps, progress)
     perm = derangement(n, seed) if "resample" in kinds else None
     head_list: list[int | None] = list(heads) if heads is not None else [None]
     conditions = []
@@ -161,12 +158,12 @@ def ablate(lm, dataset, sites: Sequence[str] = ("attn", "mlp", "resid"), windows
                         conditions.append(ablation_condition(kind, site, window, position, head, clean,
                                                              pool_keys[(site, position)], perm, seed,
                                                              suffix_len(position, fast)))
-    scores = run_conditions(scorer, batches, n, conditions, progress, desc="ablate")
+    scores = runner.conditions(batches, n, conditions, progress, desc="ablate")
     gold = gold_index(dataset.labels, spec.labels)
     model = lm.spec
     reference = clean.scores[reference_path(paths)]
     rows = prediction_metrics("ablation", None, reference, reference, gold, model)
     for cond, s in zip(conditions, scores, strict=True):
-        rows += prediction_metrics("ablation", cond, s, clean.scores[path_name(cond.fast)], gold, model)
+        rows += prediction_metrics("ablation", cond, s, clean.scores[path_name(cond.suffix)], gold, model)
     return CausalResult(to_frame(rows), reference, scores, conditions, list(dataset.ids),
-                        info={"forwards": scorer.forwards, "n_items": n, "label_scoring": reader.describe()})
+                        info={"forwards": runner.forwards, "n_items": n, "label_scoring": reader.describe()})

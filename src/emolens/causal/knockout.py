@@ -25,18 +25,15 @@ from collections.abc import Sequence
 from emolens.causal.common import (
     CausalResult,
     Condition,
-    Scorer,
-    clean_pass,
     gold_index,
     make_batches,
-    path_name,
     prediction_metrics,
-    reader_for,
-    run_conditions,
+    runner_for,
     to_frame,
 )
 from emolens.engine.ops import Knockout, check_maskable
 from emolens.engine.positions import Positions
+from emolens.engine.runner import path_name
 from emolens.errors import EmolensError
 from emolens.inputs.prompts import PromptSpec, build_prompts
 
@@ -47,7 +44,7 @@ def knockout_condition(keys, queries, window, head: int | None, fast: int) -> Co
     op = Knockout("attn", layers=list(window.layers), positions=queries, keys=keys,
                   heads=None if head is None else [head])
     query = queries.span if queries.span else (queries.ints[0] if len(queries.ints) == 1 else queries.ints)
-    return Condition(f"keys={keys.label}", "attn_edge", window, query, head, lambda batch: ([op], None), fast)
+    return Condition(f"keys={keys.label}", "attn_edge", window, query, head, lambda batch: [op], fast)
 
 
 def knockout(lm, dataset, keys: Sequence = ("context",), queries=-1, windows=(),
@@ -64,20 +61,20 @@ def knockout(lm, dataset, keys: Sequence = ("context",), queries=-1, windows=(),
         raise EmolensError("no layer windows given", "pass windows from layer_windows()")
     spec = spec or PromptSpec()
     prompts = build_prompts(dataset.texts, spec, lm.tokenizer)
-    reader = reader_for(lm, prompts, spec)
-    scorer = Scorer(lm, reader)
+    runner = runner_for(lm, prompts, spec)
+    reader = runner.scorer
     batches = make_batches(lm, prompts, batch_size)
     path_fast = Positions.of(queries).suffix if fast else 0
     path = path_name(path_fast)
-    clean = clean_pass(scorer, batches, len(prompts), paths=(path,), progress=progress)
+    clean = runner.clean(batches, len(prompts), (path,), None, progress)
     head_list: list[int | None] = list(heads) if heads is not None else [None]
     conditions = [knockout_condition(k, queries, w, h, path_fast) for k in keys for w in windows
                   for h in head_list]
-    scores = run_conditions(scorer, batches, len(prompts), conditions, progress, desc="knockout")
+    scores = runner.conditions(batches, len(prompts), conditions, progress, desc="knockout")
     gold = gold_index(dataset.labels, spec.labels)
     reference = clean.scores[path]
     rows = prediction_metrics("knockout", None, reference, reference, gold, lm.spec)
     for cond, s in zip(conditions, scores, strict=True):
         rows += prediction_metrics("knockout", cond, s, reference, gold, lm.spec)
     return CausalResult(to_frame(rows), reference, scores, conditions, list(dataset.ids),
-                        info={"forwards": scorer.forwards, "n_items": len(prompts), "label_scoring": reader.describe()})
+                        info={"forwards": runner.forwards, "n_items": len(prompts), "label_scoring": reader.describe()})

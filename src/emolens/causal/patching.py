@@ -20,24 +20,21 @@ import torch
 from emolens.causal.common import (
     CausalResult,
     Condition,
-    Scorer,
     Window,
-    clean_pass,
     gold_index,
     int_positions,
     make_batches,
     mean_ci,
-    path_name,
     position_label,
     proportion,
-    reader_for,
     reference_path,
     row,
-    run_conditions,
+    runner_for,
     suffix_len,
     to_frame,
 )
 from emolens.engine.ops import Capture, Set
+from emolens.engine.runner import path_name
 from emolens.errors import EmolensError
 from emolens.inputs.prompts import PromptSpec, build_prompts
 
@@ -107,7 +104,7 @@ def patch_condition(site: str, window: Window, position: int, head: int | None, 
     def build(batch):
         rows = torch.as_tensor(src_rows[batch.indices], device=pool.device)
         value = pool[rows][:, layers]  # [B, layers, 1, *w]
-        return [Set(site, layers=layers, positions=[position], heads=heads, value=value, dims="blp")], None
+        return [Set(site, layers=layers, positions=[position], heads=heads, value=value, dims="blp")]
 
     return Condition("patch", site, window, position, head, build, fast)
 
@@ -149,8 +146,8 @@ def patch(lm, dataset, pairs: int | pd.DataFrame = 200, sites: Sequence[str] = (
     items = dataset.subset(item_ids)
     spec = spec or PromptSpec()
     prompts = build_prompts(items.texts, spec, lm.tokenizer)
-    reader = reader_for(lm, prompts, spec)
-    scorer = Scorer(lm, reader)
+    runner = runner_for(lm, prompts, spec)
+    reader = runner.scorer
     where = {item_id: i for i, item_id in enumerate(item_ids)}
     src = pairs["source_id"].map(where).to_numpy()
     tgt = pairs["target_id"].map(where).to_numpy()
@@ -164,8 +161,7 @@ def patch(lm, dataset, pairs: int | pd.DataFrame = 200, sites: Sequence[str] = (
         if full_positions:
             caps.setdefault("full", []).append(Capture(site, layers="all", positions=list(full_positions), name=site))
     paths = sorted({path_name(suffix_len(p, fast)) for p in positions})
-    clean = clean_pass(scorer, make_batches(lm, prompts, batch_size), len(prompts), paths=paths, progress=progress,
-                       ops=caps)
+    clean = runner.clean(make_batches(lm, prompts, batch_size), len(prompts), paths, caps, progress)
     head_list: list[int | None] = list(heads) if heads is not None else [None]
     conditions = []
     for site in sites:
@@ -179,11 +175,11 @@ def patch(lm, dataset, pairs: int | pd.DataFrame = 200, sites: Sequence[str] = (
                 for head in head_list if site == "heads" else [None]:
                     conditions.append(patch_condition(site, window, position, head, site_caps, site, src, m))
     target_batches = make_batches(lm, [prompts[i] for i in tgt], batch_size)
-    scores = run_conditions(scorer, target_batches, len(pairs), conditions, progress, desc="patch")
+    scores = runner.conditions(target_batches, len(pairs), conditions, progress, desc="patch")
     model = lm.spec
     rows = []
     for cond, s in zip(conditions, scores, strict=True):
-        clean_scores = clean.scores[path_name(cond.fast)]
+        clean_scores = clean.scores[path_name(cond.suffix)]
         rows += pair_metrics(cond, s, clean_scores[src], clean_scores[tgt], model)
     reference = clean.scores[reference_path(paths)]
     gold = gold_index(items.labels, spec.labels)
@@ -192,6 +188,6 @@ def patch(lm, dataset, pairs: int | pd.DataFrame = 200, sites: Sequence[str] = (
                          source_gold_correct=(reference[src].argmax(1) == gold[src]),
                          target_gold_correct=(reference[tgt].argmax(1) == gold[tgt]))
     return CausalResult(to_frame(rows), reference, scores, conditions, item_ids, pairs=pairs,
-                        info={"forwards": scorer.forwards, "n_items": len(item_ids), "n_pairs": len(pairs),
+                        info={"forwards": runner.forwards, "n_items": len(item_ids), "n_pairs": len(pairs),
                               "positions": [position_label(p) for p in positions],
                               "label_scoring": reader.describe()})

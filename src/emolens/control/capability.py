@@ -20,10 +20,11 @@ import numpy as np
 import torch
 
 from emolens.engine.intervention import run_forward
+from emolens.engine.runner import ConditionRunner
+from emolens.engine.scoring import LabelScorer
 from emolens.inputs.batching import iter_batches
 from emolens.inputs.prompts import Prompt, PromptSpec, build_prompts
-from emolens.readout import LabelReader
-from emolens.steering.apply import position_mask, steered_label_scores, steering_op
+from emolens.steering.apply import steer_positions, steering_op
 
 __all__ = ["steered_perplexity", "steered_readout_accuracy"]
 
@@ -37,8 +38,7 @@ def steered_perplexity(lm, texts: Sequence[str], layers: Sequence[int] | None = 
     for batch in iter_batches(lm.tokenizer, prompts, batch_size, lm.device):
         ops = []
         if value is not None:
-            pmask = position_mask(batch.attention_mask, "prompt")
-            ops = [steering_op(layers, value.to(lm.device, lm.dtype), pmask)]
+            ops = [steering_op(layers, value.to(lm.device, lm.dtype), steer_positions("prompt"))]
         out, _ = run_forward(lm, batch, ops)
         logp = torch.log_softmax(out.logits[:, :-1].float(), -1)
         target = batch.input_ids[:, 1:]
@@ -56,14 +56,12 @@ def steered_readout_accuracy(lm, texts: Sequence[str], labels: Sequence[str], la
     """Per-item correctness (bool array) of the emotion readout with ``value`` added at the answer cue."""
     spec = spec or PromptSpec()
     prompts = build_prompts(list(texts), spec, lm.tokenizer)
-    reader = LabelReader.build(lm.tokenizer, spec.labels, prompts[0].text, prompts[0].label_prefix)
+    runner = ConditionRunner(lm, LabelScorer.build(lm.tokenizer, spec.labels, prompts[0].text,
+                                                   prompts[0].label_prefix))
+    ops = [] if value is None else [steering_op(list(layers), value.to(lm.device, lm.dtype), steer_positions("last"))]
     pred = np.zeros(len(prompts), dtype=np.int64)
     for batch in iter_batches(lm.tokenizer, prompts, batch_size, lm.device):
-        if value is None:
-            scores = steered_label_scores(lm, reader, batch)
-        else:
-            pmask = position_mask(batch.attention_mask, "last")
-            scores = steered_label_scores(lm, reader, batch, list(layers), value.to(lm.device, lm.dtype), pmask)
-        pred[batch.indices] = scores.argmax(-1).cpu().numpy()
+        scores, _ = runner.run(batch, ops)
+        pred[batch.indices] = scores.argmax(-1).numpy()
     gold = np.array([list(spec.labels).index(lab) for lab in labels])
     return pred == gold

@@ -15,10 +15,11 @@ import numpy as np
 import torch
 
 from emolens.engine.intervention import Intervention
+from emolens.engine.runner import ConditionRunner
+from emolens.engine.scoring import LabelScorer
 from emolens.inputs.batching import iter_batches
 from emolens.inputs.prompts import PromptSpec, build_prompts
-from emolens.readout import LabelReader
-from emolens.steering.apply import steer_positions, steered_label_scores, steering_op
+from emolens.steering.apply import steer_positions, steering_op
 from emolens.steering.sweep import Condition, layers_text
 
 
@@ -185,10 +186,11 @@ def steered_generations(lm, dataset, conditions: Sequence[Condition], n_items: i
     for c, conts in settings:
         full = [f"{t} {x.strip()}".strip() for t, x in zip(texts, conts, strict=True)]
         prompts = build_prompts(full, spec, lm.tokenizer)
-        reader = LabelReader.build(lm.tokenizer, spec.labels, prompts[0].text, prompts[0].label_prefix)
+        runner = ConditionRunner(lm, LabelScorer.build(lm.tokenizer, spec.labels, prompts[0].text,
+                                                       prompts[0].label_prefix))
         scores = np.zeros((len(full), len(spec.labels)))
         for batch in iter_batches(lm.tokenizer, prompts, 8, lm.device):
-            scores[batch.indices] = steered_label_scores(lm, reader, batch).double().cpu().numpy()
+            scores[batch.indices] = runner.run(batch)[0].double().numpy()
         fluency = continuation_logprob(lm, texts, conts)
         if c is None:
             clean_fluency = fluency

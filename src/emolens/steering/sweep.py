@@ -26,23 +26,21 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from emolens.engine.prefix import bytes_per_row as _bytes_per_row
+from emolens.engine.prefix import bytes_per_row
+from emolens.engine.runner import ConditionRunner
+from emolens.engine.scoring import LabelScorer
 from emolens.engine.windows import Window, layer_windows
 from emolens.errors import EmolensError
-from emolens.inputs.batching import Batch, iter_batches
+from emolens.inputs.batching import iter_batches
 from emolens.inputs.prompts import PromptSpec, build_prompts
 from emolens.labels import EMOTIONS
 from emolens.metrics import wilson_interval
-from emolens.readout import LabelReader
 from emolens.steering.apply import (
     SCALES,
-    fast_label_scores,
     mean_resid_norm,
-    prefix_cache,
-    repeat_batch,
     scaled,
     steer_positions,
-    steered_label_scores,
+    steering_op,
 )
 from emolens.steering.directions import (
     ConceptBank,
@@ -129,7 +127,7 @@ def outcome_rows(clean: np.ndarray, steered: np.ndarray, labels: Sequence[str], 
 
 
 @torch.no_grad()
-def run_conditions(lm, prompts, reader: LabelReader, conditions: Sequence[Condition], batch_size: int = 16,
+def run_conditions(lm, prompts, reader: LabelScorer, conditions: Sequence[Condition], batch_size: int = 16,
                    max_rows: int = 64, progress: bool = False, fast: bool | None = None, fast_rows: int = 256,
                    fast_cache_bytes: int = 2 ** 31, info: dict | None = None
                    ) -> tuple[dict[tuple, np.ndarray], list[np.ndarray]]:
@@ -166,37 +164,26 @@ def run_conditions(lm, prompts, reader: LabelReader, conditions: Sequence[Condit
             target[indices] = got[j * B:(j + 1) * B]
         bar.update(got.shape[0])
 
-    fast_keys = [key for key in groups if key[1] == "last"] if fast is not False else []
-    full_batches: dict[tuple, list[Batch]] = {key: [] for key in groups if key not in fast_keys}
+    runner = ConditionRunner(lm, reader, prefix_bytes=0)  # each batch's prefix is used at once, never kept
+    fast_keys = [key for key in groups if steer_positions(key[1]).suffix] if fast is not False else []
     took_fast = bool(fast_keys)
-    for batch in (iter_batches(lm.tokenizer, prompts, item_bs, lm.device) if fast_keys else ()):
-        prefix = prefix_cache(lm, batch)
+    for batch in iter_batches(lm.tokenizer, prompts, item_bs, lm.device):
         B = len(batch)
-        for key in fast_keys:
-            if prefix is None:  # this model's cache cannot be shared: full forwards for this batch
+        for key, members in groups.items():
+            layers, position = key
+            where = steer_positions(position)
+            prefix = runner.prefix(batch, where.suffix) if key in fast_keys else None
+            if key in fast_keys and prefix is None:  # this model's cache cannot be shared: full forwards
                 took_fast = False
-                full_batches.setdefault(key, []).append(batch)
-                continue
-            layers, _ = key
-            per = max(1, min(fast_rows // B, fast_cache_bytes // max(1, B * _bytes_per_row(prefix))))
+            if prefix is None:
+                per = max(1, max_rows // B)
+            else:
+                per = max(1, min(fast_rows // B, fast_cache_bytes // max(1, B * bytes_per_row(prefix.cache))))
             for c0 in range(0, stacks[key].shape[0], per):
                 chunk = stacks[key][c0:c0 + per].to(lm.device, lm.dtype)
-                got = fast_label_scores(lm, reader, batch, prefix, chunk.shape[0], list(layers),
-                                        chunk.repeat_interleave(B, 0))
-                store(key, groups[key], c0, got.double().cpu().numpy(), B, batch.indices)
-    for key, done in full_batches.items():
-        layers, position = key
-        batches = done if key in fast_keys else iter_batches(lm.tokenizer, prompts, item_bs, lm.device)
-        for batch in batches:
-            B = len(batch)
-            per = max(1, max_rows // B)
-            base_mask = steer_positions(position).mask(batch.attention_mask)
-            for c0 in range(0, stacks[key].shape[0], per):
-                chunk = stacks[key][c0:c0 + per].to(lm.device, lm.dtype)
-                C = chunk.shape[0]
-                got = steered_label_scores(lm, reader, repeat_batch(batch, C), list(layers),
-                                           chunk.repeat_interleave(B, 0), base_mask.repeat(C, 1))
-                store(key, groups[key], c0, got.double().cpu().numpy(), B, batch.indices)
+                op = steering_op(list(layers), chunk.repeat_interleave(B, 0), where)
+                got, _ = runner.run(batch, [op], prefix, times=chunk.shape[0])
+                store(key, members, c0, got.double().numpy(), B, batch.indices)
     bar.close()
     if info is not None:
         info["fast_path"] = sorted({key[1] for key in fast_keys}) if took_fast else []
@@ -367,7 +354,7 @@ def sweep(lm, dataset, directions: Sequence[str], *, bank: ConceptBank | None = 
         if scale == "relative" else {}
     conditions = build_conditions(lm, bank, directions, centres, span, betas, positions, scale,
                                   ref_norm or None, partial, fixed, n_random, control, seed)
-    reader = LabelReader.build(lm.tokenizer, spec.labels, prompts[0].text, prompts[0].label_prefix)
+    reader = LabelScorer.build(lm.tokenizer, spec.labels, prompts[0].text, prompts[0].label_prefix)
     run_info: dict = {}
     clean, scores = run_conditions(lm, prompts, reader, conditions, batch_size, max_rows, progress, fast=fast,
                                    fast_rows=fast_rows, info=run_info)
