@@ -277,7 +277,7 @@ def test_cli_knockout_and_errors(tmp_path, capsys):
     out = tmp_path / "ko"
     main(["knockout", "--model", "tiny:llama", "--data", "stimuli", "--items", "all", "--limit", "6", "--span", "3",
           "--keys", "context", "--out", str(out)])
-    frame = pd.read_parquet(out / "results.parquet")
+    frame = pd.read_parquet(out / "knockout.parquet")
     assert {"analysis", "window_center", "metric", "ci_low", "n", "model"} <= set(frame.columns)
     assert (out / "run.json").exists()
     for args in (["ablate", "--sites", "foo"], ["patch", "--span", "9"], ["patch", "--pairs", "1", "--limit", "1"]):

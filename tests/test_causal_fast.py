@@ -41,15 +41,15 @@ def suffixes(monkeypatch):
     seen: list[int] = []
     build, extend = engine_runner.prefix_cache, engine_runner.extend_prefix
 
-    def spy_build(lm, batch, m=1):
-        cache = build(lm, batch, m)
+    def spy_build(model, batch, m=1):
+        cache = build(model, batch, m)
         seen.extend([m] if cache is not None else [])
         return cache
 
-    def spy_extend(lm, batch, cache, m_from, m_to):
+    def spy_extend(model, batch, cache, m_from, m_to):
         assert m_from > m_to
         seen.append(m_to)
-        return extend(lm, batch, cache, m_from, m_to)
+        return extend(model, batch, cache, m_from, m_to)
 
     monkeypatch.setattr(engine_runner, "prefix_cache", spy_build)
     monkeypatch.setattr(engine_runner, "extend_prefix", spy_extend)

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from emolens.cli.app import main
 from emolens.errors import EmolensError
@@ -405,7 +406,7 @@ def test_steer_stage_fits_on_the_fit_split_and_measures_held_out_items(steer_run
     table = pd.read_parquet(folder / "steering.parquet")
     assert set(table.fit) == {"heldout"}
     assert table[table.kind == "random"].direction.nunique() == 19
-    info = json.loads((folder / "summary.json").read_text())["diffmean"]
+    info = json.loads((folder / "summary.json").read_text())["methods"]["diffmean"]
     fit, held = fit_split(result.data.dataset, 0.5, cfg.seed)
     assert info["fit_ids"] == list(fit.ids) and info["steered_ids"] == list(held.ids)
     assert not set(info["fit_ids"]) & set(info["steered_ids"]) and len(info["fit_ids"]) == 13
@@ -442,12 +443,31 @@ def test_steer_stage_best_alignment_and_generations_in_the_best_window(steer_run
     assert len(setting) == 1 and setting <= tops  # the generations steer in the best-aligned window and beta
     assert set(steered.kind) == {"real", "specificity", "random"} and (steered.kind == "random").sum() == 1
     assert {"flags", "degenerate", "code"} <= set(gens.columns)
-    assert set(gens.id) <= set(json.loads((folder / "summary.json").read_text())["diffmean"]["steered_ids"])
+    assert set(gens.id) <= set(json.loads((folder / "summary.json").read_text())["methods"]["diffmean"]["steered_ids"])
     rec = json.loads((folder / "stage.json").read_text())["summary"]
     assert tuple(rec["generation_window_beta"]) in setting and rec["generation_position"] == "generated"
     html = (result.run_dir / "report.html").read_text()
     assert "Best theory alignment" in html and "fit = heldout" in html and "19 norm-matched random" in html
     assert "flagged by the fluency guard" in html and "<th>flags</th>" in html
+
+
+def test_steer_stage_and_cli_write_identical_tables(steer_run, tmp_path):
+    """One orchestration: ``emolens steer`` with the stage's settings and the stage's extract store
+    writes the very same tables (and directions) as the study's steer stage."""
+    from safetensors.torch import load_file
+
+    cfg, result = steer_run
+    folder = result.run_dir / "tiny-llama/steer"
+    out = tmp_path / "cli"
+    main(["steer", "--model", "tiny:llama", "--data", "stimuli", "--limit", "26", "--seed", str(cfg.seed),
+          "--direction", "joy+;pleasantness+;other_responsblt-", "--method", "diffmean", "--windows", "all",
+          "--span", "1", "--beta", "2,8", "--scale", cfg.steer.scale, "--n-random", str(cfg.steer.n_random),
+          "--holdout", str(cfg.steer.holdout), "--generate", "1", "--batch-size", str(cfg.batch_size),
+          "--acts", str(result.run_dir / "tiny-llama/extract/store"), "--out", str(out)])
+    for name in ("steering.parquet", "alignment.parquet", "alignment_cells.parquet", "generations.parquet"):
+        pd.testing.assert_frame_equal(pd.read_parquet(out / name), pd.read_parquet(folder / name), obj=name)
+    a, b = load_file(out / "directions.safetensors"), load_file(folder / "directions.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_steer_stage_holdout_zero_steers_the_fitted_items(steer_run, tmp_path):

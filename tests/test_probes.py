@@ -20,6 +20,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 from emolens.errors import EmolensError
 from emolens.labels import EMOTIONS, PAPER_APPRAISALS
 from emolens.probes import evaluation as pe
+from emolens.probes.directions import fit_directions
 from emolens.probes.estimators import (
     BatchedLogisticProbe,
     BatchedMLPProbe,
@@ -400,10 +401,32 @@ def test_human_baseline_table():
     assert 0.3 < hb.accuracy < 1 and hb.ci_low < hb.accuracy < hb.ci_high and isinstance(hb.coef, pd.DataFrame)
 
 
+def test_directions_leave_an_item_out_of_the_concepts_it_lacks():
+    """The one missing-value rule: a missing label or rating drops the item from that concept only."""
+    X, y = _classes(S=2, n=120, d=5, K=4, sep=1.0)
+    Y = np.random.default_rng(3).integers(1, 6, (120, 2)).astype(float)
+    y_missing, Y_missing = y.copy(), Y.copy()
+    y_missing[:10] = -1
+    Y_missing[10:30, 1] = np.nan
+    got = fit_directions(X, y_missing, Y_missing, n_classes=4)
+    keep = y_missing >= 0
+    want_emotion = fit_directions(X[:, keep], y[keep], n_classes=4)
+    for key in ("emotion/diffmean", "emotion/probe"):
+        torch.testing.assert_close(got[key], want_emotion[key], atol=1e-4, rtol=1e-4)
+    rated = np.isfinite(Y_missing[:, 1])
+    want_a0 = fit_directions(X, ratings=Y[:, :1])  # appraisal 0 is rated by every item
+    want_a1 = fit_directions(X[:, rated], ratings=Y[rated][:, 1:])
+    for key in ("appraisal/diffmean", "appraisal/probe"):
+        torch.testing.assert_close(got[key][:, :1], want_a0[key], atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(got[key][:, 1:], want_a1[key], atol=1e-4, rtol=1e-4)
+    undefined = fit_directions(X, np.full(120, -1), n_classes=4)  # nothing labelled: NaN, never zero
+    assert torch.isnan(undefined["emotion/diffmean"]).all() and torch.isnan(undefined["emotion/probe"]).all()
+
+
 def test_directions_shapes_diffmeans_and_roundtrip(tmp_path):
     X, y = _classes(S=2, n=200, d=6, K=13, sep=1.0)
     Y = np.random.default_rng(7).integers(1, 6, (200, 3)).astype(float)
-    dirs = pe.compute_directions(X, y, Y, n_classes=13)
+    dirs = fit_directions(X, y, Y, n_classes=13)
     assert dirs["emotion/probe"].shape == (2, 13, 6) and dirs["emotion/diffmean"].shape == (2, 13, 6)
     assert dirs["appraisal/probe"].shape == (2, 3, 6) and dirs["appraisal/diffmean"].shape == (2, 3, 6)
     for s in range(2):

@@ -341,7 +341,7 @@ def test_sweep_and_cli_end_to_end(tmp_path, stim):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["fit"] == "heldout" and summary["fast_path"] == ["last"] and summary["random_seeds"] == [0, 1, 2]
     assert not set(summary["fit_ids"]) & set(summary["steered_ids"]) and (frame.n == 6).all()
-    gens = [json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines()]
+    gens = pd.read_parquet(out / "generations.parquet").to_dict("records")
     assert gens[0]["direction"] == "clean" and {"continuation", "emotion", "mean_logp", "degenerate", "flags",
                                                 "distinct2"} <= set(gens[0])
     assert gens[0]["id"] in summary["steered_ids"]  # generations continue held-out items
@@ -364,7 +364,7 @@ def test_sweep_and_cli_end_to_end(tmp_path, stim):
           "--gen-position", "last", "--gen-window", "middle", "--max-new-tokens", "3", "--out", str(out2)])
     summary = json.loads((out2 / "summary.json").read_text())
     assert summary["fit"] == "all" and summary["fast_path"] == [] and summary["n_items"] == 12
-    gens = [json.loads(line) for line in (out2 / "generations.jsonl").read_text().splitlines()]
+    gens = pd.read_parquet(out2 / "generations.parquet").to_dict("records")
     assert {g["position"] for g in gens[1:]} == {"last"}
     # directions from a file were fitted elsewhere: every item is steered and the table says "given"
     out3 = tmp_path / "given"

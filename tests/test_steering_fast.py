@@ -76,7 +76,7 @@ def test_runner_suffix_path_matches_its_full_path_row_by_row(tiny_llama, stim):
     value[: len(batch)] = 0  # the first stacked copy is the clean run
     op = steering_op([0, 1], value, steer_positions("last"))
     full, _ = runner.run(repeat_batch(batch, 3), [op])
-    prefix = prefix_cache(lm, batch)
+    prefix = prefix_cache(lm.model, batch)
     before = [(layer.keys.clone(), layer.values.clone()) for layer in prefix.layers]
     fast, _ = runner.run(batch, [op], Prefix(prefix, 1), times=3)
     torch.testing.assert_close(fast, full, atol=1e-5, rtol=0)
@@ -114,7 +114,7 @@ def test_a_cache_that_cannot_be_shared_falls_back_to_full_forwards(tiny_llama, s
     from emolens.engine import prefix as prefix
 
     monkeypatch.setattr(prefix, "tile_cache", lambda cache, times: None)  # e.g. a static or linear-attention cache
-    assert prefix_cache(lm, encode(lm.tokenizer, prompts)) is None
+    assert prefix_cache(lm.model, encode(lm.tokenizer, prompts)) is None
     info: dict = {}
     clean, got = run_conditions(lm, prompts, reader, conds, batch_size=2, info=info)
     assert info["fast_path"] == []
@@ -129,7 +129,7 @@ def test_cache_budget_only_changes_how_many_conditions_share_a_forward(tiny_llam
     prompts = build_prompts(stim.texts[:4], None, lm.tokenizer)
     reader, _ = _readers(lm, prompts[0])
     conds = _conditions(lm, n=2)
-    prefix = prefix_cache(lm, encode(lm.tokenizer, prompts))
+    prefix = prefix_cache(lm.model, encode(lm.tokenizer, prompts))
     layer = prefix.layers[0]
     assert bytes_per_row(prefix) == len(prefix.layers) * 2 * layer.keys[:1].numel() * 4
     wide_clean, wide = run_conditions(lm, prompts, reader, conds, batch_size=4)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -27,6 +28,7 @@ from emolens.engine.windows import Window
 from emolens.errors import EmolensError
 from emolens.inputs.batching import Batch, iter_batches
 from emolens.metrics import wilson_interval
+from emolens.paths import dump_json
 
 COLUMNS = ("analysis", "kind", "site", "window_center", "window_span", "layers", "position", "head", "metric",
            "value", "ci_low", "ci_high", "n", "model")
@@ -139,6 +141,28 @@ class CausalResult:
     ids: list[str]
     info: dict = dataclasses.field(default_factory=dict)
     pairs: pd.DataFrame | None = None
+
+
+#: The table file of each analysis (written by :func:`write_outputs`, for the CLI and the study alike).
+TABLE_FILES = {"ablation": "ablation.parquet", "patching": "patching.parquet", "knockout": "knockout.parquet"}
+
+
+def write_outputs(result: CausalResult, out_dir: str | Path, analysis: str) -> list[Path]:
+    """Write a causal result: ``<analysis>.parquet`` (tidy), ``pairs.parquet`` (patching) and ``info.json``.
+
+    ``emolens ablate | patch | knockout`` and the study's stages both write through here, so their
+    files are the same. ``head`` is stored as float (NaN: all heads), which every reader round-trips.
+    """
+    out = Path(out_dir)
+    frame = result.frame.copy()
+    frame["head"] = frame["head"].astype("float64")
+    written = [out / TABLE_FILES[analysis]]
+    frame.to_parquet(written[0], index=False)
+    if result.pairs is not None:
+        result.pairs.to_parquet(out / "pairs.parquet", index=False)
+        written.append(out / "pairs.parquet")
+    dump_json(out / "info.json", result.info)
+    return written
 
 
 def gold_index(labels: Sequence[str | None], names: Sequence[str]) -> np.ndarray:

@@ -2,20 +2,14 @@
 
 Tak et al. only *inspect* attention (paper-protocol §6.4). To test whether the answer cue needs to
 read the context (or the shots) at some layers, we block those query->key edges and measure the
-readout. Blocking an edge is what an attention mask already does -- the edge gets ``-inf`` before
-the softmax, so the row renormalises over the keys that remain -- so we edit the mask instead of
-the weights. That keeps fast kernels (SDPA) in play: a ``forward_pre_hook`` on each chosen layer's
-attention module rewrites only that layer's ``attention_mask`` keyword.
-
-transformers 5.x hands every attention module (llama, gemma2/3, qwen2/3, mistral, phi3, olmo,
-gpt2, gpt_neox) ``attention_mask=`` as a keyword: a float additive mask ``[B, 1, Tq, Tk]`` for
-eager attention, a boolean one (True = attend) for SDPA, or ``None`` when SDPA may rely on
-``is_causal`` (no padding, no active sliding window). Sliding-window layers of Gemma get their own
-mask, which we edit the same way, so the window is kept. When the mask is ``None`` we build the
-plain causal mask it stands for. Queries are aligned to the end of the keys, so the same hook
-serves a full prompt forward and an ``m``-token step on top of a cached prefix; on a cached step a
-sliding-window layer's mask covers only the keys its cache kept, the last ones, and the blocked
-keys are aligned to the end too.
+readout. The blocking itself is the engine's :class:`~emolens.engine.ops.Knockout` op, which edits
+the attention mask each chosen attention module receives (so fast kernels such as SDPA stay in
+play, and Gemma's sliding-window masks keep their window). transformers 5.x hands every attention
+module (llama, gemma2/3, qwen2/3, mistral, phi3, olmo, gpt2, gpt_neox) ``attention_mask=`` as a
+keyword: a float additive mask for eager attention, a boolean one for SDPA, or ``None`` when SDPA
+relies on ``is_causal``, which the op spells out. Queries align to the end of the keys, so a
+knockout from the last ``m`` queries runs on the runner's KV-prefix fast path like any other
+condition.
 """
 
 from __future__ import annotations

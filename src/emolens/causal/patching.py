@@ -33,6 +33,7 @@ from emolens.causal.common import (
     suffix_len,
     to_frame,
 )
+from emolens.data.stimuli import load_stimulus_pairs
 from emolens.engine.ops import Capture, Set
 from emolens.engine.runner import path_name
 from emolens.errors import EmolensError
@@ -66,8 +67,6 @@ def draw_pairs(ids: Sequence[str], labels: Sequence[str | None], n: int = 200, s
 
 def stimulus_pairs(available: Sequence[str] | None = None) -> pd.DataFrame:
     """The built-in minimal pairs (member a = source, b = target), optionally only those fully available."""
-    from emolens.data.stimuli import load_stimulus_pairs
-
     frame = load_stimulus_pairs()
     out = pd.DataFrame({"pair": np.arange(len(frame)), "source_id": frame["source_id"],
                         "target_id": frame["target_id"], "source_label": frame["source_emotion"],

@@ -1,8 +1,10 @@
 """``emolens ablate | patch | knockout``: causal interventions over layer windows.
 
 All three share item selection (``--items correct`` runs a readout first, as the paper filters to
-correctly predicted items), window and position parsing, and output: ``results.parquet`` (tidy,
-one row per measurement), ``run.json`` and heatmaps; ``patch`` also saves ``pairs.parquet``.
+correctly predicted items), window and position parsing, and output: the tables the study's stages
+write (:func:`emolens.causal.common.write_outputs`: ``ablation.parquet``, ``patching.parquet`` or
+``knockout.parquet``, tidy, one row per measurement; ``pairs.parquet`` for ``patch``; ``info.json``),
+plus ``run.json`` (the command's arguments and timing) and heatmaps.
 """
 
 from __future__ import annotations
@@ -14,8 +16,6 @@ import typer
 
 from emolens.cli.corpus_options import Corpus, corpus_options
 from emolens.errors import EmolensError
-
-MARKER = "results.parquet"
 
 
 def _ints(text: str, what: str) -> list[int]:
@@ -86,12 +86,11 @@ def _sites(lm, text: str) -> list[str]:
 
 
 def _finish(result, out_dir: Path, args: dict, metrics: tuple[str, ...], seconds: float, lm) -> None:
+    from emolens.causal.common import write_outputs
     from emolens.paths import dump_json
     from emolens.report.causal_figures import plot_all
 
-    result.frame.to_parquet(out_dir / MARKER, index=False)
-    if result.pairs is not None:
-        result.pairs.to_parquet(out_dir / "pairs.parquet", index=False)
+    write_outputs(result, out_dir, result.frame["analysis"].iloc[0])
     plots = plot_all(result.frame, out_dir, metrics)
     dump_json(out_dir / "run.json", {**args, **result.info, "source_id": lm.source_id,
                                      "seconds": round(seconds, 2), "plots": [p.name for p in plots]})
@@ -116,14 +115,15 @@ def register(app: typer.Typer) -> None:
         "force": typer.Option(False, help="overwrite an existing result in --out"),
     }
 
-    def _setup(model, data, items, limit, seed, batch_size, device, dtype, out, force, attn=None, corpus=None):
+    def _setup(model, data, items, limit, seed, batch_size, device, dtype, out, force, analysis, attn=None,
+               corpus=None):
         from emolens.cli.readout import prepare_out_dir
         from emolens.inputs.prompts import PromptSpec
         from emolens.model.loading import load_model
 
         corpus = corpus or Corpus()
         dataset = corpus.load(data, limit, seed)
-        out_dir = prepare_out_dir(out, force, marker=MARKER)
+        out_dir = prepare_out_dir(out, force, marker=f"{analysis}.parquet")
         lm = load_model(model, dtype=dtype, device=device, attn_implementation=attn)
         spec = corpus.prompt_for(PromptSpec(), dataset)
         return out_dir, _select_items(lm, dataset, items, spec, batch_size), lm, spec
@@ -144,7 +144,7 @@ def register(app: typer.Typer) -> None:
 
         _heads_need_site(heads, sites)
         out_dir, items_ds, lm, spec = _setup(model, data, items, limit, seed, batch_size, device, dtype, out, force,
-                                             corpus=corpus)
+                                             "ablation", corpus=corpus)
         start = time.perf_counter()
         result = run(lm, items_ds, _sites(lm, sites), _windows(lm, span, centers, layers), _positions(positions),
                      [k.strip() for k in kinds.split(",") if k.strip()], _heads(lm, heads), spec, batch_size, seed)
@@ -170,7 +170,7 @@ def register(app: typer.Typer) -> None:
             raise EmolensError("--pairs stimuli needs the built-in stimuli", "pass --data stimuli")
         _heads_need_site(heads, sites)
         out_dir, items_ds, lm, spec = _setup(model, data, items, limit, seed, batch_size, device, dtype, out, force,
-                                             corpus=corpus)
+                                             "patching", corpus=corpus)
         pos = _positions(positions)
         if any(not isinstance(p, int) for p in pos):
             raise EmolensError(f"cannot patch positions {positions!r}", "patch integer positions such as -1,-2")
@@ -200,7 +200,7 @@ def register(app: typer.Typer) -> None:
         from emolens.causal.knockout import knockout as run
 
         out_dir, items_ds, lm, spec = _setup(model, data, items, limit, seed, batch_size, device, dtype, out, force,
-                                             corpus=corpus)
+                                             "knockout", corpus=corpus)
         q = _positions(queries)
         query = q[0] if len(q) == 1 else q
         start = time.perf_counter()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import typer
@@ -118,21 +119,16 @@ def register(app: typer.Typer) -> None:
         corpus: Corpus = None,
     ) -> None:
         """Steering sweep with random and specificity controls, theory alignment and steered generation."""
-        import json
         import time
 
         from emolens.cli.readout import prepare_out_dir
-        from emolens.engine.windows import layer_windows
         from emolens.inputs.prompts import PromptSpec
         from emolens.model.loading import load_model
-        from emolens.paths import dump_json
-        from emolens.probes.evaluation import save_directions
         from emolens.report.steering_figures import plot_dose_response, plot_label_bars
-        from emolens.steering import theory
         from emolens.steering.apply import POSITIONS, SCALES
-        from emolens.steering.directions import METHODS, format_terms, parse_direction
-        from emolens.steering.generation import steered_generations
-        from emolens.steering.sweep import N_RANDOM, fit_split, sweep
+        from emolens.steering.directions import METHODS, parse_direction
+        from emolens.steering.run import SteerPlan, run_steering, write_outputs
+        from emolens.steering.sweep import N_RANDOM
 
         if method not in METHODS:
             raise EmolensError(f"unknown method {method!r}", f"use one of {list(METHODS)}")
@@ -157,71 +153,48 @@ def register(app: typer.Typer) -> None:
         dataset = corpus.load(data, limit, seed)
         spec = corpus.prompt_for(PromptSpec(), dataset)
         known = list(dataset.appraisal_names) + list(dataset.label_names)
-        parsed = {d: parse_direction(d, known) for d in dirs}  # bad syntax fails before loading
+        for d in dirs:
+            parse_direction(d, known)  # bad syntax fails before loading
         fixed_list = [f.strip() for f in fixed.split(",") if f.strip()] or None
         for f in fixed_list or []:
             if f not in known:
                 raise EmolensError(f"unknown appraisal {f!r} in --fixed", f"use one of {known}")
         out_dir = prepare_out_dir(out, force, marker="steering.parquet")
         lm = load_model(model, dtype=dtype, device=device)
-        wins = layer_windows(lm.n_layers, [span], windows)
-        centres = [w.center for w in wins]
-        layers = sorted({x for w in wins for x in w.layers})
-        from_file = bool(acts) and _directions_file(acts) is not None
-        # directions from a file were fitted elsewhere: steer every item; else fit on a split
-        fit, steered = (None, dataset) if from_file else fit_split(dataset, holdout, seed)
-        bank = _bank(acts, lm, fit, layers, method, seed) if acts else None
-        provenance = directions_provenance(acts, lm, bank) if acts else {"kind": "fitted here", "model": model,
-                                                                         "source_id": lm.source_id}
+        from_file = bool(acts) and _directions_file(acts) is not None  # fitted elsewhere: steer every item
+        plan = SteerPlan(directions=dirs, methods=[method], windows=windows, span=span, betas=betas,
+                         positions=sweep_pos, scale=scale, partial=partial, fixed=fixed_list, n_random=n_random,
+                         control=None if control == "none" else control, holdout=holdout, fit_given=from_file,
+                         reference=reference, generations=generate, gen_position=gen_position,
+                         gen_window=gen_window if gen_window in ("best", "middle") else int(gen_window),
+                         max_new_tokens=max_new_tokens, batch_size=batch_size, max_rows=max_rows,
+                         fast=None if fast else False, seed=seed)
+        provenance = {"kind": "fitted here", "model": model, "source_id": lm.source_id}
+
+        def bank_for(method_: str, fit, layers: list[int]):
+            nonlocal provenance
+            if not acts:
+                return None
+            bank = _bank(acts, lm, fit, layers, method_, seed)
+            provenance = directions_provenance(acts, lm, bank)
+            return bank
+
         start = time.perf_counter()
-        result = sweep(
-            lm, steered, dirs, bank=bank, method=method, windows=centres, span=span, betas=betas,
-            positions=sweep_pos, scale=scale, partial=partial, fixed=fixed_list, n_random=n_random,
-            control=None if control == "none" else control, fit_dataset=None if from_file else fit, spec=spec,
-            batch_size=batch_size, max_rows=max_rows, fast=None if fast else False, seed=seed, progress=True)
+        run = run_steering(lm, dataset, plan, spec=spec, bank_for=bank_for, progress=True)
         seconds = time.perf_counter() - start
-        frame = result.frame.assign(model=model)
-        frame.to_parquet(out_dir / "steering.parquet", index=False)
-        save_directions(out_dir / "directions.safetensors",
-                        {f"bank/{result.bank.method}": result.bank.vectors},
-                        {"layers": result.bank.layers, "names": result.bank.names, "model": model,
-                         "source_id": lm.source_id, "width": int(result.bank.vectors.shape[-1]),
-                         "directions_from": json.dumps(provenance)})
-        appraisals = [n for n in dataset.appraisal_names]
-        ref = theory.rating_profile(dataset, appraisals) if reference == "ratings" \
-            else theory.classifier_profile(dataset, appraisals)
-        terms = {format_terms(t): [(x.name, x.sign) for x in t] for t in parsed.values()}
-        align, cells = theory.sweep_alignment(result.frame, ref, terms)
-        if len(align):
-            align = align.assign(model=model, reference=reference)
-        align.to_parquet(out_dir / "alignment.parquet", index=False)
-        cells.to_parquet(out_dir / "alignment_cells.parquet", index=False)
-        figures = []
-        for name in terms:
-            figures.append(plot_label_bars(result.frame, name, out_dir / f"labels_{_slug(name)}.png"))
-        figures.append(plot_dose_response(result.frame, out_dir / "dose_response.png"))
-        n_gen, gen_at = 0, None
-        if generate:
-            gen_at = theory.generation_setting(align, result.conditions, centres,
-                                               gen_window if gen_window in ("best", "middle") else int(gen_window),
-                                               sweep_pos[0])
-            chosen = theory.generation_conditions(result.conditions, *gen_at, sweep_pos[0], gen_position)
-            records = steered_generations(lm, result.dataset, chosen, generate,
-                                                   max_new_tokens=max_new_tokens)
-            with open(out_dir / "generations.jsonl", "w") as fh:
-                for r in records:
-                    fh.write(json.dumps(r) + "\n")
-            n_gen = len(records)
-        summary = {"model": model, "source_id": lm.source_id, "data": data, "dataset_fingerprint":
-                   dataset.fingerprint(), "directions": list(terms), "method": method, "partial": partial,
-                   "scale": scale, "reference": reference, "seconds_sweep": round(seconds, 2),
-                   "figures": [str(f) for f in figures], "generations": n_gen, "generation_position": gen_position,
-                   "generation_window_beta": list(gen_at) if gen_at else None, "directions_from": provenance,
-                   "labels": list(dataset.label_names), **result.info}
-        dump_json(out_dir / "summary.json", summary)
-        head = align[align.metric == "alignment"] if len(align) else align
-        line = (f"{len(result.conditions)} conditions on {len(result.dataset)} items "
-                f"({result.info['fit']} fit) in {seconds:.1f}s")
+        figures = [plot_label_bars(run.table, name, out_dir / f"labels_{_slug(name)}.png") for name in run.terms]
+        figures.append(plot_dose_response(run.table, out_dir / "dose_response.png"))
+        write_outputs(run, out_dir, {"model": model, "source_id": lm.source_id, "data": data,
+                                     "dataset_fingerprint": dataset.fingerprint(), "method": method,
+                                     "partial": partial, "scale": scale, "seconds_sweep": round(seconds, 2),
+                                     "figures": [str(f) for f in figures], "directions_from": provenance,
+                                     "labels": list(dataset.label_names)},
+                      {"source_id": lm.source_id, "directions_from": json.dumps(provenance)})
+        align = run.alignment
+        head = align[align.metric == "alignment"].dropna(subset=["value"]) if len(align) else align
+        n_conditions = sum(len(r.conditions) for r in run.swept.values())
+        line = (f"{n_conditions} conditions on {run.summary['n_items']} items ({run.summary['fit']} fit) "
+                f"in {seconds:.1f}s")
         if len(head):
             best = head.sort_values("value", ascending=False).iloc[0]
             line += (f"; best theory alignment {best.value:.2f} (p={best.p_value:.2g}) at window {best.window}, "

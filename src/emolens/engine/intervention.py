@@ -1,7 +1,9 @@
 """The intervention engine: capture and edit activations at (site, layers, positions) with plain hooks.
 
-Every later analysis -- ablation, patching, steering, extraction -- is a list of a few ops run
-inside one context manager around an ordinary forward or ``generate()`` call::
+Every later analysis -- ablation, patching, knockout, steering, extraction -- is a list of a few
+ops (:mod:`emolens.engine.ops`) run inside one context manager around an ordinary forward or
+``generate()`` call, on a loaded model or any plain ``nn.Module`` causal LM (its sites are then
+resolved by structure, once)::
 
     with Intervention(lm, [Capture("resid", layers="all", positions=[-1, -2]),
                            Add("resid", layers=[5], positions=-1, value=vec)]) as run:
@@ -12,11 +14,13 @@ Why this shape:
 
 * **One hook per (site, layer)** applies that point's ops in list order, so ``[Add, Capture]``
   captures the edited value and ``[Capture, Add]`` the clean one; there is no hidden ordering.
-* **Positions are per row.** An int is relative to the row's last real token when negative
-  (``-1`` is the answer cue) and to its first real token when non-negative; the row bounds come
-  from the attention mask (taken from the forward's own ``attention_mask`` unless
-  ``batch_mask`` is given), so left or right padding never shifts a position. Named spans and
-  ``"all"`` are boolean masks ``[B, T]``; captures over them are mean-pooled.
+* **Positions are per row** (:class:`~emolens.engine.positions.Positions`): ints relative to the
+  row's real tokens, resolved against the attention mask (the forward's own ``attention_mask``
+  unless ``batch_mask`` is given), so left or right padding never shifts a position. Named spans
+  and ``"all"`` are boolean masks ``[B, T]``; captures over them are mean-pooled.
+* **Attention-edge knockout** (the ``Knockout`` op) edits the attention mask each chosen attention
+  module receives, through a pre-hook on that module; both its query and key positions resolve
+  against the forward's full attention mask.
 * **Prefill vs decode.** A forward whose input is shorter than its attention mask is a cached
   decode step of ``generate()``. Ops act on the prefill only, unless ``every_token=True`` (also
   every newly generated token) or ``positions="generated"`` (only generated tokens).

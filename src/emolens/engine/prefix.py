@@ -17,6 +17,8 @@ from __future__ import annotations
 import copy
 
 import torch
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
 from emolens.inputs.batching import Batch
 
@@ -30,8 +32,6 @@ def tile_cache(cache, times: int):
     cache this cannot copy safely (static, quantised, indexed or linear-attention layers), so callers
     fall back to full forwards.
     """
-    from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
-
     layers = getattr(cache, "layers", None)
     if not layers or getattr(cache, "offloading", False) \
             or any(type(layer) not in (DynamicLayer, DynamicSlidingWindowLayer) for layer in layers):
@@ -60,17 +60,18 @@ def suffix_fits(batch: Batch, m: int) -> bool:
 
 
 @torch.no_grad()
-def prefix_cache(lm, batch: Batch, m: int = 1):
-    """The clean key/value cache of every column but the last ``m`` (``None`` where the fast path cannot run)."""
-    from transformers import DynamicCache
+def prefix_cache(model, batch: Batch, m: int = 1):
+    """The clean key/value cache of every column but the last ``m`` (``None`` where the fast path cannot run).
 
+    ``model`` is the causal LM module (``lm.model`` of a loaded model).
+    """
     if not suffix_fits(batch, m):
         return None
     try:
-        cache = DynamicCache(config=lm.model.config)
+        cache = DynamicCache(config=model.config)
     except Exception:  # noqa: BLE001 - a config DynamicCache cannot build: no fast path
         return None
-    lm.model(input_ids=batch.input_ids[:, :-m], attention_mask=batch.attention_mask[:, :-m],
+    model(input_ids=batch.input_ids[:, :-m], attention_mask=batch.attention_mask[:, :-m],
              position_ids=batch.position_ids[:, :-m], cache=cache, use_cache=True, logits_to_keep=1)
     if cache.get_seq_length() != batch.input_ids.shape[1] - m:  # the model did not fill this cache
         return None
@@ -78,18 +79,18 @@ def prefix_cache(lm, batch: Batch, m: int = 1):
 
 
 @torch.no_grad()
-def extend_prefix(lm, batch: Batch, cache, m_from: int, m_to: int):
+def extend_prefix(model, batch: Batch, cache, m_from: int, m_to: int):
     """The prefix cache of all but the last ``m_to`` columns, from ``cache``, that of all but the last
     ``m_from > m_to``: runs the columns in between on a fork, so ``cache`` itself is kept.
 
-    The same keys and values as :func:`prefix_cache` ``(lm, batch, m_to)`` up to float rounding,
+    The same keys and values as :func:`prefix_cache` ``(model, batch, m_to)`` up to float rounding,
     for ``m_from - m_to`` columns of compute instead of ``T - m_to``.
     """
     T = batch.input_ids.shape[1]
     fork = tile_cache(cache, 1)
     if fork is None:
         return None
-    lm.model(input_ids=batch.input_ids[:, T - m_from:T - m_to], attention_mask=batch.attention_mask[:, :T - m_to],
+    model(input_ids=batch.input_ids[:, T - m_from:T - m_to], attention_mask=batch.attention_mask[:, :T - m_to],
              position_ids=batch.position_ids[:, T - m_from:T - m_to], cache=fork, use_cache=True, logits_to_keep=1)
     return fork
 

@@ -131,10 +131,10 @@ class ConditionRunner:
             if (key, m) not in self._memo:
                 T = batch.input_ids.shape[1]
                 if longer is None:
-                    cache = prefix_cache(self.lm, batch, m)
+                    cache = prefix_cache(self.model, batch, m)
                     ran = T - m
                 else:
-                    cache = extend_prefix(self.lm, batch, longer.cache, longer.m, m)
+                    cache = extend_prefix(self.model, batch, longer.cache, longer.m, m)
                     ran = longer.m - m
                 if cache is not None:
                     self.counter.add(len(batch) * ran, n_layers)
@@ -182,6 +182,30 @@ class ConditionRunner:
         self.counter.add(len(rows) * sum(len(t) - 1 for t in self.scorer.token_ids if len(t) > 1),
                          self.sites.n_layers, forwards=extra)
         return scores.float().cpu(), run.captures
+
+    @torch.no_grad()
+    def stack(self, batch: Batch, values: torch.Tensor, op_for: Callable[[torch.Tensor], Op],
+              prefix: Prefix | None = None, rows: int = 64, cache_bytes: int = 2 ** 31,
+              on_rows: Callable[[int], None] | None = None) -> torch.Tensor:
+        """Label scores ``[C, B, K]`` of ``C`` conditions that differ only in one op's value, ``values[c]``.
+
+        Each forward stacks the batch once per condition (up to ``rows`` rows; on a ``prefix``, also
+        no more than ``cache_bytes`` of tiled cache), and ``op_for(v)`` builds the op for a chunk
+        whose value ``v`` is ``[chunk * B, ...]`` (condition-major rows).
+        """
+        B = len(batch)
+        per = max(1, rows // B)
+        if prefix is not None:
+            per = max(1, min(per, cache_bytes // max(1, B * bytes_per_row(prefix.cache))))
+        dtype = next(self.model.parameters()).dtype
+        out = []
+        for c0 in range(0, values.shape[0], per):
+            chunk = values[c0:c0 + per].to(batch.input_ids.device, dtype)
+            got, _ = self.run(batch, [op_for(chunk.repeat_interleave(B, 0))], prefix, times=chunk.shape[0])
+            out.append(got.view(chunk.shape[0], B, -1))
+            if on_rows is not None:
+                on_rows(got.shape[0])
+        return torch.cat(out)
 
     # -- many items ----------------------------------------------------------------------------
 

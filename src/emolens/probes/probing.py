@@ -50,6 +50,7 @@ from emolens.errors import EmolensError
 from emolens.labels import APPRAISAL_PRESETS, FIRST_WORDS
 from emolens.paths import cache_dir, dump_json
 from emolens.probes import evaluation as pe
+from emolens.probes.directions import fit_directions
 from emolens.probes.validity import probe_warnings
 
 #: Task names accepted by ``--task`` (``all`` = every one of them).
@@ -410,13 +411,13 @@ def _directions(X, y, Y, rated, K, C, alpha, standardize, max_iter, run_on):
     valid = y >= 0
     if valid.sum() >= 2:
         fits: dict = {}
-        out.update(pe.compute_directions(X[:, valid], y=y[valid], n_classes=K, C=C, standardize=standardize,
-                                         max_iter=max_iter, fits=fits, **run_on))
-        conv = fits["emotion"].converged.numpy()
+        out.update(fit_directions(X[:, valid], y[valid], n_classes=K, C=C, standardize=standardize,
+                                  max_iter=max_iter, fits=fits, **run_on))
+        conv = fits["emotion"].converged.numpy() if "emotion" in fits else conv
     if Y is not None and rated.sum() >= 2:
         # float64: with n < d the kernel Cholesky of raw activations (|x| ~ 1e4) fails in float32
-        out.update(pe.compute_directions(X[:, rated], Y=Y[rated], alpha=alpha, standardize=standardize,
-                                         dtype=torch.float64, **run_on))
+        out.update(fit_directions(X[:, rated], ratings=Y[rated], alpha=alpha, standardize=standardize,
+                                  dtype=torch.float64, **run_on))
     return out, conv
 
 

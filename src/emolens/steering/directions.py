@@ -28,8 +28,8 @@ from emolens.engine.ops import Capture
 from emolens.errors import EmolensError
 from emolens.inputs.batching import iter_batches
 from emolens.labels import ALL_APPRAISALS, EMOTIONS, PAPER_APPRAISALS
-from emolens.probes import estimators as probes
-from emolens.probes.evaluation import class_diffmeans, load_directions
+from emolens.probes.directions import fit_directions
+from emolens.probes.evaluation import load_directions
 
 METHODS: tuple[str, ...] = ("diffmean", "probe", "pca")
 #: The four appraisals the paper's surgery holds fixed against each other (paper-protocol §7.3).
@@ -153,46 +153,29 @@ def diffmean_directions(X: torch.Tensor, ratings: np.ndarray | None = None, labe
                         n_classes: int = len(EMOTIONS), high: float = 4, low: float = 2) -> torch.Tensor:
     """Difference-of-means directions ``[L, A + K, d]`` from activations ``X[N, L, d]``.
 
-    Appraisal ``a``: mean over items rated ``>= high`` minus mean over items rated ``<= low``
-    (NaN ratings fall on neither side). Emotion ``k``: mean of class ``k`` minus mean of the rest
-    (items without a label on neither side). An empty side gives NaN, never a silent zero.
+    Appraisal ``a``: mean over items rated ``>= high`` minus mean over items rated ``<= low``;
+    emotion ``k``: mean of class ``k`` minus mean of the rest. Missing ratings and labels follow
+    :mod:`emolens.probes.directions` (the item is left out of that concept only; an empty side
+    gives NaN, never a silent zero).
     """
-    Xs = X.permute(1, 0, 2).double()  # [L, N, d]
-    parts = []
-    if ratings is not None and ratings.shape[1]:
-        T = torch.as_tensor(ratings, dtype=torch.float64)
-        parts.append(class_diffmeans(Xs, torch.ge(T, high).long(), torch.le(T, low).long()))
-    if labels is not None:
-        y = torch.as_tensor(labels)
-        member = torch.nn.functional.one_hot(y.clamp_min(0), n_classes) * (y >= 0)[:, None]
-        other = (1 - member) * (y >= 0)[:, None]
-        parts.append(class_diffmeans(Xs, member, other))
-    return torch.cat(parts, 1).float()
+    return _directions(X, ratings, labels, "diffmean", n_classes=n_classes, high=high, low=low)
 
 
 def probe_directions(X: torch.Tensor, ratings: np.ndarray | None = None, labels: np.ndarray | None = None,
                      n_classes: int = len(EMOTIONS), alpha: float = 5.0, C: float = 1.0) -> torch.Tensor:
     """Probe-weight directions ``[L, A + K, d]`` (the paper): ridge per appraisal, logistic per emotion.
 
-    Each appraisal's ridge is fitted on the items that rate it; the logistic on labelled items.
+    Each appraisal's ridge is fitted on the items that rate it, the logistic on labelled items
+    (:mod:`emolens.probes.directions`).
     """
-    Xs = X.permute(1, 0, 2).contiguous()
-    parts = []
-    if ratings is not None and ratings.shape[1]:
-        cols = []
-        for j in range(ratings.shape[1]):
-            keep = np.isfinite(ratings[:, j])
-            if keep.sum() < 3:
-                cols.append(torch.full((Xs.shape[0], 1, Xs.shape[2]), float("nan")))
-                continue
-            fit = probes.fit_ridge(Xs[:, keep], ratings[keep, j:j + 1], alpha=alpha)
-            cols.append(fit.coef.reshape(Xs.shape[0], 1, -1).float())
-        parts.append(torch.cat(cols, 1))
-    if labels is not None:
-        keep = labels >= 0
-        fit = probes.fit_logistic(Xs[:, keep], labels[keep], C=C, n_classes=n_classes)
-        parts.append(fit.coef.float())
-    return torch.cat(parts, 1)
+    return _directions(X, ratings, labels, "probe", n_classes=n_classes, alpha=alpha, C=C)
+
+
+def _directions(X: torch.Tensor, ratings, labels, method: str, **options) -> torch.Tensor:
+    """``[L, A + K, d]`` from the shared fitter, appraisals first."""
+    ratings = ratings if ratings is not None and ratings.shape[1] else None
+    got = fit_directions(X.permute(1, 0, 2).contiguous(), labels, ratings, methods=(method,), **options)
+    return torch.cat([got[k] for k in (f"appraisal/{method}", f"emotion/{method}") if k in got], 1).float()
 
 
 def pca_directions(X: torch.Tensor, ratings: np.ndarray, high: float = 4, low: float = 2,

@@ -26,8 +26,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from emolens.engine.prefix import bytes_per_row
-from emolens.engine.runner import ConditionRunner
+from emolens.engine.runner import ConditionRunner, Prefix
 from emolens.engine.scoring import LabelScorer
 from emolens.engine.windows import Window, layer_windows
 from emolens.errors import EmolensError
@@ -143,7 +142,8 @@ def run_conditions(lm, prompts, reader: LabelScorer, conditions: Sequence[Condit
     each item batch runs its first ``T - 1`` tokens once, and every condition of every window
     then runs only the cue token on a tiled copy of that cache (``fast_rows`` rows per forward, fewer
     where the tiled cache would exceed ``fast_cache_bytes``).
-    ``info`` (a dict), when given, receives ``fast_path``: the positions that took it.
+    ``info`` (a dict), when given, receives ``fast_path`` (the positions that took it) and the
+    runner's ``forwards`` and ``token_layers`` (tokens run x decoder layers).
     """
     groups: dict[tuple, list[int]] = {}
     for i, c in enumerate(conditions):
@@ -158,35 +158,29 @@ def run_conditions(lm, prompts, reader: LabelScorer, conditions: Sequence[Condit
     total = sum(len(v) + 1 for v in groups.values()) * N
     bar = tqdm(total=total, desc="steer", unit="row", disable=not progress, leave=False)
 
-    def store(key, members, c0, got, B, indices):
-        for j in range(got.shape[0] // B):
-            target = clean[key] if c0 + j == 0 else scores[members[c0 + j - 1]]
-            target[indices] = got[j * B:(j + 1) * B]
-        bar.update(got.shape[0])
-
-    runner = ConditionRunner(lm, reader, prefix_bytes=0)  # each batch's prefix is used at once, never kept
+    runner = ConditionRunner(lm, reader, prefix_bytes=0)  # each batch's prefix is made once below, never kept
     fast_keys = [key for key in groups if steer_positions(key[1]).suffix] if fast is not False else []
     took_fast = bool(fast_keys)
     for batch in iter_batches(lm.tokenizer, prompts, item_bs, lm.device):
-        B = len(batch)
+        prefixes: dict[int, Prefix | None] = {}
         for key, members in groups.items():
             layers, position = key
             where = steer_positions(position)
-            prefix = runner.prefix(batch, where.suffix) if key in fast_keys else None
-            if key in fast_keys and prefix is None:  # this model's cache cannot be shared: full forwards
-                took_fast = False
-            if prefix is None:
-                per = max(1, max_rows // B)
-            else:
-                per = max(1, min(fast_rows // B, fast_cache_bytes // max(1, B * bytes_per_row(prefix.cache))))
-            for c0 in range(0, stacks[key].shape[0], per):
-                chunk = stacks[key][c0:c0 + per].to(lm.device, lm.dtype)
-                op = steering_op(list(layers), chunk.repeat_interleave(B, 0), where)
-                got, _ = runner.run(batch, [op], prefix, times=chunk.shape[0])
-                store(key, members, c0, got.double().numpy(), B, batch.indices)
+            m = where.suffix if key in fast_keys else 0
+            if m and m not in prefixes:
+                prefixes[m] = runner.prefix(batch, m)
+            prefix = prefixes.get(m)
+            took_fast = took_fast and not (m and prefix is None)  # a cache that cannot be shared: full forwards
+            got = runner.stack(batch, stacks[key], lambda v, layers=layers, where=where: steering_op(layers, v, where),
+                               prefix, fast_rows if prefix is not None else max_rows, fast_cache_bytes,
+                               on_rows=bar.update).double().numpy()
+            clean[key][batch.indices] = got[0]
+            for j, i in enumerate(members):
+                scores[i][batch.indices] = got[j + 1]
     bar.close()
     if info is not None:
         info["fast_path"] = sorted({key[1] for key in fast_keys}) if took_fast else []
+        info.update(forwards=runner.counter.forwards, token_layers=runner.counter.token_layers)
     return clean, scores
 
 

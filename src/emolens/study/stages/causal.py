@@ -7,10 +7,10 @@ pairs (patching) and ``info.json``. :func:`causal_windows` is shared with the ro
 from __future__ import annotations
 
 from emolens.causal.ablation import ablate
+from emolens.causal.common import write_outputs
 from emolens.causal.knockout import knockout
 from emolens.causal.patching import patch
 from emolens.engine.windows import Window
-from emolens.paths import dump_json
 from emolens.study.registry import StageContext, dump_section, stage
 
 
@@ -20,15 +20,11 @@ def causal_windows(ctx: StageContext, section) -> list[Window]:
 
 
 def save_causal(ctx: StageContext, result, name: str) -> dict:
-    """Write a causal result's table (``<name>.parquet``), pairs and info; return the stage summary."""
-    frame = result.frame.copy()
-    frame["head"] = frame["head"].astype("float64")  # nullable ints do not round-trip everywhere
-    frame.to_parquet(ctx.dir / f"{name}.parquet", index=False)
-    if result.pairs is not None:
-        result.pairs.to_parquet(ctx.dir / "pairs.parquet", index=False)
-    dump_json(ctx.dir / "info.json", result.info)
-    return {"rows": len(frame), "conditions": len(result.conditions), **{k: v for k, v in result.info.items()
-                                                                        if isinstance(v, (int, float, str))}}
+    """Write a causal result as ``emolens ablate|patch|knockout`` does (:func:`emolens.causal.common.write_outputs`);
+    return the stage summary."""
+    write_outputs(result, ctx.dir, name)
+    return {"rows": len(result.frame), "conditions": len(result.conditions),
+            **{k: v for k, v in result.info.items() if isinstance(v, (int, float, str))}}
 
 
 _CAUSAL_SECTION = {"ablate": lambda c: {"items": c.items, "sites": c.sites, "positions": c.positions,

@@ -1,0 +1,205 @@
+"""One steering run and its files: what ``emolens steer`` and the study's steer stage both do.
+
+The CLI command and the study stage used to orchestrate steering separately, and their outputs
+drifted apart. Both are now thin adapters over :func:`run_steering` (split the items, get the
+directions, sweep each direction method with its controls, align the effects with appraisal
+theory, steer a few generations) and :func:`write_outputs` (the same file names and tables).
+What differs between them is only where settings and directions come from: a :class:`SteerPlan`
+and a ``bank_for`` callback.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from emolens.engine.windows import layer_windows
+from emolens.errors import EmolensError
+from emolens.inputs.prompts import PromptSpec
+from emolens.paths import dump_json
+from emolens.probes.evaluation import save_directions
+from emolens.steering import theory
+from emolens.steering.directions import ConceptBank, format_terms, parse_direction
+from emolens.steering.generation import steered_generations
+from emolens.steering.sweep import N_RANDOM, SweepResult, fit_split, sweep
+
+#: Files :func:`write_outputs` writes (figures are drawn from them by :mod:`emolens.report`).
+TABLES = ("steering.parquet", "alignment.parquet", "alignment_cells.parquet", "generations.parquet")
+
+
+@dataclass
+class SteerPlan:
+    """What to steer and how (see :func:`~emolens.steering.sweep.sweep` for the sweep settings).
+
+    ``fit_given``: the directions were fitted elsewhere (a directions file), so every item is
+    steered and the table's ``fit`` is ``given``; otherwise the items are split by ``holdout``.
+    ``skip_undefined``: leave out (with a note) directions the fit items cannot define instead of
+    refusing them. ``max_items`` caps the steered items (a seeded sample; 0: all).
+    """
+
+    directions: list[str]
+    methods: list[str] = field(default_factory=lambda: ["diffmean"])
+    windows: str | Sequence[int] = "auto"
+    span: int = 3
+    betas: Sequence[float] = (1.0, 2.0, 4.0)
+    positions: Sequence[str] = ("last",)
+    scale: str = "unit"
+    partial: bool = False
+    fixed: Sequence[str] | None = None
+    n_random: int = N_RANDOM
+    control: str | None = "auto"
+    holdout: float = 0.5
+    fit_given: bool = False
+    max_items: int = 0
+    reference: str = "ratings"
+    generations: int = 0
+    gen_position: str = "generated"
+    gen_window: str | int = "best"
+    max_new_tokens: int = 24
+    skip_undefined: bool = False
+    batch_size: int = 16
+    max_rows: int = 64
+    fast: bool | None = None
+    seed: int = 0
+
+
+@dataclass
+class SteeringRun:
+    """What a steering run produced: the tables, the directions used, and a summary."""
+
+    table: pd.DataFrame
+    alignment: pd.DataFrame
+    cells: pd.DataFrame
+    swept: dict[str, SweepResult]
+    generations: pd.DataFrame | None
+    summary: dict
+    terms: dict[str, list[tuple[str, float]]]
+    notes: list[str] = field(default_factory=list)
+    model: str = ""
+
+
+def _defined(bank: ConceptBank | None, names: Sequence[str], name: str) -> bool:
+    return name in names and (bank is None or bank.is_defined(name))
+
+
+def run_steering(lm, dataset, plan: SteerPlan, spec: PromptSpec | None = None,
+                 bank_for: Callable[[str, object, list[int]], ConceptBank | None] | None = None,
+                 progress: bool = False) -> SteeringRun:
+    """Steer ``dataset`` as ``plan`` says; ``bank_for(method, fit_items, layers)`` may supply directions.
+
+    ``bank_for`` returns a :class:`ConceptBank` or ``None`` (the sweep then captures residuals at
+    the answer cue and fits the directions on the fit items itself).
+    """
+    spec = spec or PromptSpec()
+    if plan.reference not in ("ratings", "classifier"):
+        raise EmolensError(f"unknown theory reference {plan.reference!r}: use ratings or classifier")
+    if not plan.directions:
+        raise EmolensError("no steering directions given")
+    known = list(dataset.appraisal_names) + list(dataset.label_names)
+    parsed = {d: parse_direction(d, list(dict.fromkeys(known + list(spec.labels)))) for d in plan.directions}
+    fit, held = (None, dataset) if plan.fit_given else fit_split(dataset, plan.holdout, plan.seed)
+    steered = held.sample(plan.max_items, seed=plan.seed) if plan.max_items and len(held) > plan.max_items else held
+    windows = layer_windows(lm.n_layers, [plan.span], plan.windows)
+    centres = [w.center for w in windows]
+    layers = sorted({x for w in windows for x in w.layers})
+    notes: list[str] = []
+    frames, terms, swept, info = [], {}, {}, {}
+    for method in plan.methods:
+        bank = bank_for(method, fit, layers) if bank_for is not None else None
+        if bank is None and fit is None:
+            raise EmolensError(f"no {method} directions were given, and the plan says they were fitted elsewhere")
+        names = bank.names if bank is not None else known
+        specs = [d for d in plan.directions
+                 if not plan.skip_undefined or all(_defined(bank, names, t.name) for t in parsed[d])]
+        skipped = [d for d in plan.directions if d not in specs]
+        if skipped:
+            notes.append(f"no {method} direction for {skipped} (their concepts lack items on both sides here)")
+        if not specs:
+            continue
+        if bank is not None:  # only defined concepts: the saved directions file holds no NaN/zero vectors
+            keep = [i for i, name in enumerate(bank.names) if bank.is_defined(name)]
+            bank = ConceptBank(bank.layers, [bank.names[i] for i in keep], bank.vectors[:, keep], bank.method,
+                               bank.info)
+        res = sweep(lm, steered, specs, bank=bank, method=method, windows=centres, span=plan.span,
+                    betas=plan.betas, positions=plan.positions, scale=plan.scale, partial=plan.partial,
+                    fixed=plan.fixed, n_random=plan.n_random, control=plan.control, spec=spec,
+                    fit_dataset=fit, holdout=plan.holdout,
+                    batch_size=plan.batch_size, max_rows=plan.max_rows, fast=plan.fast, seed=plan.seed,
+                    progress=progress)
+        frames.append(res.frame)
+        for d in specs:
+            parsed_terms = parse_direction(d, res.bank.names)
+            terms[format_terms(parsed_terms)] = [(x.name, x.sign) for x in parsed_terms]
+        swept[method] = res
+        info[method] = res.info
+    if not frames:
+        raise EmolensError("no steering direction could be built from these items (check the directions, or use "
+                           "more items)")
+    model = str(getattr(lm, "spec", type(lm).__name__))
+    table = pd.concat(frames, ignore_index=True).assign(model=model)
+    appraisals = list(dataset.appraisal_names)
+    reference = theory.rating_profile(dataset, appraisals) if plan.reference == "ratings" \
+        else theory.classifier_profile(dataset, appraisals)
+    align, cells = pd.DataFrame(), pd.DataFrame()
+    if reference.notna().any().any():
+        align, cells = theory.sweep_alignment(table, reference, terms)
+        if len(align):
+            align = align.assign(model=model, reference=plan.reference)
+    # the first method's sweep facts at the top level (every method shares the split), each method's below
+    summary: dict = {**next(iter(info.values())), "rows": len(table), "n_items": len(steered),
+                     "n_fit": None if fit is None else len(fit), "n_random": plan.n_random, "methods": info,
+                     "directions": list(terms), "reference": plan.reference, "notes": notes}
+    head = align[align.metric == "alignment"].dropna(subset=["value"]) if len(align) else align
+    if len(head):
+        best = align[align.metric == "best_alignment"].dropna(subset=["value"]).sort_values("value").tail(1)
+        summary["best_alignment"] = float(head.value.max())
+        if len(best):
+            b = best.iloc[0]
+            summary.update(best_alignment=float(b.value), best_alignment_p=float(b.p_value),
+                           best_window=int(b.window), best_beta=float(b.beta))
+    generations = None
+    if plan.generations:
+        # the generations take the method of the best alignment (else the first), at its best setting
+        method = head.sort_values("value").method.iloc[-1] if len(head) else next(iter(swept))
+        res = swept[method]
+        at = theory.generation_setting(align[align.method == method] if len(align) else align, res.conditions,
+                                       centres, plan.gen_window, plan.positions[0])
+        chosen = theory.generation_conditions(res.conditions, *at, plan.positions[0], plan.gen_position)
+        records = steered_generations(lm, res.dataset, chosen, n_items=plan.generations, spec=spec,
+                                      max_new_tokens=plan.max_new_tokens)
+        generations = pd.DataFrame(records)
+        generations["probs"] = generations["probs"].map(lambda d: json.dumps(d, sort_keys=True))
+        summary.update(generations=len(generations), generation_method=method, generation_window_beta=list(at),
+                       generation_position=plan.gen_position,
+                       generations_flagged=int(generations.degenerate.sum()))
+    return SteeringRun(table, align, cells, swept, generations, summary, terms, notes, model)
+
+
+def write_outputs(run: SteeringRun, out_dir: str | Path, extra: dict | None = None,
+                  directions_meta: dict | None = None) -> list[Path]:
+    """Write a run's tables (:data:`TABLES`), its directions and ``summary.json`` into ``out_dir``.
+
+    ``extra`` adds keys to ``summary.json``; ``directions_meta`` to the directions file's metadata
+    (e.g. where the directions came from).
+    """
+    out = Path(out_dir)
+    written = []
+    for name, frame in (("steering.parquet", run.table), ("alignment.parquet", run.alignment),
+                        ("alignment_cells.parquet", run.cells), ("generations.parquet", run.generations)):
+        if frame is None:
+            continue
+        frame.to_parquet(out / name, index=False)
+        written.append(out / name)
+    banks = {m: r.bank for m, r in run.swept.items()}
+    first = next(iter(banks.values()))
+    if all(b.layers == first.layers and b.names == first.names for b in banks.values()):
+        save_directions(out / "directions.safetensors", {f"bank/{m}": b.vectors for m, b in banks.items()},
+                        {"layers": first.layers, "names": first.names, "model": run.model,
+                         "width": int(first.vectors.shape[-1]), **(directions_meta or {})})
+        written.append(out / "directions.safetensors")
+    dump_json(out / "summary.json", {**run.summary, **(extra or {})})
+    return written
