@@ -56,7 +56,8 @@ def main() -> None:
         t0 = time.perf_counter()
         out[name] = ablate(lm, ds, fast=fast, **kw)
         secs[name] = time.perf_counter() - t0
-        print(f"{name}: {secs[name]:.1f} s, {out[name].info['forwards']} forwards")
+        print(f"{name}: {secs[name]:.1f} s, {out[name].info['forwards']} forwards, "
+              f"{out[name].info['token_layers']} token-layers")
     diff = max(float(np.abs(a - b).max()) for a, b in zip(out["fast"].scores, out["full"].scores, strict=True))
     same = all((a.argmax(1) == b.argmax(1)).all() for a, b in zip(out["fast"].scores, out["full"].scores,
                                                                   strict=True))

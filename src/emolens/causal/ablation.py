@@ -166,4 +166,5 @@ def ablate(lm, dataset, sites: Sequence[str] = ("attn", "mlp", "resid"), windows
     for cond, s in zip(conditions, scores, strict=True):
         rows += prediction_metrics("ablation", cond, s, clean.scores[path_name(cond.suffix)], gold, model)
     return CausalResult(to_frame(rows), reference, scores, conditions, list(dataset.ids),
-                        info={"forwards": runner.forwards, "n_items": n, "label_scoring": reader.describe()})
+                        info={"forwards": runner.forwards, "token_layers": runner.counter.token_layers,
+                              "n_items": n, "label_scoring": reader.describe()})

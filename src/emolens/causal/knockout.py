@@ -71,4 +71,5 @@ def knockout(lm, dataset, keys: Sequence = ("context",), queries=-1, windows=(),
     for cond, s in zip(conditions, scores, strict=True):
         rows += prediction_metrics("knockout", cond, s, reference, gold, lm.spec)
     return CausalResult(to_frame(rows), reference, scores, conditions, list(dataset.ids),
-                        info={"forwards": runner.forwards, "n_items": len(prompts), "label_scoring": reader.describe()})
+                        info={"forwards": runner.forwards, "token_layers": runner.counter.token_layers,
+                              "n_items": len(prompts), "label_scoring": reader.describe()})

@@ -187,6 +187,7 @@ def patch(lm, dataset, pairs: int | pd.DataFrame = 200, sites: Sequence[str] = (
                          source_gold_correct=(reference[src].argmax(1) == gold[src]),
                          target_gold_correct=(reference[tgt].argmax(1) == gold[tgt]))
     return CausalResult(to_frame(rows), reference, scores, conditions, item_ids, pairs=pairs,
-                        info={"forwards": runner.forwards, "n_items": len(item_ids), "n_pairs": len(pairs),
+                        info={"forwards": runner.forwards, "token_layers": runner.counter.token_layers,
+                              "n_items": len(item_ids), "n_pairs": len(pairs),
                               "positions": [position_label(p) for p in positions],
                               "label_scoring": reader.describe()})

@@ -20,6 +20,7 @@ the causal commands run as separate conditions). Validation happens once, when a
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -70,8 +71,8 @@ def position_items(spec) -> list[int | str]:
         items: list[int | str] = list(spec.ints) if spec.ints else [spec.span]
     elif isinstance(spec, str):
         items = _parse_ints(spec)
-    elif isinstance(spec, int) and not isinstance(spec, bool):
-        items = [spec]
+    elif isinstance(spec, numbers.Integral) and not isinstance(spec, bool):
+        items = [int(spec)]
     elif isinstance(spec, (Sequence, range)):
         items = [x for part in spec for x in position_items(part)]
     else:
