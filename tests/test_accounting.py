@@ -11,14 +11,15 @@ import pytest
 import torch
 
 from emolens.causal.ablation import ablate
-from emolens.causal.common import Window, make_batches
+from emolens.causal.common import make_batches
 from emolens.data.loading import load_dataset
 from emolens.engine.accounting import Work, WorkCounter, plain_forward_rate, stage_row
+from emolens.engine.windows import Window
 from emolens.inputs.prompts import PromptSpec, build_prompts
 from emolens.model.loading import load_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-WINDOWS = [Window(1, 3, (0, 1, 2)), Window(2, 1, (2,))]
+WINDOWS = [Window(1, 3), Window(2, 1)]
 
 
 @pytest.fixture(scope="module")
