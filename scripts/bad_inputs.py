@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -165,10 +166,28 @@ def concurrent_and_sigint(tmp: Path) -> list[tuple[str, int, str]]:
             ("emolens " + " ".join(args) + "  (Ctrl-C)", proc.returncode, first_line(err))]
 
 
+def _chain(pool, group: list[Case], tmp: Path) -> list:
+    """Futures for a group of cases run one after another (in one worker)."""
+    results: list = []
+    gate = pool.submit(lambda: [run(c.args, tmp) for c in group])
+    for i in range(len(group)):
+        results.append(_Item(gate, i))
+    return results
+
+
+class _Item:
+    def __init__(self, future, index: int):
+        self.future, self.index = future, index
+
+    def result(self):
+        return self.future.result()[self.index]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default="", help="comma-separated case names (default: all)")
     parser.add_argument("--no-concurrency", action="store_true", help="skip the concurrent-extract/SIGINT pair")
+    parser.add_argument("--jobs", type=int, default=3, help="case groups run side by side (default 3)")
     opts = parser.parse_args()
     only = {s for s in opts.only.split(",") if s}
     bad = 0
@@ -176,11 +195,17 @@ def main() -> int:
         tmp = Path(name)
         setup(tmp, store=not only or bool(only & NEEDS_STORE))
         print("| command | exit | first stderr line |\n|---|---|---|")
-        for case in cases(tmp):
-            if only and case.name not in only:
-                continue
-            done = run(case.args, tmp)
-            shown = first_line(done.stderr)
+        chosen = [c for c in cases(tmp) if not only or c.name in only]
+        # independent cases run side by side; those on the same store (names repeat) stay in order
+        groups: dict[str, list[Case]] = {}
+        for case in chosen:
+            groups.setdefault(case.name, []).append(case)
+        with ThreadPoolExecutor(max_workers=opts.jobs) as pool:
+            futures = {id(c): f for g in groups.values()
+                       for c, f in zip(g, _chain(pool, g, tmp), strict=True)}
+        for case in chosen:
+            done = futures[id(case)].result()
+            shown = first_line(done.stderr) or f"(stdout) {first_line(done.stdout)}"
             if case.stdout_flag:
                 shown = next((ln for ln in done.stdout.splitlines() if case.stdout_flag in ln), shown) or shown
             traceback = "Traceback" in done.stderr

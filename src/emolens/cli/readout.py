@@ -29,8 +29,10 @@ def prepare_out_dir(out: Path, force: bool = False, marker: str = "metrics.json"
         raise EmolensError(f"{str(out)!r} already holds results ({marker})",
                            "choose a new --out folder or pass --force to overwrite")
     if not out.exists():
+        missing = [p for p in (out, *out.parents) if not p.exists()]
         out.mkdir(parents=True)
-        note_created(out)
+        for folder in missing:  # every folder this call made, so a failure leaves none of them
+            note_created(folder)
     return out
 
 
