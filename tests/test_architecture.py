@@ -204,3 +204,13 @@ def test_the_checks_refuse_root_imports_below_the_face(tmp_path):
     graph, from_root = import_graph(src)
     assert upward_imports(graph, from_root) == [
         "emolens.data imports ['E'] from the emolens face (only __version__ may be)"]
+
+
+MAX_LINES = 600
+
+
+def test_no_module_over_600_lines():
+    """Small modules with one job (the developers' guide): none longer than 600 lines."""
+    long = {module_name(f): n for f in (SRC / PACKAGE).rglob("*.py")
+            if (n := len(f.read_text().splitlines())) > MAX_LINES}
+    assert long == {}

@@ -36,9 +36,11 @@ _EXPORTS: dict[str, str] = {
     "LoadedModel": "emolens.model.loading",
     "load_model": "emolens.model.loading",
     # the engine: forward hooks on stock modules
-    "Add": "emolens.engine.intervention",
-    "Capture": "emolens.engine.intervention",
+    "Add": "emolens.engine.ops",
+    "Capture": "emolens.engine.ops",
     "Intervention": "emolens.engine.intervention",
+    "Positions": "emolens.engine.positions",
+    "Window": "emolens.engine.windows",
     "run_forward": "emolens.engine.intervention",
     # analyses
     "readout": "emolens.readout",
@@ -48,6 +50,7 @@ _EXPORTS: dict[str, str] = {
     "ablate": "emolens.causal.ablation",
     "patch": "emolens.causal.patching",
     "knockout": "emolens.causal.knockout",
+    "run_steering": "emolens.steering.run",
     "sweep": "emolens.steering.sweep",
     # studies and reports
     "load_config": "emolens.study.config",
