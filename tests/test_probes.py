@@ -147,6 +147,10 @@ def test_logistic_stops_when_converged_on_residual_stream_scales():
     np.testing.assert_allclose(fit.loss.numpy(), ref.loss.numpy(), rtol=1e-6)
     scale = ref.coef.abs().max().item()
     np.testing.assert_allclose(fit.coef.double().numpy(), ref.coef.numpy(), atol=2e-3 * scale)
+    # a stack where only some slices need float64 (regression: the refit must take their rows only)
+    mixed = np.concatenate([X[:1], (X[1:] - X[1:].mean(1, keepdims=True)) / X[1:].std(1, keepdims=True)])
+    both = fit_logistic(mixed, y, C=0.1, max_iter=400)
+    assert both.converged.all() and both.refined[0] and not both.refined[1]
     # without refinement the stall still ends the solve early, reported as not converged
     raw = fit_logistic(X, y, C=0.1, max_iter=400, refine=False)
     assert (raw.n_iter < 150).all() and not raw.converged.all() and not raw.refined.any()
