@@ -20,7 +20,7 @@ effect of steering each appraisal direction on each emotion's log-probability:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -29,6 +29,7 @@ from scipy import stats
 from emolens.errors import EmolensError
 from emolens.labels import EMOTIONS
 from emolens.probes.evaluation import human_baseline
+from emolens.stats import adjust, max_statistic_p, permutation_p
 
 
 def rating_profile(dataset, appraisals: Sequence[str] | None = None,
@@ -91,19 +92,71 @@ def _spearman(x: np.ndarray, y: np.ndarray) -> float:
     return float(stats.spearmanr(x[ok], y[ok]).statistic)
 
 
+def _spearman_rows(A: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Spearman ρ of every row of ``A[M, K]`` with ``b[K]`` over the columns finite everywhere
+    (vectorised: the nulls score hundreds of rows per setting)."""
+    A = np.atleast_2d(np.asarray(A, dtype=float))
+    b = np.asarray(b, dtype=float)
+    ok = np.isfinite(b) & np.isfinite(A).all(0)
+    if ok.sum() < 3 or np.ptp(b[ok]) == 0:
+        return np.full(A.shape[0], np.nan)
+    ra = stats.rankdata(A[:, ok], axis=1)
+    rb = stats.rankdata(b[ok])
+    ra -= ra.mean(1, keepdims=True)
+    rb -= rb.mean()
+    den = np.sqrt((ra ** 2).sum(1) * (rb ** 2).sum())
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, ra @ rb / den, np.nan)
+
+
 def _sign_agreement(x: np.ndarray, y: np.ndarray) -> float:
     ok = np.isfinite(x) & np.isfinite(y) & (x != 0) & (y != 0)
     return float((np.sign(x[ok]) == np.sign(y[ok])).mean()) if ok.any() else float("nan")
 
 
+#: Separator of the emotion-only null's direction names: ``"<real direction>|within-emotion:<j>"``.
+EMOTION_NULL_SEP = "|within-emotion:"
+
+
+def emotion_null_name(direction: str, j: int) -> str:
+    """Name of the ``j``-th within-emotion-permutation refit of ``direction`` in a steering table."""
+    return f"{direction}{EMOTION_NULL_SEP}{j}"
+
+
+def alignment_units(terms: Mapping[str, Sequence[tuple[str, float]]]) -> dict[str, list[tuple[str, float]]]:
+    """Group directions that differ only by sign into one test: ``{unit: [(direction, orientation)]}``.
+
+    ``pleasantness+`` and ``pleasantness-`` steer along one axis; counting them as two
+    hypotheses (or averaging their null scores, which cancel) is wrong. A unit's orientation is
+    fixed by its alphabetically first term being positive; each member carries ``+1``/``-1``
+    relative to it. The unit is named by its positive orientation, with ``±`` when both are steered.
+    """
+    groups: dict[tuple, list[tuple[str, float]]] = {}
+    for direction, t in terms.items():
+        ordered = sorted((name, float(sign)) for name, sign in t)
+        orient = 1.0 if ordered[0][1] > 0 else -1.0
+        key = tuple((name, sign * orient) for name, sign in ordered)
+        groups.setdefault(key, []).append((direction, orient))
+    out = {}
+    for key, members in groups.items():
+        base = ",".join(f"{name}{'+' if sign > 0 else '-'}" for name, sign in key)
+        name = base[:-1] + "±" if len({o for _, o in members}) > 1 and len(key) == 1 else \
+            (base + " ±" if len({o for _, o in members}) > 1 else members[0][0])
+        out[name] = members
+    return out
+
+
 @dataclass
 class Alignment:
-    """Agreement of steering effects with the human reference.
+    """Agreement of steering effects with the human reference, and which null each p-value is against.
 
-    ``score``: mean over directions of Spearman ρ(effect row, reference row) -- the headline;
-    ``spearman``/``sign_agreement``: over all cells pooled; ``p_value``: share of random
-    directions (plus one, Laplace-style) scoring at least ``score``; ``cells``: the long table
-    behind it (direction, emotion, effect, reference); ``random_scores``: the null sample.
+    ``score``: mean over test units (± pairs are one unit) of the mean Spearman ρ(effect row,
+    reference row) of their members -- the headline. ``p_value``: against norm-matched random
+    directions (``null = "random"``; a draw replaces each unit's directions by a different random
+    direction, oriented like the member it replaces); ``p_emotion``: against the same directions
+    refitted on ratings permuted within each emotion (``"emotion"``, the test of appraisal
+    information *beyond* emotion). ``units``: per unit, its score, both p-values and their Holm
+    adjustment across units. ``spearman``/``sign_agreement``: over all cells pooled.
     """
 
     score: float
@@ -114,26 +167,65 @@ class Alignment:
     per_direction: pd.DataFrame
     cells: pd.DataFrame
     random_scores: np.ndarray
+    p_emotion: float = float("nan")
+    n_emotion: int = 0
+    emotion_scores: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    units: pd.DataFrame = field(default_factory=pd.DataFrame)
+    random_names: list[str] = field(default_factory=list)
 
     def as_rows(self) -> list[dict]:
-        null = self.random_scores[np.isfinite(self.random_scores)]
-        return [
-            {"metric": "alignment", "value": self.score, "p_value": self.p_value, "n_random": self.n_random},
-            {"metric": "spearman", "value": self.spearman, "p_value": np.nan, "n_random": self.n_random},
-            {"metric": "sign_agreement", "value": self.sign_agreement, "p_value": np.nan,
-             "n_random": self.n_random},
-            {"metric": "random_alignment_mean", "value": float(null.mean()) if null.size else np.nan,
-             "p_value": np.nan, "n_random": self.n_random},
+        def mean(x):
+            x = np.asarray(x, dtype=float)
+            x = x[np.isfinite(x)]
+            return float(x.mean()) if x.size else np.nan
+
+        common = {"n_random": self.n_random, "n_emotion_null": self.n_emotion, "n_units": len(self.units)}
+        rows = [
+            {"metric": "alignment", "value": self.score, "p_value": self.p_value, "null": "random", **common},
+            {"metric": "alignment_beyond_emotion", "value": self.score, "p_value": self.p_emotion, "null": "emotion",
+             **common},
+            {"metric": "spearman", "value": self.spearman, "p_value": np.nan, "null": "", **common},
+            {"metric": "sign_agreement", "value": self.sign_agreement, "p_value": np.nan, "null": "", **common},
+            {"metric": "random_alignment_mean", "value": mean(self.random_scores), "p_value": np.nan, "null": "random",
+             **common},
+            {"metric": "emotion_null_alignment_mean", "value": mean(self.emotion_scores), "p_value": np.nan,
+             "null": "emotion", **common},
         ]
+        for u in self.units.itertuples():
+            rows.append({"metric": "unit_alignment", "unit": u.unit, "value": u.score, "p_value": u.p_random,
+                         "p_holm": u.p_random_holm, "null": "random", **common})
+            rows.append({"metric": "unit_alignment_beyond_emotion", "unit": u.unit, "value": u.score,
+                         "p_value": u.p_emotion, "p_holm": u.p_emotion_holm, "null": "emotion", **common})
+        return rows
 
 
-def alignment(effects: pd.DataFrame, reference: pd.DataFrame,
-              random_effects: pd.DataFrame | None = None) -> Alignment:
+def _emotion_null_rows(emotion_effects: pd.DataFrame | None, directions, cols) -> dict[str, np.ndarray]:
+    """``{direction: [perm j, emotion]}`` (ordered by ``j``) from rows named :func:`emotion_null_name`."""
+    out: dict[str, np.ndarray] = {}
+    if emotion_effects is None or not len(emotion_effects):
+        return out
+    parts = [str(name).rpartition(EMOTION_NULL_SEP) for name in emotion_effects.index]
+    M = emotion_effects.reindex(columns=cols).to_numpy(dtype=float)
+    for d in directions:
+        rows = [(int(j), i) for i, (base, _, j) in enumerate(parts) if base == d]
+        if rows:
+            out[d] = M[[i for _, i in sorted(rows)]]
+    return out
+
+
+def alignment(effects: pd.DataFrame, reference: pd.DataFrame, random_effects: pd.DataFrame | None = None,
+              *, units: Mapping[str, Sequence[tuple[str, float]]] | None = None,
+              emotion_effects: pd.DataFrame | None = None) -> Alignment:
     """Compare an effect matrix ``[direction, emotion]`` with its reference rows (same index).
 
-    ``random_effects`` ``[random direction, emotion]`` are effect rows of controls; each gets the
-    score it would have had in place of every real direction (mean ρ against all reference rows),
-    giving the null distribution of ``score``.
+    ``units`` (:func:`alignment_units`; default: every direction its own unit, orientation +1) says
+    which directions form one test. ``random_effects`` ``[random direction, emotion]``: the
+    controls' effect rows. Unit ``u``'s null draw from random ``r`` is the mean over its members
+    ``m`` of ρ(o_m · effect_r, reference_m) -- the negated random row stands for the random
+    direction steered the other way, so a ± pair's null does not cancel to 0. For the headline
+    score, draw ``j`` gives each unit a different random direction (the ``j + u``-th, cyclically).
+    ``emotion_effects``: rows named :func:`emotion_null_name` (``direction``, perm ``j``); draw
+    ``j`` scores every unit with its members' ``j``-th refit.
     """
     cols = [c for c in effects.columns if c in reference.columns]
     if not cols or not set(effects.index) <= set(reference.index):
@@ -141,89 +233,139 @@ def alignment(effects: pd.DataFrame, reference: pd.DataFrame,
                            "index both by direction and give emotion columns")
     E = effects[cols].astype(float)
     R = reference.loc[E.index, cols].astype(float)
+    units = {d: [(d, 1.0)] for d in E.index} if units is None else \
+        {u: [(d, o) for d, o in m if d in E.index] for u, m in units.items()}
+    units = {u: m for u, m in units.items() if m}
+    rho = {d: float(_spearman_rows(E.loc[[d]].to_numpy(), R.loc[d].to_numpy())[0]) for d in E.index}
     per = pd.DataFrame({
         "direction": E.index,
-        "spearman": [_spearman(E.loc[d].to_numpy(), R.loc[d].to_numpy()) for d in E.index],
+        "spearman": [rho[d] for d in E.index],
         "sign_agreement": [_sign_agreement(E.loc[d].to_numpy(), R.loc[d].to_numpy()) for d in E.index],
     })
-    score = float(np.nanmean(per["spearman"])) if per["spearman"].notna().any() else float("nan")
-    e_flat, r_flat = E.to_numpy().ravel(), R.to_numpy().ravel()
-    null = np.array([])
+    unit_names = list(units)
+    unit_score = np.array([np.nanmean([rho[d] for d, _ in units[u]]) if any(np.isfinite(rho[d])
+                           for d, _ in units[u]) else np.nan for u in unit_names])
+    score = float(np.nanmean(unit_score)) if np.isfinite(unit_score).any() else float("nan")
+    # random null: [unit, random]
+    rnd_names: list[str] = []
+    rnd_unit = np.zeros((len(unit_names), 0))
     if random_effects is not None and len(random_effects):
-        rnd = random_effects[cols].astype(float).to_numpy()
-        null = np.array([np.nanmean([_spearman(row, R.loc[d].to_numpy()) for d in E.index]) for row in rnd])
-    finite = null[np.isfinite(null)]
-    p = float((1 + (finite >= score).sum()) / (1 + finite.size)) if finite.size and np.isfinite(score) \
-        else float("nan")
+        rnd = random_effects[cols].astype(float)
+        rnd_names = [str(n) for n in rnd.index]
+        M = rnd.to_numpy()
+        rnd_unit = np.stack([np.nanmean(np.stack([_spearman_rows(o * M, R.loc[d].to_numpy())
+                                                  for d, o in units[u]]), 0) for u in unit_names])
+    n_r = rnd_unit.shape[1]
+    null = np.array([np.nanmean([rnd_unit[k, (j + k) % n_r] for k in range(len(unit_names))])
+                     for j in range(n_r)]) if n_r else np.zeros(0)
+    # emotion-only null: [unit, perm]
+    emo = _emotion_null_rows(emotion_effects, set(E.index), cols)
+    n_e = min((len(v) for v in emo.values()), default=0) if all(d in emo for m in units.values() for d, _ in m) \
+        else 0
+    emo_unit = np.zeros((len(unit_names), n_e))
+    if n_e:
+        emo_unit = np.stack([np.nanmean(np.stack([_spearman_rows(emo[d][:n_e], R.loc[d].to_numpy())
+                                                  for d, _ in units[u]]), 0) for u in unit_names])
+    emo_null = np.nanmean(emo_unit, 0) if n_e else np.zeros(0)
+    p_rand = np.array([permutation_p(s, rnd_unit[k]) for k, s in enumerate(unit_score)]) if n_r \
+        else np.full(len(unit_names), np.nan)
+    p_emo = np.array([permutation_p(s, emo_unit[k]) for k, s in enumerate(unit_score)]) if n_e \
+        else np.full(len(unit_names), np.nan)
+    unit_frame = pd.DataFrame({
+        "unit": unit_names, "directions": [",".join(d for d, _ in units[u]) for u in unit_names],
+        "score": unit_score, "p_random": p_rand, "p_random_holm": adjust(p_rand, "holm"),
+        "p_emotion": p_emo, "p_emotion_holm": adjust(p_emo, "holm"),
+    })
+    e_flat, r_flat = E.to_numpy().ravel(), R.to_numpy().ravel()
     cells = pd.DataFrame({"direction": np.repeat(E.index.to_numpy(), len(cols)),
                           "emotion": np.tile(cols, len(E)), "effect": e_flat, "reference": r_flat})
-    return Alignment(score, _spearman(e_flat, r_flat), _sign_agreement(e_flat, r_flat), p, int(finite.size),
-                     per, cells, null)
+    finite = null[np.isfinite(null)]
+    return Alignment(score, _spearman(e_flat, r_flat), _sign_agreement(e_flat, r_flat),
+                     permutation_p(score, null), int(finite.size), per, cells, null,
+                     permutation_p(score, emo_null), int(np.isfinite(emo_null).sum()), emo_null, unit_frame,
+                     rnd_names)
 
 
 def effect_matrix(frame: pd.DataFrame, kind: str = "real", metric: str = "delta_logp") -> pd.DataFrame:
     """``[direction, label]`` of one metric from a slice of the steering table (one window/β/position)."""
     sub = frame[(frame["kind"] == kind) & (frame["metric"] == metric)]
-    return sub.pivot_table(index="direction", columns="label", values="value", aggfunc="mean")
+    if sub.empty:
+        return pd.DataFrame()
+    return sub.groupby(["direction", "label"], sort=True)["value"].mean().unstack("label")
+
+
+#: The columns a searched setting is identified by (those present in a table are used).
+SEARCH_KEYS: tuple[str, ...] = ("method", "partial", "scale", "fit", "window", "layers", "beta", "position")
 
 
 def sweep_alignment(frame: pd.DataFrame, reference: pd.DataFrame, terms: Mapping[str, Sequence[tuple[str, float]]]
                     ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Alignment per (window, β, position) of a steering table: ``(alignment rows, cells)``.
+    """Alignment per searched setting (method, window, β, position, ...) of a steering table:
+    ``(alignment rows, cells)``.
 
     ``terms`` maps each real direction name to its ``(appraisal, sign)`` terms; directions with a
-    term outside the reference (e.g. emotions) are left out. β = 0 rows are skipped.
+    term outside the reference (e.g. emotions) are left out; ± pairs form one test unit
+    (:func:`alignment_units`). Rows of kind ``random`` are the random null, rows of kind
+    ``emotion_null`` (named :func:`emotion_null_name`) the emotion-only null. β = 0 rows are skipped.
 
-    Besides the per-setting rows, each (method, partial, scale, fit, position) group gets one
-    ``best_alignment`` row when it swept more than one window or β: the highest alignment over
-    them, at its window and β, with a p-value corrected for picking the best -- each random
-    direction (the same seeded vector in every window) contributes its own best score over the
-    same settings to the null (a max-statistic permutation test).
+    When more than one setting was searched, one ``best_alignment`` row (p against random
+    directions) and one ``best_alignment_beyond_emotion`` row (p against the emotion-only null)
+    report the highest alignment over *all* of them -- every method, position, window and β in
+    the table -- with max-statistic p-values: each null draw (the same random direction or the
+    same rating permutation in every setting) contributes its best score over the same settings.
+    ``n_settings`` says how many were searched.
     """
     usable = {d: t for d, t in terms.items() if all(name in reference.index for name, _ in t)}
     rows, cells = [], []
     if not usable:
         return pd.DataFrame(rows), pd.DataFrame(cells)
     ref_rows = pd.DataFrame({d: reference_for(t, reference) for d, t in usable.items()}).T
-    outer = ["method", "partial", "scale", *(["fit"] if "fit" in frame.columns else [])]
-    keys = [*outer, "window", "layers", "beta", "position"]
-    searched: dict[tuple, list[tuple[dict, float, dict[str, float]]]] = {}
-    for key, sub in frame[frame["beta"] != 0].groupby(keys, dropna=False):
+    units = alignment_units(usable)
+    keys = [k for k in SEARCH_KEYS if k in frame.columns]
+    searched: list[tuple[dict, Alignment]] = []
+    frame = frame[(frame["beta"] != 0) & (frame["metric"] == "delta_logp")]
+    for key, sub in frame.groupby(keys, dropna=False):
         eff = effect_matrix(sub)
         eff = eff.loc[[d for d in eff.index if d in usable]]
         if eff.empty:
             continue
-        rnd = effect_matrix(sub, "random")
-        res = alignment(eff, ref_rows.loc[eff.index], rnd)
+        res = alignment(eff, ref_rows.loc[eff.index], effect_matrix(sub, "random"), units=units,
+                        emotion_effects=effect_matrix(sub, "emotion_null"))
         meta = dict(zip(keys, key, strict=True))
         rows += [{**meta, **r, "n_directions": len(eff)} for r in res.as_rows()]
         cells.append(res.cells.assign(**meta))
-        group = tuple(meta[k] for k in outer) + (meta["position"],)
-        null = dict(zip(rnd.index, res.random_scores, strict=True)) if len(rnd) else {}
-        searched.setdefault(group, []).append((meta, res.score, null))
-    for settings in searched.values():
-        if len(settings) < 2:
-            continue
-        rows.append(_best_row(settings))
+        searched.append((meta, res))
+    if len(searched) > 1:
+        rows += _best_rows(searched)
     return pd.DataFrame(rows), (pd.concat(cells, ignore_index=True) if cells else pd.DataFrame())
 
 
-def _best_row(settings: list[tuple[dict, float, dict[str, float]]]) -> dict:
-    """The best alignment over settings, with its max-statistic permutation p-value."""
-    scores = np.array([s for _, s, _ in settings], dtype=float)
+def _best_rows(searched: list[tuple[dict, Alignment]]) -> list[dict]:
+    """The best alignment over every searched setting, with max-statistic p-values against both nulls."""
+    scores = np.array([res.score for _, res in searched], dtype=float)
+    n = len(searched)
     if not np.isfinite(scores).any():
-        meta = settings[0][0]
-        return {**meta, "metric": "best_alignment", "value": np.nan, "p_value": np.nan, "n_random": 0,
-                "n_settings": len(settings)}
+        return [{**searched[0][0], "metric": m, "value": np.nan, "p_value": np.nan, "null": null, "n_settings": n}
+                for m, null in (("best_alignment", "random"), ("best_alignment_beyond_emotion", "emotion"))]
     i = int(np.nanargmax(scores))
-    names = sorted({n for _, _, null in settings for n in null})
-    # [settings, random directions]: each random direction's score in every searched setting
-    null = np.array([[nl.get(n, np.nan) for n in names] for _, _, nl in settings], dtype=float).reshape(-1, len(names))
-    seen = np.isfinite(null).any(0)
-    null_max = np.nanmax(null[:, seen], axis=0) if seen.any() else np.zeros(0)
-    p = float((1 + (null_max >= scores[i]).sum()) / (1 + null_max.size)) if null_max.size else float("nan")
-    return {**settings[i][0], "metric": "best_alignment", "value": float(scores[i]), "p_value": p,
-            "n_random": int(null_max.size), "n_settings": len(settings)}
+    names = sorted({name for _, res in searched for name in res.random_names})
+    rnd = np.full((n, len(names)), np.nan)
+    for s, (_, res) in enumerate(searched):
+        # draw j of a setting is keyed by the random direction the first unit used (the same vector everywhere)
+        for j, name in enumerate(res.random_names[:len(res.random_scores)]):
+            rnd[s, names.index(name)] = res.random_scores[j]
+    n_e = max((res.emotion_scores.size for _, res in searched), default=0)
+    emo = np.full((n, n_e), np.nan)
+    for s, (_, res) in enumerate(searched):
+        emo[s, :res.emotion_scores.size] = res.emotion_scores
+    out = []
+    for metric, null_name, null in (("best_alignment", "random", rnd),
+                                    ("best_alignment_beyond_emotion", "emotion", emo)):
+        p = max_statistic_p(scores, null)[i] if null.shape[1] else np.nan
+        out.append({**searched[i][0], "metric": metric, "value": float(scores[i]), "p_value": float(p),
+                    "null": null_name, "n_random": int(np.isfinite(null).any(0).sum()), "n_settings": n,
+                    "n_emotion_null": int(n_e)})
+    return out
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,0 +1,82 @@
+"""Null directions for steering: what "as good as chance" means for an appraisal direction.
+
+Two questions need two nulls (see ``docs/statistics.md``):
+
+* *Does steering along this direction move emotions the way theory says, more than an arbitrary
+  push of the same size?* -- compared with **covariance-matched random directions**. Isotropic
+  Gaussian directions mostly point outside the residual stream's high-variance subspace and
+  barely move anything, so they make any real direction look special. Here a random direction is
+  ``Xcᵀ z / √N`` for standard normal item weights ``z`` -- a Gaussian with the activations'
+  covariance, i.e. a difference of means between randomly weighted items -- computed with the
+  same weights at every layer (a real direction is fitted on the same items at every layer too).
+  Steering normalises each direction and matches its norm to the real one's.
+* *Does the model carry appraisal information beyond the emotion?* -- compared with directions
+  **refitted after permuting the ratings within each emotion**. The permutation keeps each
+  emotion's rating distribution (so the emotion geometry that a direction picks up through the
+  rating-emotion association is intact) and destroys every link between an item's own rating and
+  its activation beyond its emotion. A model that only knows the emotion aligns with theory just
+  as well under this null; only appraisal information beyond emotion beats it.
+
+Plus :func:`residualise_on_emotion`: ratings minus their emotion's mean, the targets of a
+direction that by construction holds no emotion-mean information.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+__all__ = ["covariance_random", "residualise_on_emotion", "within_emotion_permutation", "within_emotion_refits"]
+
+
+def covariance_random(X: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor:
+    """``n`` random directions ``[n, L, d]`` with the covariance of the activations ``X[N, L, d]``.
+
+    Direction ``j`` is ``Σ_i z_ij (x_i - mean) / √N`` with ``z ~ N(0, 1)`` seeded by ``seed + j``
+    (so direction ``j`` is the same however many are drawn), one set of item weights for all layers.
+    """
+    Xc = X.double() - X.double().mean(0, keepdim=True)
+    N = X.shape[0]
+    out = torch.empty(n, *X.shape[1:], dtype=torch.float64)
+    for j in range(n):
+        z = torch.randn(N, generator=torch.Generator().manual_seed(int(seed) + j), dtype=torch.float64)
+        out[j] = torch.einsum("n,nld->ld", z, Xc) / np.sqrt(N)
+    return out.float()
+
+
+def within_emotion_permutation(labels, rng: np.random.Generator) -> np.ndarray:
+    """A permutation of item indices that only swaps items sharing a label (unlabelled items -1 stay put
+    among themselves, as one group)."""
+    y = np.asarray(labels)
+    perm = np.arange(len(y))
+    for lab in np.unique(y):
+        idx = np.flatnonzero(y == lab)
+        perm[idx] = idx[rng.permutation(len(idx))]
+    return perm
+
+
+def within_emotion_refits(fit: Callable[[np.ndarray], torch.Tensor], ratings: np.ndarray, labels, n: int,
+                          seed: int = 0) -> list[torch.Tensor]:
+    """``fit(permuted ratings)`` for ``n`` within-emotion permutations of the rating rows (seeded).
+
+    ``fit`` is the direction method used for the real directions (the same thresholds, the same
+    probe), so the null differs from the real fit only in which item carries which rating.
+    """
+    rng = np.random.default_rng(seed)
+    R = np.asarray(ratings)
+    return [fit(R[within_emotion_permutation(labels, rng)]) for _ in range(n)]
+
+
+def residualise_on_emotion(ratings: np.ndarray, labels) -> np.ndarray:
+    """Ratings minus the mean rating of the item's emotion (NaN ratings stay NaN; emotion means
+    over rated items; unlabelled items -1 form their own group)."""
+    R = np.asarray(ratings, dtype=float).copy()
+    y = np.asarray(labels)
+    for lab in np.unique(y):
+        rows = y == lab
+        with np.errstate(invalid="ignore"):
+            mean = np.nanmean(np.where(np.isfinite(R[rows]), R[rows], np.nan), axis=0) if rows.sum() else 0.0
+        R[rows] = R[rows] - mean
+    return R
