@@ -93,8 +93,10 @@ def register(app: typer.Typer) -> None:
                                   "residual norm at the layer)"),
         positions: str = typer.Option("last", help="sweep positions: last and/or prompt (comma-separated); "
                                       "last runs on the shared-prefix fast path"),
-        n_random: int = typer.Option(19, help="norm-matched random-direction controls per condition (19 lets "
-                                     "the alignment p-value reach 0.05)"),
+        n_random: int = typer.Option(99, help="norm-matched random directions per condition, drawn with the fit "
+                                     "activations' covariance (99: p-values down to 0.01)"),
+        n_emotion_null: int = typer.Option(39, help="per direction, refits on ratings permuted within each emotion: "
+                                           "the null of appraisal information beyond emotion"),
         holdout: float = typer.Option(0.5, help="share of items held out: directions are fitted on the rest "
                                       "and effects measured on these (seeded, label-stratified); 0 = fit and "
                                       "steer on all items, as the paper did"),
@@ -125,10 +127,10 @@ def register(app: typer.Typer) -> None:
         from emolens.inputs.prompts import PromptSpec
         from emolens.model.loading import load_model
         from emolens.report.steering_figures import plot_dose_response, plot_label_bars
+        from emolens.steering import theory
         from emolens.steering.apply import POSITIONS, SCALES
         from emolens.steering.directions import METHODS, parse_direction
         from emolens.steering.run import SteerPlan, run_steering, write_outputs
-        from emolens.steering.sweep import N_RANDOM
 
         if method not in METHODS:
             raise EmolensError(f"unknown method {method!r}", f"use one of {list(METHODS)}")
@@ -164,7 +166,8 @@ def register(app: typer.Typer) -> None:
         from_file = bool(acts) and _directions_file(acts) is not None  # fitted elsewhere: steer every item
         plan = SteerPlan(directions=dirs, methods=[method], windows=windows, span=span, betas=betas,
                          positions=sweep_pos, scale=scale, partial=partial, fixed=fixed_list, n_random=n_random,
-                         control=None if control == "none" else control, holdout=holdout, fit_given=from_file,
+                         n_emotion_null=n_emotion_null, control=None if control == "none" else control,
+                         holdout=holdout, fit_given=from_file,
                          reference=reference, generations=generate, gen_position=gen_position,
                          gen_window=gen_window if gen_window in ("best", "middle") else int(gen_window),
                          max_new_tokens=max_new_tokens, batch_size=batch_size, max_rows=max_rows,
@@ -191,19 +194,14 @@ def register(app: typer.Typer) -> None:
                                      "labels": list(dataset.label_names)},
                       {"source_id": lm.source_id, "directions_from": json.dumps(provenance)})
         align = run.alignment
-        head = align[align.metric == "alignment"].dropna(subset=["value"]) if len(align) else align
         n_conditions = sum(len(r.conditions) for r in run.swept.values())
         line = (f"{n_conditions} conditions on {run.summary['n_items']} items ({run.summary['fit']} fit) "
                 f"in {seconds:.1f}s")
-        if len(head):
-            best = head.sort_values("value", ascending=False).iloc[0]
-            line += (f"; best theory alignment {best.value:.2f} (p={best.p_value:.2g}) at window {best.window}, "
-                     f"beta {best.beta:g}")
-            picked = align[(align.metric == "best_alignment") & (align.position == best.position)]
-            if len(picked):
-                line += f" (p={picked.p_value.iloc[0]:.2g} for the best of {int(picked.n_settings.iloc[0])} settings)"
-            if n_random < N_RANDOM:
-                line += f" (with {n_random} random directions p cannot go below {1 / (1 + n_random):.2g})"
+        line += theory.headline(align)
+        peak = next((p for p in run.summary.get("alignment_peak", {}).values() if p), None)
+        if peak:
+            line += (f"; alignment peaks at window {peak['peak_window']} (95% bootstrap interval of the peak's "
+                     f"location {peak['window_ci_low']}-{peak['window_ci_high']})")
         typer.echo(f"{line}; results in {out_dir}")
 
 

@@ -28,7 +28,17 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-__all__ = ["covariance_random", "residualise_on_emotion", "within_emotion_permutation", "within_emotion_refits"]
+from emolens.labels import EMOTIONS
+from emolens.steering.directions import (
+    ConceptBank,
+    _ratings_and_labels,
+    diffmean_directions,
+    pca_directions,
+    probe_directions,
+)
+
+__all__ = ["covariance_random", "emotion_null_banks", "random_by_layer", "residualise_on_emotion",
+           "within_emotion_permutation", "within_emotion_refits"]
 
 
 def covariance_random(X: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor:
@@ -76,7 +86,40 @@ def residualise_on_emotion(ratings: np.ndarray, labels) -> np.ndarray:
     y = np.asarray(labels)
     for lab in np.unique(y):
         rows = y == lab
-        with np.errstate(invalid="ignore"):
-            mean = np.nanmean(np.where(np.isfinite(R[rows]), R[rows], np.nan), axis=0) if rows.sum() else 0.0
-        R[rows] = R[rows] - mean
+        block = R[rows]
+        count = np.isfinite(block).sum(0)
+        mean = np.divide(np.nansum(block, 0), count, out=np.zeros(block.shape[1]), where=count > 0)
+        R[rows] = block - mean
     return R
+
+
+def random_by_layer(X: torch.Tensor, layers: list[int], n_layers_total: int, n: int, seed: int = 0
+                    ) -> dict[int, torch.Tensor]:
+    """:func:`covariance_random` directions indexed like ``directions.random_unit``: ``{seed + j: [n_layers_total, d]}``
+    (zero at layers outside ``layers``, which no window of the sweep steers)."""
+    draws = covariance_random(X, n, seed)
+    out = {}
+    for j in range(n):
+        full = torch.zeros(n_layers_total, X.shape[-1])
+        full[list(layers)] = draws[j]
+        out[seed + j] = full
+    return out
+
+
+def emotion_null_banks(X: torch.Tensor, layers: list[int], fit_dataset, method: str, n: int, seed: int = 0,
+                       appraisals=None) -> list:
+    """``n`` concept banks of the appraisals refitted with ``method`` after permuting the fit items'
+    ratings within each gold emotion (the emotion-only null; see the module docstring)."""
+    names = list(appraisals if appraisals is not None else fit_dataset.appraisal_names)
+    R, y = _ratings_and_labels(fit_dataset, names, EMOTIONS)
+
+    def fit(ratings: np.ndarray) -> torch.Tensor:
+        if method == "diffmean":
+            return diffmean_directions(X, ratings, None)
+        if method == "probe":
+            return probe_directions(X, ratings, None)
+        return pca_directions(X, ratings, seed=seed)
+
+    refits = within_emotion_refits(fit, R, y, n, seed)
+    return [ConceptBank(list(layers), names, V, method, {"null": "within-emotion permutation", "perm": j})
+            for j, V in enumerate(refits)]

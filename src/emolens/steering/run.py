@@ -51,6 +51,8 @@ class SteerPlan:
     partial: bool = False
     fixed: Sequence[str] | None = None
     n_random: int = N_RANDOM
+    #: per direction, refits on ratings permuted within each emotion (the emotion-only null; 0: none)
+    n_emotion_null: int = 0
     control: str | None = "auto"
     holdout: float = 0.5
     fit_given: bool = False
@@ -88,8 +90,9 @@ def _defined(bank: ConceptBank | None, names: Sequence[str], name: str) -> bool:
 
 def run_steering(lm, dataset, plan: SteerPlan, spec: PromptSpec | None = None,
                  bank_for: Callable[[str, object, list[int]], ConceptBank | None] | None = None,
-                 progress: bool = False) -> SteeringRun:
+                 progress: bool = False, reference_items=None) -> SteeringRun:
     """Steer ``dataset`` as ``plan`` says; ``bank_for(method, fit_items, layers)`` may supply directions.
+    ``reference_items``: the gold-labelled items the theory reference is computed on (default ``dataset``).
 
     ``bank_for`` returns a :class:`ConceptBank` or ``None`` (the sweep then captures residuals at
     the answer cue and fits the directions on the fit items itself).
@@ -126,7 +129,8 @@ def run_steering(lm, dataset, plan: SteerPlan, spec: PromptSpec | None = None,
                                bank.info)
         res = sweep(lm, steered, specs, bank=bank, method=method, windows=centres, span=plan.span,
                     betas=plan.betas, positions=plan.positions, scale=plan.scale, partial=plan.partial,
-                    fixed=plan.fixed, n_random=plan.n_random, control=plan.control, spec=spec,
+                    fixed=plan.fixed, n_random=plan.n_random, n_emotion_null=plan.n_emotion_null,
+                    control=plan.control, spec=spec,
                     fit_dataset=fit, holdout=plan.holdout,
                     batch_size=plan.batch_size, max_rows=plan.max_rows, fast=plan.fast, seed=plan.seed,
                     progress=progress)
@@ -141,9 +145,12 @@ def run_steering(lm, dataset, plan: SteerPlan, spec: PromptSpec | None = None,
                            "more items)")
     model = str(getattr(lm, "spec", type(lm).__name__))
     table = pd.concat(frames, ignore_index=True).assign(model=model)
-    appraisals = list(dataset.appraisal_names)
-    reference = theory.rating_profile(dataset, appraisals) if plan.reference == "ratings" \
-        else theory.classifier_profile(dataset, appraisals)
+    # the reference comes from every gold-labelled item (``reference_items``, default the dataset), never
+    # a model's correct subset, so it does not depend on the model; n per emotion goes into the summary
+    ref_items = reference_items if reference_items is not None else dataset
+    appraisals = list(ref_items.appraisal_names)
+    reference = theory.rating_profile(ref_items, appraisals) if plan.reference == "ratings" \
+        else theory.classifier_profile(ref_items, appraisals)
     align, cells = pd.DataFrame(), pd.DataFrame()
     if reference.notna().any().any():
         align, cells = theory.sweep_alignment(table, reference, terms)
@@ -160,7 +167,18 @@ def run_steering(lm, dataset, plan: SteerPlan, spec: PromptSpec | None = None,
         if len(best):
             b = best.iloc[0]
             summary.update(best_alignment=float(b.value), best_alignment_p=float(b.p_value),
-                           best_window=int(b.window), best_beta=float(b.beta))
+                           best_window=int(b.window), best_beta=float(b.beta), n_settings=int(b.n_settings))
+            beyond = align[align.metric == "best_alignment_beyond_emotion"]
+            if len(beyond):
+                summary["best_alignment_p_beyond_emotion"] = float(beyond.p_value.iloc[0])
+        summary["alignment_headline"] = theory.headline(align).lstrip("; ")
+        summary["alignment_peak"] = {m: theory.alignment_peak(r, reference, terms, position=plan.positions[0],
+                                                              seed=plan.seed) for m, r in swept.items()}
+    counts = theory.profile_counts(ref_items)
+    summary["reference_n_per_emotion"] = counts
+    thin = sorted(e for e, n in counts.items() if 0 < n < theory.MIN_PROFILE_N)
+    if thin:
+        notes.append(f"theory reference: fewer than {theory.MIN_PROFILE_N} rated items for {', '.join(thin)}")
     generations = None
     if plan.generations:
         # the generations take the method of the best alignment (else the first), at its best setting

@@ -9,8 +9,9 @@ same with stock hooks, and fixes or extends what the paper left open (§10.4):
   paper's fit-and-steer-everything), and the table's ``fit`` column says which.
 * **Sweeps** stack many conditions into one forward by repeating items, always include the clean
   run in the same batch (so the baseline shares every kernel and padding choice), and add
-  controls to every sweep: 19 norm-matched random directions (so the permutation p-value can
-  reach 0.05) and a specificity control (another appraisal's direction at the same norm).
+  controls to every sweep: :data:`N_RANDOM` norm-matched random directions drawn with the fit
+  activations' covariance, a specificity control (another appraisal's direction at the same
+  norm) and, on request, the emotion-only null (:mod:`emolens.steering.nulls`).
 
 Layers are 0-indexed; a window is named by its centre layer.
 """
@@ -34,6 +35,7 @@ from emolens.inputs.batching import iter_batches
 from emolens.inputs.prompts import PromptSpec, build_prompts
 from emolens.labels import EMOTIONS
 from emolens.metrics import wilson_interval
+from emolens.steering import nulls
 from emolens.steering.apply import (
     SCALES,
     mean_resid_norm,
@@ -51,15 +53,20 @@ from emolens.steering.directions import (
     parse_direction,
     random_unit,
 )
+from emolens.steering.theory import EMOTION_NULL_SEP
 
 #: Candidates for the specificity control, in order: appraisals not central to the paper's surgery.
 CONTROL_CANDIDATES: tuple[str, ...] = ("familiarity", "suddenness", "attention", "effort", "goal_relevance")
 #: Columns of the steering table, in order.
 COLUMNS: tuple[str, ...] = ("direction", "kind", "method", "partial", "scale", "fit", "window", "layers", "beta",
                             "position", "metric", "label", "value", "ci_low", "ci_high", "n")
-#: Default number of norm-matched random directions: with 19, the permutation p-value of the theory
-#: alignment can reach 1 / 20 = 0.05.
-N_RANDOM = 19
+#: Default number of norm-matched random directions: with 99, the permutation p-value of the theory
+#: alignment can reach 1 / 100 (and a Holm-corrected one over a few directions stays below 0.05);
+#: the last-token fast path makes them cheap.
+N_RANDOM = 99
+#: Default number of within-emotion permutation refits per direction that ``emolens steer`` and the
+#: study's steer stage request (the emotion-only null; p down to 1 / 40).
+N_EMOTION_NULL = 39
 
 
 @dataclass
@@ -215,18 +222,22 @@ def build_conditions(lm, bank: ConceptBank, directions: Sequence[str], windows: 
                      betas: Sequence[float], positions: Sequence[str], scale: str = "unit",
                      ref_norm: Mapping[str, torch.Tensor] | None = None, partial: bool = False,
                      fixed: Sequence[str] | None = None, n_random: int = N_RANDOM, control: str | None = "auto",
-                     seed: int = 0) -> list[Condition]:
+                     seed: int = 0, randoms: Mapping[int, torch.Tensor] | None = None,
+                     emotion_null: Sequence[ConceptBank] = ()) -> list[Condition]:
     """Every (direction, window, β, position) plus its controls, vectors scaled and ready.
 
-    Controls per (window, β, position): ``n_random`` seeded random directions and, per real
-    direction, a specificity control (another appraisal's unit direction); both take the norm of
-    the real vector at each layer, so only the direction differs.
+    Controls per (window, β, position): ``n_random`` seeded random directions (``randoms``, e.g.
+    :func:`emolens.steering.nulls.random_by_layer`, else isotropic :func:`random_unit`) and, per
+    real direction, a specificity control (another appraisal's unit direction) and its refits in
+    each ``emotion_null`` bank (kind ``emotion_null``, named ``theory.emotion_null_name``); all
+    take the norm of the real vector at each layer, so only the direction differs.
     """
     n_layers, d = lm.n_layers, lm.sites.d_model
     parsed = {spec: parse_direction(spec, bank.names) for spec in directions}
     for terms in parsed.values():
         bank.check_defined(t.name for t in terms)
-    randoms = {s: random_unit(n_layers, d, seed + s) for s in range(n_random)}
+    randoms = {s: random_unit(n_layers, d, seed + s) for s in range(n_random)} if randoms is None else \
+        {s - seed: r for s, r in randoms.items()}
     # the automatic specificity control must be a concept this fit split can define (a small split
     # may lack items rated high or low on some appraisal); an explicit one is still checked below
     appraisal_names = [n for n in bank.names if n not in EMOTIONS and (control != "auto" or bank.is_defined(n))]
@@ -243,6 +254,11 @@ def build_conditions(lm, bank: ConceptBank, directions: Sequence[str], windows: 
                     vec = scaled(unit, beta, scale, ref)
                     norms = vec.norm(dim=-1, keepdim=True)
                     out.append(Condition(format_terms(terms), "real", centre, layers, float(beta), position, vec))
+                    for j, null_bank in enumerate(emotion_null):
+                        if all(t.name in null_bank.names and null_bank.is_defined(t.name) for t in terms):
+                            nu = combine(null_bank, terms, layers, partial, fixed)
+                            out.append(Condition(f"{format_terms(terms)}{EMOTION_NULL_SEP}{j}", "emotion_null",
+                                                 centre, layers, float(beta), position, nu * norms))
                     ctrl = pick_control(terms, appraisal_names, None if control == "auto" else control) \
                         if control else None
                     if ctrl is not None and ctrl not in controls_done:
@@ -305,7 +321,8 @@ def sweep(lm, dataset, directions: Sequence[str], *, bank: ConceptBank | None = 
           windows: Sequence[int] | str = "auto", span: int = 3, betas: Sequence[float] = (1, 2, 4),
           positions: Sequence[str] = ("last",), scale: str = "unit", partial: bool = False,
           fixed: Sequence[str] | None = None, n_random: int = N_RANDOM, control: str | None = "auto",
-          spec: PromptSpec | None = None, fit_dataset=None, holdout: float | None = 0.5, batch_size: int = 16,
+          random_kind: str = "covariance", n_emotion_null: int = 0, spec: PromptSpec | None = None,
+          fit_dataset=None, holdout: float | None = 0.5, batch_size: int = 16,
           max_rows: int = 64, fast: bool | None = None, fast_rows: int = 256, n_boot: int = 200, seed: int = 0,
           progress: bool = False) -> SweepResult:
     """Steer prompts along each direction over windows × β × positions, with controls.
@@ -319,6 +336,11 @@ def sweep(lm, dataset, directions: Sequence[str], *, bank: ConceptBank | None = 
       and every item of ``dataset`` is steered; ``bank`` alone: fit items unknown.
 
     The table's ``fit`` column says which it was (:func:`fit_relation`).
+
+    Nulls (:mod:`emolens.steering.nulls`): ``random_kind="covariance"`` (default) draws the
+    ``n_random`` random directions with the covariance of the fit items' activations (isotropic
+    ``"gaussian"`` otherwise, and where the fit items are unknown); ``n_emotion_null`` adds, per
+    real direction, that many refits on ratings permuted within each emotion (kind ``emotion_null``).
 
     Positions ``last`` take the KV-prefix fast path (see :func:`run_conditions`; ``fast=False``
     forces full forwards). Returns a tidy table (:data:`COLUMNS`); β = 0 rows (the clean run)
@@ -340,14 +362,22 @@ def sweep(lm, dataset, directions: Sequence[str], *, bank: ConceptBank | None = 
         fit, steered = fit_split(dataset, holdout, seed)
     fit_mode = fit_relation(fit, steered)
     prompts = build_prompts(steered.texts, spec, lm.tokenizer)
-    if bank is None:
+    if random_kind not in ("covariance", "gaussian"):
+        raise EmolensError(f"unknown random_kind {random_kind!r}", "use covariance or gaussian")
+    X = None
+    if fit is not None and (bank is None or random_kind == "covariance" or n_emotion_null):
         fit_prompts = prompts if fit is steered else build_prompts(fit.texts, spec, lm.tokenizer)
         X = capture_resid(lm, fit_prompts, layers, batch_size)
+    if bank is None:
         bank = compute_bank(X, layers, fit, method, seed=seed)
+    randoms = nulls.random_by_layer(X, layers, lm.n_layers, n_random, seed) \
+        if X is not None and random_kind == "covariance" else None
+    null_banks = nulls.emotion_null_banks(X, layers, fit, bank.method, n_emotion_null, seed + 1) \
+        if X is not None and n_emotion_null else []
     ref_norm = {p: mean_resid_norm(lm, prompts, bank.layers, p, batch_size) for p in positions} \
         if scale == "relative" else {}
     conditions = build_conditions(lm, bank, directions, centres, span, betas, positions, scale,
-                                  ref_norm or None, partial, fixed, n_random, control, seed)
+                                  ref_norm or None, partial, fixed, n_random, control, seed, randoms, null_banks)
     reader = LabelScorer.build(lm.tokenizer, spec.labels, prompts[0].text, prompts[0].label_prefix)
     run_info: dict = {}
     clean, scores = run_conditions(lm, prompts, reader, conditions, batch_size, max_rows, progress, fast=fast,
@@ -362,7 +392,7 @@ def sweep(lm, dataset, directions: Sequence[str], *, bank: ConceptBank | None = 
         for r in outcome_rows(base, s, spec.labels, n_boot, seed):
             rows.append({**meta, "beta": c.beta, **r})
         key = (c.direction, c.window, c.position)
-        if key not in done_zero:
+        if key not in done_zero and c.kind != "emotion_null":
             done_zero.add(key)
             for r in outcome_rows(base, base, spec.labels, n_boot, seed):
                 rows.append({**meta, "beta": 0.0, **r})
@@ -372,6 +402,8 @@ def sweep(lm, dataset, directions: Sequence[str], *, bank: ConceptBank | None = 
             "steered_ids": list(steered.ids), "fit_ids": None if fit is None else list(fit.ids),
             "windows": centres, "span": span, "betas": list(map(float, betas)), "positions": list(positions),
             "n_random": n_random, "random_seeds": [seed + s for s in range(n_random)], "seed": seed,
+            "random_kind": "covariance" if randoms is not None else "gaussian",
+            "n_emotion_null": len(null_banks),
             "min_p_value": 1 / (1 + n_random), **run_info,
             "label_scoring": reader.describe(), "fixed": list(fixed) if fixed is not None else "default"}
     return SweepResult(frame, conditions, scores, clean, bank, ref_norm, info, steered)

@@ -56,6 +56,16 @@ def rating_profile(dataset, appraisals: Sequence[str] | None = None,
     return out
 
 
+#: Emotions with fewer rated items than this make noisy reference cells; they are flagged.
+MIN_PROFILE_N = 20
+
+
+def profile_counts(dataset, emotions: Sequence[str] = EMOTIONS) -> dict[str, int]:
+    """Gold-labelled items per emotion behind :func:`rating_profile` (the n of each reference column)."""
+    labels = [lab for lab in dataset.labels if lab is not None]
+    return {e: int(sum(lab == e for lab in labels)) for e in emotions}
+
+
 def classifier_profile(dataset, appraisals: Sequence[str] | None = None, emotions: Sequence[str] = EMOTIONS,
                        **kwargs) -> pd.DataFrame:
     """Human-baseline classifier coefficients (ratings → emotion), transposed to ``[appraisal, emotion]``.
@@ -366,6 +376,31 @@ def _best_rows(searched: list[tuple[dict, Alignment]]) -> list[dict]:
                     "null": null_name, "n_random": int(np.isfinite(null).any(0).sum()), "n_settings": n,
                     "n_emotion_null": int(n_e)})
     return out
+
+
+def headline(align: pd.DataFrame) -> str:
+    """One sentence for a CLI line or summary: the best alignment, how many settings were searched,
+    and its p-values, each naming its null (empty when nothing was aligned)."""
+    if align is None or not len(align):
+        return ""
+    best = align[align.metric == "best_alignment"].dropna(subset=["value"])
+    if not len(best):
+        best = align[align.metric == "alignment"].dropna(subset=["value"]).sort_values("value").tail(1)
+    if not len(best):
+        return ""
+    b = best.iloc[0]
+    n_set = int(b.get("n_settings", 1)) if pd.notna(b.get("n_settings", np.nan)) else 1
+    beyond = align[(align.metric == ("best_alignment_beyond_emotion" if n_set > 1 else "alignment_beyond_emotion"))
+                   & (align.window == b.window) & (align.beta == b.beta)] if n_set == 1 else \
+        align[align.metric == "best_alignment_beyond_emotion"]
+    text = (f"; best theory alignment {b.value:.2f} (window {b.window}, beta {b.beta:g}; best of {n_set} searched "
+            f"setting{'s' if n_set > 1 else ''}): p={b.p_value:.2g} vs {int(b.n_random)} random directions")
+    if len(beyond) and np.isfinite(beyond.p_value.iloc[0]):
+        text += (f", p={beyond.p_value.iloc[0]:.2g} vs {int(beyond.n_emotion_null.iloc[0])} within-emotion "
+                 "permutation refits (appraisal beyond emotion)")
+    else:
+        text += "; no emotion-only null was run, so this does not show appraisal information beyond emotion"
+    return text
 
 
 # ----------------------------------------------------------------------------------------------

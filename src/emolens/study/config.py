@@ -203,8 +203,11 @@ class SteerConfig(_Windowed):
     #: these (seeded, label-stratified; ``steering.fit_split``); 0 fits and steers every item with the
     #: probe stage's directions, as the paper did
     holdout: float = Field(0.5, ge=0, lt=1)
-    #: norm-matched random directions per setting (19 lets the alignment p-value reach 0.05)
-    n_random: int = Field(19, ge=0)
+    #: norm-matched random directions per setting, drawn with the fit activations' covariance (99: p to 0.01)
+    n_random: int = Field(99, ge=0)
+    #: per direction, refits on ratings permuted within each emotion -- the null of appraisal
+    #: information beyond emotion (``steering.nulls``); 0 skips it
+    n_emotion_null: int = Field(39, ge=0)
     generations: int = Field(0, ge=0)
     #: where generations steer: ``generated`` (the last prompt token and every generated token), ``last``, ``prompt``
     gen_position: Literal["generated", "last", "prompt"] = "generated"

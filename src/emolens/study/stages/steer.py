@@ -57,17 +57,20 @@ def _steer(ctx: StageContext) -> dict:
                            f"{s.centers}", "change steer.span or steer.centers")
     plan = SteerPlan(directions=[f"{e}+" for e in s.emotions] + list(s.appraisals), methods=list(s.directions),
                      windows=[w.center for w in windows], span=s.span, betas=s.betas, scale=s.scale,
-                     n_random=s.n_random, holdout=s.holdout, max_items=s.max_items, generations=s.generations,
+                     n_random=s.n_random, n_emotion_null=s.n_emotion_null, holdout=s.holdout, max_items=s.max_items,
+                     generations=s.generations,
                      gen_position=s.gen_position, gen_window=s.gen_window, skip_undefined=True,
                      batch_size=ctx.cfg.batch_size, seed=ctx.cfg.seed)
 
     def bank_for(method: str, fit, layers: list[int]):
         return _steer_bank(ctx, method, fit if s.holdout else None, layers)
 
-    run = run_steering(ctx.model.lm, ctx.items(), plan, spec=ctx.prompt, bank_for=bank_for, progress=ctx.progress)
+    run = run_steering(ctx.model.lm, ctx.items(), plan, spec=ctx.prompt, bank_for=bank_for, progress=ctx.progress,
+                       reference_items=ctx.dataset)
     ctx.notes.extend(run.notes)
     write_outputs(run, ctx.dir, directions_meta={"source_id": ctx.model.lm.source_id})
     keep = ("rows", "n_items", "n_fit", "n_random", "best_alignment", "best_alignment_p", "best_window",
-            "best_beta", "generations", "generation_method", "generation_window_beta", "generation_position",
-            "generations_flagged")
+            "best_beta", "n_settings", "best_alignment_p_beyond_emotion", "alignment_headline", "alignment_peak",
+            "reference_n_per_emotion", "generations", "generation_method", "generation_window_beta",
+            "generation_position", "generations_flagged")
     return {**{k: run.summary[k] for k in keep if k in run.summary}, "fit": sorted(set(run.table.fit))}
