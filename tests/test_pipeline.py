@@ -381,7 +381,8 @@ def test_report_summary_survives_all_nan_tables():
 
 STEER = {"stages": ["readout", "extract", "probe", "steer"], "prompts": {"variants": "none"},
          "steer": {"span": 1, "betas": [2.0, 8.0], "emotions": ["joy"], "directions": ["diffmean"],
-                   "appraisals": ["pleasantness+", "other_responsblt-"], "generations": 1}}
+                   "appraisals": ["pleasantness+", "other_responsblt-"], "generations": 1, "n_random": 19,
+                   "n_emotion_null": 3}}
 
 
 @pytest.fixture(scope="module")
@@ -401,7 +402,8 @@ def test_steer_stage_fits_on_the_fit_split_and_measures_held_out_items(steer_run
 
     cfg, result = steer_run
     assert statuses(result)["steer"] == "done"
-    assert cfg.steer.holdout == 0.5 and cfg.steer.n_random == 19 and cfg.steer.gen_position == "generated"
+    assert cfg.steer.holdout == 0.5 and cfg.steer.gen_position == "generated"
+    assert config_from_dict({}, "x.yaml").steer.n_random == 99  # the default; this run asks for 19
     folder = result.run_dir / "tiny-llama/steer"
     table = pd.read_parquet(folder / "steering.parquet")
     assert set(table.fit) == {"heldout"}
@@ -430,6 +432,14 @@ def test_steer_stage_best_alignment_and_generations_in_the_best_window(steer_run
     align = pd.read_parquet(folder / "alignment.parquet")
     best = align[align.metric == "best_alignment"]
     assert len(best) == 1 and best.n_settings.iloc[0] == 6 and best.n_random.iloc[0] == 19  # 3 windows x 2 betas
+    beyond = align[align.metric == "best_alignment_beyond_emotion"]  # the emotion-only null: 3 refits per direction
+    assert len(beyond) == 1 and beyond.n_emotion_null.iloc[0] == 3 and beyond.null.iloc[0] == "emotion"
+    assert 0.25 - 1e-12 <= beyond.p_value.iloc[0] <= 1
+    summary = json.loads((folder / "stage.json").read_text())["summary"]
+    headline = summary["alignment_headline"]
+    assert "vs 19 random directions" in headline and "within-emotion" in headline
+    # the reference counts every study item, not the model's correct ones
+    assert sum(summary["reference_n_per_emotion"].values()) == len(result.data.dataset)
     table = pd.read_parquet(folder / "steering.parquet")
     assert set(table.scale) == {cfg.steer.scale}  # the configured scale reaches the sweep
     assert 0.05 - 1e-12 <= best.p_value.iloc[0] <= 1

@@ -326,11 +326,11 @@ def test_sweep_and_cli_end_to_end(tmp_path, stim):
     out = tmp_path / "run"
     main(["steer", "--model", "tiny:llama", "--data", "stimuli", "--limit", "12", "--direction",
           "pleasantness+;other_responsblt-", "--windows", "1", "--span", "3", "--beta", "2,8", "--scale",
-          "relative", "--positions", "last,generated", "--n-random", "3", "--generate", "1",
+          "relative", "--positions", "last,generated", "--n-random", "3", "--n-emotion-null", "2", "--generate", "1",
           "--max-new-tokens", "4", "--out", str(out)])
     frame = pd.read_parquet(out / "steering.parquet")
     assert set(COLUMNS) <= set(frame.columns)
-    assert set(frame.kind) == {"real", "random", "specificity"}
+    assert set(frame.kind) == {"real", "random", "specificity", "emotion_null"}
     assert sorted(frame.beta.unique()) == [0.0, 2.0, 8.0]
     zero = frame[(frame.beta == 0) & (frame.metric == "flip_rate")]
     assert (zero.value == 0).all()

@@ -49,7 +49,23 @@ class ReadoutResult:
 
     @property
     def correct_ids(self) -> list[str]:
-        return self.frame.loc[self.frame["correct"], "id"].tolist()
+        """Items the raw (uncalibrated) readout gets right: the "correct" subset downstream
+        analyses use unless :meth:`correct_ids_from` is asked for the calibrated one."""
+        return self.correct_ids_from("raw")
+
+    def correct_ids_from(self, which: str = "raw") -> list[str]:
+        """Correctly read items by the ``raw`` or the ``calibrated`` prediction.
+
+        Calibration changes which items count as correct; nothing switches to it silently, the
+        caller says which (``emolens readout --correct-from``).
+        """
+        if which == "raw":
+            return self.frame.loc[self.frame["correct"], "id"].tolist()
+        if which == "calibrated":
+            if "correct_cal" not in self.frame:
+                raise EmolensError("the calibrated correct subset needs calibration", "pass --calibrate")
+            return self.frame.loc[self.frame["correct_cal"], "id"].tolist()
+        raise EmolensError(f"unknown correct subset {which!r}", "use raw or calibrated")
 
 
 @torch.no_grad()

@@ -10,6 +10,10 @@ keyword: a float additive mask for eager attention, a boolean one for SDPA, or `
 relies on ``is_causal``, which the op spells out. Queries align to the end of the keys, so a
 knockout from the last ``m`` queries runs on the runner's KV-prefix fast path like any other
 condition.
+
+Only the *direct* query -> key edges are cut: the context can still reach the cue through the
+other positions, which read it at every layer. The measured drop is therefore a lower bound on the
+cue's reliance on those keys at those layers.
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@ site and window is measured on the same pairs; run each item clean once, capturi
 patched positions of the sites at all layers; then patch targets in batches with a ``Set`` op
 whose value holds one row per pair. Metrics: transfer (patched argmax = source's clean argmax),
 remained (= target's), neither, and the normalised logit difference (0 = target clean, 1 =
-source clean), each with a 95% CI, over pairs whose clean predictions differ.
+source clean; a ratio of sums over pairs), each with a 95% interval from a bootstrap over target
+items (pairs repeat items), over pairs whose clean predictions differ.
 """
 
 from __future__ import annotations
@@ -24,9 +25,7 @@ from emolens.causal.common import (
     gold_index,
     int_positions,
     make_batches,
-    mean_ci,
     position_label,
-    proportion,
     reference_path,
     row,
     runner_for,
@@ -38,6 +37,7 @@ from emolens.engine.ops import Capture, Set
 from emolens.engine.runner import path_name
 from emolens.errors import EmolensError
 from emolens.inputs.prompts import PromptSpec, build_prompts
+from emolens.stats import cluster_bootstrap
 
 PAIR_COLUMNS = ("pair", "source_id", "target_id", "source_label", "target_label")
 
@@ -109,16 +109,34 @@ def patch_condition(site: str, window: Window, position: int, head: int | None, 
 
 
 def pair_metrics(cond: Condition | None, patched: np.ndarray, src_clean: np.ndarray, tgt_clean: np.ndarray,
-                 model: str) -> list[dict]:
+                 model: str, clusters: np.ndarray | None = None, n_boot: int = 1000) -> list[dict]:
+    """Transfer / remained / neither rates and the normalised logit difference over pairs.
+
+    Pairs are drawn with replacement, so an item recurs across pairs: intervals come from a
+    bootstrap that resamples whole clusters (``clusters``: the target item of each pair; every
+    pair its own cluster when None). The normalised logit difference is a ratio of sums,
+    ``Σ (d(patched) - d(target)) / Σ (d(source) - d(target))`` over pairs -- a mean of per-pair
+    ratios is heavy-tailed where a pair's clean margin is small.
+    """
     s, t = src_clean.argmax(1), tgt_clean.argmax(1)
     valid = s != t
     pred = patched.argmax(1)[valid]
     transfer, remained = pred == s[valid], pred == t[valid]
-    nd = normalised_difference(patched[valid], src_clean[valid], tgt_clean[valid], s[valid], t[valid])
-    return [row("patching", cond, "transfer", proportion(transfer), model),
-            row("patching", cond, "remained", proportion(remained), model),
-            row("patching", cond, "neither", proportion(~transfer & ~remained), model),
-            row("patching", cond, "normalised_logit_diff", mean_ci(nd), model)]
+    cl = (np.arange(len(s)) if clusters is None else np.asarray(clusters))[valid]
+    rows_ = np.arange(int(valid.sum()))
+
+    def d(x):
+        return x[valid][rows_, s[valid]] - x[valid][rows_, t[valid]]
+
+    def stat(values, den=None):
+        ci = cluster_bootstrap(values, cl, den, n_boot=n_boot)
+        return ci.value, ci.low, ci.high, ci.n
+
+    return [row("patching", cond, "transfer", stat(transfer.astype(float)), model),
+            row("patching", cond, "remained", stat(remained.astype(float)), model),
+            row("patching", cond, "neither", stat((~transfer & ~remained).astype(float)), model),
+            row("patching", cond, "normalised_logit_diff", stat(d(patched) - d(tgt_clean), d(src_clean) - d(tgt_clean)),
+                model)]
 
 
 def patch(lm, dataset, pairs: int | pd.DataFrame = 200, sites: Sequence[str] = ("attn", "mlp", "resid"),
@@ -179,7 +197,7 @@ def patch(lm, dataset, pairs: int | pd.DataFrame = 200, sites: Sequence[str] = (
     rows = []
     for cond, s in zip(conditions, scores, strict=True):
         clean_scores = clean.scores[path_name(cond.suffix)]
-        rows += pair_metrics(cond, s, clean_scores[src], clean_scores[tgt], model)
+        rows += pair_metrics(cond, s, clean_scores[src], clean_scores[tgt], model, clusters=tgt)
     reference = clean.scores[reference_path(paths)]
     gold = gold_index(items.labels, spec.labels)
     pairs = pairs.assign(source_clean_pred=[spec.labels[k] for k in reference[src].argmax(1)],

@@ -50,6 +50,8 @@ def register(app: typer.Typer) -> None:
         separator: str = typer.Option("space", help="'space' (paper) or 'newline' between prompt parts"),
         chat: bool = typer.Option(False, help="wrap the prompt in the tokenizer's chat template"),
         calibrate: bool = typer.Option(False, help="also report contextual calibration (Zhao et al., 2021)"),
+        correct_from: str = typer.Option("raw", help="which predictions define correct_ids.txt: raw, or calibrated "
+                                         "(needs --calibrate; changes the correct subset later analyses use)"),
         batch_size: int = typer.Option(16, help="prompts per forward pass"),
         device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1 ..."),
         dtype: str = typer.Option("auto", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16"),
@@ -66,6 +68,9 @@ def register(app: typer.Typer) -> None:
 
         if batch_size < 1:
             raise EmolensError(f"batch size {batch_size} is not positive", "pass --batch-size 1 or more")
+        if correct_from not in ("raw", "calibrated") or (correct_from == "calibrated" and not calibrate):
+            raise EmolensError(f"--correct-from {correct_from} is not available here",
+                               "use raw, or calibrated together with --calibrate")
         if separator not in ("space", "newline"):
             raise EmolensError(f"unknown separator {separator!r}", "use 'space' or 'newline'")
         spec = PromptSpec(template=template, shots=parse_shots(shots), chat=chat,
@@ -78,14 +83,14 @@ def register(app: typer.Typer) -> None:
         result = run_readout(lm, dataset, spec, batch_size=batch_size, calibrate=calibrate)
         seconds = time.perf_counter() - start
         result.frame.to_parquet(out_dir / "readout.parquet", index=False)
-        write_ids(out_dir / "correct_ids.txt", result.correct_ids)
+        write_ids(out_dir / "correct_ids.txt", result.correct_ids_from(correct_from))
         n_known = int(result.frame["gold"].isin(list(result.labels)).sum())
         write_readout_figures(result.frame, out_dir, f"{model} on {dataset.name} (n={n_known})", result.labels)
         metrics = {**result.metrics, "model": model, "source_id": lm.source_id, "data": data,
                    "dataset_fingerprint": dataset.fingerprint(), "prompt": spec.__dict__,
                    "prompt_fingerprint": spec.fingerprint(), "limit": limit, "seed": seed,
                    "seconds_load": round(lm.load_seconds, 2), "seconds_readout": round(seconds, 2),
-                   "items_per_second": round(len(dataset) / seconds, 2)}
+                   "items_per_second": round(len(dataset) / seconds, 2), "correct_from": correct_from}
         dump_json(out_dir / "metrics.json", metrics)
         raw = metrics["raw"]
         line = (f"accuracy {raw['accuracy']:.3f} [{raw['accuracy_ci_low']:.3f}, {raw['accuracy_ci_high']:.3f}] "

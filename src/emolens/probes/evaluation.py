@@ -9,11 +9,13 @@ probes (:mod:`emolens.probes.estimators`) under two protocols and always reports
     ``sklearn.model_selection.train_test_split(arange(n), test_size=0.2, random_state=42)`` makes
     (a ``RandomState(42)`` permutation, first ``ceil(0.2 n)`` items tested), so it reproduces
     the paper's partition; C=1 and alpha=5 are the defaults. Intervals: bootstrap over test items.
-``protocol="cv"`` (default)
+``protocol="cv"`` (the default of these functions; ``emolens probe`` and the study default to ``paper``)
     Stratified k-fold (k=5, shuffled with the seed; plain k-fold for regression unless ``strata``
     is given). The value is the metric of the pooled out-of-fold predictions (every item is
-    predicted exactly once) with a bootstrap 95% interval over items (``ci="bootstrap"``), or the
-    mean of the k fold metrics with a t interval (``ci="folds"``).
+    predicted exactly once) with a bootstrap 95% interval over items (``ci="bootstrap"``) -- which
+    does *not* include the variance from refitting on other training folds -- or the mean of the
+    k fold metrics with a t interval (``ci="folds"``), which does, approximately (the folds share
+    training items).
 
 Every result is a tidy frame with the columns :data:`COLUMNS`, one row per measurement; ``chance``
 is the value an uninformed predictor gets (majority share for accuracy, ``1/K`` for balanced

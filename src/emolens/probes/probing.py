@@ -50,6 +50,7 @@ from emolens.errors import EmolensError
 from emolens.labels import APPRAISAL_PRESETS, FIRST_WORDS
 from emolens.paths import cache_dir, dump_json
 from emolens.probes import evaluation as pe
+from emolens.probes.control_task import control_task_selectivity
 from emolens.probes.directions import fit_directions
 from emolens.probes.validity import probe_warnings
 
@@ -342,6 +343,15 @@ def run_probing(store, dataset, *, tasks: Sequence[str] = TASKS, items: str = "c
                         X, fw, slices, task="first_word", probe=probe, C=C, n_classes=len(FIRST_WORDS),
                         standardize=standardize, shuffled=shuffled, drop_invalid=True, probe_kwargs=pkw,
                         **ckw))
+            if "emotion" in tasks and "first-word" in tasks:
+                # selectivity against the Hewitt & Liang control task (random label per first-word type)
+                with timed("control_task"):
+                    try:
+                        frames.append(control_task_selectivity(
+                            X, y, [t.split()[0].lower() if t.split() else "" for t in ds.texts], slices,
+                            protocol=protocol, k=k, seed=seed, C=C, n_classes=K, n_boot=n_boot, max_iter=max_iter))
+                    except EmolensError as err:
+                        summary["notes"].append(f"selectivity at {site} not computed: {err}")
             if "appraisal" in tasks:
                 last = [i for i, s in enumerate(slices) if s[2] == -1]
                 with timed("appraisal"):
@@ -375,11 +385,6 @@ def run_probing(store, dataset, *, tasks: Sequence[str] = TASKS, items: str = "c
             else:
                 summary["notes"].append("human baseline skipped: too few items with ratings and labels")
     table = pd.concat(frames, ignore_index=True) if frames else pe.results_frame([])
-    if "emotion" in tasks and "first-word" in tasks:
-        scored = table[table.metric != "converged"]
-        sel_rows = pe.selectivity(scored[scored.task == "emotion"], scored[scored.task == "first_word"],
-                                  name="selectivity")
-        table = pd.concat([table, sel_rows], ignore_index=True)
     summary["converged"] = convergence_summary(table)
     unfinished = {t: c for t, c in summary["converged"].items() if c["slices_converged"] < c["slices"]}
     if unfinished:
@@ -432,7 +437,7 @@ def convergence_summary(table: pd.DataFrame) -> dict[str, dict[str, Any]]:
     return out
 
 
-PRIMARY = {"emotion": "accuracy", "first_word": "accuracy", "selectivity": "accuracy", "appraisal": "r2",
+PRIMARY = {"emotion": "accuracy", "first_word": "accuracy", "selectivity": "normalised_accuracy", "appraisal": "r2",
            "human_baseline": "accuracy"}
 
 

@@ -90,10 +90,12 @@ def write_probe_figures(table: pd.DataFrame, out: Path) -> list[Path]:
     and an appraisal x layer R² map."""
     paths = []
     for task in ("emotion", "first_word", "selectivity"):
-        part = table[(table.task == task) & (table.metric == "accuracy")]
+        # selectivity: chance-normalised emotion minus control-task accuracy (probes.control_task)
+        part = table[(table.task == task) & (table.metric == ("normalised_accuracy" if task == "selectivity"
+                                                                else "accuracy"))]
         if part.empty:
             continue
-        lab = "accuracy" if task != "selectivity" else "selectivity (accuracy difference)"
+        lab = "accuracy" if task != "selectivity" else "selectivity (chance-normalised, vs control task)"
         at_last = part[part.position == -1]
         if not at_last.empty:
             paths.append(plot_heatmap(at_last, "site", out / f"heatmap_{task}_sites.png",

@@ -378,6 +378,59 @@ def _best_rows(searched: list[tuple[dict, Alignment]]) -> list[dict]:
     return out
 
 
+def _log_normalise(scores: np.ndarray) -> np.ndarray:
+    return scores - np.logaddexp.reduce(scores, axis=1, keepdims=True)
+
+
+def alignment_peak(result, reference: pd.DataFrame, terms: Mapping[str, Sequence[tuple[str, float]]], *,
+                   position: str = "last", n_boot: int = 200, level: float = 0.95, seed: int = 0) -> dict | None:
+    """Where the theory alignment peaks over the swept windows, with a bootstrap interval of *where*.
+
+    ``result`` is a :class:`~emolens.steering.sweep.SweepResult` (its per-item label scores). Each
+    resample draws steered items with replacement, recomputes every real direction's mean Δ log p
+    per (window, β), the alignment score per setting (mean over test units) and the window of its
+    maximum; the interval is the percentile interval of those windows, ``share_at_peak`` the share
+    of resamples that peak at the reported window. None when fewer than two settings were swept.
+    """
+    usable = {d: t for d, t in terms.items() if all(name in reference.index for name, _ in t)}
+    frame = result.frame
+    labels = list(dict.fromkeys(frame.loc[frame.metric == "delta_logp", "label"]))
+    cols = [c for c in labels if c in reference.columns]
+    idx = [labels.index(c) for c in cols]
+    ref_rows = {d: reference_for(t, reference)[cols].to_numpy(dtype=float) for d, t in usable.items()}
+    units = alignment_units(usable)
+    settings: dict[tuple, dict[str, np.ndarray]] = {}
+    for c, sc in zip(result.conditions, result.scores, strict=True):
+        if c.kind == "real" and c.direction in usable and c.position == position:
+            base = result.clean[(c.layers, c.position)]
+            settings.setdefault((c.window, c.beta), {})[c.direction] = \
+                (_log_normalise(sc) - _log_normalise(base))[:, idx]
+    if len(settings) < 2:
+        return None
+    keys = sorted(settings)
+    n = next(iter(settings[keys[0]].values())).shape[0]
+
+    def scores(w: np.ndarray) -> np.ndarray:
+        out = []
+        for key in keys:
+            eff = {d: w @ v / w.sum() for d, v in settings[key].items()}
+            per_unit = [np.nanmean([_spearman(eff[d], ref_rows[d]) for d, _ in m if d in eff] or [np.nan])
+                        for m in units.values()]
+            out.append(np.nanmean(per_unit) if np.isfinite(per_unit).any() else -np.inf)
+        return np.array(out)
+
+    observed = scores(np.ones(n))
+    peak = keys[int(np.argmax(observed))]
+    rng = np.random.default_rng(seed)
+    where = np.array([keys[int(np.argmax(scores(np.bincount(rng.integers(0, n, n), minlength=n).astype(float))))][0]
+                      for _ in range(n_boot)], dtype=float)
+    a = (1 - level) / 2
+    lo, hi = np.quantile(where, [a, 1 - a], method="inverted_cdf")
+    return {"peak_window": int(peak[0]), "peak_beta": float(peak[1]), "value": float(observed.max()),
+            "window_ci_low": int(lo), "window_ci_high": int(hi), "share_at_peak": float((where == peak[0]).mean()),
+            "n_boot": n_boot, "n_items": int(n), "n_settings": len(keys), "position": position}
+
+
 def headline(align: pd.DataFrame) -> str:
     """One sentence for a CLI line or summary: the best alignment, how many settings were searched,
     and its p-values, each naming its null (empty when nothing was aligned)."""

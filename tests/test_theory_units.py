@@ -1,0 +1,49 @@
+"""Theory alignment: ± pairs are one test, each unit has its own null, and the peak window has an interval."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from emolens.labels import EMOTIONS
+from emolens.steering import theory
+
+K = len(EMOTIONS)
+
+
+def test_sign_pairs_form_one_unit_and_their_null_does_not_cancel():
+    units = theory.alignment_units({"p+": [("pleasantness", 1.0)], "p-": [("pleasantness", -1.0)],
+                                    "o+": [("other_responsblt", 1.0)]})
+    assert units == {"pleasantness±": [("p+", 1.0), ("p-", -1.0)], "o+": [("o+", 1.0)]}
+    g = np.random.default_rng(0)
+    ref = pd.DataFrame(g.normal(size=(1, K)), index=["pleasantness"], columns=list(EMOTIONS))
+    rows = pd.DataFrame([ref.loc["pleasantness"], -ref.loc["pleasantness"]], index=["p+", "p-"])
+    rnd = pd.DataFrame(g.normal(size=(19, K)), columns=list(EMOTIONS), index=[f"random:{j}" for j in range(19)])
+    res = theory.alignment(rows + 0.01 * g.normal(size=(2, K)), rows, rnd,
+                           units={"pleasantness±": [("p+", 1.0), ("p-", -1.0)]})
+    # the old score averaged each random row against +ref and -ref: exactly 0 for every draw
+    assert np.abs(res.random_scores).max() > 0.05 and res.p_value == pytest.approx(0.05)
+    assert len(res.units) == 1 and res.units.p_random_holm.iloc[0] == pytest.approx(0.05)
+
+
+def test_alignment_peak_locates_the_aligned_window_with_an_interval():
+    g = np.random.default_rng(1)
+    ref = pd.DataFrame(g.normal(size=(1, K)), index=["pleasantness"], columns=list(EMOTIONS))
+    n = 40
+    clean = g.normal(size=(n, K))
+    conditions, scores = [], []
+    for window, signal in ((1, 0.0), (2, 1.0), (3, 0.3)):
+        conditions.append(SimpleNamespace(kind="real", direction="p+", position="last", layers=(window,),
+                                          window=window, beta=1.0))
+        scores.append(clean + signal * ref.to_numpy() + g.normal(0, 1.0, (n, K)))
+    frame = pd.DataFrame({"metric": "delta_logp", "label": list(EMOTIONS)})
+    result = SimpleNamespace(frame=frame, conditions=conditions, scores=scores,
+                             clean={((w,), "last"): clean for w in (1, 2, 3)})
+    peak = theory.alignment_peak(result, ref, {"p+": [("pleasantness", 1.0)]}, n_boot=100)
+    assert peak["peak_window"] == 2 and peak["window_ci_low"] <= 2 <= peak["window_ci_high"]
+    assert peak["share_at_peak"] > 0.5 and peak["n_settings"] == 3 and peak["n_items"] == n
+    one = SimpleNamespace(frame=frame, conditions=conditions[:1], scores=scores[:1], clean=result.clean)
+    assert theory.alignment_peak(one, ref, {"p+": [("pleasantness", 1.0)]}) is None
