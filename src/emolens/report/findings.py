@@ -98,9 +98,11 @@ def findings(mr: ModelRun) -> dict[str, Any]:
         best = align[align.metric == "best_alignment"].dropna(subset=["value"])
         if len(best):
             b = best.loc[best.value.idxmax()]
+            beyond = align[align.metric == "best_alignment_beyond_emotion"].dropna(subset=["p_value"])
             out["steer_alignment"] = {"layer": int(b.window), "value": float(b.value), "p": float(b.p_value),
                                       "n_settings": int(b.n_settings), "fit": str(b.get("fit", "")),
-                                      "beta": float(b.beta)}
+                                      "beta": float(b.beta), "null": "random directions",
+                                      "p_beyond_emotion": float(beyond.p_value.iloc[0]) if len(beyond) else None}
     return out
 
 
@@ -139,8 +141,14 @@ def summary_text(f: dict[str, Any]) -> str:
     if "steer_alignment" in f:
         a = f["steer_alignment"]
         parts.append(f"Steering appraisal directions agrees best with the human ratings in the window centred on "
-                     f"{at(a['layer'])} (theory alignment {a['value']:.2f} at β={a['beta']:g}, p = {a['p']:.2g} for "
-                     f"the best of {a['n_settings']} settings, directions fit = {a['fit']}).")
+                     f"{at(a['layer'])} (theory alignment {a['value']:.2f} at β={a['beta']:g}, p = {a['p']:.2g} against "
+                     f"random directions for the best of {a['n_settings']} searched settings, directions fit = "
+                     f"{a['fit']}).")
+        if a.get("p_beyond_emotion") is not None:
+            parts.append(f"Against refits on ratings permuted within each emotion (appraisal information beyond "
+                         f"the emotion) p = {a['p_beyond_emotion']:.2g}.")
+        else:
+            parts.append("No emotion-only null was run, so this alignment may reflect the emotion alone.")
     if len(parts) <= 1:
         parts.append("No probe or causal tables yet, so nothing can be said about where the emotion is computed.")
     return " ".join(parts)

@@ -25,12 +25,12 @@ def steer_section(mr: ModelRun) -> str:
         body += f"<p>{html.escape(fit_text(table, mr.stage_record('steer')))}</p>"
     align = mr.table("alignment")
     if align is not None and len(align):
-        best = align[align.metric == "best_alignment"]
+        best = align[align.metric.isin(["best_alignment", "best_alignment_beyond_emotion"])]
         text = best_alignment_text(align)
         body += "<h3>Theory alignment</h3>" + (f'<p class="summary">{html.escape(text)}</p>' if text else "")
         if len(best):
             body += table_html(best[[c for c in ALIGN_COLUMNS + ("n_settings",) if c in best]])
-        per = align[align.metric != "best_alignment"]
+        per = align[~align.metric.isin(["best_alignment", "best_alignment_beyond_emotion"])]
         body += table_html(per[[c for c in ALIGN_COLUMNS if c in per]])
     else:
         body += absent("No theory-alignment table.")
@@ -43,8 +43,8 @@ def steer_section(mr: ModelRun) -> str:
     return body or absent("The steering stage saved no tables.")
 
 
-ALIGN_COLUMNS: tuple[str, ...] = ("metric", "method", "fit", "window", "layers", "beta", "position", "value", "p_value",
-                                  "n_random")
+ALIGN_COLUMNS: tuple[str, ...] = ("metric", "unit", "method", "fit", "window", "layers", "beta", "position", "value",
+                                  "p_value", "p_holm", "null", "n_random", "n_emotion_null")
 _FIT_WORDS = {"heldout": "fitted on other items than those steered (held-out fit)",
               "all": "fitted on the same items that are steered",
               "overlap": "fitted on items that include the steered ones",
@@ -67,13 +67,25 @@ def best_alignment_text(align: pd.DataFrame) -> str:
     """The headline: the best theory alignment over the searched windows and betas, with the p-value
     corrected for that search (max statistic over the random directions)."""
     best = align[align.metric == "best_alignment"].dropna(subset=["value"])
+    beyond = align[align.metric == "best_alignment_beyond_emotion"] if "metric" in align else align.iloc[:0]
     out = []
     for _, b in best.iterrows():
         fit = b.get("fit", "?")
-        out.append(f"Best theory alignment ({b.method}, fit = {fit}, position {b.position}): {b.value:.2f} in "
-                   f"the window centred on layer {int(b.window) + 1} (layers {b.layers}, 0-indexed), β = {b.beta:g}; "
-                   f"p = {b.p_value:.2g} for the best of {int(b.n_settings)} settings against {int(b.n_random)} random "
-                   f"directions (the smallest p they allow is {1 / (1 + int(b.n_random)):.2g}).")
+        text = (f"Best theory alignment ({b.method}, fit = {fit}, position {b.position}): {b.value:.2f} in "
+                f"the window centred on layer {int(b.window) + 1} (layers {b.layers}, 0-indexed), β = {b.beta:g}; "
+                f"the best of {int(b.n_settings)} searched settings (every method, position, window and β). "
+                f"Against {int(b.n_random)} covariance-matched random directions: p = {b.p_value:.2g} "
+                f"(max-statistic corrected for the search): the directions move emotions the way the human "
+                f"appraisal profile says more than an arbitrary push of the same size.")
+        if len(beyond) and pd.notna(beyond.p_value.iloc[0]):
+            e = beyond.iloc[0]
+            text += (f" Against {int(e.n_emotion_null)} refits on ratings permuted within each emotion (the "
+                     f"emotion-only null): p = {e.p_value:.2g} -- the test of appraisal information beyond the "
+                     f"emotion itself; only this p-value supports that claim.")
+        else:
+            text += (" No emotion-only null was run: the alignment may come from the emotion alone (the "
+                     "directions and the reference share the rating-emotion association).")
+        out.append(text)
     return " ".join(out)
 
 
