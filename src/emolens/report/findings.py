@@ -141,7 +141,8 @@ def summary_text(f: dict[str, Any]) -> str:
     if "steer_alignment" in f:
         a = f["steer_alignment"]
         parts.append(f"Steering appraisal directions agrees best with the human ratings in the window centred on "
-                     f"{at(a['layer'])} (theory alignment {a['value']:.2f} at β={a['beta']:g}, p = {a['p']:.2g} against "
+                     f"{at(a['layer'])} (theory alignment {a['value']:.2f} at β={a['beta']:g}, p = {a['p']:.2g} "
+                     f"against "
                      f"random directions for the best of {a['n_settings']} searched settings, directions fit = "
                      f"{a['fit']}).")
         if a.get("p_beyond_emotion") is not None:
