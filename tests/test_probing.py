@@ -150,6 +150,9 @@ def test_items_correct_uses_the_readout(tiny_store, tmp_path, run_cli):
     assert set(table.task) == {"emotion", "human_baseline"}
     assert (table[table.task == "emotion"].n == int(np.ceil(0.2 * len(correct)))).all()
     assert set(table[table.task == "emotion"].position) == {-1}
+    # the human baseline does not depend on the model: it uses every gold-labelled item, not the correct ones
+    human = table[(table.task == "human_baseline") & (table.metric == "accuracy")]
+    assert (human.n == int(np.ceil(0.2 * N))).all() and sum(summary["human_baseline_n_per_emotion"].values()) == N
     assert not (out / "directions.safetensors").exists()
 
 

@@ -375,13 +375,23 @@ def run_probing(store, dataset, *, tasks: Sequence[str] = TASKS, items: str = "c
                                "extract with --positions such as -1,-2")
         human = None
         if human_baseline and Y is not None and ("emotion" in tasks or "appraisal" in tasks):
-            ok = rated & labelled
-            if ok.sum() >= max(10, k) and len(np.unique(y[ok])) > 1:
+            # human ratings -> emotion on every gold-labelled item of the data, not the selected (e.g. the
+            # model's correct) ones: the baseline must not depend on the model
+            Y_all = np.stack([dataset.appraisal(a) for a in names], 1).astype(np.float64)
+            y_all = np.asarray(dataset.label_ids)
+            ok = np.isfinite(Y_all).all(1) & (y_all >= 0)
+            if ok.sum() >= max(10, k) and len(np.unique(y_all[ok])) > 1:
                 with timed("human_baseline"):
-                    human = pe.human_baseline(Y[ok], y[ok], appraisal_names=list(names),
+                    human = pe.human_baseline(Y_all[ok], y_all[ok], appraisal_names=list(names),
                                               emotion_names=list(ds.label_names), C=C, standardize=standardize,
                                               **common)
                 frames.append(human.results)
+                counts = np.bincount(y_all[ok], minlength=len(ds.label_names))
+                summary["human_baseline_n_per_emotion"] = {e: int(c) for e, c in zip(ds.label_names, counts,
+                                                                                      strict=True)}
+                thin = [e for e, c in zip(ds.label_names, counts, strict=True) if 0 < c < 20]
+                if thin:
+                    summary["notes"].append(f"human baseline: fewer than 20 items for {', '.join(thin)}")
             else:
                 summary["notes"].append("human baseline skipped: too few items with ratings and labels")
     table = pd.concat(frames, ignore_index=True) if frames else pe.results_frame([])
