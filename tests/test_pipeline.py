@@ -472,6 +472,7 @@ def test_steer_stage_and_cli_write_identical_tables(steer_run, tmp_path):
     main(["steer", "--model", "tiny:llama", "--data", "stimuli", "--limit", "26", "--seed", str(cfg.seed),
           "--direction", "joy+;pleasantness+;other_responsblt-", "--method", "diffmean", "--windows", "all",
           "--span", "1", "--beta", "2,8", "--scale", cfg.steer.scale, "--n-random", str(cfg.steer.n_random),
+          "--n-emotion-null", str(cfg.steer.n_emotion_null),
           "--holdout", str(cfg.steer.holdout), "--generate", "1", "--batch-size", str(cfg.batch_size),
           "--acts", str(result.run_dir / "tiny-llama/extract/store"), "--out", str(out)])
     for name in ("steering.parquet", "alignment.parquet", "alignment_cells.parquet", "generations.parquet"):
