@@ -452,13 +452,13 @@ def test_steer_stage_best_alignment_and_generations_in_the_best_window(steer_run
     setting = set(zip(steered.window.astype(int), steered.beta.astype(float), strict=True))
     assert len(setting) == 1 and setting <= tops  # the generations steer in the best-aligned window and beta
     assert set(steered.kind) == {"real", "specificity", "random"} and (steered.kind == "random").sum() == 1
-    assert {"flags", "degenerate", "code"} <= set(gens.columns)
+    assert {"guard_flags", "degenerate", "code"} <= set(gens.columns)
     assert set(gens.id) <= set(json.loads((folder / "summary.json").read_text())["methods"]["diffmean"]["steered_ids"])
     rec = json.loads((folder / "stage.json").read_text())["summary"]
     assert tuple(rec["generation_window_beta"]) in setting and rec["generation_position"] == "generated"
     html = (result.run_dir / "report.html").read_text()
     assert "Best theory alignment" in html and "fit = heldout" in html and "19 norm-matched random" in html
-    assert "flagged by the fluency guard" in html and "<th>flags</th>" in html
+    assert "flagged by the fluency guard" in html and "<th>guard_flags</th>" in html
 
 
 def test_steer_stage_and_cli_write_identical_tables(steer_run, tmp_path):

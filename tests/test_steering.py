@@ -342,7 +342,7 @@ def test_sweep_and_cli_end_to_end(tmp_path, stim):
     assert summary["fit"] == "heldout" and summary["fast_path"] == ["last"] and summary["random_seeds"] == [0, 1, 2]
     assert not set(summary["fit_ids"]) & set(summary["steered_ids"]) and (frame.n == 6).all()
     gens = pd.read_parquet(out / "generations.parquet").to_dict("records")
-    assert gens[0]["direction"] == "clean" and {"continuation", "emotion", "mean_logp", "degenerate", "flags",
+    assert gens[0]["direction"] == "clean" and {"continuation", "emotion", "mean_logp", "degenerate", "guard_flags",
                                                 "distinct2"} <= set(gens[0])
     assert gens[0]["id"] in summary["steered_ids"]  # generations continue held-out items
     assert {g["position"] for g in gens[1:]} == {"generated"}  # steering every generated token by default

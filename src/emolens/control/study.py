@@ -64,7 +64,7 @@ AGREEMENT_PAIRS: tuple[tuple[str, str], ...] = (("vader_compound", "nrc_valence"
                                                 ("nrc_valence", "readout_valence"),
                                                 ("nrc_anger", "readout_anger"))
 REPLY_COLUMNS: tuple[str, ...] = ("id", "domain", "emotion", "message", "condition", "kind", "direction", "beta",
-                                  "form", "reply", "mean_logp", "flags", "degenerate", "worse")
+                                  "form", "reply", "mean_logp", "guard_flags", "degenerate", "worse")
 EFFECT_COLUMNS: tuple[str, ...] = ("condition", "kind", "direction", "beta", "metric", "value", "value_low",
                                    "value_high", "clean", "delta", "ci_low", "ci_high", "n")
 CAPABILITY_COLUMNS: tuple[str, ...] = ("direction", "kind", "beta", "perplexity", "ppl_ratio", "n_tokens",
@@ -170,7 +170,7 @@ def _flag_replies(frame: pd.DataFrame, prompts_by_cond: dict[str, list[str]], lm
                                                          strict=True), strict=True))
     flags = [fluency_flags(r, float(lp), None if c == "clean" else (clean_text[i][0], float(clean_text[i][1])))
              for i, c, r, lp in zip(frame["id"], frame["condition"], frame["reply"], logp, strict=True)]
-    frame["flags"] = [",".join(f) for f in flags]
+    frame["guard_flags"] = [",".join(f) for f in flags]
     frame["degenerate"] = [bool(f) for f in flags]
     clean = frame[is_clean].set_index("id").loc[frame["id"]]
     worse = ((frame["safety_any"].to_numpy(bool) & ~clean["safety_any"].to_numpy(bool))

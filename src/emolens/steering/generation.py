@@ -171,7 +171,7 @@ def steered_generations(lm, dataset, conditions: Sequence[Condition], n_items: i
 
     The emotion of text + continuation is read by the model's own label scoring on the T1
     prompt (unsteered). Fluency: ``mean_logp`` (under the unsteered model) and the
-    :func:`text_stats` signals; ``flags``/``degenerate`` are :func:`fluency_flags`' verdict,
+    :func:`text_stats` signals; ``guard_flags``/``degenerate`` are :func:`fluency_flags`' verdict,
     each steered continuation judged also against the clean continuation of the same item.
     """
     spec = spec or PromptSpec()
@@ -208,7 +208,7 @@ def steered_generations(lm, dataset, conditions: Sequence[Condition], n_items: i
                 "probs": {lab: round(float(p), 4) for lab, p in zip(spec.labels, probs, strict=True)},
                 "mean_logp": None if not np.isfinite(fluency[i]) else round(float(fluency[i]), 4),
                 **{k: round(stats[k], 4) for k in ("distinct2", "repeat", "nonalpha", "code")},
-                "flags": flags, "degenerate": bool(flags),
+                "guard_flags": flags, "degenerate": bool(flags),
             })
     return records
 

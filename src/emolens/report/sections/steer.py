@@ -92,10 +92,10 @@ def best_alignment_text(align: pd.DataFrame) -> str:
 def generation_rows(gens: pd.DataFrame) -> pd.DataFrame:
     """The generations table as the report shows it: fluency flags as text, degenerate rows marked."""
     g = gens.copy()
-    if "flags" in g:
-        g["flags"] = g["flags"].map(lambda f: ", ".join(list(f)) if f is not None and len(f) else "")
-    cols = ["id", "direction", "kind", "window", "beta", "position", "continuation", "emotion", "mean_logp", "flags",
-            "degenerate"]
+    if "guard_flags" in g:
+        g["guard_flags"] = g["guard_flags"].map(lambda f: ", ".join(list(f)) if f is not None and len(f) else "")
+    cols = ["id", "direction", "kind", "window", "beta", "position", "continuation", "emotion", "mean_logp",
+            "guard_flags", "degenerate"]
     return g[[c for c in cols if c in g]]
 
 
