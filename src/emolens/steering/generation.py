@@ -24,23 +24,42 @@ from emolens.steering.sweep import Condition, layers_text
 
 
 @torch.no_grad()
-def continuation_logprob(lm, prompts: Sequence[str], continuations: Sequence[str]) -> np.ndarray:
+def continuation_logprob(lm, prompts: Sequence[str], continuations: Sequence[str], batch_size: int = 16
+                         ) -> np.ndarray:
     """Mean per-token log-probability of each continuation given its prompt, under the *unsteered* model.
 
     The fluency guard: steering that breaks the model produces text the clean model finds very
     unlikely (or repeats one token), which shows here before anyone reads the samples.
+
+    The prompt and the continuation are tokenised separately (the continuation's tokens are the
+    ones scored) and run in length-sorted batches, *right*-padded: every real token keeps its
+    position ids and the padding sits after it, so causal attention never sees it and a batched
+    score equals the one-at-a-time score. An empty continuation scores NaN.
     """
     out = np.full(len(prompts), np.nan)
     tok = lm.tokenizer
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    rows = []
     for i, (p, c) in enumerate(zip(prompts, continuations, strict=True)):
-        p_ids = tok(p, return_tensors="pt")["input_ids"]
-        c_ids = tok(c, add_special_tokens=False, return_tensors="pt")["input_ids"]
-        if c_ids.shape[1] == 0:
-            continue
-        ids = torch.cat([p_ids, c_ids], 1).to(lm.device)
-        logits = lm.model(input_ids=ids).logits[0, p_ids.shape[1] - 1:-1].float()
-        lp = torch.log_softmax(logits, -1).gather(-1, c_ids[0].to(lm.device)[:, None]).squeeze(-1)
-        out[i] = float(lp.mean())
+        p_ids = tok(p)["input_ids"]
+        c_ids = tok(c, add_special_tokens=False)["input_ids"]
+        if c_ids:
+            rows.append((i, list(p_ids), list(c_ids)))
+    rows.sort(key=lambda r: len(r[1]) + len(r[2]))
+    for s in range(0, len(rows), batch_size):
+        chunk = rows[s:s + batch_size]
+        width = max(len(p) + len(c) for _, p, c in chunk)
+        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for r, (_, p, c) in enumerate(chunk):
+            ids[r, :len(p) + len(c)] = torch.tensor(p + c)
+            mask[r, :len(p) + len(c)] = 1
+        logits = lm.model(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device)).logits
+        logp = torch.log_softmax(logits.float(), -1)
+        for r, (i, p, c) in enumerate(chunk):
+            target = torch.tensor(c, device=logp.device)
+            lp = logp[r, len(p) - 1:len(p) + len(c) - 1].gather(-1, target[:, None]).squeeze(-1)
+            out[i] = float(lp.mean())
     return out
 
 
@@ -83,11 +102,19 @@ _CODE_LINE = re.compile(
     r"""|['"][\w ]+['"]\s*:"""
     r"""|[\w.\[\]'"]+\s*[-+*/]?=\s*\S"""
     r"""|.*[;{}]$|.*\)\s*:$"""
-    r"""|[\w.]+\.\w+\(.*)""")
+    r"""|[\w.]+\.\w+\(.*"""
+    r"""|```|\$\s|sudo\s|cd\s+[/~.]|(pip|npm|conda|apt|apt-get|brew)\s+install\b|git\s+(clone|commit|push|pull|checkout)\b"""
+    r"""|(mkdir|chmod|rm|ls)\s+-?[\w/.~])""")
+#: A run of one short unit (1-4 non-space characters) repeated 4+ times and 8+ characters long:
+#: ``1111…``, ``24-24-24-…``, ``yayayaya…``, ``,,,,,,``. Such a run is one "word", so the word-level
+#: loop checks never see it.
+_CHAR_LOOP = re.compile(r"(\S{1,4}?)\1{3,}")
 #: Absolute fluency limits: below/above these a continuation is degenerate whatever the clean one did.
-MIN_LOGP, MIN_DISTINCT2, MAX_REPEAT, MAX_NONALPHA, MAX_CODE = -6.0, 0.5, 0.4, 0.5, 0.5
+MIN_LOGP, MIN_DISTINCT2, MAX_REPEAT, MAX_NONALPHA, MAX_CODE, MAX_CHARLOOP = -6.0, 0.5, 0.4, 0.5, 0.5, 0.3
+#: Code lines that flag a continuation whatever its share of lines (a short command inside prose).
+MAX_CODE_LINES = 1
 #: Relative limits: how much worse than the unsteered continuation of the same prompt is too much.
-MAX_LOGP_DROP, MAX_DISTINCT2_DROP, MAX_REPEAT_RISE, MAX_NONALPHA_RISE = 2.5, 0.3, 0.3, 0.3
+MAX_LOGP_DROP, MAX_DISTINCT2_DROP, MAX_REPEAT_RISE, MAX_NONALPHA_RISE, MAX_CHARLOOP_RISE = 2.5, 0.3, 0.3, 0.3, 0.3
 
 
 def text_stats(text: str) -> dict[str, float]:
@@ -99,7 +126,11 @@ def text_stats(text: str) -> dict[str, float]:
     ``nonalpha``: share of words without a letter (symbol or digit salad such as ``!! ## ;;``);
     ``code``: share of non-empty lines that read as source code (a coder model asked to continue
     an event description may switch to Python or Java: fluent under the model, but no longer a
-    text whose emotion can be read out);
+    text whose emotion can be read out), and ``code_lines`` their number -- markdown code fences
+    and the lines between them count, as do shell commands (``cd /home/user``);
+    ``charloop``: share of non-space characters inside a run of one short unit repeated (see
+    :data:`_CHAR_LOOP`) -- ``11111111…`` has no spaces, so it is a single word and the word-level
+    signals above score it as fluent;
     ``words``: the number of words. An empty text scores 0 words and neutral signals.
     """
     words = _WORD.findall(text.lower())
@@ -114,9 +145,16 @@ def text_stats(text: str) -> dict[str, float]:
         longest = size
     nonalpha = sum(not any(ch.isalpha() for ch in w) for w in words) / n if n else 0.0
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    code = sum(bool(_CODE_LINE.match(line)) for line in lines) / len(lines) if lines else 0.0
+    code_lines, fenced = 0, False
+    for line in lines:
+        fence = line.startswith("```")
+        code_lines += bool(fence or fenced or _CODE_LINE.match(line))
+        fenced ^= fence
+    chars = sum(not ch.isspace() for ch in text)
+    looped = sum(len(m.group(0)) for m in _CHAR_LOOP.finditer(text) if len(m.group(0)) >= 8)
     return {"words": float(n), "distinct2": distinct2, "repeat": longest / n if n else 0.0, "nonalpha": nonalpha,
-            "code": code}
+            "code": code_lines / len(lines) if lines else 0.0, "code_lines": float(code_lines),
+            "charloop": looped / chars if chars else 0.0}
 
 
 def fluency_flags(text: str, mean_logp: float, clean: tuple[str, float] | None = None) -> list[str]:
@@ -125,11 +163,14 @@ def fluency_flags(text: str, mean_logp: float, clean: tuple[str, float] | None =
     Absolute checks: empty, mean log-probability under the unsteered model below
     :data:`MIN_LOGP`, distinct-2 below :data:`MIN_DISTINCT2` or ``repeat`` above
     :data:`MAX_REPEAT` (8+ words), non-alphabetic words above :data:`MAX_NONALPHA` (4+ words),
-    source-code lines above :data:`MAX_CODE` (``code``; code is never a valid continuation of an
-    event description, so this one holds even when the clean continuation is code too).
+    source-code lines above :data:`MAX_CODE` of the lines or more than :data:`MAX_CODE_LINES` of
+    them (``code``; code is never a valid continuation of an event description or a reply, so
+    this one holds even when the clean continuation is code too; the count catches a command
+    block inside prose, which the share alone let through), non-space characters in
+    one-unit runs above :data:`MAX_CHARLOOP` (``charloop``: ``1111…``, ``yayaya…``).
     Relative checks against ``clean = (text, mean_logp)``, the unsteered continuation of the same
     prompt: log-probability more than :data:`MAX_LOGP_DROP` nats lower, distinct-2 more than
-    :data:`MAX_DISTINCT2_DROP` lower, ``repeat`` or ``nonalpha`` more than 0.3 higher -- so a
+    :data:`MAX_DISTINCT2_DROP` lower, ``repeat``, ``nonalpha`` or ``charloop`` more than 0.3 higher -- so a
     prompt whose clean continuation is already odd (a list, code) is judged against itself.
     """
     s = text_stats(text)
@@ -144,8 +185,10 @@ def fluency_flags(text: str, mean_logp: float, clean: tuple[str, float] | None =
         flags.append("repeat")
     if s["words"] >= 4 and s["nonalpha"] > MAX_NONALPHA:
         flags.append("nonalpha")
-    if s["code"] > MAX_CODE:
+    if s["code"] > MAX_CODE or s["code_lines"] > MAX_CODE_LINES:
         flags.append("code")
+    if s["charloop"] > MAX_CHARLOOP:
+        flags.append("charloop")
     if clean is not None:
         c = text_stats(clean[0])
         if np.isfinite(clean[1]) and np.isfinite(mean_logp) and mean_logp < clean[1] - MAX_LOGP_DROP:
@@ -156,6 +199,8 @@ def fluency_flags(text: str, mean_logp: float, clean: tuple[str, float] | None =
             flags.append("repeat_vs_clean")
         if s["words"] >= 4 and s["nonalpha"] > c["nonalpha"] + MAX_NONALPHA_RISE:
             flags.append("nonalpha_vs_clean")
+        if s["charloop"] > c["charloop"] + MAX_CHARLOOP_RISE:
+            flags.append("charloop_vs_clean")
     return flags
 
 
