@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from emolens.causal.curves import PEAKS_FILE, peak_table
 from emolens.engine.ops import Op
 from emolens.engine.positions import Positions
 from emolens.engine.runner import ConditionRunner, path_suffix
@@ -148,7 +149,9 @@ TABLE_FILES = {"ablation": "ablation.parquet", "patching": "patching.parquet", "
 
 
 def write_outputs(result: CausalResult, out_dir: str | Path, analysis: str) -> list[Path]:
-    """Write a causal result: ``<analysis>.parquet`` (tidy), ``pairs.parquet`` (patching) and ``info.json``.
+    """Write a causal result: ``<analysis>.parquet`` (tidy), ``pairs.parquet`` (patching), ``peaks.parquet``
+    (each curve's peak window with its location interval and max-statistic p, :mod:`emolens.causal.curves`)
+    and ``info.json``.
 
     ``emolens ablate | patch | knockout`` and the study's stages both write through here, so their
     files are the same. ``head`` is stored as float (NaN: all heads), which every reader round-trips.
@@ -161,6 +164,9 @@ def write_outputs(result: CausalResult, out_dir: str | Path, analysis: str) -> l
     if result.pairs is not None:
         result.pairs.to_parquet(out / "pairs.parquet", index=False)
         written.append(out / "pairs.parquet")
+    peaks = peak_table(result, analysis)
+    peaks.to_parquet(out / PEAKS_FILE, index=False)
+    written.append(out / PEAKS_FILE)
     dump_json(out / "info.json", result.info)
     return written
 

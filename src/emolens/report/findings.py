@@ -11,6 +11,7 @@ from typing import Any
 import pandas as pd
 
 from emolens.labels import EMOTIONS
+from emolens.report.causal_peaks import peak_row, peak_sentence, peaks
 from emolens.report.plotting import main_position, numeric_positions
 from emolens.report.robustness_figures import ROBUSTNESS_METRICS, readout_rows
 from emolens.report.runs import ModelRun, relative_depth
@@ -61,7 +62,8 @@ def findings(mr: ModelRun) -> dict[str, Any]:
             first = _first_at_least(resid, 0.9)
             if first is not None:
                 out["probe_rise"] = {"site": resid.site.iloc[0], "layer": first}
-    for key, name, pick in (("patch_peak", "patch", "max"), ("ablate_dip", "ablate", "min")):
+    for key, name, pick in (("patch_peak", "patch", "max"), ("ablate_dip", "ablate", "min"),
+                            ("knockout_dip", "knockout", "min")):
         table = mr.table(name)
         if table is None or table.empty:
             continue
@@ -87,6 +89,10 @@ def findings(mr: ModelRun) -> dict[str, Any]:
             row = g.loc[g.value.idxmax() if pick == "max" else g.value.idxmin()]
             per_site[site] = {"layer": int(row.window_center), "value": float(row.value)}
         out[key] = {"metric": metric, "sites": per_site}
+        site = "attn" if "attn" in per_site else (next(iter(per_site)) if per_site else None)
+        peak = peak_sentence(peak_row(peaks(mr, name), name, site), n)
+        if peak:
+            out[key]["peak"] = peak
     promo = promotion_success(mr.table("steer")) if mr.table("steer") is not None else pd.DataFrame()
     top = pd.Series(dtype=float)
     if len(promo):
@@ -127,13 +133,18 @@ def summary_text(f: dict[str, Any]) -> str:
         site = "attn" if "attn" in sites else max(sites, key=lambda s: sites[s]["value"])
         p = sites[site]
         parts.append(f"Patching {site} moves the source's emotion most with the window centred on {at(p['layer'])} "
-                     f"({f['patch_peak']['metric']} {p['value']:.2f}).")
+                     f"({f['patch_peak']['metric']} {p['value']:.2f})" + _peak(f["patch_peak"]))
     if f.get("ablate_dip", {}).get("sites"):
         sites = f["ablate_dip"]["sites"]
         site = "attn" if "attn" in sites else min(sites, key=lambda s: sites[s]["value"])
         d = sites[site]
         parts.append(f"Ablating {site} hurts most with the window centred on {at(d['layer'])} "
-                     f"({f['ablate_dip']['metric']} {d['value']:.2f}).")
+                     f"({f['ablate_dip']['metric']} {d['value']:.2f})" + _peak(f["ablate_dip"]))
+    if f.get("knockout_dip", {}).get("sites"):
+        k = next(iter(f["knockout_dip"]["sites"].values()))
+        parts.append(f"Blocking answer-cue to context attention hurts most with the window centred on {at(k['layer'])} "
+                     f"({f['knockout_dip']['metric']} {k['value']:.2f}; a lower bound, as only direct edges are cut)"
+                     + _peak(f["knockout_dip"]))
     if "steer_peak" in f:
         p = f["steer_peak"]
         parts.append(f"Adding emotion directions (β={p['beta']:g}) promotes the emotion most in the window centred "
@@ -153,6 +164,11 @@ def summary_text(f: dict[str, Any]) -> str:
     if len(parts) <= 1:
         parts.append("No probe or causal tables yet, so nothing can be said about where the emotion is computed.")
     return " ".join(parts)
+
+
+def _peak(found: dict[str, Any]) -> str:
+    """The tested peak of a causal curve (its location interval, p, null and searched settings), if saved."""
+    return f"; tested: {found['peak']}." if found.get("peak") else "."
 
 
 def robustness_findings(table: pd.DataFrame, n_layers: int | None = None) -> dict[str, dict[str, Any]]:
