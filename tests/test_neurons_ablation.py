@@ -82,3 +82,17 @@ def test_ablation_table_end_to_end(tiny_llama):
     assert row.target == "anger" and row.n_items == 10 and row.n_sets == 3
     assert np.isfinite(row.effect) and row.effect_lo <= row.effect <= row.effect_hi
     assert 0.25 <= row.p <= 1.0
+
+
+def test_ablation_fast_path_equals_full_forwards(tiny_llama):
+    """The one-token steps on a shared prefix give the scores full forwards give, clean and ablated."""
+    data = synthetic_dataset(n=40)
+    result = neuron_pass(tiny_llama, data, batch_size=8, progress=False)
+    table = neuron_table(result)
+    fast = ablation_table(tiny_llama, data, result, table, ["other_responsblt"], k=5, n_sets=3, batch_size=8)
+    full = ablation_table(tiny_llama, data, result, table, ["other_responsblt"], k=5, n_sets=3, batch_size=8,
+                          fast=False)
+    for col in ("clean_logp", "effect", "random_effect", "difference", "p"):
+        assert fast.iloc[0][col] == pytest.approx(full.iloc[0][col], abs=1e-5), col
+    assert fast.iloc[0].effect != 0.0  # the ablation moved the target's score at all
+    assert 0 <= fast.iloc[0].n_positive_r <= 5
