@@ -34,7 +34,8 @@ def plot_significant(counts: pd.DataFrame, path: str | Path, title: str = "") ->
 
 
 def plot_sparse(sparse: pd.DataFrame, path: str | Path) -> Path | None:
-    """Held-out R² versus k (log axis), one panel per layer, one line per appraisal; dense = dashed."""
+    """Held-out R² versus k (log axis), one panel per layer, one line per appraisal with its 95% band;
+    dense = dashed."""
     if sparse.empty:
         return None
     layers = sorted(sparse["layer"].unique())
@@ -47,6 +48,8 @@ def plot_sparse(sparse: pd.DataFrame, path: str | Path) -> Path | None:
             dense = rows[rows["kind"] == "dense"]
             colour = colours(j % 20)
             ax.plot(top["k"], top["r2"], marker=".", color=colour, lw=1, label=str(name))
+            if {"r2_lo", "r2_hi"} <= set(top.columns):  # 95% held-out interval (older tables have none)
+                ax.fill_between(top["k"], top["r2_lo"], top["r2_hi"], color=colour, alpha=0.15, lw=0)
             if len(dense):
                 ax.axhline(float(dense["r2"].iloc[0]), color=colour, lw=0.7, ls="--")
         ax.set_xscale("log", base=2)
