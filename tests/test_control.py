@@ -326,6 +326,35 @@ def test_beta_zero_equals_clean_generation_and_capability_bit_for_bit(small_stud
             == steered_readout_accuracy(lm, retention.texts, retention.labels)).all()
 
 
+def test_control_directions_are_class_minus_rest_and_high_minus_low(small_study):
+    """anger- and self_control+ (the issue's examples) as the study fits them, against the definition."""
+    from emolens.control.study import direction_fit_summary, steering_vectors
+    from emolens.inputs.prompts import PromptSpec, build_prompts
+    from emolens.steering.directions import capture_resid
+
+    lm, _, fit, *_ = small_study
+    layers = [0, 1, 2]
+    vectors = steering_vectors(lm, fit, ["anger-", "self_control+", "pleasantness+"], layers)
+    X = capture_resid(lm, build_prompts(fit.texts, PromptSpec(), lm.tokenizer), layers, 16).double()
+    labels = np.array(fit.labels, dtype=object)
+    anger, rest = labels == "anger", labels != "anger"
+    want = -(X[torch.from_numpy(anger)].mean(0) - X[torch.from_numpy(rest)].mean(0))
+    want = want / want.norm(dim=-1, keepdim=True)
+    kind, got = vectors["anger-"]
+    assert kind == "emotion" and torch.allclose(got.double(), want, atol=1e-5)
+    r = np.asarray(fit.appraisal("self_control"), float)
+    want = X[torch.from_numpy(r >= 4)].mean(0) - X[torch.from_numpy(r <= 2)].mean(0)
+    want = want / want.norm(dim=-1, keepdim=True)
+    kind, got = vectors["self_control+"]
+    assert kind == "appraisal" and torch.allclose(got.double(), want, atol=1e-5)
+    summary = direction_fit_summary(fit, vectors)
+    assert summary["anger-"]["terms"]["anger"] == {"sign": -1.0, "n_high": int(anger.sum()), "n_low": int(rest.sum())}
+    assert summary["self_control+"]["terms"]["self_control"] == {"sign": 1.0, "n_high": int((r >= 4).sum()),
+                                                                 "n_low": int((r <= 2).sum())}
+    cos = summary["anger-"]["cosine"]["pleasantness+"]
+    assert cos == summary["pleasantness+"]["cosine"]["anger-"] and -1 <= cos <= 1
+
+
 def test_control_command_end_to_end_and_bad_input(run_cli, tmp_path):
     out = tmp_path / "c"
     args = ["control", "--model", "tiny:llama", "--out", str(out), "--limit", "4", "--direction", "anger-",

@@ -11,9 +11,12 @@ from emolens.steering.generation import continuation_logprob
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
+# the first prompt recurs (clean and steered replies to one message share it): the shared-prompt path
 PROMPTS = ["I lost my job today and", "My sister did not call me back", "x",
-           "The doctor said the scan was clear, so we went out for dinner and"]
-REPLIES = [" I do not know what to do now.", " again", " and then we talked for hours about it", ""]
+           "The doctor said the scan was clear, so we went out for dinner and",
+           "I lost my job today and", "I lost my job today and"]
+REPLIES = [" I do not know what to do now.", " again", " and then we talked for hours about it", "",
+           " cried", " called my mother, who told me it would be fine in the end"]
 
 
 def _one_at_a_time(lm, prompts, replies):
@@ -31,13 +34,20 @@ def _one_at_a_time(lm, prompts, replies):
 
 
 @pytest.mark.parametrize("family", ["llama", "gemma3_text", "qwen2"])
-def test_batched_continuation_logprob_equals_one_at_a_time(family):
+def test_batched_continuation_logprob_equals_one_at_a_time(family, monkeypatch):
+    from emolens.steering import generation
+
     lm = load_model(f"tiny:{family}")
+    shared = []
+    real = generation._shared_prompt_logprob
+    monkeypatch.setattr(generation, "_shared_prompt_logprob", lambda *a: shared.append(real(*a)) or shared[-1])
     want = _one_at_a_time(lm, PROMPTS, REPLIES)
     for batch_size in (1, 3, 16):  # uneven lengths: right padding inside every batch
         got = continuation_logprob(lm, PROMPTS, REPLIES, batch_size=batch_size)
         assert np.isnan(got[3]) and np.isnan(want[3])  # an empty reply scores NaN
-        np.testing.assert_allclose(got[:3], want[:3], atol=1e-5)
+        keep = [0, 1, 2, 4, 5]
+        np.testing.assert_allclose(got[keep], want[keep], atol=1e-5)
+    assert shared == [True] * 3  # the repeated prompt took the shared path once per batch size
 
 
 FLUENT = "I am so sorry you are going through this. It is not your fault, and you do not have to face it alone."

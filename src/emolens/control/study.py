@@ -71,7 +71,7 @@ CAPABILITY_COLUMNS: tuple[str, ...] = ("direction", "kind", "beta", "perplexity"
                                        "readout_accuracy", "accuracy_low", "accuracy_high", "accuracy_delta",
                                        "n_items", "degenerate_rate")
 
-__all__ = ["ControlConfig", "ControlResult", "run_control", "steering_vectors"]
+__all__ = ["ControlConfig", "ControlResult", "direction_fit_summary", "run_control", "steering_vectors"]
 
 
 @dataclass(frozen=True)
@@ -126,6 +126,33 @@ def steering_vectors(lm, fit: EmotionDataset, directions: Sequence[str], layers:
         terms = parse_direction(spec, bank.names)
         bank.check_defined([t.name for t in terms])
         out[format_terms(terms)] = (_kind(terms, bank.names), combine(bank, terms, layers))
+    return out
+
+
+def direction_fit_summary(fit: EmotionDataset, vectors: dict[str, tuple[str, torch.Tensor]],
+                          high: float = 4, low: float = 2) -> dict[str, dict]:
+    """How each direction was fitted, so a reader can judge it: per term, the items on each side
+    (appraisal: rated ``>= high`` vs ``<= low``; emotion: the class vs the other labelled items),
+    and each direction's cosine with the others (mean over the window's layers).
+
+    A sensible bank shows up here: ``anger-`` points with ``pleasantness+`` and against
+    ``other_responsblt+``; a side with a handful of items warns that the direction is noise.
+    """
+    labels = list(fit.labels)
+    out = {}
+    for name, (kind, unit) in vectors.items():
+        sides = {}
+        for term in parse_direction(name, list(fit.appraisal_names) + list(EMOTIONS)):
+            if term.name in EMOTIONS:
+                n_in = sum(lab == term.name for lab in labels)
+                sides[term.name] = {"sign": term.sign, "n_high": n_in,
+                                    "n_low": sum(lab is not None and lab in EMOTIONS for lab in labels) - n_in}
+            else:
+                r = np.asarray(fit.appraisal(term.name), float)
+                sides[term.name] = {"sign": term.sign, "n_high": int((r >= high).sum()), "n_low": int((r <= low).sum())}
+        cos = {other: round(float((unit * u2).sum(-1).mean()), 4)
+               for other, (_, u2) in vectors.items() if other != name}
+        out[name] = {"kind": kind, "terms": sides, "cosine": cos}
     return out
 
 
@@ -227,6 +254,7 @@ def run_control(lm, dataset: EmotionDataset, out: str | Path, fit: EmotionDatase
     instructed = [p.text for p in reply_prompts(dataset.texts, form, lm.tokenizer, cfg.instruction)]
     progress(f"control: fitting {len(cfg.directions)} direction(s) on {len(fit)} {fit.name} items, layers {layers}")
     vectors = steering_vectors(lm, fit, cfg.directions, layers)
+    fitted = direction_fit_summary(fit, vectors)
     ref = mean_resid_norm(lm, _bare(plain), layers, cfg.position) if cfg.scale == "relative" else None
     steered = {f"{name}@{b:g}": (name, kind, float(b), scaled(unit, b, cfg.scale, ref))
                for name, (kind, unit) in vectors.items() for b in cfg.betas}
@@ -251,7 +279,7 @@ def run_control(lm, dataset: EmotionDataset, out: str | Path, fit: EmotionDatase
     agree = agreement(replies, pairs, "id", n_boot=min(cfg.n_boot, 500), seed=cfg.seed)
     info = {"form": form, "layers": layers, "window": centre, "fit": fit.name, "n_fit": len(fit),
             "retention": retention.name, "n_retention": len(retention), "n_messages": len(dataset),
-            "n_neutral": len(neutral), "config": asdict(cfg), "model": lm.name}
+            "n_neutral": len(neutral), "config": asdict(cfg), "model": lm.name, "directions": fitted}
     info["verdict"] = verdict(effects, capability, replies, cfg.n_boot, cfg.seed)
     out.mkdir(parents=True, exist_ok=True)
     replies.to_parquet(out / "control_replies.parquet")

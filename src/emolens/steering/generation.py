@@ -13,8 +13,10 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
+from transformers import DynamicCache
 
 from emolens.engine.intervention import Intervention
+from emolens.engine.prefix import tile_cache
 from emolens.engine.runner import ConditionRunner
 from emolens.engine.scoring import LabelScorer
 from emolens.inputs.batching import iter_batches
@@ -32,22 +34,29 @@ def continuation_logprob(lm, prompts: Sequence[str], continuations: Sequence[str
     unlikely (or repeats one token), which shows here before anyone reads the samples.
 
     The prompt and the continuation are tokenised separately (the continuation's tokens are the
-    ones scored) and run in length-sorted batches, *right*-padded: every real token keeps its
-    position ids and the padding sits after it, so causal attention never sees it and a batched
-    score equals the one-at-a-time score. An empty continuation scores NaN.
+    ones scored). A prompt shared by several continuations (the clean and every steered reply to
+    one message) runs once: its key/value cache is copied for each continuation, so the pass
+    costs one prompt plus the replies instead of one prompt per reply. The rest run in
+    length-sorted batches, *right*-padded: every real token keeps its position ids and the
+    padding sits after it, so causal attention never sees it. Either way the score equals the
+    one-at-a-time score. An empty continuation scores NaN.
     """
     out = np.full(len(prompts), np.nan)
     tok = lm.tokenizer
-    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-    rows = []
+    groups: dict[str, list[tuple[int, list[int]]]] = {}
     for i, (p, c) in enumerate(zip(prompts, continuations, strict=True)):
-        p_ids = tok(p)["input_ids"]
         c_ids = tok(c, add_special_tokens=False)["input_ids"]
         if c_ids:
-            rows.append((i, list(p_ids), list(c_ids)))
-    rows.sort(key=lambda r: len(r[1]) + len(r[2]))
-    for s in range(0, len(rows), batch_size):
-        chunk = rows[s:s + batch_size]
+            groups.setdefault(p, []).append((i, list(c_ids)))
+    singles = []
+    for p, rows in groups.items():
+        p_ids = list(tok(p)["input_ids"])
+        if len(rows) < 2 or not _shared_prompt_logprob(lm, p_ids, rows, out, batch_size):
+            singles += [(i, p_ids, c) for i, c in rows]
+    singles.sort(key=lambda r: len(r[1]) + len(r[2]))
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    for s in range(0, len(singles), batch_size):
+        chunk = singles[s:s + batch_size]
         width = max(len(p) + len(c) for _, p, c in chunk)
         ids = torch.full((len(chunk), width), pad, dtype=torch.long)
         mask = torch.zeros((len(chunk), width), dtype=torch.long)
@@ -58,9 +67,41 @@ def continuation_logprob(lm, prompts: Sequence[str], continuations: Sequence[str
         logp = torch.log_softmax(logits.float(), -1)
         for r, (i, p, c) in enumerate(chunk):
             target = torch.tensor(c, device=logp.device)
-            lp = logp[r, len(p) - 1:len(p) + len(c) - 1].gather(-1, target[:, None]).squeeze(-1)
-            out[i] = float(lp.mean())
+            out[i] = float(logp[r, len(p) - 1:len(p) + len(c) - 1].gather(-1, target[:, None]).mean())
     return out
+
+
+def _shared_prompt_logprob(lm, p_ids: list[int], rows: list[tuple[int, list[int]]], out: np.ndarray,
+                           batch_size: int) -> bool:
+    """Score every continuation in ``rows`` on one run of the prompt ``p_ids`` (False: the cache cannot
+    be copied safely, and the caller runs full forwards instead)."""
+    try:
+        cache = DynamicCache(config=lm.model.config)
+    except Exception:  # noqa: BLE001 - a config DynamicCache cannot build: full forwards
+        return False
+    P = len(p_ids)
+    first = lm.model(input_ids=torch.tensor([p_ids], device=lm.device), cache=cache, use_cache=True,
+                     logits_to_keep=1).logits[0, -1].float().log_softmax(-1)
+    if cache.get_seq_length() != P or tile_cache(cache, 1) is None:
+        return False
+    for s in range(0, len(rows), batch_size):
+        chunk = rows[s:s + batch_size]
+        width = max(len(c) for _, c in chunk)
+        ids = torch.zeros((len(chunk), width), dtype=torch.long)
+        mask = torch.ones((len(chunk), P + width), dtype=torch.long)
+        for r, (_, c) in enumerate(chunk):
+            ids[r, :len(c)] = torch.tensor(c)
+            mask[r, P + len(c):] = 0
+        position_ids = torch.arange(P, P + width)[None].repeat(len(chunk), 1)
+        logits = lm.model(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device),
+                          position_ids=position_ids.to(lm.device), cache=tile_cache(cache, len(chunk)),
+                          use_cache=True).logits
+        logp = torch.log_softmax(logits.float(), -1)
+        for r, (i, c) in enumerate(chunk):
+            target = torch.tensor(c, device=logp.device)
+            lp = torch.cat([first[c[0]][None], logp[r, :len(c) - 1].gather(-1, target[1:, None]).squeeze(-1)])
+            out[i] = float(lp.mean())
+    return True
 
 
 @torch.no_grad()
