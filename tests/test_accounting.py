@@ -54,11 +54,16 @@ def test_counting_leaves_logits_bit_identical_and_counts_one_forward(lm):
 
 @pytest.mark.parametrize("fast", [False, True])
 def test_ablation_does_exactly_the_expected_work(lm, ds, fast):
-    """K conditions over N items in batches (B_b rows, T_b padded tokens), L layers:
+    """K conditions over N items in batches (B_b rows, T_b padded tokens), L layers.
 
-    full path: (1 clean + K) forwards per batch, each over B_b * T_b tokens in every layer;
-    KV-prefix path at position -1: one prefix forward over B_b * (T_b - 1) tokens, then
-    (1 + K) one-token suffix forwards over B_b tokens each.
+    Naive path (``fast=False``): (1 clean + K) forwards per batch, each over B_b * T_b tokens in
+    every layer.
+
+    Fast path at position -1: one prefix forward over B_b * (T_b - 1) tokens and the clean
+    one-token suffix; the K conditions split by first edited layer (window 1 +- 1 starts at 0,
+    window 2 at 2), each group stacked into one forward of K/2 copies of the batch; the group
+    starting at layer 2 replays layer 1's clean output, captured by one more clean suffix forward
+    that stops after layer 1.
     """
     kinds, sites = ["zero", "random"], ["attn", "resid"]
     K = len(kinds) * len(sites) * len(WINDOWS)
@@ -73,13 +78,16 @@ def test_ablation_does_exactly_the_expected_work(lm, ds, fast):
         counter.detach()
     assert len(result.conditions) == K
     if fast:
-        forwards = sum(1 + (1 + K) for _ in shapes)
-        tokens = sum(B * (T - 1) + (1 + K) * B for B, T in shapes)
+        half = K // 2
+        forwards = sum(1 + 1 + 1 + 2 for _ in shapes)  # prefix, clean suffix, hidden, two stacked groups
+        tokens = sum(B * (T - 1) + B + B + 2 * half * B for B, T in shapes)
+        token_layers = sum(B * (T - 1) * L + B * L + B * 2 + half * B * L + half * B * (L - 2) for B, T in shapes)
     else:
         forwards = len(shapes) * (1 + K)
         tokens = sum((1 + K) * B * T for B, T in shapes)
+        token_layers = tokens * L
     assert work.forwards == forwards == result.info["forwards"]
-    assert work.token_layers == tokens * L
+    assert work.token_layers == token_layers == result.info["token_layers"]
     assert work.tokens == tokens
 
 

@@ -67,7 +67,7 @@ def test_window_bounds_and_explicit_layers():
 
 def test_self_patch_and_clean_set_are_bit_identical(setup):
     lm, prompts, reader = setup
-    scorer = ConditionRunner(lm, reader)
+    scorer = ConditionRunner(lm, reader, stack_rows=0)  # one condition a forward: the clean run's shapes, bit for bit
     batches = make_batches(lm, prompts, 4)
     for path, position in (("fast", -1), ("full", -2)):
         caps = [Capture(s, layers="all", positions=[position], name=s) for s in ("resid", "attn", "heads")]

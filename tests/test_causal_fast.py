@@ -104,14 +104,20 @@ def test_knockout_fast_equals_full(lm, ds, suffixes, queries):
 def test_self_patch_on_an_m_token_suffix_changes_nothing(lm, ds):
     prompts = build_prompts(ds.texts, PromptSpec(), lm.tokenizer)
     reader = LabelReader.build(lm.tokenizer, prompt_text=prompts[0].text, prefix=prompts[0].label_prefix)
-    scorer = ConditionRunner(lm, reader, prefix_bytes=0)  # no prefix kept: each is rebuilt, to the same bits
+    # no prefix kept: each is rebuilt, to the same bits; unstacked, so every forward has the clean run's
+    # shapes -- the forwards still start at the window's first layer, replaying the clean hidden states
+    scorer = ConditionRunner(lm, reader, prefix_bytes=0, stack_rows=0)
+    stacked = ConditionRunner(lm, reader, prefix_bytes=0)  # three conditions in one forward of 3 x the batch
     batches = make_batches(lm, prompts, 4)
+    windows = [WINDOWS[0], Window(2, 1)]  # starting at layer 0 and at layer 2
     for position in (-1, -4):
         m = suffix_len(position)
         caps = [Capture(s, layers="all", positions=[position], name=s) for s in ("resid", "attn", "mlp")]
         clean = scorer.clean(batches, len(prompts), (path_name(m),), {path_name(m): caps})
         src = np.arange(len(prompts))  # each target patched with its own activations
-        conds = [patch_condition(site, WINDOWS[0], position, None, clean.captures[path_name(m)], site, src, m)
-                 for site in ("resid", "attn", "mlp")]
+        conds = [patch_condition(site, w, position, None, clean.captures[path_name(m)], site, src, m)
+                 for site in ("resid", "attn", "mlp") for w in windows]
         for got in scorer.conditions(batches, len(prompts), conds):
             assert np.array_equal(got, clean.scores[path_name(m)])
+        for got in stacked.conditions(batches, len(prompts), conds):  # other matmul shapes: equal to rounding
+            np.testing.assert_allclose(got, clean.scores[path_name(m)], atol=1e-5, rtol=0)

@@ -93,8 +93,16 @@ def test_runner_suffix_path_equals_full_path_and_counts_work(setup, two_token):
     np.testing.assert_allclose(suffix1, full1, atol=1e-5, rtol=0)
     np.testing.assert_allclose(suffix2, full2, atol=1e-5, rtol=0)
     assert np.abs(suffix1 - clean.scores["fast"]).max() > 1e-4  # the edit acts
-    # work: the suffix conditions ran 1 and 2 tokens per row (prefixes were kept), the full ones whole rows
+    # work: the suffix conditions ran 1 and 2 tokens per row (prefixes were kept), the full ones whole rows.
+    # With single-token labels every condition starts at its first edited layer (1): one clean forward per
+    # batch and path runs layer 0 only (its output is replayed), the conditions run layers 1..L-1.
     tokens = sum(int(b.input_ids.numel()) for b in batches)
     per_label = sum(len(t) - 1 for t in scorer.token_ids if len(t) > 1)
-    assert runner.counter.token_layers - before == lm.n_layers * (n * 1 + n * 2 + 2 * tokens + 4 * n * per_label)
+    L = lm.n_layers
+    if two_token:  # the label continuation needs every layer's cache: no skipping
+        expected = L * (n * 1 + n * 2 + 2 * tokens + 4 * n * per_label)
+    else:
+        expected = 1 * (n * 1 + n * 2 + tokens) + (L - 1) * (n * 1 + n * 2 + 2 * tokens)
+    assert runner.counter.token_layers - before == expected
+    # the two full-path conditions share one stacked forward per batch
     assert [path_name(m) for m in (0, 1, 5)] == ["full", "fast", "fast5"]

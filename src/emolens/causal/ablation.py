@@ -58,10 +58,14 @@ def norm_matched_noise(x: torch.Tensor, rows: np.ndarray, key: str) -> torch.Ten
     """Gaussian noise shaped like ``x`` ``[B, P, *w]``, rescaled to ``x``'s L2 norm per row and position.
 
     Each row draws from its own generator, seeded by the item and the condition, so the draw does
-    not depend on how items were batched.
+    not depend on how items were batched (or stacked with other conditions). The generators live
+    on ``x``'s device, so the noise is made there, with no host round trip: on the CPU the numbers
+    are the ones earlier versions drew; on a GPU they are the device generator's stream (same seeds,
+    different numbers, equally valid).
     """
-    noise = torch.stack([torch.randn(x.shape[1:], generator=torch.Generator().manual_seed(_seed(key, int(r))))
-                         for r in rows]).to(x.device, torch.float32)
+    noise = torch.stack([torch.randn(x.shape[1:], device=x.device, dtype=torch.float32,
+                                     generator=torch.Generator(device=x.device).manual_seed(_seed(key, int(r))))
+                         for r in rows])
     dims = tuple(range(2, x.ndim))
     scale = x.float().norm(dim=dims, keepdim=True) / noise.norm(dim=dims, keepdim=True).clamp_min(1e-12)
     return (noise * scale).to(x.dtype)
@@ -125,7 +129,7 @@ def ablate(lm, dataset, sites: Sequence[str] = ("attn", "mlp", "resid"), windows
         lm.sites.width(site)
     spec = spec or PromptSpec()
     prompts = build_prompts(dataset.texts, spec, lm.tokenizer)
-    runner = runner_for(lm, prompts, spec)
+    runner = runner_for(lm, prompts, spec, fast)
     reader = runner.scorer
     batches = make_batches(lm, prompts, batch_size)
     n = len(prompts)

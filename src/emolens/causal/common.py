@@ -176,8 +176,13 @@ def gold_index(labels: Sequence[str | None], names: Sequence[str]) -> np.ndarray
     return np.array([index.get(lab, -1) if lab is not None else -1 for lab in labels], dtype=np.int64)
 
 
-def runner_for(lm, prompts, spec) -> ConditionRunner:
-    """The condition runner of an analysis, scoring ``spec``'s labels as they follow these prompts."""
+def runner_for(lm, prompts, spec, fast: bool = True) -> ConditionRunner:
+    """The condition runner of an analysis, scoring ``spec``'s labels as they follow these prompts.
+
+    ``fast=False`` is the naive path every fast path is tested against: one condition per forward,
+    every layer run (the analyses also skip the KV prefix then).
+    """
     if not prompts:
         raise EmolensError("no items to analyse")
-    return ConditionRunner(lm, LabelScorer.build(lm.tokenizer, spec.labels, prompts[0].text, prompts[0].label_prefix))
+    scorer = LabelScorer.build(lm.tokenizer, spec.labels, prompts[0].text, prompts[0].label_prefix)
+    return ConditionRunner(lm, scorer, skip=fast, stack_rows=64 if fast else 0)

@@ -59,7 +59,7 @@ def knockout(lm, dataset, keys: Sequence = ("context",), queries=-1, windows=(),
         raise EmolensError("no layer windows given", "pass windows from layer_windows()")
     spec = spec or PromptSpec()
     prompts = build_prompts(dataset.texts, spec, lm.tokenizer)
-    runner = runner_for(lm, prompts, spec)
+    runner = runner_for(lm, prompts, spec, fast)
     reader = runner.scorer
     batches = make_batches(lm, prompts, batch_size)
     path_fast = Positions.of(queries).suffix if fast else 0

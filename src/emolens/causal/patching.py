@@ -163,7 +163,7 @@ def patch(lm, dataset, pairs: int | pd.DataFrame = 200, sites: Sequence[str] = (
     items = dataset.subset(item_ids)
     spec = spec or PromptSpec()
     prompts = build_prompts(items.texts, spec, lm.tokenizer)
-    runner = runner_for(lm, prompts, spec)
+    runner = runner_for(lm, prompts, spec, fast)
     reader = runner.scorer
     where = {item_id: i for i, item_id in enumerate(item_ids)}
     src = pairs["source_id"].map(where).to_numpy()

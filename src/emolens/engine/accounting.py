@@ -34,6 +34,9 @@ from typing import Any
 
 import torch
 
+from emolens.engine.intervention import unwrap
+from emolens.inputs.batching import iter_batches
+
 __all__ = ["Work", "WorkCounter", "plain_forward_rate", "stage_row"]
 
 
@@ -70,9 +73,13 @@ def _rows_tokens(args: tuple, kwargs: dict) -> int:
 class WorkCounter:
     """Cumulative work of one model, counted by read-only pre-hooks on its backbone and layers.
 
-    ``WorkCounter.attach(lm)`` installs the hooks (``lm`` a :class:`~emolens.model.loading.LoadedModel`
-    or anything with ``.model`` and ``.sites``); ``snapshot()`` reads the totals; ``span()``
-    measures a block; ``detach()`` removes the hooks.
+    The one work counter of the package: the condition runner counts its forwards with it
+    (``with counter.counting(lm): ...`` hooks the model for the block only), and a stage or bench
+    keeps one attached for a whole run (``WorkCounter.attach(lm)`` ... ``detach()``). ``lm`` is a
+    :class:`~emolens.model.loading.LoadedModel` or a plain ``nn.Module`` (sites resolved by
+    structure). ``snapshot()`` reads the totals; ``span()`` measures a block's work and wall time.
+    Counting at the layers (not from batch shapes) means a forward that skips layers, or runs
+    more than it should, is counted as it really ran.
     """
 
     total: Work = field(default_factory=Work)
@@ -81,21 +88,49 @@ class WorkCounter:
     @classmethod
     def attach(cls, lm) -> WorkCounter:
         counter = cls()
-        layers: Sequence[torch.nn.Module] = lm.sites.layers
-        backbone_path = lm.sites.paths.layers.rsplit(".", 1)[0] if "." in lm.sites.paths.layers else ""
-        backbone = lm.model.get_submodule(backbone_path) if backbone_path else lm.model
+        counter._hook(lm)
+        return counter
+
+    @property
+    def forwards(self) -> int:
+        return self.total.forwards
+
+    @property
+    def tokens(self) -> int:
+        return self.total.tokens
+
+    @property
+    def token_layers(self) -> int:
+        return self.total.token_layers
+
+    def _hook(self, lm) -> None:
+        model, sites = unwrap(lm)
+        layers: Sequence[torch.nn.Module] = sites.layers
+        backbone_path = sites.paths.layers.rsplit(".", 1)[0] if "." in sites.paths.layers else ""
+        backbone = model.get_submodule(backbone_path) if backbone_path else model
+        total = self.total
 
         def on_forward(_module, args, kwargs):
-            counter.total.forwards += 1
-            counter.total.tokens += _rows_tokens(args, kwargs)
+            total.forwards += 1
+            total.tokens += _rows_tokens(args, kwargs)
 
         def on_layer(_module, args, kwargs):
-            counter.total.token_layers += _rows_tokens(args, kwargs)
+            total.token_layers += _rows_tokens(args, kwargs)
 
-        counter._handles.append(backbone.register_forward_pre_hook(on_forward, with_kwargs=True))
+        self._handles.append(backbone.register_forward_pre_hook(on_forward, with_kwargs=True))
         for layer in layers:
-            counter._handles.append(layer.register_forward_pre_hook(on_layer, with_kwargs=True))
-        return counter
+            self._handles.append(layer.register_forward_pre_hook(on_layer, with_kwargs=True))
+
+    @contextmanager
+    def counting(self, lm) -> Iterator[WorkCounter]:
+        """Count the work ``lm`` does inside the block (hooks installed for the block only)."""
+        mark = len(self._handles)
+        self._hook(lm)
+        try:
+            yield self
+        finally:
+            while len(self._handles) > mark:
+                self._handles.pop().remove()
 
     def snapshot(self) -> Work:
         return Work(self.total.forwards, self.total.tokens, self.total.token_layers, time.perf_counter())
@@ -131,8 +166,6 @@ def plain_forward_rate(lm, prompts: Sequence, batch_size: int, repeats: int = 1)
     The first batch is run once untimed (kernel selection, allocator warm-up). Returns the rate
     and the work measured, so a table can say what the floor was measured on.
     """
-    from emolens.inputs.batching import iter_batches
-
     counter = WorkCounter.attach(lm)
     try:
         first = next(iter_batches(lm.tokenizer, prompts[:batch_size], batch_size, lm.device))

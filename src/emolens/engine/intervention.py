@@ -257,21 +257,28 @@ class Intervention:
             self._state.step += 1
             self._state.cache = {}
 
-    def _mask_for(self, x: torch.Tensor) -> torch.Tensor:
+    def _mask_for(self, x: torch.Tensor, rows: slice | None = None) -> torch.Tensor:
         mask = self._state.mask
         if mask is None or self._state.decode:
             return torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+        if rows is not None:
+            mask = mask[rows]
         if mask.shape != x.shape[:2]:
             raise EmolensError(f"attention mask of shape {tuple(mask.shape)} does not match activations "
                                f"{tuple(x.shape[:2])}", "pass batch_mask matching the batch")
         return mask.to(x.device)
 
     def _where(self, i: int, x: torch.Tensor) -> tuple[str, torch.Tensor] | None:
-        """Op ``i``'s positions this forward: ("index", [B, P], flat) or ("mask", [B, T]), or None."""
+        """Op ``i``'s positions this forward: ("index", [B, P], flat) or ("mask", [B, T]), or None.
+
+        ``x`` is already the op's own rows (:attr:`Op.rows`), which the positions resolve against.
+        """
         op = self.ops[i]
         pos = op.positions
+        rows = op.rows
         shared = pos.is_index and not self._state.decode  # ops with the same positions share one
-        key = (pos.ints if shared else i, x.shape[0], x.shape[1], x.device)
+        key = (pos.ints if shared else i, x.shape[0], x.shape[1], x.device,
+               None if rows is None else (rows.start, rows.stop))
         if key in self._state.cache:
             return self._state.cache[key]
         if self._state.decode:
@@ -282,9 +289,10 @@ class Intervention:
         elif pos.span == "generated":
             where = None
         elif pos.is_index:
-            where = _index_where(pos.index(self._mask_for(x)), x)
+            where = _index_where(pos.index(self._mask_for(x, rows)), x)
         else:
-            m = pos.mask(self._mask_for(x), self.spans)
+            spans = self.spans if rows is None else {k: v[rows] for k, v in self.spans.items()}
+            m = pos.mask(self._mask_for(x, rows), spans)
             if isinstance(op, Capture) and not bool(m.any(1).all()):
                 raise EmolensError(f"span {pos.label!r} is empty in some row", "check the span masks")
             where = ("mask", m)
@@ -297,15 +305,18 @@ class Intervention:
         def hook(x: torch.Tensor) -> torch.Tensor | None:
             changed = False
             for i in op_ids:
-                where = self._where(i, x)
+                op = self.ops[i]
+                rows = op.rows
+                part = x if rows is None else x[rows]  # a stacked condition's own rows
+                where = self._where(i, part)
                 if where is None:
                     continue
-                op = self.ops[i]
                 if isinstance(op, Capture):
-                    self._capture(i, op, layer, x, where)
-                else:
-                    x = self._edit(i, op, layer, x, where)
-                    changed = True
+                    self._capture(i, op, layer, part, where)
+                    continue
+                new = self._edit(i, op, layer, part, where)
+                x = new if rows is None else torch.cat([x[:rows.start], new, x[rows.stop:]])
+                changed = True
             return x if changed else None
 
         return hook
@@ -329,6 +340,10 @@ class Intervention:
                 op = self.ops[i]
                 cut = op.block(op.positions.mask(full, self.spans), op.keys.mask(full, self.spans), q_len, kv_len,
                                self._heads[i], hidden.device)
+                if op.rows is not None:  # a stacked condition: only its own rows lose edges
+                    own = torch.zeros(cut.shape[0], dtype=torch.bool, device=cut.device)
+                    own[op.rows] = True
+                    cut = cut & own[:, None, None, None]
                 block = cut if block is None else block | cut
             if block is None or not bool(block.any()):
                 return None

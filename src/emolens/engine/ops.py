@@ -43,7 +43,10 @@ class Op:
 
     ``positions`` takes any spelling :meth:`Positions.of` accepts and is stored as
     :class:`Positions`. Ops act on prompt forwards only, unless ``every_token`` (also each token
-    ``generate()`` adds) or positions ``"generated"`` (only those).
+    ``generate()`` adds) or positions ``"generated"`` (only those). ``rows`` (a ``slice``) confines
+    the op to those batch rows, so several conditions stacked into one forward (rows
+    condition-major) each edit only their own copy of the batch; the op then sees those rows as
+    its batch (values with a batch dim, positions and spans are per row of the slice).
     """
 
     site: str
@@ -51,9 +54,14 @@ class Op:
     positions: Positions | int | Sequence[int] | str | torch.Tensor = -1
     heads: int | Sequence[int] | None = None
     every_token: bool = False
+    rows: slice | None = None
 
     def __post_init__(self) -> None:
         self.positions = Positions.of(self.positions)
+        if self.rows is not None and (not isinstance(self.rows, slice) or not isinstance(self.rows.start, int)
+                                      or not isinstance(self.rows.stop, int) or self.rows.step not in (None, 1)
+                                      or not 0 <= self.rows.start < self.rows.stop):
+            raise EmolensError(f"rows={self.rows!r} is not a contiguous slice of batch rows", "pass slice(start, stop)")
 
     def edit(self, x: torch.Tensor, value, ctx: OpContext) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError

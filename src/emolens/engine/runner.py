@@ -15,18 +15,28 @@ for a batch (:class:`Condition`), and how many last tokens its edits are confine
   ``prefix_bytes``, so the clean pass and every condition share them; a batch's prefix for a
   shorter suffix is built from its longer one.
 * **Stacking.** :meth:`ConditionRunner.run` can repeat a batch ``times`` over (rows
-  condition-major, ``row = c * B + i``) so several conditions share one forward when one op
-  holds all their values (steering's stacked vectors).
+  condition-major, ``row = c * B + i``) so several conditions share one forward: either one op
+  holds all their values (:meth:`ConditionRunner.stack`, steering's vectors), or each
+  condition's ops are confined to its own rows (``Op.rows``; :meth:`ConditionRunner.conditions`
+  stacks up to ``stack_rows`` rows per forward).
+* **Starting at the first edited layer.** Layers below the first one a condition edits compute
+  the clean run's hidden states, so (with single-token label scoring) a condition's forward
+  replays the clean output of that layer's predecessor instead (:mod:`emolens.engine.replay`),
+  captured once per batch and path. On the suffix path this runs ``m`` tokens through only the
+  layers from the window on.
+* **No host sync per condition.** Scores stay on the device until a batch's conditions are done.
 * **Scoring** goes through the one :class:`~emolens.engine.scoring.LabelScorer`; multi-token
   labels continue each forward's own (edited) cache.
-* **Accounting.** :class:`Counter` counts forwards and token-layers (tokens run x decoder
-  layers), so a fast path's saving is measured, not assumed.
+* **Accounting.** Every forward the runner makes is counted by its
+  :class:`~emolens.engine.accounting.WorkCounter` (forwards, tokens, token-layers = tokens run x
+  decoder layers, read at the layers themselves), so a fast path's saving is measured, not assumed.
 
 The runner takes a loaded model or a plain ``nn.Module`` (sites resolved by structure).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -34,23 +44,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from emolens.engine.accounting import WorkCounter
 from emolens.engine.intervention import Intervention, unwrap
 from emolens.engine.ops import Op
 from emolens.engine.prefix import bytes_per_row, extend_prefix, prefix_cache, suffix_inputs, suffix_mask
+from emolens.engine.replay import layer_outputs, start_at
 from emolens.engine.scoring import LabelScorer
 from emolens.inputs.batching import Batch
-
-
-@dataclass
-class Counter:
-    """Forwards run and token-layers computed (tokens x decoder layers), for cost accounting."""
-
-    forwards: int = 0
-    token_layers: int = 0
-
-    def add(self, tokens: int, layers: int, forwards: int = 1) -> None:
-        self.forwards += forwards
-        self.token_layers += int(tokens) * int(layers)
+from emolens.model.sites import GLOBAL_SITES
 
 
 @dataclass
@@ -102,14 +103,22 @@ def repeat_batch(batch: Batch, times: int) -> Batch:
 
 
 class ConditionRunner:
-    """Label log-probabilities of batches under op lists, full or on a cached prefix (see the module doc)."""
+    """Label log-probabilities of batches under op lists, full or on a cached prefix (see the module doc).
 
-    def __init__(self, lm, scorer: LabelScorer, prefix_bytes: int = 2 ** 30, counter: Counter | None = None):
+    ``skip`` (default on) lets forwards start at the first edited layer; ``stack_rows`` is how many
+    rows (batch copies x batch) :meth:`conditions` may stack into one forward (the batch size
+    itself: no stacking).
+    """
+
+    def __init__(self, lm, scorer: LabelScorer, prefix_bytes: int = 2 ** 30, counter: WorkCounter | None = None,
+                 skip: bool = True, stack_rows: int = 64):
         self.lm = lm
         self.model, self.sites = unwrap(lm)
         self.scorer = scorer
         self.prefix_bytes = prefix_bytes
-        self.counter = counter or Counter()
+        self.counter = counter if counter is not None else WorkCounter()
+        self.skip = skip
+        self.stack_rows = stack_rows
         self._memo: dict[tuple, Prefix | None] = {}
         self._held = 0
 
@@ -126,18 +135,11 @@ class ConditionRunner:
             batch.input_ids, batch.attention_mask, batch.position_ids)))
         out: dict[int, Prefix | None] = {}
         longer: Prefix | None = None
-        n_layers = self.sites.n_layers
         for m in sorted({int(x) for x in lengths if int(x)}, reverse=True):
             if (key, m) not in self._memo:
-                T = batch.input_ids.shape[1]
-                if longer is None:
-                    cache = prefix_cache(self.model, batch, m)
-                    ran = T - m
-                else:
-                    cache = extend_prefix(self.model, batch, longer.cache, longer.m, m)
-                    ran = longer.m - m
-                if cache is not None:
-                    self.counter.add(len(batch) * ran, n_layers)
+                with self.counter.counting(self.lm):
+                    cache = prefix_cache(self.model, batch, m) if longer is None else \
+                        extend_prefix(self.model, batch, longer.cache, longer.m, m)
                 got = None if cache is None else Prefix(cache, m)
                 size = 0 if cache is None else len(batch) * bytes_per_row(cache)
                 if self._held + size <= self.prefix_bytes:
@@ -153,59 +155,102 @@ class ConditionRunner:
         """Clean cache of every column but the last ``m`` (``None``: this batch runs full forwards)."""
         return self.prefixes(batch, [m])[int(m)]
 
-    # -- one forward ---------------------------------------------------------------------------
+    # -- starting layers -----------------------------------------------------------------------
+
+    def start_layer(self, ops: Sequence[Op]) -> int:
+        """The first decoder layer ``ops`` edit (0: an op at the embeddings or outside the layers, no ops,
+        skipping off, or label scoring that continues the cache)."""
+        if not self.skip or not ops or self.scorer.needs_cache:
+            return 0
+        first = self.sites.n_layers
+        for op in ops:
+            if op.site in GLOBAL_SITES:
+                return 0
+            first = min(first, *self.sites.resolve_layers(op.layers, op.site))
+        return first
 
     @torch.no_grad()
-    def run(self, batch: Batch, ops: Sequence[Op] = (), prefix: Prefix | None = None, times: int = 1
-            ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """``([times * B, K] label log-probs on CPU, captures)`` of ``batch`` stacked ``times`` over under ``ops``.
+    def clean_hidden(self, batch: Batch, prefix: Prefix | None, starts) -> dict[int, torch.Tensor]:
+        """The clean outputs of layers ``k - 1`` for each start ``k > 0`` (``{k: [B, m or T, d]}``): one clean
+        forward of the suffix on ``prefix`` (or of the whole batch)."""
+        starts = sorted({int(k) for k in starts if int(k) > 0})
+        if not starts:
+            return {}
+        with self.counter.counting(self.lm):
+            got = layer_outputs(self.model, self.sites, [k - 1 for k in starts],
+                                lambda: self._forward(batch, (), prefix, 1, stop=max(starts)))
+        return {k: got[k - 1] for k in starts}
 
-        ``prefix`` selects the suffix path (the ops' positions must lie in its last ``m`` tokens);
-        ``None`` runs the whole prompt.
-        """
+    # -- one forward ---------------------------------------------------------------------------
+
+    def _forward(self, batch: Batch, ops: Sequence[Op], prefix: Prefix | None, times: int, start: int = 0,
+                 hidden: torch.Tensor | None = None, stop: int | None = None):
+        """One model forward of ``batch`` x ``times`` under ``ops``: ``(output, kwargs, intervention, rows)``."""
         rows = repeat_batch(batch, times)
         if prefix is not None:
             kwargs = suffix_inputs(batch, prefix.cache, prefix.m, times)
             run = Intervention(self.lm, list(ops), batch_mask=suffix_mask(batch, prefix.m, times),
                                spans=rows.span_masks, suffix=True)
-            tokens = len(rows) * prefix.m
         else:
             cache = self.scorer.new_cache(self.model)
             kwargs = {**rows.model_inputs(), "cache": cache, "use_cache": cache is not None}
             run = Intervention(self.lm, list(ops), batch_mask=rows.attention_mask, spans=rows.span_masks)
-            tokens = int(rows.input_ids.numel())
-        with run:
-            out = self.model(**kwargs, logits_to_keep=1)
-        self.counter.add(tokens, self.sites.n_layers)
-        scores = self.scorer.score(self.model, rows, out.logits[:, -1], kwargs["cache"])
-        extra = self.scorer.extra_forwards
-        self.counter.add(len(rows) * sum(len(t) - 1 for t in self.scorer.token_ids if len(t) > 1),
-                         self.sites.n_layers, forwards=extra)
-        return scores.float().cpu(), run.captures
+        if hidden is not None and times > 1:
+            hidden = hidden.repeat(times, *([1] * (hidden.ndim - 1)))
+        out = None
+        with start_at(self.model, self.sites, start, hidden), run:
+            if stop is not None:  # only hidden states are wanted: stop after layer stop - 1
+                with _stop_before(self.sites, stop):
+                    self.model(**kwargs, logits_to_keep=1)
+            else:
+                out = self.model(**kwargs, logits_to_keep=1)
+        return out, kwargs, run, rows
+
+    @torch.no_grad()
+    def run(self, batch: Batch, ops: Sequence[Op] = (), prefix: Prefix | None = None, times: int = 1,
+            start: int = 0, hidden: torch.Tensor | None = None, device: bool = False
+            ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``([times * B, K] label log-probs, captures)`` of ``batch`` stacked ``times`` over under ``ops``.
+
+        ``prefix`` selects the suffix path (the ops' positions must lie in its last ``m`` tokens);
+        ``None`` runs the whole prompt. ``start > 0`` skips layers ``0..start-1``, replaying
+        ``hidden``, the clean output of layer ``start - 1`` for one copy of the batch (see
+        :meth:`clean_hidden`). Scores come back on the CPU, or where the model is with ``device``.
+        """
+        with self.counter.counting(self.lm):
+            out, kwargs, run, rows = self._forward(batch, ops, prefix, times, start, hidden)
+            scores = self.scorer.score(self.model, rows, out.logits[:, -1], kwargs["cache"]).float()
+        return (scores if device else scores.cpu()), run.captures
 
     @torch.no_grad()
     def stack(self, batch: Batch, values: torch.Tensor, op_for: Callable[[torch.Tensor], Op],
               prefix: Prefix | None = None, rows: int = 64, cache_bytes: int = 2 ** 31,
-              on_rows: Callable[[int], None] | None = None) -> torch.Tensor:
+              on_rows: Callable[[int], None] | None = None, start: int | None = None) -> torch.Tensor:
         """Label scores ``[C, B, K]`` of ``C`` conditions that differ only in one op's value, ``values[c]``.
 
         Each forward stacks the batch once per condition (up to ``rows`` rows; on a ``prefix``, also
         no more than ``cache_bytes`` of tiled cache), and ``op_for(v)`` builds the op for a chunk
-        whose value ``v`` is ``[chunk * B, ...]`` (condition-major rows).
+        whose value ``v`` is ``[chunk * B, ...]`` (condition-major rows). Forwards start at the op's
+        first layer (``start``: None = found from the op), from the batch's clean hidden states.
         """
         B = len(batch)
         per = max(1, rows // B)
         if prefix is not None:
             per = max(1, min(per, cache_bytes // max(1, B * bytes_per_row(prefix.cache))))
         dtype = next(self.model.parameters()).dtype
+        device = batch.input_ids.device
+        if start is None:
+            start = self.start_layer([op_for(values[:1].to(device, dtype).repeat_interleave(B, 0))])
+        hidden = self.clean_hidden(batch, prefix, [start]).get(start) if start else None
         out = []
         for c0 in range(0, values.shape[0], per):
-            chunk = values[c0:c0 + per].to(batch.input_ids.device, dtype)
-            got, _ = self.run(batch, [op_for(chunk.repeat_interleave(B, 0))], prefix, times=chunk.shape[0])
+            chunk = values[c0:c0 + per].to(device, dtype)
+            got, _ = self.run(batch, [op_for(chunk.repeat_interleave(B, 0))], prefix, times=chunk.shape[0],
+                              start=start if hidden is not None else 0, hidden=hidden, device=True)
             out.append(got.view(chunk.shape[0], B, -1))
             if on_rows is not None:
                 on_rows(got.shape[0])
-        return torch.cat(out)
+        return torch.cat(out).cpu()
 
     # -- many items ----------------------------------------------------------------------------
 
@@ -229,15 +274,72 @@ class ConditionRunner:
 
     def conditions(self, batches: Sequence[Batch], n: int, conditions: Sequence[Condition], progress: bool = False,
                    desc: str = "conditions") -> list[np.ndarray]:
-        """Label scores ``[n, K]`` of every condition; each batch's prefix (per suffix length) is made once."""
+        """Label scores ``[n, K]`` of every condition; each batch's prefix (per suffix length) is made once.
+
+        Per batch, conditions with the same suffix length and first edited layer are stacked (each
+        one's ops confined to its own rows) up to ``stack_rows`` rows a forward, and start at that
+        layer from the batch's clean hidden states; scores leave the device once per batch.
+        """
         out = [np.zeros((n, len(self.scorer.labels)), np.float32) for _ in conditions]
         bar = tqdm(total=len(batches) * len(conditions), desc=desc, unit="fwd", disable=not progress, leave=False)
         lengths = sorted({int(c.suffix) for c in conditions})
         for batch in batches:
+            B = len(batch)
             prefixes = self.prefixes(batch, lengths)
+            built = [list(cond.build(batch)) for cond in conditions]
+            groups: dict[tuple[int, int], list[int]] = {}
             for i, cond in enumerate(conditions):
-                s, _ = self.run(batch, cond.build(batch), prefixes[int(cond.suffix)] if cond.suffix else None)
-                out[i][batch.indices] = s.numpy()
-                bar.update(1)
+                m = int(cond.suffix)
+                groups.setdefault((m, self.start_layer(built[i])), []).append(i)
+            per = max(1, self.stack_rows // B)
+            done: list[tuple[list[int], torch.Tensor]] = []
+            for m in sorted({m for m, _ in groups}):
+                prefix = prefixes[m] if m else None
+                if prefix is not None:
+                    per_m = max(1, min(per, (2 ** 31) // max(1, B * bytes_per_row(prefix.cache))))
+                else:
+                    per_m = per
+                hidden = self.clean_hidden(batch, prefix, [k for mm, k in groups if mm == m])
+                for (mm, k), members in groups.items():
+                    if mm != m:
+                        continue
+                    for c0 in range(0, len(members), per_m):
+                        chunk = members[c0:c0 + per_m]
+                        ops = [dataclasses.replace(op, rows=slice(j * B, (j + 1) * B)) if len(chunk) > 1 else op
+                               for j, i in enumerate(chunk) for op in built[i]]
+                        got, _ = self.run(batch, ops, prefix, times=len(chunk), start=k, hidden=hidden.get(k),
+                                          device=True)
+                        done.append((chunk, got))
+                        bar.update(len(chunk))
+            for chunk, got in done:
+                got = got.cpu().numpy()
+                for j, i in enumerate(chunk):
+                    out[i][batch.indices] = got[j * B:(j + 1) * B]
         bar.close()
         return out
+
+
+class _StopLayer(Exception):
+    """Raised before a layer to end a forward whose remaining layers nobody needs."""
+
+
+class _stop_before:
+    """Context: a forward stops just before decoder layer ``layer`` (``>= n_layers``: runs to the end)."""
+
+    def __init__(self, sites, layer: int):
+        self.sites, self.layer, self.handle = sites, layer, None
+
+    def __enter__(self):
+        if self.layer < self.sites.n_layers:
+            # first among the layer's pre-hooks, so a work counter never counts the layer that does not run
+            self.handle = self.sites.layers[self.layer].register_forward_pre_hook(self._raise, prepend=True)
+        return self
+
+    @staticmethod
+    def _raise(_module, _args):
+        raise _StopLayer
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if self.handle is not None:
+            self.handle.remove()
+        return exc_type is _StopLayer
