@@ -171,13 +171,18 @@ def test_judges_are_pluggable_and_checked():
     class Shouty:
         name = "shouty"
 
+        seen: list[list[str]] = []
+
         def score(self, texts):
+            self.seen.append(list(texts))
             return pd.DataFrame({"shouty_caps": [sum(c.isupper() for c in t) for t in texts]})
 
     register_judge("shouty", lambda lm=None: Shouty())
     try:
-        f = judge_texts(["HELLO there", "calm"], make_judges(["vader", "shouty"]))
-        assert f["shouty_caps"].tolist() == [5, 0] and "vader_compound" in f
+        f = judge_texts(["HELLO there", "calm", "HELLO there", "OK"], make_judges(["vader", "shouty"]))
+        assert f["shouty_caps"].tolist() == [5, 0, 5, 2] and "vader_compound" in f
+        assert f["vader_compound"][0] == f["vader_compound"][2]
+        assert Shouty.seen == [["HELLO there", "calm", "OK"]]  # a repeated reply is judged once
     finally:
         JUDGES.pop("shouty")
     with pytest.raises(EmolensError, match="unknown judge"):

@@ -240,16 +240,24 @@ def make_judges(names: Sequence[str], lm=None) -> list[Judge]:
 
 
 def judge_texts(texts: Sequence[str], judges: Sequence[Judge]) -> pd.DataFrame:
-    """All judges' columns side by side, one row per text; a judge must return one row per text."""
+    """All judges' columns side by side, one row per text; a judge must return one row per text.
+
+    Each distinct text is judged once (a judge is a function of the text alone): at small β many
+    steered replies equal the clean reply word for word, and the model judge's forwards are the
+    costly part of judging.
+    """
+    unique = list(dict.fromkeys(texts))
+    where = {t: i for i, t in enumerate(unique)}
+    rows = [where[t] for t in texts]
     parts = []
     for judge in judges:
-        frame = judge.score(list(texts)).reset_index(drop=True)
-        if len(frame) != len(texts):
-            raise EmolensError(f"judge {judge.name!r} returned {len(frame)} rows for {len(texts)} texts",
+        frame = judge.score(list(unique)).reset_index(drop=True)
+        if len(frame) != len(unique):
+            raise EmolensError(f"judge {judge.name!r} returned {len(frame)} rows for {len(unique)} texts",
                                "return one row per text")
         clash = set(frame.columns) & {c for p in parts for c in p.columns}
         if clash:
             raise EmolensError(f"judge {judge.name!r} repeats columns {sorted(clash)}",
                                "prefix a judge's columns with its name")
-        parts.append(frame)
+        parts.append(frame.iloc[rows].reset_index(drop=True))
     return pd.concat(parts, axis=1) if parts else pd.DataFrame(index=range(len(texts)))
