@@ -49,5 +49,8 @@ def register(app: typer.Typer) -> None:
                                          "permutations": permutations, "seed": seed,
                                          "plots": [p.name for p in plots]})
         cka = tables["cka"]
+        m = cka[cka["matched_depth"]]
         typer.echo(f"{a.name} vs {b.name}: {int(cka['n_items'].iloc[0])} shared items, max CKA "
-                   f"{cka['cka'].max():.3f}; results in {out_dir}")
+                   f"{cka['cka'].max():.3f}; at matched depth {m['cka'].min():.3f}-{m['cka'].max():.3f} "
+                   f"(item-shuffle null {m['cka_null'].max():.3f} at most, largest p {m['cka_p'].max():.3f}); "
+                   f"results in {out_dir}")

@@ -8,6 +8,7 @@ both over two activation stores at matched relative depths.
 from emolens.crossmodel.similarity import (
     appraisal_rdm,
     centroid_rdm,
+    cka_inference,
     cka_matrix,
     linear_cka,
     mantel,
@@ -18,6 +19,7 @@ from emolens.crossmodel.transfer import transfer
 __all__ = [
     "appraisal_rdm",
     "centroid_rdm",
+    "cka_inference",
     "cka_matrix",
     "linear_cka",
     "mantel",

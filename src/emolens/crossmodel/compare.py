@@ -14,7 +14,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from emolens.crossmodel.similarity import appraisal_rdm, centroid_rdm, cka_matrix, mantel, relative_depth_pairs
+from emolens.crossmodel.similarity import (
+    appraisal_rdm,
+    centroid_rdm,
+    cka_inference,
+    cka_matrix,
+    mantel,
+    relative_depth_pairs,
+)
 from emolens.crossmodel.transfer import transfer
 from emolens.errors import EmolensError
 
@@ -61,7 +68,8 @@ def _shared(a: ModelActivations, b: ModelActivations) -> tuple[np.ndarray, np.nd
 
 def compare_models(a: ModelActivations, b: ModelActivations, emotions: Sequence[str], depths: int = 4,
                    n_perm: int = 999, seed: int = 0) -> Mapping[str, pd.DataFrame]:
-    """CKA (every layer pair), RSA at matched depths and against human appraisal space, transfer."""
+    """CKA (every layer pair; at matched depths also an interval and its permutation null), RSA at matched
+    depths and against human appraisal space, transfer."""
     ia, ib = _shared(a, b)
     labels = a.labels[ia]
     if not np.array_equal(labels, b.labels[ib]):
@@ -72,6 +80,16 @@ def compare_models(a: ModelActivations, b: ModelActivations, emotions: Sequence[
     cka_rows = [{"model_a": a.name, "model_b": b.name, "layer_a": la, "layer_b": lb, "depth_a": a.depth(la),
                  "depth_b": b.depth(lb), "cka": cka[i, j], "n_items": len(ia)}
                 for i, la in enumerate(a.layers) for j, lb in enumerate(b.layers)]
+    pairs = relative_depth_pairs(a.n_layers, b.n_layers)
+    matched = {(la, lb) for _, la, lb in pairs}
+    for row in cka_rows:
+        if (row["layer_a"], row["layer_b"]) in matched:
+            got = cka_inference(xa[:, a.layers.index(row["layer_a"])], xb[:, b.layers.index(row["layer_b"])],
+                                n_perm=min(n_perm, 99), seed=seed)
+            row.update(matched_depth=True, cka_lo=got["cka_lo"], cka_hi=got["cka_hi"],
+                       cka_null=got["null_mean"], cka_p=got["p"])
+        else:
+            row.update(matched_depth=False, cka_lo=np.nan, cka_hi=np.nan, cka_null=np.nan, cka_p=np.nan)
     keep = np.isin(labels, present)
     ratings = a.ratings[ia]
     human = appraisal_rdm(ratings[keep], labels[keep], present)
@@ -81,7 +99,6 @@ def compare_models(a: ModelActivations, b: ModelActivations, emotions: Sequence[
             rho, p = mantel(centroid_rdm(x[keep, i], labels[keep], present), human, n_perm, seed)
             rsa_rows.append({"kind": "model-human", "model": model, "other": "human appraisal space",
                              "layer": layer, "depth": acts.depth(layer), "rho": rho, "p": p})
-    pairs = relative_depth_pairs(a.n_layers, b.n_layers)
     for depth, la, lb in pairs:
         if la in a.layers and lb in b.layers:
             ra = centroid_rdm(xa[keep, a.layers.index(la)], labels[keep], present)

@@ -6,6 +6,11 @@ configuration?" without a fitted map; RSA compares only the 13 x 13 distances be
 centroids, the part of the geometry the study is about, and can also be held against a non-model
 space: the distances between emotions' mean human appraisal profiles.
 
+CKA of two *unrelated* representations is not 0 at finite n (it is biased upwards, more so for
+wide features), so a CKA value is read against its item-permutation null (B's items shuffled:
+same features, no item correspondence) and given an item-bootstrap interval
+(:func:`cka_inference`).
+
 The RSA null is the Mantel permutation: relabel the emotions of one distance matrix (rows and
 columns together) and recompute; ``p = (1 + #{null >= observed}) / (1 + n_perm)``.
 """
@@ -20,7 +25,8 @@ from scipy.spatial.distance import pdist, squareform
 
 from emolens.stats import permutation_p
 
-__all__ = ["appraisal_rdm", "centroid_rdm", "cka_matrix", "linear_cka", "mantel", "relative_depth_pairs"]
+__all__ = ["appraisal_rdm", "centroid_rdm", "cka_inference", "cka_matrix", "linear_cka", "mantel",
+           "relative_depth_pairs"]
 
 
 def _centre(x: np.ndarray) -> np.ndarray:
@@ -51,6 +57,44 @@ def cka_matrix(layers_a: Sequence[np.ndarray], layers_b: Sequence[np.ndarray]) -
 
     ga, gb = [gram(x) for x in layers_a], [gram(y) for y in layers_b]
     return np.array([[float((a * b).sum()) for b in gb] for a in ga])
+
+
+def _centred_gram(g: np.ndarray) -> np.ndarray:
+    return g - g.mean(0) - g.mean(1)[:, None] + g.mean()
+
+
+def _gram_cka(ga: np.ndarray, gb: np.ndarray) -> float:
+    """CKA from two *uncentred* linear Gram matrices of the same items."""
+    a, b = _centred_gram(ga), _centred_gram(gb)
+    norm = np.linalg.norm(a) * np.linalg.norm(b)
+    return float((a * b).sum() / norm) if norm > 0 else float("nan")
+
+
+def cka_inference(x: np.ndarray, y: np.ndarray, n_boot: int = 200, n_perm: int = 99, seed: int = 0) -> dict:
+    """Linear CKA of ``x`` and ``y`` with a 95% item-bootstrap interval and an item-permutation null.
+
+    The bootstrap resamples items (rows of both Gram matrices together); a resample repeats
+    items, which pulls CKA up a little, so the interval is a guide to its spread, not an exact
+    coverage statement. The null shuffles ``y``'s items: ``null_mean`` is the CKA two matrices
+    with these shapes reach by chance, ``p = (1 + #{null >= observed}) / (1 + n_perm)``.
+    """
+    x, y = _centre(x), _centre(y)
+    ga, gb = x @ x.T, y @ y.T
+    value = _gram_cka(ga, gb)
+    rng = np.random.default_rng(seed)
+    n = len(x)
+    boots = []
+    for _ in range(n_boot):
+        idx = rng.integers(0, n, n)
+        boots.append(_gram_cka(ga[np.ix_(idx, idx)], gb[np.ix_(idx, idx)]))
+    null = []
+    for _ in range(n_perm):
+        idx = rng.permutation(n)
+        null.append(_gram_cka(ga, gb[np.ix_(idx, idx)]))
+    lo, hi = np.quantile(boots, [0.025, 0.975]) if boots else (np.nan, np.nan)
+    return {"cka": value, "cka_lo": float(lo), "cka_hi": float(hi),
+            "null_mean": float(np.mean(null)) if null else float("nan"),
+            "p": permutation_p(value, np.asarray(null), alternative="greater") if null else float("nan")}
 
 
 def centroid_rdm(x: np.ndarray, labels: Sequence[str], emotions: Sequence[str]) -> np.ndarray:
