@@ -44,3 +44,14 @@ def test_neurons_bad_input_is_exit_2(run_cli, tmp_path, extra, message):
     code, _, err = run_cli(["neurons", "--model", "tiny:llama", "--data", "stimuli", "--out", str(tmp_path / "o"),
                             *extra])
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_neurons_time_budget_says_how_far_it_got(run_cli, tmp_path):
+    out = tmp_path / "b"
+    code, stdout, err = run_cli(["neurons", "--model", "tiny:llama", "--data", "stimuli", "--limit", "80",
+                                 "--appraisals", "pleasantness", "--probe-layers", "none", "--ablate", "none",
+                                 "--no-pairs", "--batch-size", "4", "--budget-minutes", "0.00001", "--out", str(out)])
+    assert code == 0, err
+    run = json.loads((out / "neurons_run.json").read_text())
+    assert run["stopped_early"] and run["n_planned"] == 80 and run["n_items"] == 16
+    assert "16 of 80 items" in stdout

@@ -77,3 +77,23 @@ def test_sparse_table_covers_kept_layers(tiny_llama):
     assert set(table.layer) == {0, 2} and set(table.appraisal) == {"pleasantness", "other_responsblt"}
     assert sorted(table[(table.layer == 0) & (table.appraisal == "pleasantness")].k) == [1, 8, 128]
     assert (table.n_train + table.n_test == 38).all()
+
+
+def test_time_budget_keeps_a_random_block_and_its_exact_statistics(tiny_llama):
+    """A budget that stops after the first block leaves a seeded random subset of items, and every
+    statistic is over exactly those items (equal to a full pass over that subset)."""
+    data = synthetic_dataset(n=60)
+    full = neuron_pass(tiny_llama, data, keep_layers=[1], batch_size=4, progress=False, extra_sites=("resid",))
+    assert not full.stopped_early and full.n_planned == len(full.items) == 58
+    cut = neuron_pass(tiny_llama, data, keep_layers=[1], batch_size=4, progress=False, extra_sites=("resid",),
+                      budget_s=0.0, block=3, seed=3)
+    assert cut.stopped_early and cut.n_planned == 58 and len(cut.items) == cut.moments.n == 12
+    assert not np.array_equal(np.sort(cut.items), full.items[:12])  # a random block, not the first items
+    pos = np.searchsorted(full.items, cut.items)
+    np.testing.assert_allclose(cut.kept[1], full.kept[1][pos], atol=1e-5)
+    np.testing.assert_allclose(cut.extra["resid"], full.extra["resid"][pos], atol=1e-5)
+    np.testing.assert_array_equal(cut.ratings, full.ratings[pos])
+    sub = data.subset([data.ids[i] for i in cut.items])
+    ref = neuron_pass(tiny_llama, sub, batch_size=4, progress=False)
+    np.testing.assert_allclose(cut.moments.correlations(), ref.moments.correlations(), atol=1e-5)
+    np.testing.assert_allclose(cut.moments.partial_correlations(), ref.moments.partial_correlations(), atol=1e-5)

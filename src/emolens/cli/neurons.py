@@ -72,6 +72,9 @@ def register(app: typer.Typer) -> None:
         save_resid: bool = typer.Option(False, help="also save the residual stream at the cue (resid.npz) for "
                                                    "emolens crossmodel, captured in the same pass"),
         limit: int = typer.Option(0, help="seeded label-stratified sample of N items first (0 = all)"),
+        budget_minutes: float = typer.Option(0.0, help="stop the pass before it would run past this many minutes "
+                                                      "(items in seeded random blocks, so the items done are a "
+                                                      "random subset; 0 = no limit)"),
         seed: int = typer.Option(0, help="seed of --limit, the probe split and random sets"),
         batch_size: int = typer.Option(16, help="prompts per forward pass"),
         device: str = typer.Option("auto", help="auto, cpu, cuda ..."),
@@ -109,7 +112,8 @@ def register(app: typer.Typer) -> None:
         timings = {}
         start = time.perf_counter()
         result = neuron_pass(lm, dataset, names, layers=layers, keep_layers=keep, batch_size=batch_size,
-                             extra_sites=("resid",) if save_resid else ())
+                             extra_sites=("resid",) if save_resid else (),
+                             budget_s=budget_minutes * 60 if budget_minutes > 0 else None, seed=seed)
         timings["neuron_pass_s"] = time.perf_counter() - start
         rss_after_pass = _peak_rss_mb()
         table = neuron_table(result)
@@ -147,6 +151,8 @@ def register(app: typer.Typer) -> None:
         seconds = time.perf_counter() - start
         dump_json(out_dir / "neurons_run.json", {
             "model": model, "source_id": lm.source_id, "data": data, "n_items": int(result.moments.n),
+            "n_planned": int(result.n_planned), "stopped_early": result.stopped_early,
+            "budget_minutes": budget_minutes,
             "n_skipped": result.n_skipped, "appraisals": names, "layers": result.layers, "probe_layers": keep,
             "neurons_per_layer": lm.sites.width("neurons")[0], "ablate": ablated, "ablate_k": ablate_k,
             "random_sets": random_sets, "seed": seed, "batch_size": batch_size, "device": str(lm.device),
@@ -154,5 +160,8 @@ def register(app: typer.Typer) -> None:
             "peak_rss_mb_after_pass": round(rss_after_pass, 1), "peak_rss_mb": round(_peak_rss_mb(), 1),
             "plots": [p.name for p in plots], "pairs": agreement is not None})
         n_sig = int((table["q"] < 0.05).sum())
+        if result.stopped_early:
+            typer.echo(f"time budget of {budget_minutes:g} min reached: {result.moments.n} of {result.n_planned} "
+                       "items (a seeded random subset) entered every statistic")
         typer.echo(f"{result.moments.n} items x {len(result.layers)} layers x {lm.sites.width('neurons')[0]} neurons: "
                    f"{n_sig} neuron-appraisal pairs at q < 0.05; {seconds:.1f}s; results in {out_dir}")

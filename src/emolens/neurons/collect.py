@@ -5,10 +5,18 @@ every layer is captured at the answer cue, folded into the sums and dropped. Onl
 asked for in ``keep_layers`` (for sparse probes, which need per-item values) are kept in memory,
 as float32 ``[n_items, N]``. Items without an emotion label or with a missing rating are left
 out of the sums (reported as ``n_skipped``), so every statistic is over the same items.
+
+A time budget (``budget_s``) bounds a run on a shared or slow machine without biasing it: items
+go through in a seeded random order, in blocks of ``block`` batches (length-sorted inside a block,
+so padding stays low), and the pass stops before the first block that would end past the budget
+at the rate so far. The items
+done are then a random subset of those planned, every statistic is over exactly them, and
+``n_planned`` says how many were asked for -- a run is never silently shortened.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -40,6 +48,11 @@ class NeuronPass:
     groups: np.ndarray  # [len(items)] emotion ids (indices into ``emotions``)
     kept: dict[int, np.ndarray] = field(default_factory=dict)  # layer -> [len(items), N] float32
     extra: dict[str, np.ndarray] = field(default_factory=dict)  # site -> [len(items), L, width] float32
+    n_planned: int = 0  # complete items asked for; > len(items) when a time budget stopped the pass
+
+    @property
+    def stopped_early(self) -> bool:
+        return self.n_planned > len(self.items)
 
 
 def complete_items(dataset: EmotionDataset, appraisals: Sequence[str], emotions: Sequence[str]) -> np.ndarray:
@@ -52,11 +65,14 @@ def complete_items(dataset: EmotionDataset, appraisals: Sequence[str], emotions:
 
 def neuron_pass(lm, dataset: EmotionDataset, appraisals: Sequence[str] | None = None, spec=None,
                 layers="all", position: int = -1, keep_layers: Sequence[int] = (), batch_size: int = 16,
-                progress: bool = True, extra_sites: Sequence[str] = ()) -> NeuronPass:
+                progress: bool = True, extra_sites: Sequence[str] = (), budget_s: float | None = None,
+                block: int = 4, seed: int = 0) -> NeuronPass:
     """Stream ``dataset`` through ``lm`` and accumulate neuron x appraisal sums at ``position``.
 
     ``extra_sites`` (e.g. ``("resid",)``) are captured in the same forward at every pass layer and
     kept in memory, so a cross-model comparison needs no second pass over the corpus.
+    ``budget_s`` stops the pass before a block of ``block`` batches that would end past it (see the
+    module doc); ``seed`` fixes the block order.
     """
     spec = spec or PromptSpec()
     appraisals = tuple(appraisals or dataset.appraisal_names)
@@ -86,18 +102,33 @@ def neuron_pass(lm, dataset: EmotionDataset, appraisals: Sequence[str] | None = 
            for site in ("neurons", *extra_sites)]
     extra = {site: np.zeros((len(items), len(layer_list), *reg.width(site)), np.float32) for site in extra_sites}
     bar = tqdm(total=len(items), desc="neurons", unit="item", disable=not progress)
-    for batch in iter_batches(lm.tokenizer, prompts, batch_size, lm.device):
-        _, run = run_forward(lm, batch, ops, need_logits=False)
-        x = run.captures["neurons"][:, :, 0].numpy()  # [b, L, N]
-        if not np.isfinite(x).all():
-            raise EmolensError("non-finite neuron activations", "load the model in float32 (--model-dtype float32)")
-        idx = batch.indices
-        moments.update(x, ratings[idx], groups[idx])
-        for k in keep:
-            kept[k][idx] = x[:, layer_list.index(k)]
-        for site in extra_sites:
-            extra[site][idx] = run.captures[site][:, :, 0].numpy()
-        bar.update(len(batch))
+    order = np.random.default_rng(seed).permutation(len(items)) if budget_s is not None else np.arange(len(items))
+    step = len(items) if budget_s is None else max(1, block * batch_size)
+    done = np.zeros(len(items), bool)
+    start = time.perf_counter()
+    for b0 in range(0, len(items), step):
+        chunk = order[b0:b0 + step]
+        elapsed = time.perf_counter() - start
+        if budget_s is not None and b0 and elapsed + elapsed / b0 * len(chunk) > budget_s:
+            break  # this block would end past the budget at the rate so far
+        for batch in iter_batches(lm.tokenizer, [prompts[i] for i in chunk], batch_size, lm.device):
+            _, run = run_forward(lm, batch, ops, need_logits=False)
+            x = run.captures["neurons"][:, :, 0].numpy()  # [b, L, N]
+            if not np.isfinite(x).all():
+                raise EmolensError("non-finite neuron activations", "load the model in float32 (--model-dtype float32)")
+            idx = chunk[batch.indices]
+            moments.update(x, ratings[idx], groups[idx])
+            for k in keep:
+                kept[k][idx] = x[:, layer_list.index(k)]
+            for site in extra_sites:
+                extra[site][idx] = run.captures[site][:, :, 0].numpy()
+            done[idx] = True
+            bar.update(len(batch))
     bar.close()
+    if not done.all():  # a time budget stopped the pass: keep exactly the items that entered the sums
+        sel = np.flatnonzero(done)
+        return NeuronPass(moments, layer_list, appraisals, emotions, items[sel], len(dataset) - len(items),
+                          ratings[sel], groups[sel], {k: v[sel] for k, v in kept.items()},
+                          {k: v[sel] for k, v in extra.items()}, n_planned=len(items))
     return NeuronPass(moments, layer_list, appraisals, emotions, items, len(dataset) - len(items), ratings, groups,
-                      kept, extra)
+                      kept, extra, n_planned=len(items))
