@@ -17,6 +17,7 @@ from emolens.engine.runner import ConditionRunner, path_name
 from emolens.engine.windows import Window
 from emolens.inputs.prompts import PromptSpec, build_prompts
 from emolens.model.loading import load_model
+from emolens.model.tiny import TINY_FAMILIES
 from emolens.readout import LabelReader
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -121,3 +122,20 @@ def test_self_patch_on_an_m_token_suffix_changes_nothing(lm, ds):
             assert np.array_equal(got, clean.scores[path_name(m)])
         for got in stacked.conditions(batches, len(prompts), conds):  # other matmul shapes: equal to rounding
             np.testing.assert_allclose(got, clean.scores[path_name(m)], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("family", TINY_FAMILIES)
+def test_stacked_conditions_from_the_first_edited_layer_equal_the_naive_path(family, ds):
+    """Ablation and patching as the analyses run them (conditions stacked into shared forwards,
+    each starting at its window's first layer from replayed clean hidden states, on the KV prefix)
+    equal the naive path (one condition per forward, every layer, full prompts) on every tiny
+    family; windows start at layers 0, 1 and 2, so 0, 1 and 2 layers are skipped."""
+    lm = load_model(f"tiny:{family}")
+    windows = [Window(1, 3), Window(1, 1), Window(2, 1)]
+    kw = dict(sites=["attn", "mlp", "resid"], windows=windows, positions=[-1, (-1, -2)], kinds=["zero", "random"],
+              batch_size=4, progress=False)
+    fast, naive = ablate(lm, ds, **kw), ablate(lm, ds, fast=False, **kw)
+    assert_same(fast, naive)
+    assert fast.info["token_layers"] < naive.info["token_layers"] / 3
+    kw = dict(sites=["resid", "mlp"], windows=windows, positions=[-1], pairs=6, batch_size=4, progress=False)
+    assert_same(patch(lm, ds, **kw), patch(lm, ds, fast=False, **kw))

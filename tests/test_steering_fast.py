@@ -12,6 +12,7 @@ from emolens.inputs.batching import encode
 from emolens.inputs.prompts import build_prompts
 from emolens.labels import EMOTIONS
 from emolens.model.loading import load_model
+from emolens.model.tiny import TINY_FAMILIES
 from emolens.readout import LabelReader
 from emolens.steering.apply import steer_positions, steering_op
 from emolens.steering.sweep import Condition, run_conditions, sweep
@@ -43,8 +44,12 @@ def _conditions(lm, position="last", n=3, scale=3.0):
     return out
 
 
-@pytest.mark.parametrize("family", ["llama", "gemma3_text", "qwen2", "gemma2", "gpt2"])
+@pytest.mark.parametrize("family", TINY_FAMILIES)
 def test_fast_path_equals_full_forward_on_left_padded_batches(family, stim):
+    """Last-token steering on the KV prefix, starting at the window's first layer (the ``(1,)``
+    conditions replay layer 0), stacked and scored by the labels' head rows, equals full forwards
+    through every layer with the full head, on every tiny family (gemma2's soft-capped logits,
+    the gemmas' sliding windows included)."""
     lm = load_model(f"tiny:{family}")
     prompts = build_prompts(stim.texts, None, lm.tokenizer)
     lengths = [len(lm.tokenizer(p.text)["input_ids"]) for p in prompts]
@@ -136,3 +141,27 @@ def test_cache_budget_only_changes_how_many_conditions_share_a_forward(tiny_llam
     one_clean, one = run_conditions(lm, prompts, reader, conds, batch_size=4, fast_cache_bytes=1)
     for a, b in zip(one + list(one_clean.values()), wide + list(wide_clean.values()), strict=True):
         np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma2", "gpt2"])
+def test_label_head_is_taken_when_it_reproduces_the_model_and_dropped_when_not(family, stim):
+    """Suffix steps score the labels from their head rows only when the first step's check against
+    the model's own logits passes; a head that does not reproduce them (here: a wrong soft cap)
+    is dropped for good, and the scores are still the full head's."""
+    lm = load_model(f"tiny:{family}")
+    prompts = build_prompts(stim.texts[:4], None, lm.tokenizer)
+    reader, _ = _readers(lm, prompts[0])
+    batch = encode(lm.tokenizer, prompts)
+    prefix = Prefix(prefix_cache(lm.model, batch), 1)
+    op = steering_op([1], torch.randn(2 * len(batch), 1, lm.sites.d_model, generator=torch.Generator().manual_seed(3)),
+                     steer_positions("last"))
+    want = torch.log_softmax(ConditionRunner(lm, reader).run(batch, [op], prefix, times=2)[0].double(), -1)
+    fast = ConditionRunner(lm, reader, label_logits=True)
+    got = fast.run(batch, [op], prefix, times=2)[0]
+    assert fast.heads.usable is True
+    torch.testing.assert_close(got.double(), want, atol=1e-5, rtol=0)
+    wrong = ConditionRunner(lm, reader, label_logits=True)
+    wrong.heads.cap = 0.5  # no model here caps logits at 0.5
+    got = wrong.run(batch, [op], prefix, times=2)[0]
+    assert wrong.heads.usable is False
+    torch.testing.assert_close(torch.log_softmax(got.double(), -1), want, atol=1e-5, rtol=0)

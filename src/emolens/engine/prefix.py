@@ -23,12 +23,14 @@ from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 from emolens.inputs.batching import Batch
 
 
-def tile_cache(cache, times: int):
+def tile_cache(cache, times: int, first: int = 0):
     """A copy of a key/value ``cache`` with every layer's batch stacked ``times`` over (row = t * B + i).
 
     Layers are copied shallowly and their tensors re-made (``repeat``), so running a forward on the
     copy never touches ``cache``; ``times = 1`` forks a cache for a continuation (the dynamic
-    layers' ``update`` rebinds its tensors instead of writing into them). Returns ``None`` for a
+    layers' ``update`` rebinds its tensors instead of writing into them). Layers below ``first``
+    are shared untiled: a forward that starts at layer ``first`` (:mod:`emolens.engine.replay`)
+    never reads them, and tiling them is most of a short suffix step's memory traffic. Returns ``None`` for a
     cache this cannot copy safely (static, quantised, indexed or linear-attention layers), so callers
     fall back to full forwards.
     """
@@ -38,9 +40,9 @@ def tile_cache(cache, times: int):
         return None
     new = copy.copy(cache)
     new.layers = []
-    for layer in layers:
+    for i, layer in enumerate(layers):
         twin = copy.copy(layer)
-        if layer.is_initialized and layer.keys is not None and layer.keys.ndim == 4:
+        if i >= first and layer.is_initialized and layer.keys is not None and layer.keys.ndim == 4:
             twin.keys = layer.keys.repeat(times, 1, 1, 1) if times > 1 else layer.keys
             twin.values = layer.values.repeat(times, 1, 1, 1) if times > 1 else layer.values
         new.layers.append(twin)
@@ -95,12 +97,13 @@ def extend_prefix(model, batch: Batch, cache, m_from: int, m_to: int):
     return fork
 
 
-def suffix_inputs(batch: Batch, prefix, m: int = 1, times: int = 1) -> dict:
-    """Model inputs of the last ``m`` tokens, the batch stacked ``times`` over, on a copy of ``prefix``."""
+def suffix_inputs(batch: Batch, prefix, m: int = 1, times: int = 1, first: int = 0) -> dict:
+    """Model inputs of the last ``m`` tokens, the batch stacked ``times`` over, on a copy of ``prefix``
+    (tiled from layer ``first`` on: see :func:`tile_cache`)."""
     return dict(input_ids=batch.input_ids[:, -m:].repeat(times, 1),
                 attention_mask=batch.attention_mask.repeat(times, 1),
                 position_ids=batch.position_ids[:, -m:].repeat(times, 1),
-                cache=tile_cache(prefix, times), use_cache=True)
+                cache=tile_cache(prefix, times, first), use_cache=True)
 
 
 def suffix_mask(batch: Batch, m: int = 1, times: int = 1) -> torch.Tensor:

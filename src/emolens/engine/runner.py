@@ -49,7 +49,7 @@ from emolens.engine.intervention import Intervention, unwrap
 from emolens.engine.ops import Op
 from emolens.engine.prefix import bytes_per_row, extend_prefix, prefix_cache, suffix_inputs, suffix_mask
 from emolens.engine.replay import layer_outputs, start_at
-from emolens.engine.scoring import LabelScorer
+from emolens.engine.scoring import LabelHead, LabelScorer
 from emolens.inputs.batching import Batch
 from emolens.model.sites import GLOBAL_SITES
 
@@ -107,14 +107,20 @@ class ConditionRunner:
 
     ``skip`` (default on) lets forwards start at the first edited layer; ``stack_rows`` is how many
     rows (batch copies x batch) :meth:`conditions` may stack into one forward (the batch size
-    itself: no stacking).
+    itself: no stacking). ``label_logits`` (single-token labels only): suffix steps score the
+    labels from the labels' rows of the output head only, as log-probabilities renormalised over
+    the labels -- for analyses that only compare labels (steering), which must renormalise every
+    score over the labels (full forwards keep the full head's; the two differ by a per-row
+    constant); see :class:`~emolens.engine.scoring.LabelHead`.
     """
 
     def __init__(self, lm, scorer: LabelScorer, prefix_bytes: int = 2 ** 30, counter: WorkCounter | None = None,
-                 skip: bool = True, stack_rows: int = 64):
+                 skip: bool = True, stack_rows: int = 64, label_logits: bool = False):
         self.lm = lm
         self.model, self.sites = unwrap(lm)
         self.scorer = scorer
+        #: ``label_logits``: scores renormalised over the labels, from the labels' rows of the output head only
+        self.heads = LabelHead(self.model, self.sites, scorer) if label_logits and scorer.single_token else None
         self.prefix_bytes = prefix_bytes
         self.counter = counter if counter is not None else WorkCounter()
         self.skip = skip
@@ -184,11 +190,11 @@ class ConditionRunner:
     # -- one forward ---------------------------------------------------------------------------
 
     def _forward(self, batch: Batch, ops: Sequence[Op], prefix: Prefix | None, times: int, start: int = 0,
-                 hidden: torch.Tensor | None = None, stop: int | None = None):
+                 hidden: torch.Tensor | None = None, stop: int | None = None, heads_only: bool = False):
         """One model forward of ``batch`` x ``times`` under ``ops``: ``(output, kwargs, intervention, rows)``."""
         rows = repeat_batch(batch, times)
         if prefix is not None:
-            kwargs = suffix_inputs(batch, prefix.cache, prefix.m, times)
+            kwargs = suffix_inputs(batch, prefix.cache, prefix.m, times, start if hidden is not None else 0)
             run = Intervention(self.lm, list(ops), batch_mask=suffix_mask(batch, prefix.m, times),
                                spans=rows.span_masks, suffix=True)
         else:
@@ -202,6 +208,8 @@ class ConditionRunner:
             if stop is not None:  # only hidden states are wanted: stop after layer stop - 1
                 with _stop_before(self.sites, stop):
                     self.model(**kwargs, logits_to_keep=1)
+            elif heads_only:
+                out = self.heads.backbone(**kwargs)
             else:
                 out = self.model(**kwargs, logits_to_keep=1)
         return out, kwargs, run, rows
@@ -218,8 +226,18 @@ class ConditionRunner:
         :meth:`clean_hidden`). Scores come back on the CPU, or where the model is with ``device``.
         """
         with self.counter.counting(self.lm):
-            out, kwargs, run, rows = self._forward(batch, ops, prefix, times, start, hidden)
-            scores = self.scorer.score(self.model, rows, out.logits[:, -1], kwargs["cache"]).float()
+            # the label head on suffix steps, where the output head is most of the work; a full forward's
+            # T tokens dwarf it, and keeping the full head there keeps it bit-identical to the naive path
+            if self.heads is not None and self.heads.usable is not False and prefix is not None:
+                out, kwargs, run, rows = self._forward(batch, ops, prefix, times, start, hidden, heads_only=True)
+                scores = self.heads.scores(out.last_hidden_state[:, -1])
+                if self.heads.usable is None:  # first use: the model's own head must agree, else never again
+                    full, _, _, _ = self._forward(batch, ops, prefix, times, start, hidden)
+                    if not self.heads.check(scores, full.logits[:, -1]):
+                        scores = self.heads.renormalised(full.logits[:, -1])
+            else:
+                out, kwargs, run, rows = self._forward(batch, ops, prefix, times, start, hidden)
+                scores = self.scorer.score(self.model, rows, out.logits[:, -1], kwargs["cache"]).float()
         return (scores if device else scores.cpu()), run.captures
 
     @torch.no_grad()

@@ -149,6 +149,10 @@ def run_conditions(lm, prompts, reader: LabelScorer, conditions: Sequence[Condit
     each item batch runs its first ``T - 1`` tokens once, and every condition of every window
     then runs only the cue token on a tiled copy of that cache (``fast_rows`` rows per forward, fewer
     where the tiled cache would exceed ``fast_cache_bytes``).
+    Every forward starts at its window's first layer (the layers below replay the batch's clean
+    hidden states), and with single-token labels only the labels' rows of the output head are
+    computed. Scores are log-probabilities renormalised over the labels (every steering metric
+    renormalises anyway); ``fast=False`` is the naive path: full forwards, every layer, full head.
     ``info`` (a dict), when given, receives ``fast_path`` (the positions that took it) and the
     runner's ``forwards`` and ``token_layers`` (tokens run x decoder layers).
     """
@@ -165,7 +169,9 @@ def run_conditions(lm, prompts, reader: LabelScorer, conditions: Sequence[Condit
     total = sum(len(v) + 1 for v in groups.values()) * N
     bar = tqdm(total=total, desc="steer", unit="row", disable=not progress, leave=False)
 
-    runner = ConditionRunner(lm, reader, prefix_bytes=0)  # each batch's prefix is made once below, never kept
+    # each batch's prefix is made once below, never kept; steering compares labels only (every metric is
+    # renormalised over them), so only the labels' rows of the output head are computed
+    runner = ConditionRunner(lm, reader, prefix_bytes=0, skip=fast is not False, label_logits=fast is not False)
     fast_keys = [key for key in groups if steer_positions(key[1]).suffix] if fast is not False else []
     took_fast = bool(fast_keys)
     for batch in iter_batches(lm.tokenizer, prompts, item_bs, lm.device):
@@ -180,7 +186,8 @@ def run_conditions(lm, prompts, reader: LabelScorer, conditions: Sequence[Condit
             took_fast = took_fast and not (m and prefix is None)  # a cache that cannot be shared: full forwards
             got = runner.stack(batch, stacks[key], lambda v, layers=layers, where=where: steering_op(layers, v, where),
                                prefix, fast_rows if prefix is not None else max_rows, fast_cache_bytes,
-                               on_rows=bar.update).double().numpy()
+                               on_rows=bar.update)
+            got = torch.log_softmax(got.double(), -1).numpy()  # over the labels, whichever head scored them
             clean[key][batch.indices] = got[0]
             for j, i in enumerate(members):
                 scores[i][batch.indices] = got[j + 1]
