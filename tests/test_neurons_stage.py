@@ -31,3 +31,4 @@ def test_neurons_stage_writes_tables_and_report_section(tmp_path):
     assert len(table) == 3 * 128 * 3 and (folder / "sparse.parquet").exists() and (folder / "ablation.parquet").exists()
     html = (result.run_dir / "report.html").read_text()
     assert "Appraisal neurons" in html and "Top neurons" in html and "Mean ablation vs matched random sets" in html
+    assert "Held-out R² of sparse" in html and "r2_lo" in html

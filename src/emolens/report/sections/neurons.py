@@ -20,6 +20,13 @@ def top_neurons(table: pd.DataFrame, appraisals=SHOWN, k: int = 5) -> pd.DataFra
     return rows.sort_values(["appraisal", "rank"])[cols]
 
 
+def sparse_summary(sparse: pd.DataFrame, appraisals=SHOWN, ks=(1, 16)) -> pd.DataFrame:
+    """R² (with its 95% held-out interval where the table has one) at a few k and dense, shown appraisals."""
+    rows = sparse[sparse["appraisal"].isin(appraisals) & (sparse["k"].isin(ks) | (sparse["kind"] == "dense"))]
+    cols = [c for c in ("appraisal", "layer", "kind", "k", "r2", "r2_lo", "r2_hi", "n_train", "n_test") if c in rows]
+    return rows.sort_values(["appraisal", "layer", "k"])[cols]
+
+
 @section("neurons", "Appraisal neurons", 80)
 def neurons_section(mr: ModelRun) -> str:
     ok, why = mr.stage_status("neurons")
@@ -38,6 +45,9 @@ def neurons_section(mr: ModelRun) -> str:
         if (folder / name).exists():
             body += img((folder / name).read_bytes(), alt)
     body += "<h3>Top neurons</h3>" + table_html(top_neurons(table))
+    if (folder / "sparse.parquet").exists():
+        body += "<h3>Held-out R² of sparse (top-k) and dense probes</h3>" + table_html(
+            sparse_summary(pd.read_parquet(folder / "sparse.parquet")))
     if (folder / "ablation.parquet").exists():
         ablation = pd.read_parquet(folder / "ablation.parquet")
         cols = [c for c in ("appraisal", "target", "k", "n_items", "n_sets", "effect", "effect_lo", "effect_hi",
