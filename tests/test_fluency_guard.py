@@ -83,3 +83,26 @@ def test_character_loop_is_judged_against_the_clean_reply():
     text = "Sure!!!!!!!!!! ok"
     assert text_stats(text)["charloop"] == pytest.approx(10 / 16)  # 10 of the 16 non-space characters
     assert fluency_flags(text, -2.0, (FLUENT, -2.0)) == ["charloop", "charloop_vs_clean"]
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3_text", "qwen2"])
+def test_shared_prefix_generation_equals_one_generate_per_setting(family, monkeypatch):
+    """Clean and steered replies generated on one shared prompt prefix equal separate ``generate`` calls."""
+    from emolens.steering import generation
+    from emolens.steering.generation import generate_conditions, generate_steered
+
+    lm = load_model(f"tiny:{family}")
+    made = []
+    real = generation._prompt_prefix
+    monkeypatch.setattr(generation, "_prompt_prefix", lambda *a: made.append(real(*a)) or made[-1])
+    texts = ["I lost my job today and I do not know what to tell my family", "My sister did not call",
+             "The scan was clear", "We argued again last night about money and the kids"]
+    torch.manual_seed(0)
+    layers = [0, 1]
+    strong = torch.randn(2, lm.model.config.hidden_size) * 4
+    settings = [None, (layers, strong), (layers, strong * 0)]
+    got = generate_conditions(lm, texts, settings, "generated", max_new_tokens=8, batch_size=3)
+    want = [generate_steered(lm, texts, *(s or (None, None)), "generated", 8, 3) for s in settings]
+    assert got == want
+    assert got[1] != got[0] and got[2] == got[0]  # the hook is live, and a zero vector changes nothing
+    assert len(made) == 2 and all(c is not None for c in made)  # both batches took the shared prefix

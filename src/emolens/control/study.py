@@ -49,7 +49,7 @@ from emolens.labels import EMOTIONS
 from emolens.metrics import wilson_interval
 from emolens.steering.apply import mean_resid_norm, scaled
 from emolens.steering.directions import capture_resid, combine, compute_bank, format_terms, parse_direction
-from emolens.steering.generation import continuation_logprob, fluency_flags, generate_steered
+from emolens.steering.generation import continuation_logprob, fluency_flags, generate_conditions
 
 #: A steered reply is "worse" when its VADER compound falls this far below the clean reply's.
 WORSE_VALENCE_DROP = 0.5
@@ -165,23 +165,55 @@ def _cache(out: Path, fingerprint: dict, overwrite: bool) -> Path:
             raise EmolensError(f"{str(out)!r} holds a control run with other settings",
                                "use another --out, or pass --overwrite to replace it")
     elif manifest.exists():
-        for f in gen.glob("*.parquet"):
+        for f in [*gen.glob("*.parquet"), *gen.glob("directions.pt")]:
             f.unlink()
     gen.mkdir(parents=True, exist_ok=True)
     manifest.write_text(json.dumps(fingerprint, indent=2))
     return gen
 
 
-def _generate(lm, gen: Path, name: str, texts: Sequence[str], layers=None, vector=None, cfg: ControlConfig = None
-              ) -> list[str]:
-    path = gen / f"{hashlib.sha256(name.encode()).hexdigest()[:12]}.parquet"
-    if path.exists():
-        return pd.read_parquet(path)["reply"].tolist()
-    replies = generate_steered(lm, texts, layers, vector, cfg.position, cfg.max_new_tokens, cfg.batch_size)
-    tmp = path.with_suffix(".tmp")
-    pd.DataFrame({"condition": name, "reply": replies}).to_parquet(tmp)
-    tmp.replace(path)
+def _reply_file(gen: Path, name: str) -> Path:
+    return gen / f"{hashlib.sha256(name.encode()).hexdigest()[:12]}.parquet"
+
+
+def _generate_all(lm, gen: Path, conditions: Sequence[tuple], layers: Sequence[int], cfg: ControlConfig,
+                  progress=print) -> dict[str, list[str]]:
+    """Replies per condition, from the cache or generated; conditions on the same prompts that are not
+    cached yet are generated together on a shared prompt prefix (:func:`generate_conditions`), and
+    each condition's replies are cached as soon as its group is done."""
+    replies: dict[str, list[str]] = {}
+    todo: dict[tuple[str, ...], list[tuple[str, torch.Tensor | None]]] = {}
+    for cond, _, _, _, texts, vec in conditions:
+        path = _reply_file(gen, cond)
+        if path.exists():
+            replies[cond] = pd.read_parquet(path)["reply"].tolist()
+        else:
+            todo.setdefault(tuple(texts), []).append((cond, vec))
+    for texts, group in todo.items():
+        progress(f"control: generating {', '.join(c for c, _ in group)} ({len(texts)} prompts each)")
+        settings = [None if vec is None else (layers, vec) for _, vec in group]
+        for (cond, _), got in zip(group, generate_conditions(lm, list(texts), settings, cfg.position,
+                                                             cfg.max_new_tokens, cfg.batch_size), strict=True):
+            path = _reply_file(gen, cond)
+            tmp = path.with_suffix(".tmp")
+            pd.DataFrame({"condition": cond, "reply": got}).to_parquet(tmp)
+            tmp.replace(path)
+            replies[cond] = got
     return replies
+
+
+def _fitted_vectors(lm, gen: Path, fit: EmotionDataset, directions: Sequence[str], layers: Sequence[int]
+                    ) -> dict[str, tuple[str, torch.Tensor]]:
+    """:func:`steering_vectors`, cached beside the replies (the fit is a pass over every fit item, and a
+    resumed run must steer with the very same vectors)."""
+    path = gen / "directions.pt"
+    if path.exists():
+        saved = torch.load(path, weights_only=True)
+        return {name: (saved["kinds"][name], saved["vectors"][name]) for name in saved["kinds"]}
+    vectors = steering_vectors(lm, fit, directions, layers)
+    torch.save({"kinds": {n: k for n, (k, _) in vectors.items()}, "vectors": {n: v for n, (_, v) in vectors.items()}},
+               path)
+    return vectors
 
 
 def _flag_replies(frame: pd.DataFrame, prompts_by_cond: dict[str, list[str]], lm) -> pd.DataFrame:
@@ -253,7 +285,7 @@ def run_control(lm, dataset: EmotionDataset, out: str | Path, fit: EmotionDatase
     plain = [p.text for p in reply_prompts(dataset.texts, form, lm.tokenizer)]
     instructed = [p.text for p in reply_prompts(dataset.texts, form, lm.tokenizer, cfg.instruction)]
     progress(f"control: fitting {len(cfg.directions)} direction(s) on {len(fit)} {fit.name} items, layers {layers}")
-    vectors = steering_vectors(lm, fit, cfg.directions, layers)
+    vectors = _fitted_vectors(lm, gen, fit, cfg.directions, layers)
     fitted = direction_fit_summary(fit, vectors)
     ref = mean_resid_norm(lm, _bare(plain), layers, cfg.position) if cfg.scale == "relative" else None
     steered = {f"{name}@{b:g}": (name, kind, float(b), scaled(unit, b, cfg.scale, ref))
@@ -262,13 +294,13 @@ def run_control(lm, dataset: EmotionDataset, out: str | Path, fit: EmotionDatase
     conditions += [(cond, kind, name, b, plain, vec) for cond, (name, kind, b, vec) in steered.items()]
     frames, prompts_by_cond = [], {}
     domains = dataset.meta["domain"].tolist() if "domain" in dataset.meta else [None] * len(dataset)
-    for i, (cond, kind, direction, beta, texts, vec) in enumerate(conditions, start=1):
-        progress(f"control: generating {cond} ({i}/{len(conditions)})")
-        replies = _generate(lm, gen, cond, texts, layers if vec is not None else None, vec, cfg)
+    generated = _generate_all(lm, gen, conditions, layers, cfg, progress)
+    for cond, kind, direction, beta, texts, _ in conditions:
         prompts_by_cond[cond] = list(texts)
         frames.append(pd.DataFrame({"id": dataset.ids, "domain": domains, "emotion": dataset.labels,
                                     "message": dataset.texts, "condition": cond, "kind": kind,
-                                    "direction": direction, "beta": beta, "form": form, "reply": replies}))
+                                    "direction": direction, "beta": beta, "form": form,
+                                    "reply": generated[cond]}))
     replies = pd.concat(frames, ignore_index=True)
     progress(f"control: judging {len(replies)} replies with {', '.join(cfg.judges)}")
     scores = judge_texts(replies["reply"].tolist(), make_judges(cfg.judges, lm))

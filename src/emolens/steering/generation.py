@@ -133,6 +133,63 @@ def generate_steered(lm, texts: Sequence[str], layers: Sequence[int] | None = No
     return out
 
 
+@torch.no_grad()
+def generate_conditions(lm, texts: Sequence[str], settings: Sequence[tuple[Sequence[int], torch.Tensor] | None],
+                        position: str = "generated", max_new_tokens: int = 24, batch_size: int = 8
+                        ) -> list[list[str]]:
+    """Greedy continuations of ``texts`` under each of ``settings`` (``(layers, vector)``, or ``None``
+    for unsteered): one list of replies per setting, each equal to :func:`generate_steered`'s.
+
+    Steering at ``generated`` changes nothing before a prompt's last token, so every setting
+    shares the clean key/value cache of each batch's prompts but their last token: it is computed
+    once per batch and forked per setting, and each setting's ``generate`` runs only the last
+    prompt token and the new tokens. With five settings on one prompt set this removes four of
+    the five prompt prefills, which dominate short replies on a CPU. Other positions, or a cache
+    that cannot be forked safely, run :func:`generate_steered` per setting.
+    """
+    if position != "generated" or len(settings) < 2:
+        return [generate_steered(lm, texts, *(s or (None, None)), position, max_new_tokens, batch_size)
+                for s in settings]
+    tok = lm.tokenizer
+    tok.padding_side = "left"
+    out: list[list[str]] = [[] for _ in settings]
+    for s in range(0, len(texts), batch_size):
+        enc = tok(list(texts[s:s + batch_size]), return_tensors="pt", padding=True).to(lm.device)
+        prefix = _prompt_prefix(lm, enc["input_ids"], enc["attention_mask"])
+        for k, setting in enumerate(settings):
+            kw = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
+            if prefix is not None:
+                kw["cache"] = tile_cache(prefix, 1)
+            if setting is None:
+                gen = lm.model.generate(**enc, **kw)
+            else:
+                layers, vector = setting
+                pmask = steer_positions(position).mask(enc["attention_mask"])
+                op = steering_op(layers, vector.to(lm.device, lm.dtype), pmask, every_token=True)
+                with Intervention(lm, [op]):
+                    gen = lm.model.generate(**enc, **kw)
+            new = gen[:, enc["input_ids"].shape[1]:]
+            out[k].extend(tok.decode(row, skip_special_tokens=True) for row in new)
+    return out
+
+
+def _prompt_prefix(lm, ids: torch.Tensor, mask: torch.Tensor):
+    """The clean cache of a left-padded batch's every column but the last, with ``generate``'s position
+    ids (``None``: the batch is too short, or the cache cannot be forked)."""
+    if ids.shape[1] < 2 or not bool(mask[:, -1].bool().all()) or int(mask[:, :-1].sum(1).min()) < 1:
+        return None
+    try:
+        cache = DynamicCache(config=lm.model.config)
+    except Exception:  # noqa: BLE001 - a config DynamicCache cannot build: no shared prefix
+        return None
+    positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
+    lm.model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1], cache=cache,
+             use_cache=True, logits_to_keep=1)
+    if cache.get_seq_length() != ids.shape[1] - 1 or tile_cache(cache, 1) is None:
+        return None
+    return cache
+
+
 _WORD = re.compile(r"\S+")
 #: A line that reads as source code rather than prose: imports, definitions, assignments,
 #: statement punctuation at the end, calls on dotted names, comment markers.
