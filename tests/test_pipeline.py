@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -119,6 +120,32 @@ def test_run_writes_stages_and_report(base_run):
     assert "the ablate stage was not requested" in html  # absent sections say so
     meta = json.loads((run_dir / "run.json").read_text())
     assert meta["models"]["tiny-llama"]["n_layers"] == 3
+
+
+def test_every_stage_records_its_model_work_against_the_plain_forward_floor(base_run):
+    """The readout's work is derived from its batches (one forward each over B x T tokens in each of
+    the 3 layers); the probe stage runs no model; run.json, stage.json and the report carry it."""
+    from emolens.causal.common import make_batches
+    from emolens.inputs.prompts import build_prompts
+    from emolens.model.loading import load_model
+
+    cfg, result = base_run
+    run_dir = result.run_dir
+    work = {s: json.loads((run_dir / "tiny-llama" / s / "stage.json").read_text())["work"] for s in cfg.stages}
+    data = result.data.dataset
+    lm = load_model("tiny:llama")
+    spec = dataclasses.replace(cfg.prompt_spec(), labels=tuple(data.label_names))
+    shapes = [tuple(b.input_ids.shape) for b in make_batches(lm, build_prompts(data.texts, spec, lm.tokenizer), 16)]
+    assert work["readout"]["forwards"] == len(shapes)
+    assert work["readout"]["token_layers"] == sum(B * T for B, T in shapes) * 3
+    assert work["probe"]["forwards"] == work["probe"]["token_layers"] == 0
+    for w in work.values():
+        assert w["floor_rate"] > 0 and w["seconds"] > 0
+        assert w["floor_s"] == pytest.approx(w["token_layers"] / w["floor_rate"], rel=1e-3, abs=1e-4)
+    meta = json.loads((run_dir / "run.json").read_text())
+    assert meta["stages"]["tiny-llama"]["readout"]["work"]["forwards"] == len(shapes)
+    html = (run_dir / "report.html").read_text()
+    assert "Model work per stage" in html and "token_layers" in html
 
 
 def test_rerun_skips_cached_stages(base_run):

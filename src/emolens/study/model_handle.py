@@ -1,5 +1,9 @@
 """A study's model, loaded on first use: a fully cached run never loads weights.
 
+Once loaded, a :class:`~emolens.engine.accounting.WorkCounter` counts every forward any stage
+makes, so each stage records its model work; :meth:`ModelHandle.plain_rate` measures the
+plain-forward floor it is priced at.
+
 Stage keys need the model's weights id and dtype without loading it (:func:`model_identity`);
 ``run.json`` records what a stage that did load it saw (:func:`model_info`).
 """
@@ -7,7 +11,9 @@ Stage keys need the model's weights id and dtype without loading it (:func:`mode
 from __future__ import annotations
 
 import gc
+import time
 
+from emolens.engine.accounting import Work, WorkCounter, plain_forward_rate
 from emolens.model.loading import _resolve_weights, load_model, placement_device, resolve_dtype
 from emolens.study.config import StudyConfig, model_slug
 
@@ -28,6 +34,8 @@ class ModelHandle:
         self.cfg = cfg
         self._lm = None
         self._identity: str | None = None
+        self.counter: WorkCounter | None = None
+        self.rate: dict | None = None
 
     @property
     def identity(self) -> str:
@@ -44,14 +52,30 @@ class ModelHandle:
     def lm(self):
         if self._lm is None:
             self._lm = load_model(self.spec, **self.cfg.load_kwargs())
+            # every stage's model work is counted from here on (read-only pre-hooks; outputs unchanged)
+            self.counter = WorkCounter.attach(self._lm)
         return self._lm
+
+    def work(self) -> Work:
+        """The model work counted so far (zero before the model is loaded)."""
+        return self.counter.snapshot() if self.counter is not None else Work(seconds=time.perf_counter())
+
+    def plain_rate(self, prompts) -> dict | None:
+        """Token-layers per second of plain forwards over one batch of ``prompts`` (measured once, the
+        first time a stage has loaded the model): the floor each stage's work is priced at."""
+        if self.rate is None and self.loaded and len(prompts):
+            got = plain_forward_rate(self.lm, prompts[: self.cfg.batch_size], self.cfg.batch_size)
+            self.rate = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in got.items()}
+        return self.rate
 
     @property
     def loaded(self) -> bool:
         return self._lm is not None
 
     def release(self) -> None:
-        self._lm = None
+        if self.counter is not None:
+            self.counter.detach()
+        self._lm, self.counter = None, None
         gc.collect()
 
 

@@ -26,7 +26,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from emolens import __version__
+from emolens.engine.accounting import Work, stage_row
 from emolens.errors import EmolensError
+from emolens.inputs.prompts import build_prompts
 from emolens.paths import dump_json
 from emolens.report.runs import DONE, read_stage
 from emolens.study.config import StudyConfig
@@ -57,6 +59,7 @@ class StageOutcome:
     seconds: float = 0.0
     note: str = ""
     key: str = ""
+    work: dict | None = None
 
 
 def run_stage(ctx: StageContext, sdef: StageDef, echo=print) -> StageOutcome:
@@ -81,8 +84,10 @@ def run_stage(ctx: StageContext, sdef: StageDef, echo=print) -> StageOutcome:
     start = time.perf_counter()
     started = now()
     load_before = ctx.model.loaded
+    work_before = ctx.model.work()
     summary = sdef.run(ctx)
     seconds = time.perf_counter() - start
+    work = stage_work(ctx, sdef.name, work_before, seconds)
     rec = {"stage": sdef.name, "model": ctx.model.spec, "key": ctx.key, "status": "done", "started": started,
            "finished": now(), "seconds": round(seconds, 3), "resumed": ctx.resumed,
            "model_load_seconds": round(ctx.model.lm.load_seconds, 3) if ctx.model.loaded and not load_before else 0.0,
@@ -90,10 +95,32 @@ def run_stage(ctx: StageContext, sdef: StageDef, echo=print) -> StageOutcome:
                       "dataset": ctx.data.fingerprint, "prompt": ctx.prompt.fingerprint(),
                       "upstream": {k: (read_stage(v) or {}).get("key") for k, v in ctx.upstream.items()}},
            "section": STAGES[sdef.name].section(ctx.cfg), "emolens": __version__, "summary": summary,
-           "notes": ctx.notes}
+           "work": work, "notes": ctx.notes}
     (folder / ".started.json").unlink(missing_ok=True)
     dump_json(folder / "stage.json", rec)
-    return StageOutcome(slug, sdef.name, "done", seconds, note="; ".join(ctx.notes), key=ctx.key)
+    return StageOutcome(slug, sdef.name, "done", seconds, note="; ".join(ctx.notes), key=ctx.key, work=work)
+
+
+def stage_work(ctx: StageContext, name: str, before: Work, seconds: float) -> dict | None:
+    """A stage's model work (forwards, tokens, token-layers), its wall time, and -- once the model is
+    loaded -- the plain-forward floor of that work and the share of it the stage achieved
+    (:func:`~emolens.engine.accounting.stage_row`). ``None`` when the stage never touched the model."""
+    if not ctx.model.loaded:
+        return None
+    done = ctx.model.work() - before  # before the model loaded, ``before`` counts nothing
+    done.seconds = seconds
+    rate = ctx.model.plain_rate(_floor_prompts(ctx))  # once, after the first stage that loaded the model
+    row = stage_row(name, done, rate["token_layers_per_s"] if rate else None)
+    row.pop("stage")
+    return {**{k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()},
+            "floor_rate": rate["token_layers_per_s"] if rate else None}
+
+
+def _floor_prompts(ctx: StageContext):
+    try:
+        return build_prompts(ctx.dataset.texts[: ctx.cfg.batch_size], ctx.prompt, ctx.model.lm.tokenizer)
+    except EmolensError:
+        return []
 
 
 def run_step(cfg: StudyConfig, data: ResolvedData, run_dir: Path, handle: ModelHandle, name: str,

@@ -55,7 +55,7 @@ class RunRecorder:
         self.echo(_outcome_line(outcome))
         self.meta["stages"].setdefault(outcome.model, {})[outcome.stage] = {
             "status": outcome.status, "seconds": round(outcome.seconds, 3), "note": outcome.note,
-            "key": outcome.key, "at": now()}
+            "key": outcome.key, "at": now(), **({"work": outcome.work} if outcome.work else {})}
         self.meta["updated"] = now()
         dump_json(self.run_dir / "run.json", self.meta)
         self.bar.update(1)
