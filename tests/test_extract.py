@@ -108,7 +108,8 @@ def test_cli_extract(tmp_path, dataset, capsys):
     main(["extract", "--model", "tiny:gpt2", "--data", str(path), "--sites", "attn,mlp,resid",
           "--positions=-1,-2", "--readout", "--batch-size", "4", "--out", str(out)])
     store = ActivationStore.open(out)
-    assert store.read("mlp").shape[:3] == (8, 3, 2) and store.read("mlp").dtype == np.float16
+    # the default store dtype is the model's compute dtype: float32 for a CPU model
+    assert store.read("mlp").shape[:3] == (8, 3, 2) and store.read("mlp").dtype == np.float32
     assert len(store.readout()) == 8
     assert "8 items" in capsys.readouterr().out
     with pytest.raises(SystemExit) as exc:
@@ -134,3 +135,33 @@ def test_a_store_the_disk_cannot_hold_is_refused_before_any_work(tiny_llama, dat
         extract(tiny_llama, dataset, tmp_path / "store", sites=["resid", "attn"], layers="all", positions=[-1],
                 dtype="float32", progress=False)
     assert not (tmp_path / "store" / "manifest.json").exists()
+
+
+def test_store_dtype_follows_the_model_and_keeps_bfloat16_values_exactly(dataset, tmp_path):
+    """``auto`` stores a float32 model's activations as float32 and a bfloat16 model's as float16,
+    which holds bfloat16 values in its normal range bit for bit (checked against the captures)."""
+    import torch
+
+    from emolens.activations.extract import store_dtype_for
+    from emolens.engine.intervention import run_forward
+    from emolens.engine.ops import Capture
+    from emolens.inputs.batching import encode
+    from emolens.inputs.prompts import PromptSpec, build_prompts
+    from emolens.model.loading import load_model
+
+    assert [store_dtype_for("auto", d) for d in (torch.float32, torch.float16, torch.bfloat16)] == \
+        ["float32", "float16", "float16"]
+    assert store_dtype_for("float32", torch.bfloat16) == "float32"
+    with pytest.raises(EmolensError, match="storage dtype"):
+        store_dtype_for("bfloat16", torch.bfloat16)
+    lm = load_model("tiny:llama", dtype="bfloat16")
+    store = extract(lm, dataset, tmp_path / "bf16", sites=["resid"], positions=[-1], batch_size=len(dataset),
+                    progress=False)
+    assert store.manifest["identity"]["dtype"] == "float16" and store.read("resid").dtype == np.float16
+    prompts = build_prompts(dataset.texts, PromptSpec(), lm.tokenizer)
+    _, run = run_forward(lm, encode(lm.tokenizer, prompts), [Capture("resid", layers="all", positions=-1)],
+                         need_logits=False)
+    want = run.captures["resid"]  # bfloat16 [N, L, 1, d]
+    assert want.dtype == torch.bfloat16
+    got = torch.from_numpy(np.array(store.read("resid"))).to(torch.bfloat16)
+    assert torch.equal(got, want)

@@ -31,6 +31,21 @@ from emolens.model.sites import SITES
 _TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
 
+def store_dtype_for(name: str, model_dtype: torch.dtype) -> str:
+    """The store dtype ``name`` stands for: ``auto`` is the model's compute dtype where a store holds it.
+
+    A float32 model stores float32 (nothing is lost on a CPU), a float16 model float16 (half the
+    disk of float32 for the same values). A bfloat16 model stores float16: it has more mantissa bits
+    (10 vs 7) and covers bfloat16's values exactly between 2^-14 and 65504, so the activations are
+    kept bit for bit at half of float32's size; a value outside that range is refused by the
+    finite-value check with the fix (``float32``). ``float32`` and ``float16`` are taken as given.
+    """
+    if name != "auto":
+        storage_dtype(name)
+        return name
+    return "float32" if model_dtype == torch.float32 else "float16"
+
+
 def parse_sites(sites: str | Sequence[str]) -> list[str]:
     """``"attn,mlp,resid"`` -> a list of known sites, in the order given, without repeats."""
     items = [s.strip() for s in sites.split(",")] if isinstance(sites, str) else list(sites)
@@ -95,18 +110,20 @@ def check_free_space(out: str | Path, needed: int, margin: float = 1.05) -> None
 
 
 def extract(lm, dataset, out: str | Path, sites: str | Sequence[str] = ("attn", "mlp", "resid"),
-            layers="all", positions=(-1,), spec=None, readout: bool = False, dtype: str = "float16",
+            layers="all", positions=(-1,), spec=None, readout: bool = False, dtype: str = "auto",
             batch_size: int = 16, chunk_size: int = 256, progress: bool = True,
             on_chunk: Callable[[int], None] | None = None) -> ActivationStore:
     """Extract activations of ``dataset`` under ``lm`` into the store at ``out`` (resume or reuse).
 
     ``positions`` are relative ints (−1 = answer cue) and/or span names (``context``, ``all``,
     ...; stored mean-pooled). ``on_chunk(k)`` runs after chunk ``k`` is committed (tests inject
-    kills there). Returns the complete store.
+    kills there). ``dtype`` is the store's: ``auto`` (the model's compute dtype, see
+    :func:`store_dtype_for`), ``float16`` or ``float32``. Returns the complete store.
     """
     spec = spec or PromptSpec()
     site_list = parse_sites(sites)
     pos = position_items(positions)
+    dtype = store_dtype_for(dtype, lm.dtype)
     np_dtype = storage_dtype(dtype)
     if batch_size < 1 or chunk_size < 1:
         raise EmolensError("batch and chunk sizes must be positive", "pass --batch-size 1 or more")

@@ -27,7 +27,8 @@ def register(app: typer.Typer) -> None:
                                                  "answer cue token, -2 the one before): '-1,-2', '-5:'; or span "
                                                  "names (context, instruction, shots, answer, all; mean-pooled)"),
         readout: bool = typer.Option(False, help="also store the label scores per item (readout.parquet)"),
-        dtype: str = typer.Option("float16", help="storage dtype: float16 or float32"),
+        dtype: str = typer.Option("auto", help="storage dtype: auto (the model's: float32 on CPU, float16 for a "
+                                               "bf16/fp16 model), float16 or float32"),
         limit: int = typer.Option(0, help="seeded label-stratified sample of N items (0 = all)"),
         seed: int = typer.Option(0, help="seed of the --limit sample"),
         batch_size: int = typer.Option(16, help="prompts per forward pass"),
@@ -61,7 +62,8 @@ def register(app: typer.Typer) -> None:
         check_layer_text(layers)
         parse_sites(sites)
         relative_positions(positions)
-        storage_dtype(dtype)
+        if dtype != "auto":
+            storage_dtype(dtype)
         if out.exists() and not out.is_dir():
             raise EmolensError(f"--out {str(out)!r} is a file", "pass a folder path for the store")
         spec = PromptSpec(template=template, shots=parse_shots(shots), chat=chat,

@@ -120,7 +120,9 @@ class ReadoutConfig(_Section):
 
 
 class ExtractConfig(_Section):
-    dtype: Literal["float32", "float16"] = "float32"
+    #: the store's dtype; ``auto``: the model's compute dtype (float32 on a CPU, float16 for a
+    #: float16 or bfloat16 model on a GPU; ``activations.extract.store_dtype_for``)
+    dtype: Literal["auto", "float32", "float16"] = "auto"
     chunk_size: int = Field(256, ge=1)
 
 
