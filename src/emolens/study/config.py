@@ -16,7 +16,7 @@ import json
 import re
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -346,7 +346,9 @@ class StudyConfig(_Section):
     max_memory: dict[str, str] | None = None  # per device cap with device_map, e.g. {"0": "70GiB", "cpu": "200GiB"}
     offload_folder: str | None = None  # where device_map's "disk" weights go (when they must be copied)
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    batch_size: int = Field(16, ge=1)
+    #: prompts per forward; ``auto``: chosen from the free memory of the model's device when a stage
+    #: runs (``engine.memory.auto_batch_size``: 16 on a CPU, up to 256 on a GPU)
+    batch_size: Annotated[int, Field(ge=1)] | Literal["auto"] = 16
     output: str = "runs"
 
     @field_validator("name")

@@ -14,6 +14,7 @@ import gc
 import time
 
 from emolens.engine.accounting import Work, WorkCounter, plain_forward_rate
+from emolens.engine.memory import auto_batch_size
 from emolens.model.loading import _resolve_weights, load_model, placement_device, resolve_dtype
 from emolens.study.config import StudyConfig, model_slug
 
@@ -36,6 +37,7 @@ class ModelHandle:
         self._identity: str | None = None
         self.counter: WorkCounter | None = None
         self.rate: dict | None = None
+        self._batch: int | None = None
 
     @property
     def identity(self) -> str:
@@ -56,6 +58,16 @@ class ModelHandle:
             self.counter = WorkCounter.attach(self._lm)
         return self._lm
 
+    def batch_size(self) -> int:
+        """The study's batch size; ``auto`` is chosen once from the free memory of the model's device
+        (:func:`~emolens.engine.memory.auto_batch_size`, from the model's shapes; loads the model)."""
+        if self.cfg.batch_size != "auto":
+            return int(self.cfg.batch_size)
+        if self._batch is None:
+            lm = self.lm
+            self._batch = auto_batch_size(lm.model.config, lm.device, lm.dtype)
+        return self._batch
+
     def work(self) -> Work:
         """The model work counted so far (zero before the model is loaded)."""
         return self.counter.snapshot() if self.counter is not None else Work(seconds=time.perf_counter())
@@ -64,7 +76,8 @@ class ModelHandle:
         """Token-layers per second of plain forwards over one batch of ``prompts`` (measured once, the
         first time a stage has loaded the model): the floor each stage's work is priced at."""
         if self.rate is None and self.loaded and len(prompts):
-            got = plain_forward_rate(self.lm, prompts[: self.cfg.batch_size], self.cfg.batch_size)
+            size = self.batch_size()
+            got = plain_forward_rate(self.lm, prompts[:size], size)
             self.rate = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in got.items()}
         return self.rate
 

@@ -80,6 +80,9 @@ def run_stage(ctx: StageContext, sdef: StageDef, echo=print) -> StageOutcome:
             return StageOutcome(slug, sdef.name, "reused", float(old.get("seconds", 0.0)),
                                 note=f"from {source.parents[1].name}", key=ctx.key)
     folder.mkdir(parents=True, exist_ok=True)
+    if ctx.cfg.batch_size == "auto":  # resolved when a stage really runs (a cached run never loads the model)
+        ctx.cfg = ctx.cfg.model_copy(update={"batch_size": ctx.model.batch_size()})
+        ctx.notes.append(f"batch size {ctx.cfg.batch_size} (auto, from free memory on {ctx.model.lm.device})")
     dump_json(folder / ".started.json", {"key": ctx.key, "started": now()})
     start = time.perf_counter()
     started = now()
@@ -118,7 +121,7 @@ def stage_work(ctx: StageContext, name: str, before: Work, seconds: float) -> di
 
 def _floor_prompts(ctx: StageContext):
     try:
-        return build_prompts(ctx.dataset.texts[: ctx.cfg.batch_size], ctx.prompt, ctx.model.lm.tokenizer)
+        return build_prompts(ctx.dataset.texts[: ctx.model.batch_size()], ctx.prompt, ctx.model.lm.tokenizer)
     except EmolensError:
         return []
 
