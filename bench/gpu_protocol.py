@@ -47,6 +47,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from end_to_end import SHAPES, crowd_envent_here, install_random_shape, n_layers_of, shrink, study_config  # noqa: E402
 from machine import describe as machine  # noqa: E402
+from paths import use_paths  # noqa: E402
 
 FULL_ITEMS, FULL_CAUSAL_ITEMS = 6600, 3300
 CAUSAL = ("ablate", "patch", "knockout", "steer", "robustness")
@@ -132,6 +133,8 @@ def main() -> None:
     ap.add_argument("--dtype", default="auto", help="auto = bf16 on CUDA, fp32 on CPU")
     ap.add_argument("--batch-size", type=int, default=None, help="default 64 on CUDA, 16 on CPU")
     ap.add_argument("--json", default=None, help="also write the table and projection here")
+    ap.add_argument("--paths", default="fast", help="comma list of execution paths to run in turn, e.g. "
+                                                    "'naive,fast' for before/after in one run (bench/paths.py)")
     args = ap.parse_args()
     tiny = args.tiny
     args.limit = args.limit if args.limit is not None else (26 if tiny else 650)
@@ -151,9 +154,20 @@ def main() -> None:
         shape = shrink(SHAPES[args.model]) if tiny else SHAPES[args.model]
         install_random_shape(args.model, shape)
     state = instrument(rate_prompts=4 * args.batch_size, batch_size=args.batch_size)
-    tmp = tempfile.TemporaryDirectory(prefix="emolens-gpu-")
-    args.out = tmp.name
     n_layers = n_layers_of(args.model, shape)
+    out = {}
+    for mode in [m.strip() for m in args.paths.split(",") if m.strip()]:
+        state.work = {}
+        with use_paths(mode):
+            out[mode] = run_once(args, state, n_layers, shape, tiny, mode)
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=1, default=str))
+
+
+def run_once(args, state, n_layers: int, shape, tiny: bool, mode: str) -> dict:
+    """One study under one execution-path mode (a fresh output root: nothing reused), and its table."""
+    tmp = tempfile.TemporaryDirectory(prefix=f"emolens-gpu-{mode}-")
+    args.out = tmp.name
     cfg = study_config(args, n_layers)
 
     from emolens.study import runner
@@ -179,6 +193,7 @@ def main() -> None:
         rows.append(row)
     device = str(state.lm.device) if state.lm is not None else args.device
     dtype = str(state.lm.dtype).replace("torch.", "") if state.lm is not None else "?"
+    print(f"\n### paths: {mode}\n")
     print(f"**{args.model}{' (--tiny)' if tiny else ''}** on {device}, {dtype}; {n_items} items "
           f"({args.data}); causal/steer/robustness on {args.max_items}; every {args.layer_step}th layer; "
           f"{args.pairs} patching pairs; probes {args.probes}; batch {args.batch_size}")
@@ -202,11 +217,9 @@ def main() -> None:
           "plain-forward floor (the probe stage has no model work: its floor column is empty)")
     if device.startswith("cuda"):
         print(f"peak GPU memory: {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
-    print(f"machine: {machine(device)}")
-    if args.json:
-        Path(args.json).write_text(json.dumps({"rows": rows, "rate": state.rate, "wall_s": wall,
-                                               "args": vars(args)}, indent=1, default=str))
+    print(f"machine: {machine(device)}; load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     tmp.cleanup()
+    return {"rows": rows, "rate": state.rate, "wall_s": wall, "args": dict(vars(args))}
 
 
 if __name__ == "__main__":

@@ -528,7 +528,7 @@ def test_steer_config_keys():
     # 99 covariance-matched random directions let a permutation p reach 0.01 (issue 12)
     assert quick.steer.n_random == paper.steer.n_random == 99 and paper.steer.holdout == 0.5
     assert quick.steer.n_emotion_null == 19 and paper.steer.n_emotion_null == 99
-    assert paper.robustness.analyses == ["probe", "ablate", "patch"] and quick.robustness.analyses == ["probe"]
+    assert paper.robustness.analyses == ["probe", "ablate", "patch"] and quick.robustness.analyses == []
     assert "robustness" in quick.stages and quick.prompts.variants == "paper"
 
 
