@@ -243,19 +243,22 @@ def main() -> None:
           f"{cfg.layers if cfg.layers == 'all' else f'every {args.layer_step}th'}; positions {cfg.positions}; "
           f"probes {cfg.probe.probes} (max_iter {cfg.probe.max_iter}); "
           f"max items (causal/steer/robustness): {args.max_items or 'all'}; patching pairs {cfg.patch.pairs}\n")
-    print("| stage | status | wall s | of which model load s | summary |")
-    print("|---|---|---:|---:|---|")
+    print("| stage | status | wall s | of which model load s | forwards | token-layers | floor s | ratio | summary |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---|")
     for o in result.outcomes:
         rec = read_stage(result.run_dir / o.model / o.stage) or {}
         load = rec.get("model_load_seconds", 0.0) if o.status == "done" else 0.0
+        work = rec.get("work") or {}  # the stage's model work and its plain-forward floor (stage.json)
+        cells = [f"{work[k]:,}" if k in work else "" for k in ("forwards", "token_layers")]
+        cells += [f"{work[k]:.3g}" if work.get(k) is not None else "" for k in ("floor_s", "ratio")]
         summ = rec.get("summary", {})
         keys = [k for k in ("n", "n_items", "n_correct", "rows", "accuracy", "best_accuracy", "variants") if k in summ]
         text = ", ".join(f"{k} {summ[k]:.3g}" if isinstance(summ[k], float) else f"{k} {summ[k]}" for k in keys)
         if o.status not in ("done", "cached", "reused"):
             text = o.note[:80]
-        print(f"| {o.stage} | {o.status} | {o.seconds:.1f} | {load:.1f} | {text} |")
-    print(f"| report | done | {report_wall:.1f} | | |")
-    print(f"| **total** | | **{study_wall + report_wall:.1f}** | | data load and bookkeeping included |\n")
+        print(f"| {o.stage} | {o.status} | {o.seconds:.1f} | {load:.1f} | {' | '.join(cells)} | {text} |")
+    print(f"| report | done | {report_wall:.1f} | | | | | | |")
+    print(f"| **total** | | **{study_wall + report_wall:.1f}** | | | | | | data load and bookkeeping included |\n")
     if device.startswith("cuda"):
         print(f"peak GPU memory: {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB\n")
     print(f"machine: {machine(device)}")
