@@ -457,9 +457,9 @@ def test_steer_stage_best_alignment_and_generations_in_the_best_window(steer_run
     cfg, result = steer_run
     folder = result.run_dir / "tiny-llama/steer"
     align = pd.read_parquet(folder / "alignment.parquet")
-    best = align[align.metric == "best_alignment"]
+    best = align[(align.metric == "best_alignment") & (align.reference == "ratings")]
     assert len(best) == 1 and best.n_settings.iloc[0] == 6 and best.n_random.iloc[0] == 19  # 3 windows x 2 betas
-    beyond = align[align.metric == "best_alignment_beyond_emotion"]  # the emotion-only null: 3 refits per direction
+    beyond = align[(align.metric == "best_alignment_beyond_emotion") & (align.reference == "ratings")]  # 3 refits
     assert len(beyond) == 1 and beyond.n_emotion_null.iloc[0] == 3 and beyond.null.iloc[0] == "emotion"
     assert 0.25 - 1e-12 <= beyond.p_value.iloc[0] <= 1
     summary = json.loads((folder / "stage.json").read_text())["summary"]
@@ -470,7 +470,7 @@ def test_steer_stage_best_alignment_and_generations_in_the_best_window(steer_run
     table = pd.read_parquet(folder / "steering.parquet")
     assert set(table.scale) == {cfg.steer.scale}  # the configured scale reaches the sweep
     assert 0.05 - 1e-12 <= best.p_value.iloc[0] <= 1
-    per = align[align.metric == "alignment"].dropna(subset=["value"])
+    per = align[(align.metric == "alignment") & (align.reference == "ratings")].dropna(subset=["value"])
     tops = {(int(w), float(b)) for w, b in per.loc[per.value == per.value.max(), ["window", "beta"]].to_numpy()}
     assert best.value.iloc[0] == per.value.max() and (int(best.window.iloc[0]), float(best.beta.iloc[0])) in tops
     gens = pd.read_parquet(folder / "generations.parquet")
@@ -485,6 +485,10 @@ def test_steer_stage_best_alignment_and_generations_in_the_best_window(steer_run
     assert tuple(rec["generation_window_beta"]) in setting and rec["generation_position"] == "generated"
     html = (result.run_dir / "report.html").read_text()
     assert "Best theory alignment" in html and "fit = heldout" in html and "19 norm-matched random" in html
+    # one fit item per emotion: nothing varies beyond the emotion, so no residualised direction -- said, not faked
+    assert (align.reference == "ratings").all() and "residualised" not in set(table.kind)
+    notes = json.loads((folder / "stage.json").read_text())["notes"]
+    assert any("residualised on emotion" in n for n in notes)
     assert "flagged by the fluency guard" in html and "<th>guard_flags</th>" in html
 
 

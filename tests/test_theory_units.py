@@ -47,3 +47,28 @@ def test_alignment_peak_locates_the_aligned_window_with_an_interval():
     assert peak["share_at_peak"] > 0.5 and peak["n_settings"] == 3 and peak["n_items"] == n
     one = SimpleNamespace(frame=frame, conditions=conditions[:1], scores=scores[:1], clean=result.clean)
     assert theory.alignment_peak(one, ref, {"p+": [("pleasantness", 1.0)]}) is None
+
+
+def test_steer_reports_directions_fitted_on_residualised_ratings(tmp_path, run_cli):
+    """``emolens steer`` also steers each direction refitted on ratings residualised on emotion, writes
+    its alignment rows (``reference = residualised``) against its own within-emotion refits, and says
+    so in the CLI line; ``--no-residualised`` leaves them out."""
+    out = tmp_path / "steer"
+    args = ["steer", "--model", "tiny:llama", "--data", "stimuli", "--limit", "130", "--direction",
+            "pleasantness+;pleasantness-", "--n-random", "9", "--n-emotion-null", "3", "--beta", "2,8", "--span", "1"]
+    code, line, _ = run_cli([*args, "--out", str(out)])
+    assert code == 0
+    assert "directions fit on ratings residualised on emotion" in line and "refits of the residuals" in line
+    align = pd.read_parquet(out / "alignment.parquet")
+    table = pd.read_parquet(out / "steering.parquet")
+    assert set(align.reference) == {"ratings", "residualised"}
+    resid = align[align.reference == "residualised"]
+    best = resid[resid.metric == "best_alignment_beyond_emotion"]
+    assert len(best) == 1 and best.null.iloc[0] == "emotion" and best.n_emotion_null.iloc[0] == 3
+    assert 0.25 - 1e-12 <= best.p_value.iloc[0] <= 1  # 3 refits: p cannot go below 1/4
+    assert set(table[table.kind == "residualised"].direction) == {"pleasantness+|residualised",
+                                                                  "pleasantness-|residualised"}
+    assert (table[table.kind == "residualised_null"].beta != 0).all()  # no clean rows for null refits
+    code, _, _ = run_cli([*args, "--no-residualised", "--out", str(tmp_path / "plain")])
+    assert code == 0
+    assert set(pd.read_parquet(tmp_path / "plain" / "alignment.parquet").reference) == {"ratings"}

@@ -97,6 +97,8 @@ def register(app: typer.Typer) -> None:
                                      "activations' covariance (99: p-values down to 0.01)"),
         n_emotion_null: int = typer.Option(39, help="per direction, refits on ratings permuted within each emotion: "
                                            "the null of appraisal information beyond emotion"),
+        residualised: bool = typer.Option(True, help="also steer directions refitted on ratings residualised on "
+                                          "emotion, tested against within-emotion refits of the residuals"),
         holdout: float = typer.Option(0.5, help="share of items held out: directions are fitted on the rest "
                                       "and effects measured on these (seeded, label-stratified); 0 = fit and "
                                       "steer on all items, as the paper did"),
@@ -166,7 +168,8 @@ def register(app: typer.Typer) -> None:
         from_file = bool(acts) and _directions_file(acts) is not None  # fitted elsewhere: steer every item
         plan = SteerPlan(directions=dirs, methods=[method], windows=windows, span=span, betas=betas,
                          positions=sweep_pos, scale=scale, partial=partial, fixed=fixed_list, n_random=n_random,
-                         n_emotion_null=n_emotion_null, control=None if control == "none" else control,
+                         n_emotion_null=n_emotion_null, residualised=residualised,
+                         control=None if control == "none" else control,
                          holdout=holdout, fit_given=from_file,
                          reference=reference, generations=generate, gen_position=gen_position,
                          gen_window=gen_window if gen_window in ("best", "middle") else int(gen_window),

@@ -11,11 +11,14 @@ probes (:mod:`emolens.probes.estimators`) under two protocols and always reports
     the paper's partition; C=1 and alpha=5 are the defaults. Intervals: bootstrap over test items.
 ``protocol="cv"`` (the default of these functions; ``emolens probe`` and the study default to ``paper``)
     Stratified k-fold (k=5, shuffled with the seed; plain k-fold for regression unless ``strata``
-    is given). The value is the metric of the pooled out-of-fold predictions (every item is
-    predicted exactly once) with a bootstrap 95% interval over items (``ci="bootstrap"``) -- which
-    does *not* include the variance from refitting on other training folds -- or the mean of the
-    k fold metrics with a t interval (``ci="folds"``), which does, approximately (the folds share
-    training items).
+    is given). By default (``ci="auto"`` = ``"corrected"`` under CV) the value is the mean of the k
+    fold metrics with the **Nadeau-Bengio corrected t interval**: variance ``(1/k + n_test/n_train)
+    · s²`` over the fold metrics instead of the naive ``s²/k``. Why: the k fold estimates share
+    training items, so their spread understates how much the score moves with the training set; the
+    naive t interval (``ci="folds"``) and a bootstrap of the pooled out-of-fold predictions
+    (``ci="bootstrap"``: every item predicted once, resampled, the fitted probes held fixed) both
+    leave that variance out. ``tests/test_cv_intervals.py`` measures the coverage of all three on
+    simulated data where the true expected accuracy is known (``docs/statistics.md``).
 
 Every result is a tidy frame with the columns :data:`COLUMNS`, one row per measurement; ``chance``
 is the value an uninformed predictor gets (majority share for accuracy, ``1/K`` for balanced
@@ -163,12 +166,22 @@ def _interval(boot: np.ndarray, level: float = 0.95) -> tuple[np.ndarray, np.nda
     return np.quantile(boot[:, 1:], a, axis=1), np.quantile(boot[:, 1:], 1 - a, axis=1)
 
 
-def _t_interval(folds: np.ndarray, level: float = 0.95) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Mean over folds (axis 0) with a Student-t interval."""
+def _t_interval(folds: np.ndarray, level: float = 0.95, test_train: float = 0.0
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean over folds (axis 0) with a Student-t interval of variance ``(1/k + test_train) · s²``.
+
+    ``test_train = 0`` is the naive interval (``s²/k``, folds treated as independent);
+    ``n_test / n_train`` is Nadeau & Bengio's (2003) correction for the overlap of the training sets.
+    """
     k = folds.shape[0]
     mean = folds.mean(0)
-    half = stats.t.ppf(0.5 + level / 2, k - 1) * folds.std(0, ddof=1) / math.sqrt(k)
+    half = stats.t.ppf(0.5 + level / 2, k - 1) * folds.std(0, ddof=1) * math.sqrt(1 / k + test_train)
     return mean, mean - half, mean + half
+
+
+def _test_train(folds) -> float:
+    """Mean ratio of test to training items over the folds (the Nadeau-Bengio correction term)."""
+    return float(np.mean([len(te) / max(len(tr), 1) for tr, te in folds]))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -205,11 +218,18 @@ def results_frame(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(list(rows), columns=list(COLUMNS))
 
 
-def _folds_and_ci(protocol: str, ci: str) -> None:
-    if ci not in ("bootstrap", "folds"):
-        raise EmolensError(f"unknown ci {ci!r}", "use 'bootstrap' or 'folds'")
-    if ci == "folds" and protocol == "paper":
-        raise EmolensError("ci='folds' needs several folds", "use protocol='cv' or ci='bootstrap'")
+CI_KINDS = ("auto", "bootstrap", "folds", "corrected")
+
+
+def _folds_and_ci(protocol: str, ci: str) -> str:
+    """The interval kind to use (``auto``: corrected under CV, bootstrap over test items for the paper split)."""
+    if ci not in CI_KINDS:
+        raise EmolensError(f"unknown ci {ci!r}", f"use one of {list(CI_KINDS)}")
+    if ci == "auto":
+        return "corrected" if protocol == "cv" else "bootstrap"
+    if ci in ("folds", "corrected") and protocol == "paper":
+        raise EmolensError(f"ci={ci!r} needs several folds", "use protocol='cv' or ci='bootstrap'")
+    return ci
 
 
 def _fold_chunks(X: Any, keep: np.ndarray, folds, slice_chunk: int | None, dev, dtype):
@@ -230,7 +250,7 @@ def _fold_chunks(X: Any, keep: np.ndarray, folds, slice_chunk: int | None, dev, 
 def evaluate_classifier(X: Any, y: Any, slices: Sequence[Slice], *, task: str = "emotion",
                         probe: str = "logistic", protocol: str = "cv", k: int = 5, seed: int = 42,
                         C: float = 1.0, n_classes: int | None = None, standardize: bool = False,
-                        ci: str = "bootstrap", n_boot: int = 1000, shuffled: bool = False,
+                        ci: str = "auto", n_boot: int = 1000, shuffled: bool = False,
                         drop_invalid: bool = False, probe_kwargs: Mapping[str, Any] | None = None,
                         device: str | torch.device | None = None, dtype: torch.dtype = torch.float32,
                         slice_chunk: int | None = None, convergence: bool = False) -> pd.DataFrame:
@@ -246,7 +266,7 @@ def evaluate_classifier(X: Any, y: Any, slices: Sequence[Slice], *, task: str = 
     unfinished fit, and says so in the table rather than in a log nobody reads.
     """
     slices = _check_slices(X, slices)
-    _folds_and_ci(protocol, ci)
+    ci = _folds_and_ci(protocol, ci)
     yv = np.asarray(y, dtype=np.float64)
     keep = _valid_items(np.isfinite(yv) & (yv >= 0), drop_invalid, "no label (-1 or NaN)")
     labels = yv[keep].astype(np.int64)
@@ -279,7 +299,7 @@ def evaluate_classifier(X: Any, y: Any, slices: Sequence[Slice], *, task: str = 
                 raise EmolensError(f"unknown probe {probe!r}", "use 'logistic' or 'mlp'")
             pred = logits.argmax(-1).numpy()
             preds[name][s0:s1, te] = pred
-            if ci == "folds":
+            if ci != "bootstrap":
                 sc = classification_scores(labels[te], pred, K)
                 if s0 == 0:
                     fold_scores[name].append({m: [] for m in sc})
@@ -292,11 +312,14 @@ def evaluate_classifier(X: Any, y: Any, slices: Sequence[Slice], *, task: str = 
         if convergence:
             share = converged[name].mean(1)  # a count, not an estimate: its interval is the value itself
             rows += _rows(name, "all", slices, "converged", share, share, share, len(tested), np.nan)
-        if ci == "folds":
+        if ci != "bootstrap":
             per = {m: np.stack([np.concatenate(f[m]) for f in fold_scores[name]])
                    for m in CLASSIFICATION_METRICS}
+            extra = _test_train(folds) if ci == "corrected" else 0.0
             for m in CLASSIFICATION_METRICS:
-                rows += _rows(name, "all", slices, m, *_t_interval(per[m]), len(tested), chance[m])
+                mean, lo, hi = _t_interval(per[m], test_train=extra)
+                rows += _rows(name, "all", slices, m, mean, np.clip(lo, 0, 1), np.clip(hi, 0, 1), len(tested),
+                              chance[m])
             continue
         w = _boot_weights(len(tested), n_boot, seed)
         boot = classification_scores(labels[tested], preds[name][:, tested], K, w)
@@ -308,7 +331,7 @@ def evaluate_classifier(X: Any, y: Any, slices: Sequence[Slice], *, task: str = 
 def evaluate_regressor(X: Any, Y: Any, slices: Sequence[Slice], names: Sequence[str] | None = None, *,
                        task: str = "appraisal", protocol: str = "cv", k: int = 5, seed: int = 42,
                        alpha: float | str | Sequence[float] = 5.0, standardize: bool = False,
-                       strata: np.ndarray | None = None, ci: str = "bootstrap", n_boot: int = 1000,
+                       strata: np.ndarray | None = None, ci: str = "auto", n_boot: int = 1000,
                        shuffled: bool = False, drop_invalid: bool = False,
                        device: str | torch.device | None = None, dtype: torch.dtype = torch.float32,
                        slice_chunk: int | None = None) -> pd.DataFrame:
@@ -319,7 +342,7 @@ def evaluate_regressor(X: Any, Y: Any, slices: Sequence[Slice], names: Sequence[
     k folds stratified. ``shuffled=True`` adds task ``"<task>/shuffled"`` (rows of Y permuted).
     """
     slices = _check_slices(X, slices)
-    _folds_and_ci(protocol, ci)
+    ci = _folds_and_ci(protocol, ci)
     Yv = np.asarray(Y, dtype=np.float64)
     Yv = Yv[:, None] if Yv.ndim == 1 else Yv
     T = Yv.shape[1]
@@ -346,18 +369,18 @@ def evaluate_regressor(X: Any, Y: Any, slices: Sequence[Slice], names: Sequence[
                                    dtype=dtype)
             pred = probes.linear_logits(Xte, fit.coef, fit.intercept, dev, dtype, None).double().numpy()
             preds[name][s0:s1, te] = pred
-            if ci == "folds":
+            if ci != "bootstrap":
                 fold_scores[name][fi].append(regression_scores(Yk[te], pred))
     tested = np.concatenate([te for _, te in folds])
     Yt = Yk[tested]
     chance = {"r2": np.zeros(T), "pearson": np.zeros(T), "spearman": np.zeros(T), "mse": Yt.var(0)}
     rows: list[dict] = []
     for name in variants:
-        if ci == "folds":
+        if ci != "bootstrap":
             per = {m: np.stack([np.concatenate([c[m] for c in f]) for f in fold_scores[name]])
                    for m in REGRESSION_METRICS}  # [F, S, T]
             for m in REGRESSION_METRICS:
-                mean, lo, hi = _t_interval(per[m])
+                mean, lo, hi = _t_interval(per[m], test_train=_test_train(folds) if ci == "corrected" else 0.0)
                 for t, tname in enumerate(names):
                     rows += _rows(name, tname, slices, m, mean[:, t], lo[:, t], hi[:, t], len(tested),
                                   chance[m][t])

@@ -16,6 +16,9 @@ from emolens.report.plotting import main_position, numeric_positions
 from emolens.report.robustness_figures import ROBUSTNESS_METRICS, readout_rows
 from emolens.report.runs import ModelRun, relative_depth
 
+#: ``reference`` of the alignment rows of directions fitted on residualised ratings (``steering.theory``).
+RESIDUALISED = "residualised"
+
 
 def promotion_success(table: pd.DataFrame) -> pd.DataFrame:
     """Emotion promotion rows of a steering table: success on the promoted label, by window and beta.
@@ -100,6 +103,9 @@ def findings(mr: ModelRun) -> dict[str, Any]:
     if len(top):
         out["steer_peak"] = {"layer": int(top.idxmax()), "value": float(top.max()), "beta": float(promo.beta.max())}
     align = mr.table("alignment")
+    resid = None if align is None or "reference" not in align else align[align.reference == RESIDUALISED]
+    if align is not None and "reference" in align:  # the residualised directions' rows are read below
+        align = align[align.reference != RESIDUALISED]
     if align is not None and "metric" in align:
         best = align[align.metric == "best_alignment"].dropna(subset=["value"])
         if len(best):
@@ -109,6 +115,15 @@ def findings(mr: ModelRun) -> dict[str, Any]:
                                       "n_settings": int(b.n_settings), "fit": str(b.get("fit", "")),
                                       "beta": float(b.beta), "null": "random directions",
                                       "p_beyond_emotion": float(beyond.p_value.iloc[0]) if len(beyond) else None}
+    if resid is not None and len(resid):
+        r = resid[resid.metric == "best_alignment_beyond_emotion"].dropna(subset=["value"])
+        if not len(r):
+            r = resid[resid.metric == "alignment_beyond_emotion"].dropna(subset=["value"]).sort_values("value").tail(1)
+        if len(r):
+            r = r.iloc[0]
+            out["steer_residualised"] = {"layer": int(r.window), "value": float(r.value), "p": float(r.p_value),
+                                         "n_null": int(r.n_emotion_null),
+                                         "n_settings": int(r.n_settings) if pd.notna(r.get("n_settings")) else 1}
     return out
 
 
@@ -161,6 +176,12 @@ def summary_text(f: dict[str, Any]) -> str:
                          f"the emotion) p = {a['p_beyond_emotion']:.2g}.")
         else:
             parts.append("No emotion-only null was run, so this alignment may reflect the emotion alone.")
+    if "steer_residualised" in f:
+        r = f["steer_residualised"]
+        parts.append(f"Directions fitted on ratings residualised on the emotion (only appraisal variation beyond "
+                     f"the emotion) align {r['value']:.2f} at best ({at(r['layer'])}, best of {r['n_settings']} "
+                     f"settings): p = {r['p']:.2g} against {r['n_null']} refits on the residuals permuted within "
+                     f"each emotion.")
     if len(parts) <= 1:
         parts.append("No probe or causal tables yet, so nothing can be said about where the emotion is computed.")
     return " ".join(parts)

@@ -18,7 +18,12 @@ Two questions need two nulls (see ``docs/statistics.md``):
   as well under this null; only appraisal information beyond emotion beats it.
 
 Plus :func:`residualise_on_emotion`: ratings minus their emotion's mean, the targets of a
-direction that by construction holds no emotion-mean information.
+direction that by construction holds no emotion-mean information. :func:`residualised_banks` fits
+the appraisal directions on those residuals (``reference = residualised`` rows of the alignment
+table) together with their own emotion-only null: the same fit after permuting the residuals
+within each emotion. That null is exact for them: permuting within an emotion commutes with
+residualising on it, so under "no appraisal information beyond the emotion" the real residual fit
+and its permuted refits are exchangeable.
 """
 
 from __future__ import annotations
@@ -37,8 +42,14 @@ from emolens.steering.directions import (
     probe_directions,
 )
 
-__all__ = ["covariance_random", "emotion_null_banks", "random_by_layer", "residualise_on_emotion",
-           "within_emotion_permutation", "within_emotion_refits"]
+__all__ = ["RESIDUAL_HIGH", "covariance_random", "emotion_null_banks", "random_by_layer", "residualise_on_emotion",
+           "residualised_banks", "within_emotion_permutation", "within_emotion_refits"]
+
+#: Thresholds of a diff-of-means (or PCA) direction on residualised ratings: half a scale point above /
+#: below the item's emotion mean. Ratings are integers and emotion means fractional, so this keeps
+#: nearly every item that differs from its emotion's mean at all; a full point leaves small fit
+#: splits with an empty side.
+RESIDUAL_HIGH = 0.5
 
 
 def covariance_random(X: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor:
@@ -123,3 +134,36 @@ def emotion_null_banks(X: torch.Tensor, layers: list[int], fit_dataset, method: 
     refits = within_emotion_refits(fit, R, y, n, seed)
     return [ConceptBank(list(layers), names, V, method, {"null": "within-emotion permutation", "perm": j})
             for j, V in enumerate(refits)]
+
+
+def _refitter(X: torch.Tensor, method: str, seed: int, high: float = 4, low: float = 2) -> Callable:
+    def fit(ratings: np.ndarray) -> torch.Tensor:
+        if method == "diffmean":
+            return diffmean_directions(X, ratings, None, high=high, low=low)
+        if method == "probe":
+            return probe_directions(X, ratings, None)
+        return pca_directions(X, ratings, high=high, low=low, seed=seed)
+
+    return fit
+
+
+def residualised_banks(X: torch.Tensor, layers: list[int], fit_dataset, method: str, n: int, seed: int = 0,
+                       appraisals=None) -> tuple:
+    """The appraisal directions fitted with ``method`` on ratings residualised on the gold emotion, and
+    ``n`` refits on those residuals permuted within each emotion: ``(bank, [null banks])``.
+
+    A model that knows only the emotion gives the residual fit nothing but noise to fit (each
+    emotion's mean residual is 0, so the emotion geometry cancels out of a diff-of-means), and its
+    permuted refits are the same kind of noise. Unlabelled items are left out of the fit (their
+    "emotion mean" would be that of the unlabelled group, which has no meaning here).
+    """
+    names = list(appraisals if appraisals is not None else fit_dataset.appraisal_names)
+    R, y = _ratings_and_labels(fit_dataset, names, EMOTIONS)
+    keep = y >= 0
+    resid = residualise_on_emotion(R[keep], y[keep])
+    fit = _refitter(X[torch.as_tensor(np.flatnonzero(keep))], method, seed, RESIDUAL_HIGH, -RESIDUAL_HIGH)
+    info = {"targets": "ratings residualised on the gold emotion"}
+    bank = ConceptBank(list(layers), names, fit(resid), method, info)
+    refits = within_emotion_refits(fit, resid, y[keep], n, seed)
+    return bank, [ConceptBank(list(layers), names, V, method, {**info, "null": "within-emotion permutation", "perm": j})
+                  for j, V in enumerate(refits)]

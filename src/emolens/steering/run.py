@@ -53,6 +53,9 @@ class SteerPlan:
     n_random: int = N_RANDOM
     #: per direction, refits on ratings permuted within each emotion (the emotion-only null; 0: none)
     n_emotion_null: int = 0
+    #: also steer each direction refitted on ratings residualised on emotion (with ``n_emotion_null``
+    #: within-emotion refits of its own): the alignment rows with ``reference = residualised``
+    residualised: bool = False
     control: str | None = "auto"
     holdout: float = 0.5
     fit_given: bool = False
@@ -130,6 +133,7 @@ def run_steering(lm, dataset, plan: SteerPlan, spec: PromptSpec | None = None,
         res = sweep(lm, steered, specs, bank=bank, method=method, windows=centres, span=plan.span,
                     betas=plan.betas, positions=plan.positions, scale=plan.scale, partial=plan.partial,
                     fixed=plan.fixed, n_random=plan.n_random, n_emotion_null=plan.n_emotion_null,
+                    residualised=plan.residualised,
                     control=plan.control, spec=spec,
                     fit_dataset=fit, holdout=plan.holdout,
                     batch_size=plan.batch_size, max_rows=plan.max_rows, fast=plan.fast, seed=plan.seed,
@@ -152,10 +156,15 @@ def run_steering(lm, dataset, plan: SteerPlan, spec: PromptSpec | None = None,
     reference = theory.rating_profile(ref_items, appraisals) if plan.reference == "ratings" \
         else theory.classifier_profile(ref_items, appraisals)
     align, cells = pd.DataFrame(), pd.DataFrame()
+    resid_align, resid_cells = pd.DataFrame(), pd.DataFrame()
     if reference.notna().any().any():
         align, cells = theory.sweep_alignment(table, reference, terms)
         if len(align):
             align = align.assign(model=model, reference=plan.reference)
+        resid_align, resid_cells = theory.residualised_alignment(table, reference, terms)
+        if plan.residualised and not len(resid_align):
+            notes.append("no direction could be fitted on ratings residualised on emotion: the fit items lack "
+                         "ratings a point above and below their emotion's mean (too few items per emotion?)")
     # the first method's sweep facts at the top level (every method shares the split), each method's below
     summary: dict = {**next(iter(info.values())), "rows": len(table), "n_items": len(steered),
                      "n_fit": None if fit is None else len(fit), "n_random": plan.n_random, "methods": info,
@@ -171,9 +180,17 @@ def run_steering(lm, dataset, plan: SteerPlan, spec: PromptSpec | None = None,
             beyond = align[align.metric == "best_alignment_beyond_emotion"]
             if len(beyond):
                 summary["best_alignment_p_beyond_emotion"] = float(beyond.p_value.iloc[0])
-        summary["alignment_headline"] = theory.headline(align).lstrip("; ")
+        summary["alignment_headline"] = (theory.headline(align) + theory.residualised_headline(resid_align)
+                                         if len(resid_align) else theory.headline(align)).lstrip("; ")
         summary["alignment_peak"] = {m: theory.alignment_peak(r, reference, terms, position=plan.positions[0],
                                                               seed=plan.seed) for m, r in swept.items()}
+    if len(resid_align):
+        best = resid_align[resid_align.metric == "best_alignment_beyond_emotion"].dropna(subset=["value"])
+        if not len(best):
+            best = resid_align[resid_align.metric == "alignment_beyond_emotion"].dropna(subset=["value"])
+        if len(best):
+            b = best.sort_values("value").iloc[-1]
+            summary.update(residualised_alignment=float(b.value), residualised_p_beyond_emotion=float(b.p_value))
     counts = theory.profile_counts(ref_items)
     summary["reference_n_per_emotion"] = counts
     thin = sorted(e for e, n in counts.items() if 0 < n < theory.MIN_PROFILE_N)
@@ -194,6 +211,10 @@ def run_steering(lm, dataset, plan: SteerPlan, spec: PromptSpec | None = None,
         summary.update(generations=len(generations), generation_method=method, generation_window_beta=list(at),
                        generation_position=plan.gen_position,
                        generations_flagged=int(generations.degenerate.sum()))
+    if len(resid_align):  # extra rows, after everything read the main ones
+        align = pd.concat([align, resid_align.assign(model=model)], ignore_index=True)
+        cells = pd.concat([cells.assign(reference=plan.reference),
+                           resid_cells.assign(reference=theory.RESIDUALISED_REFERENCE)], ignore_index=True)
     return SteeringRun(table, align, cells, swept, generations, summary, terms, notes, model)
 
 

@@ -53,7 +53,7 @@ from emolens.steering.directions import (
     parse_direction,
     random_unit,
 )
-from emolens.steering.theory import EMOTION_NULL_SEP
+from emolens.steering.theory import EMOTION_NULL_SEP, RESIDUALISED
 
 #: Candidates for the specificity control, in order: appraisals not central to the paper's surgery.
 CONTROL_CANDIDATES: tuple[str, ...] = ("familiarity", "suddenness", "attention", "effort", "goal_relevance")
@@ -230,14 +230,18 @@ def build_conditions(lm, bank: ConceptBank, directions: Sequence[str], windows: 
                      ref_norm: Mapping[str, torch.Tensor] | None = None, partial: bool = False,
                      fixed: Sequence[str] | None = None, n_random: int = N_RANDOM, control: str | None = "auto",
                      seed: int = 0, randoms: Mapping[int, torch.Tensor] | None = None,
-                     emotion_null: Sequence[ConceptBank] = ()) -> list[Condition]:
+                     emotion_null: Sequence[ConceptBank] = (),
+                     residualised: tuple[ConceptBank, Sequence[ConceptBank]] | None = None) -> list[Condition]:
     """Every (direction, window, β, position) plus its controls, vectors scaled and ready.
 
     Controls per (window, β, position): ``n_random`` seeded random directions (``randoms``, e.g.
     :func:`emolens.steering.nulls.random_by_layer`, else isotropic :func:`random_unit`) and, per
     real direction, a specificity control (another appraisal's unit direction) and its refits in
     each ``emotion_null`` bank (kind ``emotion_null``, named ``theory.emotion_null_name``); all
-    take the norm of the real vector at each layer, so only the direction differs.
+    take the norm of the real vector at each layer, so only the direction differs. ``residualised``
+    (:func:`emolens.steering.nulls.residualised_banks`) adds the direction refitted on ratings
+    residualised on emotion (kind ``residualised``, named ``<direction>|residualised``) and its
+    within-emotion refits (kind ``residualised_null``), norm-matched the same way.
     """
     n_layers, d = lm.n_layers, lm.sites.d_model
     parsed = {spec: parse_direction(spec, bank.names) for spec in directions}
@@ -266,6 +270,8 @@ def build_conditions(lm, bank: ConceptBank, directions: Sequence[str], windows: 
                             nu = combine(null_bank, terms, layers, partial, fixed)
                             out.append(Condition(f"{format_terms(terms)}{EMOTION_NULL_SEP}{j}", "emotion_null",
                                                  centre, layers, float(beta), position, nu * norms))
+                    out += _residualised_conditions(residualised, terms, centre, layers, float(beta), position,
+                                                    partial, fixed, norms)
                     ctrl = pick_control(terms, appraisal_names, None if control == "auto" else control) \
                         if control else None
                     if ctrl is not None and ctrl not in controls_done:
@@ -279,6 +285,21 @@ def build_conditions(lm, bank: ConceptBank, directions: Sequence[str], windows: 
                 for s, r in randoms.items():
                     out.append(Condition(f"random:{seed + s}", "random", centre, layers, float(beta), position,
                                          r[list(layers)] * norms))
+    return out
+
+
+def _residualised_conditions(residualised, terms, centre, layers, beta, position, partial, fixed, norms) -> list:
+    """The residualised-on-emotion refit of one direction and its within-emotion refits (see build_conditions)."""
+    if residualised is None:
+        return []
+    name = f"{format_terms(terms)}{RESIDUALISED}"
+    out = []
+    for j, b in enumerate([residualised[0], *residualised[1]]):
+        if all(t.name in b.names and b.is_defined(t.name) for t in terms):
+            vec = combine(b, terms, layers, partial, fixed) * norms
+            out.append(Condition(name, "residualised", centre, layers, beta, position, vec) if j == 0 else
+                       Condition(f"{name}{EMOTION_NULL_SEP}{j - 1}", "residualised_null", centre, layers, beta,
+                                 position, vec))
     return out
 
 
@@ -328,7 +349,8 @@ def sweep(lm, dataset, directions: Sequence[str], *, bank: ConceptBank | None = 
           windows: Sequence[int] | str = "auto", span: int = 3, betas: Sequence[float] = (1, 2, 4),
           positions: Sequence[str] = ("last",), scale: str = "unit", partial: bool = False,
           fixed: Sequence[str] | None = None, n_random: int = N_RANDOM, control: str | None = "auto",
-          random_kind: str = "covariance", n_emotion_null: int = 0, spec: PromptSpec | None = None,
+          random_kind: str = "covariance", n_emotion_null: int = 0, residualised: bool = False,
+          spec: PromptSpec | None = None,
           fit_dataset=None, holdout: float | None = 0.5, batch_size: int = 16,
           max_rows: int = 64, fast: bool | None = None, fast_rows: int = 256, n_boot: int = 200, seed: int = 0,
           progress: bool = False) -> SweepResult:
@@ -347,7 +369,9 @@ def sweep(lm, dataset, directions: Sequence[str], *, bank: ConceptBank | None = 
     Nulls (:mod:`emolens.steering.nulls`): ``random_kind="covariance"`` (default) draws the
     ``n_random`` random directions with the covariance of the fit items' activations (isotropic
     ``"gaussian"`` otherwise, and where the fit items are unknown); ``n_emotion_null`` adds, per
-    real direction, that many refits on ratings permuted within each emotion (kind ``emotion_null``).
+    real direction, that many refits on ratings permuted within each emotion (kind ``emotion_null``);
+    ``residualised`` adds each direction refitted on ratings residualised on the gold emotion (kind
+    ``residualised``) with ``n_emotion_null`` within-emotion refits of its own (``residualised_null``).
 
     Positions ``last`` take the KV-prefix fast path (see :func:`run_conditions`; ``fast=False``
     forces full forwards). Returns a tidy table (:data:`COLUMNS`); β = 0 rows (the clean run)
@@ -372,7 +396,7 @@ def sweep(lm, dataset, directions: Sequence[str], *, bank: ConceptBank | None = 
     if random_kind not in ("covariance", "gaussian"):
         raise EmolensError(f"unknown random_kind {random_kind!r}", "use covariance or gaussian")
     X = None
-    if fit is not None and (bank is None or random_kind == "covariance" or n_emotion_null):
+    if fit is not None and (bank is None or random_kind == "covariance" or n_emotion_null or residualised):
         fit_prompts = prompts if fit is steered else build_prompts(fit.texts, spec, lm.tokenizer)
         X = capture_resid(lm, fit_prompts, layers, batch_size)
     if bank is None:
@@ -381,10 +405,13 @@ def sweep(lm, dataset, directions: Sequence[str], *, bank: ConceptBank | None = 
         if X is not None and random_kind == "covariance" else None
     null_banks = nulls.emotion_null_banks(X, layers, fit, bank.method, n_emotion_null, seed + 1) \
         if X is not None and n_emotion_null else []
+    resid = nulls.residualised_banks(X, layers, fit, bank.method, n_emotion_null, seed + 2) \
+        if X is not None and residualised else None
     ref_norm = {p: mean_resid_norm(lm, prompts, bank.layers, p, batch_size) for p in positions} \
         if scale == "relative" else {}
     conditions = build_conditions(lm, bank, directions, centres, span, betas, positions, scale,
-                                  ref_norm or None, partial, fixed, n_random, control, seed, randoms, null_banks)
+                                  ref_norm or None, partial, fixed, n_random, control, seed, randoms, null_banks,
+                                  resid)
     reader = LabelScorer.build(lm.tokenizer, spec.labels, prompts[0].text, prompts[0].label_prefix)
     run_info: dict = {}
     clean, scores = run_conditions(lm, prompts, reader, conditions, batch_size, max_rows, progress, fast=fast,
@@ -399,7 +426,7 @@ def sweep(lm, dataset, directions: Sequence[str], *, bank: ConceptBank | None = 
         for r in outcome_rows(base, s, spec.labels, n_boot, seed):
             rows.append({**meta, "beta": c.beta, **r})
         key = (c.direction, c.window, c.position)
-        if key not in done_zero and c.kind != "emotion_null":
+        if key not in done_zero and c.kind not in ("emotion_null", "residualised_null"):
             done_zero.add(key)
             for r in outcome_rows(base, base, spec.labels, n_boot, seed):
                 rows.append({**meta, "beta": 0.0, **r})
@@ -410,7 +437,7 @@ def sweep(lm, dataset, directions: Sequence[str], *, bank: ConceptBank | None = 
             "windows": centres, "span": span, "betas": list(map(float, betas)), "positions": list(positions),
             "n_random": n_random, "random_seeds": [seed + s for s in range(n_random)], "seed": seed,
             "random_kind": "covariance" if randoms is not None else "gaussian",
-            "n_emotion_null": len(null_banks),
+            "n_emotion_null": len(null_banks), "residualised": resid is not None,
             "min_p_value": 1 / (1 + n_random), **run_info,
             "label_scoring": reader.describe(), "fixed": list(fixed) if fixed is not None else "default"}
     return SweepResult(frame, conditions, scores, clean, bank, ref_norm, info, steered)

@@ -128,6 +128,13 @@ def _sign_agreement(x: np.ndarray, y: np.ndarray) -> float:
 EMOTION_NULL_SEP = "|within-emotion:"
 
 
+#: Suffix of a direction refitted on ratings residualised on the gold emotion (kinds ``residualised``
+#: and ``residualised_null`` of a steering table).
+RESIDUALISED = "|residualised"
+#: The ``reference`` value of the alignment rows of the residualised directions.
+RESIDUALISED_REFERENCE = "residualised"
+
+
 def emotion_null_name(direction: str, j: int) -> str:
     """Name of the ``j``-th within-emotion-permutation refit of ``direction`` in a steering table."""
     return f"{direction}{EMOTION_NULL_SEP}{j}"
@@ -350,6 +357,33 @@ def sweep_alignment(frame: pd.DataFrame, reference: pd.DataFrame, terms: Mapping
     return pd.DataFrame(rows), (pd.concat(cells, ignore_index=True) if cells else pd.DataFrame())
 
 
+def residualised_alignment(frame: pd.DataFrame, reference: pd.DataFrame,
+                           terms: Mapping[str, Sequence[tuple[str, float]]]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """:func:`sweep_alignment` of the directions refitted on ratings **residualised on the gold emotion**.
+
+    Why: a direction fitted on raw ratings picks up the emotion geometry through the rating-emotion
+    association, so even a model that knows only the emotion aligns with theory. A direction fitted
+    on residuals (rating minus its emotion's mean) holds no emotion-mean information; if steering
+    it still moves emotions the way the human profile says, the model carries appraisal variation
+    beyond the emotion. The reference row stays the human profile of raw ratings: a profile of
+    *residualised* ratings is zero by construction (each emotion's mean residual is 0), and the
+    expectation for "more of this appraisal" is the same. The p-value to read is ``null =
+    emotion``: refits on the residuals permuted within each emotion, exchangeable with the real fit
+    when nothing beyond the emotion is there (:func:`emolens.steering.nulls.residualised_banks`);
+    ``null = random`` asks only whether it beats an arbitrary push of the same size.
+    Rows carry ``reference = "residualised"``; none when the table has no residualised rows.
+    """
+    if "kind" not in frame or not frame.kind.isin(["residualised"]).any():
+        return pd.DataFrame(), pd.DataFrame()
+    sub = frame[frame.kind.isin(["residualised", "residualised_null", "random"])].copy()
+    sub["direction"] = sub.direction.str.replace(RESIDUALISED, "", regex=False)
+    sub["kind"] = sub.kind.map({"residualised": "real", "residualised_null": "emotion_null", "random": "random"})
+    align, cells = sweep_alignment(sub, reference, terms)
+    if len(align):
+        align = align.assign(reference=RESIDUALISED_REFERENCE)
+    return align, cells
+
+
 def _best_rows(searched: list[tuple[dict, Alignment]]) -> list[dict]:
     """The best alignment over every searched setting, with max-statistic p-values against both nulls."""
     scores = np.array([res.score for _, res in searched], dtype=float)
@@ -433,9 +467,13 @@ def alignment_peak(result, reference: pd.DataFrame, terms: Mapping[str, Sequence
 
 def headline(align: pd.DataFrame) -> str:
     """One sentence for a CLI line or summary: the best alignment, how many settings were searched,
-    and its p-values, each naming its null (empty when nothing was aligned)."""
+    and its p-values, each naming its null (empty when nothing was aligned); then the same for the
+    directions fitted on residualised ratings, when the table has them."""
     if align is None or not len(align):
         return ""
+    if "reference" in align and (align.reference == RESIDUALISED_REFERENCE).any():
+        main = align[align.reference != RESIDUALISED_REFERENCE]
+        return headline(main) + residualised_headline(align[align.reference == RESIDUALISED_REFERENCE])
     best = align[align.metric == "best_alignment"].dropna(subset=["value"])
     if not len(best):
         best = align[align.metric == "alignment"].dropna(subset=["value"]).sort_values("value").tail(1)
@@ -454,6 +492,21 @@ def headline(align: pd.DataFrame) -> str:
     else:
         text += "; no emotion-only null was run, so this does not show appraisal information beyond emotion"
     return text
+
+
+def residualised_headline(align: pd.DataFrame) -> str:
+    """The residualised directions' best alignment and its p against the within-emotion refits."""
+    best = align[align.metric == "best_alignment_beyond_emotion"].dropna(subset=["value"])
+    if not len(best):  # one setting searched: its own row
+        best = align[align.metric == "alignment_beyond_emotion"].dropna(subset=["value"]).sort_values("value")
+    if not len(best):
+        return ""
+    b = best.iloc[-1]
+    n_set = int(b.n_settings) if "n_settings" in b and pd.notna(b.n_settings) else 1
+    p = f"p={b.p_value:.2g} vs {int(b.n_emotion_null)} within-emotion refits of the residuals" \
+        if pd.notna(b.p_value) else "no within-emotion refits were run, so no p-value"
+    return (f"; directions fit on ratings residualised on emotion: alignment {b.value:.2f} (window {b.window}, "
+            f"beta {b.beta:g}; best of {n_set}), {p}")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -210,6 +210,9 @@ class SteerConfig(_Windowed):
     #: per direction, refits on ratings permuted within each emotion -- the null of appraisal
     #: information beyond emotion (``steering.nulls``); 0 skips it
     n_emotion_null: int = Field(39, ge=0)
+    #: also steer each appraisal direction refitted on ratings residualised on the gold emotion, with
+    #: ``n_emotion_null`` within-emotion refits of its own (alignment rows ``reference: residualised``)
+    residualised: bool = True
     generations: int = Field(0, ge=0)
     #: where generations steer: ``generated`` (the last prompt token and every generated token), ``last``, ``prompt``
     gen_position: Literal["generated", "last", "prompt"] = "generated"

@@ -24,6 +24,9 @@ def steer_section(mr: ModelRun) -> str:
     if table is not None and "fit" in table:
         body += f"<p>{html.escape(fit_text(table, mr.stage_record('steer')))}</p>"
     align = mr.table("alignment")
+    resid = None if align is None or "reference" not in align else align[align.reference == RESIDUALISED]
+    if align is not None and "reference" in align:
+        align = align[align.reference != RESIDUALISED]
     if align is not None and len(align):
         best = align[align.metric.isin(["best_alignment", "best_alignment_beyond_emotion"])]
         text = best_alignment_text(align)
@@ -32,6 +35,10 @@ def steer_section(mr: ModelRun) -> str:
             body += table_html(best[[c for c in ALIGN_COLUMNS + ("n_settings",) if c in best]])
         per = align[~align.metric.isin(["best_alignment", "best_alignment_beyond_emotion"])]
         body += table_html(per[[c for c in ALIGN_COLUMNS if c in per]])
+        if resid is not None and len(resid):
+            body += ("<h3>Theory alignment of directions fitted on ratings residualised on emotion</h3>"
+                     f'<p class="summary">{html.escape(residualised_text(resid))}</p>'
+                     + table_html(resid[[c for c in ALIGN_COLUMNS + ("n_settings",) if c in resid]]))
     else:
         body += absent("No theory-alignment table.")
     gens = mr.table("generations")
@@ -89,6 +96,28 @@ def best_alignment_text(align: pd.DataFrame) -> str:
     return " ".join(out)
 
 
+#: ``reference`` of the alignment rows of directions fitted on residualised ratings (``steering.theory``).
+RESIDUALISED = "residualised"
+
+
+def residualised_text(resid: pd.DataFrame) -> str:
+    """The residualised directions' best alignment, with the null its p-value is against."""
+    best = resid[resid.metric == "best_alignment_beyond_emotion"].dropna(subset=["value"])
+    if not len(best):
+        best = resid[resid.metric == "alignment_beyond_emotion"].dropna(subset=["value"]).sort_values("value").tail(1)
+    if not len(best):
+        return "No residualised direction could be aligned."
+    b = best.iloc[0]
+    n_set = int(b.n_settings) if "n_settings" in b and pd.notna(b.n_settings) else 1
+    p = (f"p = {b.p_value:.2g} against {int(b.n_emotion_null)} refits on the residuals permuted within each emotion "
+         f"(the emotion-only null; max-statistic corrected over the {n_set} searched settings)"
+         if pd.notna(b.p_value) else "no within-emotion refits were run, so there is no p-value")
+    return (f"Directions fitted on appraisal ratings minus their emotion's mean rating hold no emotion-mean "
+            f"information, so a model that knows only the emotion gives them nothing to align with. Their best "
+            f"alignment with the human profile: {b.value:.2f} in the window centred on layer {int(b.window) + 1}, "
+            f"β = {b.beta:g}; {p}. A small p here is evidence of appraisal information beyond the emotion.")
+
+
 def generation_rows(gens: pd.DataFrame) -> pd.DataFrame:
     """The generations table as the report shows it: fluency flags as text, degenerate rows marked."""
     g = gens.copy()
@@ -113,4 +142,5 @@ def generation_text(gens: pd.DataFrame, record: dict | None = None) -> str:
             f"(treat their emotion as meaningless).</p>")
 
 
-__all__ = ["best_alignment_text", "fit_text", "generation_rows", "generation_text", "steer_section"]
+__all__ = ["best_alignment_text", "fit_text", "generation_rows", "generation_text", "residualised_text",
+           "steer_section"]
