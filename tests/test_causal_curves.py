@@ -161,3 +161,21 @@ def test_study_writes_peaks_and_the_report_states_them(tmp_path):
     patched = pd.read_parquet(run_dir / "tiny-llama" / "patch" / "peaks.parquet")
     thin = patched.n_clusters < MIN_CLUSTERS  # the tiny model predicts few labels: few pairs differ clean
     assert (patched.flag[thin].str.contains("not a finding")).all() and (patched.flag[~thin] == "").all()
+
+
+def test_a_noisy_site_does_not_correct_away_a_clear_peak_elsewhere():
+    """Settings compete on standardised statistics: a clear MLP peak survives beside a residual stream
+    whose damage is ten times as variable (with raw means the residual's null maximum would swamp it)."""
+    from emolens.stats.curves import peak_p_values
+
+    rng = np.random.default_rng(5)
+    n = 60
+    quiet = rng.normal(0, 1, (n, 4)) + np.array([0, 0, 0.8, 0])  # a real peak at the third window
+    noisy = rng.normal(0, 10, (n, 4))  # no effect, large spread
+    V = np.concatenate([quiet, noisy], 1)
+    null = sign_flip_null(V, n_draws=999, seed=0)
+    observed = V.mean(0)
+    p, p_single = peak_p_values(observed, null, 2)
+    assert p <= 0.01 and p_single <= 0.01
+    raw = (1 + (null.max(0) >= observed[2]).sum()) / 1000  # the unstandardised max statistic
+    assert raw > 0.05

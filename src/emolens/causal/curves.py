@@ -25,6 +25,11 @@ analysis (``n_settings``). Each analysis gets the null that matches its question
 * **Knockout** -- per item, damage as for ablation, against the sign-flip null "no effect"; the
   knockout cuts only direct cue -> context edges, so its effect is a lower bound anyway.
 
+The max statistic runs on standardised statistics for ablation and knockout (sites differ tenfold
+in scale; :mod:`emolens.stats.curves`) and on raw margin shifts for patching, whose settings share
+units and whose donor-shuffle spread grows with the effect (standardising halved the power to find
+a planted peak in ``tests/test_causal_curves.py``).
+
 Curves on fewer than :data:`MIN_CLUSTERS` items are flagged, not read as findings.
 """
 
@@ -171,7 +176,7 @@ def peak_table(result, analysis: str, *, n_draws: int = N_DRAWS, n_boot: int = 1
             continue
         k = int(np.nanargmax(means))
         loc = peak_location(V, centres, clusters, n_boot=n_boot, seed=seed)
-        p, p_single = peak_p_values(observed, all_null, offset + k)
+        p, p_single = peak_p_values(observed, all_null, offset + k, standardised=analysis != "patching")
         value = float(means[k])
         if den is not None:  # patching reports the normalised logit difference (ratio of sums) at the peak
             num = V[:, k]

@@ -14,9 +14,18 @@ a bare argmax over-confident, and this module answers both:
 
 :func:`sign_flip_null` draws the null "each item's effect is as likely negative as positive"
 (exact when per-item effects are symmetric about zero under H0, e.g. a paired difference between
-two interventions that are exchangeable under H0). Statistics are means in the effect's own units,
-so the maximum favours no setting by its variance alone only when settings share units (they do
-here: log-probability changes of the same labels).
+two interventions that are exchangeable under H0).
+
+Why standardised: sites differ in scale (zeroing the residual stream moves log-probabilities by
+tens of nats, zeroing an MLP output by a few), so the maximum of raw means over settings is
+decided by the noisiest site, and a clear peak elsewhere is corrected away. :func:`peak_p_values`
+therefore compares settings on ``(statistic - null mean) / null SD``, both taken over that
+setting's own null draws (Westfall & Young's standardised max-T), which leaves each setting's
+own test unchanged and lets every setting compete on the same footing. (For a sign-flip null the
+null SD is a fixed function of the data, ``sqrt(Σ cluster sums²) / n``: the self-normalised sum.)
+Where a null's spread grows with the effect itself (patching's donor shuffle: a strong transfer
+also moves the target towards shuffled donors' labels) standardising costs power, and the settings
+already share units, so the caller may compare raw statistics (``standardised=False``).
 """
 
 from __future__ import annotations
@@ -25,7 +34,7 @@ import numpy as np
 
 from emolens.stats.multiplicity import max_statistic_p, permutation_p
 
-__all__ = ["column_means", "peak_p_values", "sign_flip_null"]
+__all__ = ["column_means", "peak_p_values", "sign_flip_null", "standardise"]
 
 
 def column_means(V: np.ndarray) -> np.ndarray:
@@ -59,7 +68,22 @@ def sign_flip_null(V: np.ndarray, clusters=None, *, n_draws: int = 999, seed: in
     return means.T
 
 
-def peak_p_values(observed: np.ndarray, null: np.ndarray, peak: int) -> tuple[float, float]:
-    """(max-statistic corrected p, uncorrected p) of setting ``peak`` among ``observed[S]`` with ``null[S, n]``."""
-    corrected = max_statistic_p(observed, null)[peak]
+def standardise(observed: np.ndarray, null: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(x - m_s) / sd_s`` of ``observed[S]`` and ``null[S, n]`` with each setting's null mean and SD
+    (a setting whose null does not vary keeps SD 1)."""
+    N = np.asarray(null, dtype=float)
+    with np.errstate(invalid="ignore"):
+        m = np.nanmean(N, 1, keepdims=True) if N.shape[1] else np.zeros((len(N), 1))
+        sd = np.nanstd(N, 1, keepdims=True) if N.shape[1] else np.ones((len(N), 1))
+    sd = np.where(np.isfinite(sd) & (sd > 0), sd, 1.0)
+    m = np.where(np.isfinite(m), m, 0.0)
+    return (np.asarray(observed, dtype=float) - m[:, 0]) / sd[:, 0], (N - m) / sd
+
+
+def peak_p_values(observed: np.ndarray, null: np.ndarray, peak: int, standardised: bool = True
+                  ) -> tuple[float, float]:
+    """(max-statistic corrected p, uncorrected p) of setting ``peak`` among ``observed[S]`` with ``null[S, n]``;
+    the correction is over the standardised statistics (:func:`standardise`) unless ``standardised=False``."""
+    z_obs, z_null = standardise(observed, null) if standardised else (observed, null)
+    corrected = max_statistic_p(z_obs, z_null)[peak]
     return float(corrected), permutation_p(float(np.asarray(observed)[peak]), np.asarray(null)[peak])
