@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from emolens.data.corpus import EmotionDataset
 from emolens.engine.scoring import LabelScorer
-from emolens.errors import EmolensError
+from emolens.errors import EmolensError, arg
 from emolens.inputs.batching import iter_batches
 from emolens.inputs.prompts import PromptSpec, build_prompts
 from emolens.metrics import classification_summary
@@ -57,13 +57,13 @@ class ReadoutResult:
         """Correctly read items by the ``raw`` or the ``calibrated`` prediction.
 
         Calibration changes which items count as correct; nothing switches to it silently, the
-        caller says which (``emolens readout --correct-from``).
+        caller says which (``correct_from``).
         """
         if which == "raw":
             return self.frame.loc[self.frame["correct"], "id"].tolist()
         if which == "calibrated":
             if "correct_cal" not in self.frame:
-                raise EmolensError("the calibrated correct subset needs calibration", "pass --calibrate")
+                raise EmolensError("the calibrated correct subset needs calibration", f"pass {arg('calibrate', True)}")
             return self.frame.loc[self.frame["correct_cal"], "id"].tolist()
         raise EmolensError(f"unknown correct subset {which!r}", "use raw or calibrated")
 

@@ -2,7 +2,7 @@
 
 The corpus is processed in fixed chunks of consecutive items (length-sorted batches inside a
 chunk), so a killed run resumes at the first incomplete chunk and writes exactly the bytes an
-uninterrupted run would (see :mod:`emolens.activations.store`). Without ``--readout`` the forward stops after
+uninterrupted run would (see :mod:`emolens.activations.store`). Without ``readout`` the forward stops after
 the deepest requested layer.
 """
 
@@ -23,7 +23,7 @@ from emolens.engine.intervention import run_forward
 from emolens.engine.ops import Capture
 from emolens.engine.positions import position_items
 from emolens.engine.scoring import LabelScorer
-from emolens.errors import EmolensError
+from emolens.errors import EmolensError, arg
 from emolens.inputs.batching import iter_batches
 from emolens.inputs.prompts import PromptSpec, build_prompts
 from emolens.model.sites import SITES
@@ -106,7 +106,8 @@ def check_free_space(out: str | Path, needed: int, margin: float = 1.05) -> None
     free = shutil.disk_usage(where).free
     if needed * margin > free:
         raise EmolensError(f"the activation store needs {needed / 1e9:.2f} GB but {where} has {free / 1e9:.2f} GB free",
-                           "free space, put --out on a larger disk, or store fewer layers/positions or --dtype float16")
+                           f"free space, put {arg('out')} on a larger disk, or store fewer layers/positions or "
+                           f"{arg('dtype', 'float16')}")
 
 
 def extract(lm, dataset, out: str | Path, sites: str | Sequence[str] = ("attn", "mlp", "resid"),
@@ -126,9 +127,10 @@ def extract(lm, dataset, out: str | Path, sites: str | Sequence[str] = ("attn", 
     dtype = store_dtype_for(dtype, lm.dtype)
     np_dtype = storage_dtype(dtype)
     if batch_size < 1 or chunk_size < 1:
-        raise EmolensError("batch and chunk sizes must be positive", "pass --batch-size 1 or more")
+        raise EmolensError(f"{arg('batch_size', batch_size)} and {arg('chunk_size', chunk_size)} must be positive",
+                           "pass 1 or more")
     if len(dataset) == 0:
-        raise EmolensError("the dataset has no items", "check --data and --limit")
+        raise EmolensError("the dataset has no items", f"check {arg('data')} and {arg('limit')}")
     chunk_size = max(batch_size, chunk_size // batch_size * batch_size)
     reg = lm.sites
     layer_sites = [s for s in site_list if reg.layer_count(s) > 1] or ["resid"]
@@ -190,7 +192,7 @@ def _fill(writer, todo, lm, dataset, prompts, spec, ops, layout, site_list, np_d
                     block = torch.stack(parts, 2)  # [b, L, P, *w]
                     if np_dtype == np.float16 and not bool(torch.isfinite(block).all()):
                         raise EmolensError(f"activations at {site!r} overflow float16",
-                                           "extract with --dtype float32")
+                                           f"extract with {arg('dtype', 'float32')}")
                     buffers[site][batch.indices] = block.numpy()
                 if reader is not None:
                     last = out_.logits[:, -1]

@@ -38,7 +38,7 @@ import numpy as np
 from emolens.activations.files import FORMAT, VERSION, join_readout
 from emolens.activations.files import dump as _dump
 from emolens.activations.health import BACKUP, check_store, chunk_crc, read_json, repair_store
-from emolens.errors import EmolensError
+from emolens.errors import EmolensError, arg
 from emolens.locks import LOCK_NAME, WriterLock
 from emolens.notices import warn
 from emolens.paths import atomic_write_bytes
@@ -83,10 +83,10 @@ class ActivationStore:
         if not root.is_dir():
             what = "a file" if root.exists() else "no such folder"
             raise EmolensError(f"{str(root)!r} is not an activation store ({what})",
-                               "pass the --out folder of `emolens extract`")
+                               f"pass the {arg('out')} folder of an extraction")
         if not (root / "manifest.json").exists() and not (root / BACKUP).exists():
             raise EmolensError(f"{str(root)!r} is not an activation store (no manifest.json)",
-                               "run `emolens extract --out` to create one")
+                               f"extract into it ({arg('out')}) to create one")
         manifest = read_json(root / "manifest.json")
         if manifest is not None and manifest.get("format") != FORMAT:
             raise EmolensError(f"{str(root)!r} holds no emolens activations", "point at an extract output folder")
@@ -158,7 +158,7 @@ class ActivationStore:
 
         path = self.root / "readout.parquet"
         if not path.exists():
-            raise EmolensError(f"store {str(self.root)!r} has no readout", "extract with --readout")
+            raise EmolensError(f"store {str(self.root)!r} has no readout", f"extract with {arg('readout', True)}")
         return pd.read_parquet(path)
 
     def index_of(self, ids: Sequence[str]) -> np.ndarray:
@@ -283,7 +283,7 @@ def prepare_store(root: str | Path, identity: dict, item_ids: Sequence[str],
     """
     root = Path(root)
     if root.exists() and not root.is_dir():
-        raise EmolensError(f"--out {str(root)!r} is a file", "pass a folder path for the store")
+        raise EmolensError(f"{arg('out', str(root))} is a file", "pass a folder path for the store")
     identity = json.loads(json.dumps(identity))  # normalise tuples etc. to what JSON reads back
     run = json.loads(json.dumps(run))
     created = not root.exists()
@@ -324,7 +324,7 @@ def _prepare(root: Path, identity: dict, item_ids: list[str], arrays, run: dict,
         if check.fatal is not None:
             if _has_work(root):
                 raise EmolensError(f"store {str(root)!r}: {check.fatal}",
-                                   "delete the folder and extract again, or choose a new --out folder")
+                                   f"delete the folder and extract again, or choose a new {arg('out')} folder")
             warn(f"store {str(root)!r}: {check.fatal}; it held no finished chunk, starting it again")
             _clear(root)
             return _create(root, identity, item_ids, arrays, run, info, lock)
@@ -338,7 +338,7 @@ def _prepare(root: Path, identity: dict, item_ids: list[str], arrays, run: dict,
                 _clear(root)
                 return _create(root, identity, item_ids, arrays, run, info, lock)
             raise EmolensError(f"store {str(root)!r} was extracted with different {', '.join(fields)}",
-                               "choose a new --out folder or delete the old store")
+                               f"choose a new {arg('out')} folder or delete the old store")
         if not check.ok:
             warn(f"store {str(root)!r} is damaged: {'; '.join(check.problems)}")
             for line in repair_store(check):
@@ -349,7 +349,7 @@ def _prepare(root: Path, identity: dict, item_ids: list[str], arrays, run: dict,
         if run_diff:
             was = ", ".join(f"{k}={old['run'].get(k)!r}" for k in run_diff)
             raise EmolensError(f"incomplete store {str(root)!r} was started with other settings ({was})",
-                               "resume with the same settings or choose a new --out folder")
+                               f"resume with the same settings or choose a new {arg('out')} folder")
         progress = read_json(root / "progress.json") or {}
         return StoreWriter(root, old, int(progress.get("chunks_done", 0)), progress, lock)
     if root.exists():
@@ -357,7 +357,7 @@ def _prepare(root: Path, identity: dict, item_ids: list[str], arrays, run: dict,
                    if p.name not in _OWN and not p.name.endswith((".npy", ".tmp"))]
         if foreign:
             raise EmolensError(f"{str(root)!r} exists and is not an activation store (holds {foreign[0]!r})",
-                               "choose a new or empty --out folder")
+                               f"choose a new or empty {arg('out')} folder")
         _clear(root)  # leftovers of a run killed before its manifest was written
     return _create(root, identity, item_ids, arrays, run, info, lock)
 

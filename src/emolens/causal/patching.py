@@ -35,7 +35,7 @@ from emolens.causal.common import (
 from emolens.data.stimuli import load_stimulus_pairs
 from emolens.engine.ops import Capture, Set
 from emolens.engine.runner import path_name
-from emolens.errors import EmolensError
+from emolens.errors import EmolensError, arg
 from emolens.inputs.prompts import PromptSpec, build_prompts
 from emolens.stats import cluster_bootstrap
 
@@ -51,9 +51,9 @@ def draw_pairs(ids: Sequence[str], labels: Sequence[str | None], n: int = 200, s
     keep = [i for i, lab in enumerate(labels) if lab is not None]
     if len(keep) < 2 or len({labels[i] for i in keep}) < 2:
         raise EmolensError(f"patching needs items of at least 2 different labels, got {len(keep)} labelled item(s)",
-                           "use more items (--items all or a larger --limit)")
+                           f"use more items ({arg('items', 'all')} or a larger {arg('limit')})")
     if n < 1:
-        raise EmolensError(f"number of pairs {n} is not positive", "pass --pairs 1 or more")
+        raise EmolensError(f"{arg('pairs', n)} is not positive", f"pass {arg('pairs', 1)} or more")
     rng = np.random.default_rng(seed)
     rows = []
     for p in range(n):
@@ -76,7 +76,8 @@ def stimulus_pairs(available: Sequence[str] | None = None) -> pd.DataFrame:
         out = out[out["source_id"].isin(have) & out["target_id"].isin(have)].reset_index(drop=True)
         out["pair"] = np.arange(len(out))
     if out.empty:
-        raise EmolensError("no stimulus pair has both members among the items", "use --data stimuli --items all")
+        raise EmolensError("no stimulus pair has both members among the items",
+                           f"use {arg('data', 'stimuli')} {arg('items', 'all')}")
     return out
 
 

@@ -28,6 +28,7 @@ from emolens.cli import (
     run,
     steer,
 )
+from emolens.cli.options import flag_of
 from emolens.cli.outputs import remove_empty_created
 from emolens.errors import EmolensError
 
@@ -61,7 +62,7 @@ def _run(argv: list[str] | None) -> int:
     try:
         code = _exit_code(app(args=argv, standalone_mode=False))
     except EmolensError as exc:
-        print(f"emolens: error: {exc}", file=sys.stderr)
+        print(f"emolens: error: {exc.render(flag_of)}", file=sys.stderr)  # library parameters read as flags
         return 2
     except typer.Exit as exc:  # raised outside a command's invoke (e.g. a callback)
         code = int(exc.exit_code or 0)

@@ -9,13 +9,15 @@ from pathlib import Path
 
 import typer
 
+from emolens.cli.options import force_option, out_option
+
 
 def register(app: typer.Typer) -> None:
     @app.command()
     def compare(
         runs: list[Path] = typer.Argument(..., help="run folders made by emolens run"),
-        out: Path = typer.Option(..., help="folder for compare.png, peaks.csv and compare.html"),
-        force: bool = typer.Option(False, help="overwrite an existing comparison in --out"),
+        out: Path = out_option(help="folder for compare.png, peaks.csv and compare.html"),
+        force: bool = force_option(),
     ) -> None:
         """Cross-model figures on relative depth (probes, patching, ablation, steering), one row per model."""
         from emolens.cli.readout import prepare_out_dir

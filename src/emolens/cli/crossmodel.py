@@ -12,6 +12,7 @@ from pathlib import Path
 
 import typer
 
+from emolens.cli.options import force_option, out_option, seed_option
 from emolens.cli.readout import prepare_out_dir
 from emolens.errors import EmolensError
 from emolens.labels import EMOTIONS
@@ -24,11 +25,11 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def crossmodel(
         runs: str = typer.Option(..., help="two run folders (or resid.npz files), comma-separated"),
-        out: Path = typer.Option(..., help="output folder"),
+        out: Path = out_option(),
         depths: int = typer.Option(4, help="matched relative depths for the transfer test"),
         permutations: int = typer.Option(999, help="Mantel permutations per RSA test"),
-        seed: int = typer.Option(0, help="seed of the permutations and the half/half split"),
-        force: bool = typer.Option(False, help="overwrite an existing result in --out"),
+        seed: int = seed_option(help="seed of the permutations and the half/half split"),
+        force: bool = force_option(),
     ) -> None:
         """Linear CKA (depth x depth), RSA of emotion geometry and probe transfer between two models."""
         # lazy: the library imports torch, transformers or pandas; kept out of `emolens --help`

@@ -8,6 +8,16 @@ import typer
 
 from emolens.cli.checks import check_layer_text, relative_positions
 from emolens.cli.corpus_options import Corpus, corpus_options
+from emolens.cli.options import (
+    batch_size_option,
+    data_option,
+    device_option,
+    dtype_option,
+    limit_option,
+    model_option,
+    out_option,
+    seed_option,
+)
 from emolens.errors import EmolensError
 from emolens.locks import WriterLock
 
@@ -16,9 +26,9 @@ def register(app: typer.Typer) -> None:
     @app.command()
     @corpus_options
     def extract(
-        out: Path = typer.Option(..., help="store folder (resumed if incomplete, reused if complete)"),
-        model: str = typer.Option("gemma-3-270m", help="alias, hub id, local folder or .gguf file"),
-        data: str = typer.Option("crowd-envent", help="crowd-envent, stimuli, or a CSV/TSV/JSONL/zip path"),
+        out: Path = out_option(help="store folder (resumed if incomplete, reused if complete)"),
+        model: str = model_option(),
+        data: str = data_option(),
         sites: str = typer.Option("attn,mlp,resid", help="comma-separated sites (resid, attn, mlp, attn_post, "
                                                           "mlp_post, heads, embed, final)"),
         layers: str = typer.Option("all", help="'all', '3', '2,5,7' or 'a:b' (0-indexed; b excluded; every "
@@ -29,16 +39,16 @@ def register(app: typer.Typer) -> None:
         readout: bool = typer.Option(False, help="also store the label scores per item (readout.parquet)"),
         dtype: str = typer.Option("auto", help="storage dtype: auto (the model's: float32 on CPU, float16 for a "
                                                "bf16/fp16 model), float16 or float32"),
-        limit: int = typer.Option(0, help="seeded label-stratified sample of N items (0 = all)"),
-        seed: int = typer.Option(0, help="seed of the --limit sample"),
-        batch_size: int = typer.Option(16, help="prompts per forward pass"),
+        limit: int = limit_option(),
+        seed: int = seed_option(),
+        batch_size: int = batch_size_option(),
         chunk_size: int = typer.Option(256, help="items per durable chunk (host memory scales with it)"),
         template: str = typer.Option("T1", help="T1..T8 or a custom string containing {text}"),
         shots: str = typer.Option("joy,sadness", help="shot emotions, comma-separated ('none' for zero-shot)"),
         separator: str = typer.Option("space", help="'space' (paper) or 'newline' between prompt parts"),
         chat: bool = typer.Option(False, help="wrap the prompt in the tokenizer's chat template"),
-        device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1 ..."),
-        model_dtype: str = typer.Option("auto", help="model weights: auto (bf16 GPU, fp32 CPU), float32, bfloat16"),
+        device: str = device_option(),
+        model_dtype: str = dtype_option(),
         corpus: Corpus = None,
     ) -> None:
         """Capture sites x layers x positions for every item (and the label readout) into a store."""

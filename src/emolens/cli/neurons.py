@@ -15,6 +15,17 @@ from pathlib import Path
 import typer
 
 from emolens.cli.corpus_options import Corpus, corpus_options
+from emolens.cli.options import (
+    batch_size_option,
+    data_option,
+    device_option,
+    dtype_option,
+    force_option,
+    limit_option,
+    model_option,
+    out_option,
+    seed_option,
+)
 from emolens.cli.readout import prepare_out_dir
 from emolens.errors import EmolensError
 from emolens.labels import APPRAISAL_PRESETS
@@ -55,9 +66,9 @@ def register(app: typer.Typer) -> None:
     @app.command()
     @corpus_options
     def neurons(
-        out: Path = typer.Option(..., help="output folder"),
-        model: str = typer.Option("gemma-3-270m", help="alias, hub id, local folder or .gguf file"),
-        data: str = typer.Option("crowd-envent", help="crowd-envent, stimuli, or a table path with appraisal ratings"),
+        out: Path = out_option(),
+        model: str = model_option(),
+        data: str = data_option(help="crowd-envent, stimuli, or a table path with appraisal ratings"),
         appraisals: str = typer.Option("all", help="'all', 'paper' or comma-separated appraisal columns"),
         layers: str = typer.Option("all", help="layers of the neuron pass: 'all', '3', '2,5,7' or 'a:b'"),
         probe_layers: str = typer.Option("auto", help="layers for sparse probes: auto (4 spread), none, or ids"),
@@ -71,15 +82,15 @@ def register(app: typer.Typer) -> None:
         ids: Path = typer.Option(None, help="a file of item ids (one per line): analyse only these items"),
         save_resid: bool = typer.Option(False, help="also save the residual stream at the cue (resid.npz) for "
                                                    "emolens crossmodel, captured in the same pass"),
-        limit: int = typer.Option(0, help="seeded label-stratified sample of N items first (0 = all)"),
+        limit: int = limit_option(help="seeded label-stratified sample of N items first (0 = all)"),
         budget_minutes: float = typer.Option(0.0, help="stop the pass before it would run past this many minutes "
                                                       "(items in seeded random blocks, so the items done are a "
                                                       "random subset; 0 = no limit)"),
-        seed: int = typer.Option(0, help="seed of --limit, the probe split and random sets"),
-        batch_size: int = typer.Option(16, help="prompts per forward pass"),
-        device: str = typer.Option("auto", help="auto, cpu, cuda ..."),
-        dtype: str = typer.Option("auto", help="model weights: auto (bf16 GPU, fp32 CPU), float32, bfloat16"),
-        force: bool = typer.Option(False, help="overwrite an existing result in --out"),
+        seed: int = seed_option(help="seed of --limit, the probe split and random sets"),
+        batch_size: int = batch_size_option(),
+        device: str = device_option(),
+        dtype: str = dtype_option(),
+        force: bool = force_option(),
         corpus: Corpus = None,
     ) -> None:
         """Per-neuron correlations with appraisal ratings, sparse probes, minimal pairs and ablation."""

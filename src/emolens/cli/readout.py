@@ -8,6 +8,17 @@ from pathlib import Path
 import typer
 
 from emolens.cli.corpus_options import Corpus, corpus_options
+from emolens.cli.options import (
+    batch_size_option,
+    data_option,
+    device_option,
+    dtype_option,
+    force_option,
+    limit_option,
+    model_option,
+    out_option,
+    seed_option,
+)
 from emolens.cli.outputs import note_created
 from emolens.errors import EmolensError
 from emolens.paths import dump_json
@@ -40,11 +51,11 @@ def register(app: typer.Typer) -> None:
     @app.command()
     @corpus_options
     def readout(
-        model: str = typer.Option("gemma-3-270m", help="alias, hub id, local folder or .gguf file"),
-        data: str = typer.Option("crowd-envent", help="crowd-envent, stimuli, or a CSV/TSV/JSONL/zip path"),
-        out: Path = typer.Option(..., help="output folder"),
-        limit: int = typer.Option(0, help="seeded label-stratified sample of N items (0 = all)"),
-        seed: int = typer.Option(0, help="seed of the --limit sample"),
+        model: str = model_option(),
+        data: str = data_option(),
+        out: Path = out_option(),
+        limit: int = limit_option(),
+        seed: int = seed_option(),
         template: str = typer.Option("T1", help="T1..T8 or a custom string containing {text}"),
         shots: str = typer.Option("joy,sadness", help="shot emotions, comma-separated ('none' for zero-shot)"),
         separator: str = typer.Option("space", help="'space' (paper) or 'newline' between prompt parts"),
@@ -52,10 +63,10 @@ def register(app: typer.Typer) -> None:
         calibrate: bool = typer.Option(False, help="also report contextual calibration (Zhao et al., 2021)"),
         correct_from: str = typer.Option("raw", help="which predictions define correct_ids.txt: raw, or calibrated "
                                          "(needs --calibrate; changes the correct subset later analyses use)"),
-        batch_size: int = typer.Option(16, help="prompts per forward pass"),
-        device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1 ..."),
-        dtype: str = typer.Option("auto", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16"),
-        force: bool = typer.Option(False, help="overwrite an existing result in --out"),
+        batch_size: int = batch_size_option(),
+        device: str = device_option(),
+        dtype: str = dtype_option(),
+        force: bool = force_option(),
         corpus: Corpus = None,
     ) -> None:
         """Score the emotion labels (13, or your --labels) at the answer position; write readout.parquet and metrics."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from emolens.errors import EmolensError
+from emolens.errors import EmolensError, arg
 from emolens.inputs.prompts import Prompt
 
 #: The prompt-side baseline a practitioner tries first.
@@ -36,7 +36,7 @@ def resolve_form(form: str, tokenizer) -> str:
         return "chat" if has_template else "raw"
     if form == "chat" and not has_template:
         raise EmolensError("the chat form needs a tokenizer with a chat template",
-                           "use --form raw for base models such as gemma-3-270m")
+                           f"use {arg('form', 'raw')} for base models such as gemma-3-270m")
     return form
 
 
@@ -61,10 +61,10 @@ def _chat(message: str, instruction: str | None, tokenizer) -> Prompt:
     bare = tokenizer.apply_chat_template(turn, tokenize=False, add_generation_prompt=False)
     start = wrapped.find(content)
     if start < 0:
-        raise EmolensError("the chat template rewrote the message text", "use --form raw")
+        raise EmolensError("the chat template rewrote the message text", f"use {arg('form', 'raw')}")
     if not wrapped.startswith(bare) or len(wrapped) == len(bare):
         raise EmolensError("the chat template adds no separate assistant header",
-                           "use --form raw for this tokenizer")
+                           f"use {arg('form', 'raw')} for this tokenizer")
     msg_start = start + (len(instruction) + 2 if instruction else 0)
     spans = {"instruction": [(start, start + len(instruction))] if instruction else [], "shots": [],
              "context": [(msg_start, msg_start + len(message))], "answer": [(len(bare), len(wrapped))]}

@@ -43,7 +43,7 @@ from emolens.control.prompts import CALM_INSTRUCTION, reply_prompts, resolve_for
 from emolens.control.verdict import verdict
 from emolens.data.corpus import EmotionDataset
 from emolens.engine.windows import Window
-from emolens.errors import EmolensError
+from emolens.errors import EmolensError, arg
 from emolens.inputs.prompts import Prompt, PromptSpec, build_prompts
 from emolens.labels import EMOTIONS
 from emolens.metrics import wilson_interval
@@ -163,7 +163,7 @@ def _cache(out: Path, fingerprint: dict, overwrite: bool) -> Path:
         old = json.loads(manifest.read_text())
         if old != fingerprint:
             raise EmolensError(f"{str(out)!r} holds a control run with other settings",
-                               "use another --out, or pass --overwrite to replace it")
+                               f"use another {arg('out')}, or pass {arg('overwrite', True)} to replace it")
     elif manifest.exists():
         for f in [*gen.glob("*.parquet"), *gen.glob("directions.pt")]:
             f.unlink()
@@ -273,8 +273,8 @@ def run_control(lm, dataset: EmotionDataset, out: str | Path, fit: EmotionDatase
     """
     cfg = config or ControlConfig()
     if not cfg.betas or any(b <= 0 for b in cfg.betas):
-        raise EmolensError(f"betas {list(cfg.betas)} must be positive", "pass e.g. --betas 0.05,0.1,0.2 "
-                           "(beta 0 is the clean condition, always run)")
+        raise EmolensError(f"{arg('betas', list(cfg.betas))} must be positive",
+                           f"pass e.g. {arg('betas', (0.05, 0.1, 0.2))} (beta 0 is the clean condition, always run)")
     out = Path(out)
     form = resolve_form(cfg.form, lm.tokenizer)
     centre = cfg.window if cfg.window is not None else lm.n_layers // 2

@@ -23,7 +23,7 @@ from emolens.crossmodel.similarity import (
     relative_depth_pairs,
 )
 from emolens.crossmodel.transfer import transfer
-from emolens.errors import EmolensError
+from emolens.errors import EmolensError, arg
 
 __all__ = ["ModelActivations", "compare_models", "load_resid"]
 
@@ -46,11 +46,12 @@ class ModelActivations:
 
 
 def load_resid(path: str | Path) -> ModelActivations:
-    """Read ``resid.npz`` written by ``emolens neurons --save-resid`` (a folder or the file)."""
+    """Read ``resid.npz`` written by the neuron pass with ``save_resid`` (a folder or the file)."""
     path = Path(path)
     path = path / "resid.npz" if path.is_dir() else path
     if not path.exists():
-        raise EmolensError(f"{str(path)!r} does not exist", "run emolens neurons --save-resid for each model first")
+        raise EmolensError(f"{str(path)!r} does not exist",
+                           f"run the neuron pass with {arg('save_resid', True)} for each model first")
     z = np.load(path, allow_pickle=False)
     return ModelActivations(str(z["model"]), z["resid"], [int(x) for x in z["layers"]], int(z["n_layers"]),
                             [str(x) for x in z["ids"]], z["labels"].astype(str), z["ratings"],
@@ -62,7 +63,8 @@ def _shared(a: ModelActivations, b: ModelActivations) -> tuple[np.ndarray, np.nd
     ia = np.array([i for i, item in enumerate(a.ids) if item in pos_b], dtype=int)
     ib = np.array([pos_b[a.ids[i]] for i in ia], dtype=int)
     if len(ia) < 26:
-        raise EmolensError(f"{a.name} and {b.name} share only {len(ia)} items", "run both on the same --ids file")
+        raise EmolensError(f"{a.name} and {b.name} share only {len(ia)} items",
+                           f"run both on the same {arg('ids')} file")
     return ia, ib
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from emolens.errors import EmolensError
+from emolens.errors import EmolensError, arg
 from emolens.labels import ALL_APPRAISALS, APPRAISAL_PRESETS, EMOTIONS
 from emolens.paths import cache_dir, sha256_file
 
@@ -73,8 +73,9 @@ class EmotionDataset:
         unknown = sorted({lab for lab in self.labels if lab is not None and lab not in self.label_names})
         if unknown:
             raise EmolensError(f"dataset {self.name!r} has unknown labels {unknown}",
-                               f"map them with --label-map old=new to one of {list(self.label_names)}, or declare "
-                               "the label set with --labels a,b,c")
+                               f"map them with {arg('columns.label_map', 'old=new')} to one of "
+                               f"{list(self.label_names)}, or declare the label set with "
+                               f"{arg('columns.labels', ('a', 'b', 'c'))}")
         if self.meta.empty:
             self.meta = pd.DataFrame(index=range(n))
         self.meta = self.meta.reset_index(drop=True)
@@ -136,7 +137,7 @@ class EmotionDataset:
         shame are not halved. Draws are within each label; the result keeps the original order.
         """
         if n <= 0:
-            raise EmolensError(f"sample size {n} is not positive", "pass --limit N with N >= 1")
+            raise EmolensError(f"sample size {n} is not positive", "draw 1 or more items")
         if n >= len(self) and not balanced:
             return self
         rng = np.random.default_rng(seed)
@@ -204,7 +205,8 @@ def read_table(path: str | Path) -> pd.DataFrame:
     """Read CSV, TSV or JSONL by extension; CSVs fall back from UTF-8 to Windows-1252."""
     path = Path(path)
     if not path.exists():
-        raise EmolensError(f"data file {str(path)!r} does not exist", "check the path or pass --data stimuli")
+        raise EmolensError(f"data file {str(path)!r} does not exist",
+                           f"check the path or pass {arg('data', 'stimuli')}")
     suffix = path.suffix.lower()
     try:
         if suffix in (".jsonl", ".json"):
@@ -254,9 +256,10 @@ def dataset_from_frame(
     missing = [c for c in required if c not in columns]
     if missing:
         raise EmolensError(f"{name}: missing column(s) {missing}; found {columns[:12]}",
-                           "pass the right --text-column/--label-column or fix the file")
+                           f"pass the right {arg('columns.text')}/{arg('columns.label')} or fix the file")
     if len(frame) == 0:
-        raise EmolensError(f"{name}: the table has a header but no rows", "add rows or pass another --data file")
+        raise EmolensError(f"{name}: the table has a header but no rows",
+                           f"add rows or pass another {arg('data')} file")
     if isinstance(appraisals, str):
         if appraisals not in APPRAISAL_PRESETS:
             raise EmolensError(f"unknown appraisal preset {appraisals!r}", f"use one of {list(APPRAISAL_PRESETS)}")
@@ -265,7 +268,7 @@ def dataset_from_frame(
         absent = [c for c in appraisals.values() if c not in columns]
         if absent:
             raise EmolensError(f"{name}: appraisal column(s) {absent} not found; found {columns[:12]}",
-                               "fix --appraisal-columns name=column,...")
+                               f"fix {arg('columns.appraisals', 'name=column,...')}")
         frame = frame.rename(columns={c: n for n, c in appraisals.items() if n != c})
         frame = frame.loc[:, ~frame.columns.duplicated(keep="last")]
         columns = list(frame.columns)
@@ -294,7 +297,8 @@ def dataset_from_frame(
         unknown = sorted(present - set(EMOTIONS))
         if unknown:
             raise EmolensError(f"dataset {name!r} has unknown labels {unknown} (outside the protocol emotions)",
-                               "map them with --label-map old=new, or declare the label set with --labels a,b,c")
+                               f"map them with {arg('columns.label_map', 'old=new')}, or declare the label set with "
+                               f"{arg('columns.labels', ('a', 'b', 'c'))}")
         label_names = [e for e in EMOTIONS if e in present]
     else:
         label_names = [str(lab).strip().lower() for lab in label_names]

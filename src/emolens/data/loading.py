@@ -22,7 +22,7 @@ from emolens.data.corpus import (
 )
 from emolens.data.sensitive import load_sensitive
 from emolens.data.stimuli import load_stimuli
-from emolens.errors import EmolensError
+from emolens.errors import EmolensError, arg
 
 __all__ = ["BUILT_IN", "DEFAULT_CORPUS", "Columns", "load_dataset", "parse_pairs"]
 
@@ -85,7 +85,7 @@ def load_dataset(spec: str | Path, columns: Columns | None = None, **kwargs) -> 
     if text.lower() in BUILT_IN:
         if columns.given:
             raise EmolensError(f"column options ({columns.describe()}) apply to your own files, not to "
-                               f"the built-in {text!r}", "drop them or pass --data PATH")
+                               f"the built-in {text!r}", f"drop them or pass a file path as {arg('data')}")
         if text.lower() in DEFAULT_CORPUS:
             return load_crowd_envent(**kwargs)
         return load_stimuli(**kwargs) if text.lower() == "stimuli" else load_sensitive(**kwargs)
@@ -96,8 +96,8 @@ def load_dataset(spec: str | Path, columns: Columns | None = None, **kwargs) -> 
                                "pass the table file itself")
         return load_crowd_envent(path, **kwargs)
     frame = read_table(path)
-    named = {"--text-column": columns.text, "--label-column": columns.label, "--id-column": columns.id}
-    absent = [f"{flag} {col!r}" for flag, col in named.items() if col and col not in frame.columns]
+    named = {"columns.text": columns.text, "columns.label": columns.label, "columns.id": columns.id}
+    absent = [arg(name, col) for name, col in named.items() if col and col not in frame.columns]
     if absent:
         raise EmolensError(f"{path.name}: no column for {', '.join(absent)}; found {list(frame.columns)[:12]}",
                            "name columns that exist in the file")

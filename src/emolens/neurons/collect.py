@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from emolens.data.corpus import EmotionDataset
 from emolens.engine.intervention import Capture, run_forward
-from emolens.errors import EmolensError
+from emolens.errors import EmolensError, arg
 from emolens.inputs.batching import iter_batches
 from emolens.inputs.prompts import PromptSpec, build_prompts
 from emolens.neurons.moments import NeuronMoments
@@ -86,7 +86,7 @@ def neuron_pass(lm, dataset: EmotionDataset, appraisals: Sequence[str] | None = 
     keep = [k for k in keep_layers if k in layer_list]
     if len(keep) != len(set(keep_layers)):
         raise EmolensError(f"probe layers {sorted(set(keep_layers) - set(keep))} are not among the pass's layers",
-                           "pick probe layers inside --layers")
+                           f"pick probe layers inside {arg('layers')}")
     items = complete_items(dataset, appraisals, emotions)
     if len(items) < 10:
         raise EmolensError(f"only {len(items)} items of {dataset.name!r} have a label and every appraisal rated",
@@ -115,7 +115,8 @@ def neuron_pass(lm, dataset: EmotionDataset, appraisals: Sequence[str] | None = 
             _, run = run_forward(lm, batch, ops, need_logits=False)
             x = run.captures["neurons"][:, :, 0].numpy()  # [b, L, N]
             if not np.isfinite(x).all():
-                raise EmolensError("non-finite neuron activations", "load the model in float32 (--model-dtype float32)")
+                raise EmolensError("non-finite neuron activations",
+                                   f"load the model in float32 ({arg('dtype', 'float32')})")
             idx = chunk[batch.indices]
             moments.update(x, ratings[idx], groups[idx])
             for k in keep:

@@ -46,7 +46,7 @@ import torch
 from emolens.data.corpus import read_ids
 from emolens.data.loading import load_dataset
 from emolens.data.stimuli import load_stimuli
-from emolens.errors import EmolensError
+from emolens.errors import EmolensError, arg
 from emolens.labels import APPRAISAL_PRESETS, FIRST_WORDS
 from emolens.paths import cache_dir, dump_json
 from emolens.probes import evaluation as pe
@@ -54,7 +54,7 @@ from emolens.probes.control_task import control_task_selectivity
 from emolens.probes.directions import fit_directions
 from emolens.probes.validity import probe_warnings
 
-#: Task names accepted by ``--task`` (``all`` = every one of them).
+#: Task names accepted by ``tasks`` (``all`` = every one of them).
 TASKS: tuple[str, ...] = ("emotion", "appraisal", "first-word")
 PROBES: tuple[str, ...] = ("logistic", "mlp")
 PROTOCOLS: tuple[str, ...] = ("paper", "cv")
@@ -127,7 +127,7 @@ def dataset_for_store(store, data: str | Path | None = None, columns=None):
             full = load_dataset("crowd-envent")
         else:
             raise EmolensError(f"store {str(store.root)!r} was extracted from dataset {name!r}, whose path the "
-                               "store does not record", "pass --data with the file used for extraction")
+                               "store does not record", f"pass {arg('data')} with the file used for extraction")
         where = name
     else:
         full = load_dataset(data, columns)  # columns: a user's corpus options (emolens.data.loading.Columns)
@@ -135,12 +135,13 @@ def dataset_for_store(store, data: str | Path | None = None, columns=None):
     try:
         ds = full.subset(np.array(store.item_ids, dtype=object).astype(str))
     except EmolensError as exc:
-        raise EmolensError(f"--data {where!r} does not hold the store's items ({exc})",
+        raise EmolensError(f"{arg('data', where)} does not hold the store's items ({exc})",
                            "pass the data the store was extracted from") from exc
     want = ident.get("dataset_fingerprint")
     if want and ds.fingerprint() != want:
         raise EmolensError(f"data {where!r} differs from what store {str(store.root)!r} was extracted from "
-                           "(dataset fingerprint mismatch)", "pass the same --data (and version) used for extraction")
+                           "(dataset fingerprint mismatch)",
+                           f"pass the same {arg('data')} (and version) used for extraction")
     return ds
 
 
@@ -179,7 +180,8 @@ def select_items(store, items: str = "correct") -> ItemSelection:
             source = str(store.root / "correct_ids.txt")
         else:
             raise EmolensError(f"store {str(store.root)!r} has no readout to tell correct items",
-                               "extract with --readout, or pass --items all or --items FILE")
+                               f"extract with {arg('readout', True)}, or pass {arg('items', 'all')} or an id file "
+                               f"as {arg('items')}")
         mode = "correct"
     else:
         ids = read_ids(items)
@@ -187,7 +189,7 @@ def select_items(store, items: str = "correct") -> ItemSelection:
         if len(set(ids)) != len(ids):
             raise EmolensError(f"id list {items!r} repeats ids", "list each item once")
     if not ids:
-        raise EmolensError(f"no items selected ({source} lists none)", "use --items all or another id list")
+        raise EmolensError(f"no items selected ({source} lists none)", f"use {arg('items', 'all')} or another id list")
     rows = store.index_of(ids)
     order = np.argsort(rows, kind="stable")  # keep store order: contiguous memmap reads
     return ItemSelection(mode, [ids[i] for i in order], rows[order], source, n)
@@ -269,7 +271,7 @@ def run_probing(store, dataset, *, tasks: Sequence[str] = TASKS, items: str = "c
     K = len(ds.label_names)
     names = parse_appraisals(appraisals, ds.appraisal_names)
     if "appraisal" in tasks and not names:
-        raise EmolensError("the data has none of the requested appraisals", "pick --appraisals the data has")
+        raise EmolensError("the data has none of the requested appraisals", f"pick {arg('appraisals')} the data has")
     Y = np.stack([ds.appraisal(a) for a in names], 1).astype(np.float64) if names else None
     rated = np.isfinite(Y).all(1) if Y is not None else np.zeros(len(ds), bool)
     fw = first_word_labels(ds.texts)
@@ -289,17 +291,17 @@ def run_probing(store, dataset, *, tasks: Sequence[str] = TASKS, items: str = "c
                                 "n_excluded_missing_rating": int((~rated).sum()), "position": -1}
         if rated.sum() < max(10, k):
             raise EmolensError(f"only {int(rated.sum())} selected items have all {len(names)} appraisal ratings",
-                               "pick --appraisals the data rates, or use more items")
+                               f"pick {arg('appraisals')} the data rates, or use more items")
         if -1 not in store.positions:
             raise EmolensError("the paper probes appraisals at position -1, which the store lacks",
-                               "extract with --positions including -1")
+                               f"extract with {arg('positions')} including -1")
     if "first-word" in tasks:
         summary["first_word"] = {"vocabulary": list(FIRST_WORDS), "n_included": int((fw >= 0).sum()),
                                  "n_excluded": int((fw < 0).sum()),
                                  "counts": {w: int((fw == i).sum()) for i, w in enumerate(FIRST_WORDS)}}
         if (fw >= 0).sum() < max(10, k):
             raise EmolensError(f"only {int((fw >= 0).sum())} selected items start with a first-word label",
-                               "use more items or --task emotion")
+                               f"use more items or {arg('tasks', 'emotion')}")
     say(f"{len(sel.ids)} items ({sel.mode}: {sel.source}); tasks {', '.join(tasks)}")
 
     common = dict(protocol=protocol, k=k, seed=seed, n_boot=n_boot)
@@ -372,7 +374,7 @@ def run_probing(store, dataset, *, tasks: Sequence[str] = TASKS, items: str = "c
             del X
         if not all_slices:
             raise EmolensError(f"store {str(store.root)!r} has no int positions to probe",
-                               "extract with --positions such as -1,-2")
+                               f"extract with {arg('positions', (-1, -2))}")
         human = None
         if human_baseline and Y is not None and ("emotion" in tasks or "appraisal" in tasks):
             # human ratings -> emotion on every gold-labelled item of the data, not the selected (e.g. the

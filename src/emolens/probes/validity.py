@@ -13,6 +13,8 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from emolens.errors import arg
+
 __all__ = ["MIN_CLASSES", "MIN_TEST_ITEMS", "MAX_MAJORITY", "probe_warnings"]
 
 #: Fewer held-out items than this and a layer ranking is noise (a 95% interval of ±0.2 or more).
@@ -27,7 +29,7 @@ def probe_warnings(table: pd.DataFrame, labels: np.ndarray, label_names: Sequenc
                    first_words: np.ndarray | None = None) -> list[str]:
     """One sentence per problem of the emotion and first-word probes (empty when none)."""
     out: list[str] = []
-    fix = "use --items all (or items: all), more items, or --protocol cv"
+    fix = f"use {arg('items', 'all')}, more items, or {arg('protocol', 'cv')}"
     present = labels[labels >= 0]
     if len(present):
         counts = np.bincount(present, minlength=len(label_names))

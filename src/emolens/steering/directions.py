@@ -25,7 +25,7 @@ import torch
 from emolens.activations.store import ActivationStore
 from emolens.engine.intervention import run_forward
 from emolens.engine.ops import Capture
-from emolens.errors import EmolensError
+from emolens.errors import EmolensError, arg
 from emolens.inputs.batching import iter_batches
 from emolens.labels import ALL_APPRAISALS, EMOTIONS, PAPER_APPRAISALS
 from emolens.probes.directions import fit_directions
@@ -317,7 +317,7 @@ def combine(bank: ConceptBank, terms: Sequence[Term], layers: Sequence[int], par
     norm = total.norm(dim=-1, keepdim=True)
     if bool((norm < 1e-12).any()) or not bool(torch.isfinite(norm).all()):
         raise EmolensError(f"direction {format_terms(terms)!r} is zero or undefined at some layer",
-                           "it cancels out or lies inside the span held fixed; change the terms or --fixed")
+                           f"it cancels out or lies inside the span held fixed; change the terms or {arg('fixed')}")
     return (total / norm).float()
 
 

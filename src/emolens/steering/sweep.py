@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from emolens.engine.runner import ConditionRunner, Prefix
 from emolens.engine.scoring import LabelScorer
 from emolens.engine.windows import Window, layer_windows
-from emolens.errors import EmolensError
+from emolens.errors import EmolensError, arg
 from emolens.inputs.batching import iter_batches
 from emolens.inputs.prompts import PromptSpec, build_prompts
 from emolens.labels import EMOTIONS
@@ -332,7 +332,7 @@ def fit_split(dataset, holdout: float | None = 0.5, seed: int = 0):
     train = np.setdiff1d(np.arange(n), test)
     if len(train) < 2 or len(test) < 1:
         raise EmolensError(f"{n} items are too few to hold out {holdout:g} of them",
-                           "use more items or --holdout 0 (fit and steer on all items)")
+                           f"use more items or {arg('holdout', 0)} (fit and steer on all items)")
     return dataset.subset(train), dataset.subset(test)
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from emolens.errors import EmolensError
+from emolens.errors import EmolensError, arg
 from emolens.locks import WriterLock
 from emolens.paths import dump_json
 from emolens.report.html import write_report
@@ -103,7 +103,7 @@ def run_study(cfg: StudyConfig, out: str | Path | None = None, progress: bool = 
         echo(f"data: {data.how}")
         run_dir = Path(out) if out is not None else default_run_dir(cfg, data)
         if run_dir.exists() and not run_dir.is_dir():
-            raise EmolensError(f"--out {str(run_dir)!r} is a file", "pass a folder path for the run")
+            raise EmolensError(f"{arg('out', str(run_dir))} is a file", "pass a folder path for the run")
         created = not run_dir.exists()
         lock = WriterLock(run_dir, "run folder").acquire()  # one study process per run folder
         try:

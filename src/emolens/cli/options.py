@@ -1,0 +1,94 @@
+"""The options every command shares, declared once, and how library parameters read as flags.
+
+Commands differ in a few defaults (batch 16 for forwards, 8 for generation; seed 0, 42 or 100),
+so each option is a small factory taking what differs; the wording and the meaning stay in one
+place. :data:`PARAM_FLAGS` is the one table from a library parameter name (what
+:func:`emolens.errors.arg` marks in an error) to the flag a CLI user types; the error handler in
+:mod:`emolens.cli.app` renders messages through :func:`flag_of`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import typer
+
+__all__ = ["PARAM_FLAGS", "batch_size_option", "data_option", "device_option", "dtype_option", "flag_of",
+           "force_option", "limit_option", "model_option", "out_option", "seed_option"]
+
+#: Library parameter (as :func:`emolens.errors.arg` names it) -> the flag a CLI user types.
+#: ``columns.*`` are the fields of :class:`emolens.data.loading.Columns`, set by the corpus options.
+PARAM_FLAGS: dict[str, str] = {
+    "appraisals": "--appraisals",
+    "batch_size": "--batch-size",
+    "betas": "--betas",
+    "calibrate": "--calibrate",
+    "chunk_size": "--chunk-size",
+    "columns.appraisals": "--appraisal-columns",
+    "columns.id": "--id-column",
+    "columns.label": "--label-column",
+    "columns.label_map": "--label-map",
+    "columns.labels": "--labels",
+    "columns.text": "--text-column",
+    "data": "--data",
+    "dtype": "--dtype",
+    "fixed": "--fixed",
+    "form": "--form",
+    "holdout": "--holdout",
+    "ids": "--ids",
+    "items": "--items",
+    "layers": "--layers",
+    "limit": "--limit",
+    "out": "--out",
+    "overwrite": "--overwrite",
+    "pairs": "--pairs",
+    "positions": "--positions",
+    "protocol": "--protocol",
+    "readout": "--readout",
+    "save_resid": "--save-resid",
+    "tasks": "--task",
+}
+
+
+def flag_of(param: str) -> str | None:
+    """The CLI flag of a library parameter, or None where the CLI has none."""
+    return PARAM_FLAGS.get(param)
+
+
+def model_option() -> Any:
+    return typer.Option("gemma-3-270m", help="alias, hub id, local folder or .gguf file")
+
+
+def data_option(default: str | None = "crowd-envent",
+                help: str = "crowd-envent, stimuli, or a CSV/TSV/JSONL/zip path") -> Any:
+    return typer.Option(default, help=help)
+
+
+def out_option(help: str = "output folder") -> Any:
+    return typer.Option(..., help=help)
+
+
+def limit_option(help: str = "seeded label-stratified sample of N items (0 = all)") -> Any:
+    return typer.Option(0, help=help)
+
+
+def seed_option(default: int = 0, help: str = "seed of the --limit sample") -> Any:
+    return typer.Option(default, help=help)
+
+
+def batch_size_option(default: int = 16, help: str = "prompts per forward pass") -> Any:
+    return typer.Option(default, help=help)
+
+
+def device_option(help: str = "auto, cpu, cuda, cuda:1 ...") -> Any:
+    return typer.Option("auto", help=help)
+
+
+def dtype_option() -> Any:
+    """The model weights' dtype (``extract`` names it ``--model-dtype``; its ``--dtype`` is the store's)."""
+    return typer.Option("auto", help="model weights: auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16, "
+                                     "float16")
+
+
+def force_option() -> Any:
+    return typer.Option(False, help="overwrite an existing result in --out")
