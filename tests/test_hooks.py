@@ -340,3 +340,12 @@ def test_positions_mask_and_index_agree_on_padded_rows():
         Positions.of("shots").mask(mask, spans)
     with pytest.raises(EmolensError, match="no real token"):
         last.index(torch.zeros(1, 3))
+
+
+def test_run_forward_without_ops_or_logits_is_refused_not_silently_empty(tiny_llama):
+    """No ops and no logits would stop before layer 0 (no forward at all): refused with the fix."""
+    enc = encode(tiny_llama)
+    with pytest.raises(EmolensError, match="nothing to compute.*need_logits=True"):
+        run_forward(tiny_llama, enc, [], need_logits=False)
+    out, run = run_forward(tiny_llama, enc, [])  # a plain forward still runs to the logits
+    assert out.logits.shape[:2] == enc["input_ids"].shape and not run.stopped

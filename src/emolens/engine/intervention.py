@@ -492,9 +492,13 @@ def run_forward(lm: Any, batch: Any, ops: Sequence[Op], need_logits: bool = True
 
     Passes position ids derived from the mask when the batch has none (HF models otherwise count
     positions from the first pad). Without ``need_logits`` the forward stops after the deepest
-    layer any op needs and the returned output is ``None``. Span masks of a ``Batch``
+    layer any op needs and the returned output is ``None``; with no ops that would be no forward
+    at all, so it is refused rather than returning an empty run. Span masks of a ``Batch``
     (``span_masks``) are used for named positions.
     """
+    if not need_logits and not ops:
+        raise EmolensError("run_forward without ops and with need_logits=False has nothing to compute",
+                           "pass the ops to apply, or need_logits=True for a plain forward")
     model, _ = unwrap(lm)
     ids = _field(batch, "input_ids")
     mask = _field(batch, "attention_mask")
