@@ -590,6 +590,29 @@ def test_robustness_reruns_probe_ablation_and_patching_per_variant(robust_run):
     assert "Readout accuracy ranges from" in html and "The emotion probe peaks" in html
 
 
+def test_causal_stages_and_cli_write_identical_tables_and_figures(robust_run, tmp_path):
+    """One writer: ``emolens ablate`` / ``emolens patch`` with the stages' settings write the very same
+    tables and heatmaps (byte for byte) as the study's ablate and patch stages."""
+    cfg, result = robust_run
+    folder = result.run_dir / "tiny-llama"
+    ids = tmp_path / "ids.txt"  # the study's items (--seed would also reseed a --limit sample)
+    ids.write_text("\n".join(pd.read_parquet(folder / "readout/readout.parquet")["id"]) + "\n")
+    common = ["--model", "tiny:llama", "--data", "stimuli", "--items", str(ids), "--seed", str(cfg.seed + 100),
+              "--sites", "attn,resid", "--span", "1", "--positions=-1", "--batch-size", str(cfg.batch_size)]
+    for command, stage, table, extra in (("ablate", "ablate", "ablation", ["--kinds", "zero"]),
+                                          ("patch", "patch", "patching", ["--pairs", "8"])):
+        out = tmp_path / command
+        main([command, *common, *extra, "--out", str(out)])
+        theirs = folder / stage
+        pd.testing.assert_frame_equal(pd.read_parquet(out / f"{table}.parquet"),
+                                      pd.read_parquet(theirs / f"{table}.parquet"), obj=table)
+        figures = sorted(p.name for p in theirs.glob("heatmap_*.png"))
+        assert figures and figures == sorted(p.name for p in out.glob("heatmap_*.png"))
+        assert all((out / f).read_bytes() == (theirs / f).read_bytes() for f in figures), command
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "patch/pairs.parquet"),
+                                  pd.read_parquet(folder / "patch/pairs.parquet"))
+
+
 def test_robustness_analyses_change_its_key_only_when_on(base_run):
     """A probe setting reaches the robustness stage's key only when it re-runs the probe."""
     cfg, _ = base_run

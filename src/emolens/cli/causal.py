@@ -1,72 +1,22 @@
 """``emolens ablate | patch | knockout``: causal interventions over layer windows.
 
 All three share item selection (``--items correct`` runs a readout first, as the paper filters to
-correctly predicted items), window and position parsing, and output: the tables the study's stages
-write (:func:`emolens.causal.common.write_outputs`: ``ablation.parquet``, ``patching.parquet`` or
-``knockout.parquet``, tidy, one row per measurement; ``pairs.parquet`` for ``patch``; ``info.json``),
-plus ``run.json`` (the command's arguments and timing) and heatmaps.
+correctly predicted items), window and position parsing, and output: the files the study's stages
+write (:func:`emolens.report.analysis_files.write_causal`: ``ablation.parquet``, ``patching.parquet``
+or ``knockout.parquet``, tidy, one row per measurement; ``pairs.parquet`` for ``patch``;
+``info.json``; the heatmaps), plus ``run.json`` (the command's arguments and timing). This module
+declares the commands; :mod:`emolens.cli.causal_run` (imported when a command runs) does the work.
 """
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import typer
 
+from emolens.cli import options as opt
 from emolens.cli.corpus_options import Corpus, corpus_options
 from emolens.errors import EmolensError
-
-
-def _ints(text: str, what: str) -> list[int]:
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError as exc:
-        raise EmolensError(f"bad {what} {text!r}", f"give comma-separated integers for {what}") from exc
-
-
-def _select_items(lm, dataset, items: str, spec, batch_size: int):
-    from emolens.data.corpus import read_ids
-    from emolens.readout import readout
-
-    if items == "all":
-        return dataset
-    if items == "correct":
-        result = readout(lm, dataset, spec, batch_size=batch_size)
-        ids = result.correct_ids
-    else:
-        wanted = set(read_ids(items))
-        ids = [i for i in dataset.ids if i in wanted]
-    if not ids:
-        raise EmolensError("no items selected (no correct predictions or no id overlap)",
-                       "use --items all, a larger --limit, or an id file matching --data")
-    return dataset.subset(ids)
-
-
-def _windows(lm, span: str, centers: str | None, layers: str | None):
-    from emolens.engine.windows import Window, layer_windows
-
-    if layers:
-        return [Window.from_layers(_ints(layers, "layers"), lm.n_layers)]
-    return layer_windows(lm.n_layers, _ints(span, "spans"), _ints(centers, "centres") if centers else None)
-
-
-def _positions(text: str) -> list:
-    from emolens.engine.positions import position_items
-
-    return position_items(text)
-
-
-def _heads(lm, text: str | None) -> list[int] | None:
-    if not text:
-        return None
-    if text == "all":
-        return list(range(lm.sites.n_heads))
-    heads = _ints(text, "heads")
-    bad = [h for h in heads if not 0 <= h < lm.sites.n_heads]
-    if bad:
-        raise EmolensError(f"head(s) {bad} out of range", f"use 0..{lm.sites.n_heads - 1}")
-    return heads
 
 
 def _heads_need_site(heads: str | None, sites: str) -> None:
@@ -76,57 +26,22 @@ def _heads_need_site(heads: str | None, sites: str) -> None:
                            "add heads to --sites (e.g. --sites heads --heads 0) or drop --heads")
 
 
-def _sites(lm, text: str) -> list[str]:
-    sites = [s.strip() for s in text.split(",") if s.strip()]
-    for site in sites:
-        lm.sites.width(site)
-        if lm.sites.layer_count(site) == 1:
-            raise EmolensError(f"site {site!r} has no layers to window over", "use resid, attn, mlp, *_post or heads")
-    return sites
-
-
-def _finish(result, out_dir: Path, args: dict, metrics: tuple[str, ...], seconds: float, lm) -> None:
-    from emolens.causal.common import write_outputs
-    from emolens.paths import dump_json
-    from emolens.report.causal_figures import plot_all
-
-    write_outputs(result, out_dir, result.frame["analysis"].iloc[0])
-    plots = plot_all(result.frame, out_dir, metrics)
-    dump_json(out_dir / "run.json", {**args, **result.info, "source_id": lm.source_id,
-                                     "seconds": round(seconds, 2), "plots": [p.name for p in plots]})
-    typer.echo(f"{len(result.frame)} rows, {result.info.get('forwards')} forward passes, {seconds:.1f}s; "
-               f"results in {out_dir}")
-
-
 def register(app: typer.Typer) -> None:
     common = {
-        "model": typer.Option("gemma-3-270m", help="alias, hub id, local folder or .gguf file"),
-        "data": typer.Option("crowd-envent", help="crowd-envent, stimuli, or a table path"),
+        "model": opt.model_option(),
+        "data": opt.data_option(),
         "items": typer.Option("correct", help="correct (readout first), all, or a correct_ids.txt file"),
-        "limit": typer.Option(0, help="seeded label-stratified sample of N items first (0 = all)"),
+        "limit": opt.limit_option(help="seeded label-stratified sample of N items first (0 = all)"),
         "span": typer.Option("3", help="window spans, comma-separated odd numbers"),
         "centers": typer.Option(None, help="window centres (default: all valid)"),
         "layers": typer.Option(None, help="one explicit layer list instead of windows, e.g. 8,9,10"),
-        "seed": typer.Option(100, help="seed of --limit, pairs, noise and resampling"),
-        "batch_size": typer.Option(16, help="prompts per forward pass"),
-        "device": typer.Option("auto", help="auto, cpu, cuda ..."),
-        "dtype": typer.Option("auto", help="auto, float32, bfloat16, float16"),
-        "out": typer.Option(..., help="output folder"),
-        "force": typer.Option(False, help="overwrite an existing result in --out"),
+        "seed": opt.seed_option(100, help="seed of --limit, pairs, noise and resampling"),
+        "batch_size": opt.batch_size_option(),
+        "device": opt.device_option(),
+        "dtype": opt.dtype_option(),
+        "out": opt.out_option(),
+        "force": opt.force_option(),
     }
-
-    def _setup(model, data, items, limit, seed, batch_size, device, dtype, out, force, analysis, attn=None,
-               corpus=None):
-        from emolens.cli.readout import prepare_out_dir
-        from emolens.inputs.prompts import PromptSpec
-        from emolens.model.loading import load_model
-
-        corpus = corpus or Corpus()
-        dataset = corpus.load(data, limit, seed)
-        out_dir = prepare_out_dir(out, force, marker=f"{analysis}.parquet")
-        lm = load_model(model, dtype=dtype, device=device, attn_implementation=attn)
-        spec = corpus.prompt_for(PromptSpec(), dataset)
-        return out_dir, _select_items(lm, dataset, items, spec, batch_size), lm, spec
 
     @app.command()
     @corpus_options
@@ -140,16 +55,11 @@ def register(app: typer.Typer) -> None:
                dtype: str = common["dtype"], out: Path = common["out"], force: bool = common["force"],
                corpus: Corpus = None) -> None:
         """Zero / mean / norm-matched random / resample ablation at sites x windows x positions."""
-        from emolens.causal.ablation import ablate as run
-
+        args = dict(locals())
         _heads_need_site(heads, sites)
-        out_dir, items_ds, lm, spec = _setup(model, data, items, limit, seed, batch_size, device, dtype, out, force,
-                                             "ablation", corpus=corpus)
-        start = time.perf_counter()
-        result = run(lm, items_ds, _sites(lm, sites), _windows(lm, span, centers, layers), _positions(positions),
-                     [k.strip() for k in kinds.split(",") if k.strip()], _heads(lm, heads), spec, batch_size, seed)
-        _finish(result, out_dir, {"command": "ablate", "model": model, "data": data, "items": items, "seed": seed},
-                ("agreement", "accuracy", "delta_logp_gold"), time.perf_counter() - start, lm)
+        from emolens.cli import causal_run  # lazy: it loads torch and the model code, which `--help` must not
+
+        causal_run.ablate(**args)
 
     @app.command()
     @corpus_options
@@ -163,27 +73,13 @@ def register(app: typer.Typer) -> None:
               dtype: str = common["dtype"], out: Path = common["out"], force: bool = common["force"],
                corpus: Corpus = None) -> None:
         """Activation patching source -> target on one fixed, saved pair set."""
-        from emolens.causal.patching import patch as run
-        from emolens.causal.patching import stimulus_pairs
-
+        args = dict(locals())
         if pairs == "stimuli" and data != "stimuli":
             raise EmolensError("--pairs stimuli needs the built-in stimuli", "pass --data stimuli")
         _heads_need_site(heads, sites)
-        out_dir, items_ds, lm, spec = _setup(model, data, items, limit, seed, batch_size, device, dtype, out, force,
-                                             "patching", corpus=corpus)
-        pos = _positions(positions)
-        if any(not isinstance(p, int) for p in pos):
-            raise EmolensError(f"cannot patch positions {positions!r}", "patch integer positions such as -1,-2")
-        if pairs == "stimuli":
-            pair_arg = stimulus_pairs(items_ds.ids)
-        else:
-            (pair_arg,) = _ints(pairs, "pairs") or [0]
-        start = time.perf_counter()
-        result = run(lm, items_ds, pair_arg, _sites(lm, sites), _windows(lm, span, centers, layers), pos,
-                     _heads(lm, heads), spec, batch_size, seed)
-        _finish(result, out_dir, {"command": "patch", "model": model, "data": data, "items": items, "seed": seed,
-                                  "pairs": pairs}, ("transfer", "remained", "normalised_logit_diff"),
-                time.perf_counter() - start, lm)
+        from emolens.cli import causal_run  # lazy: it loads torch and the model code, which `--help` must not
+
+        causal_run.patch(**args)
 
     @app.command()
     @corpus_options
@@ -197,14 +93,7 @@ def register(app: typer.Typer) -> None:
                  dtype: str = common["dtype"], out: Path = common["out"], force: bool = common["force"],
                corpus: Corpus = None) -> None:
         """Block attention from the query positions to each key span in each layer window."""
-        from emolens.causal.knockout import knockout as run
+        args = dict(locals())
+        from emolens.cli import causal_run  # lazy: it loads torch and the model code, which `--help` must not
 
-        out_dir, items_ds, lm, spec = _setup(model, data, items, limit, seed, batch_size, device, dtype, out, force,
-                                             "knockout", corpus=corpus)
-        q = _positions(queries)
-        query = q[0] if len(q) == 1 else q
-        start = time.perf_counter()
-        result = run(lm, items_ds, _positions(keys), query, _windows(lm, span, centers, layers), _heads(lm, heads),
-                     spec, batch_size)
-        _finish(result, out_dir, {"command": "knockout", "model": model, "data": data, "items": items},
-                ("agreement", "accuracy", "delta_logp_gold"), time.perf_counter() - start, lm)
+        causal_run.knockout(**args)

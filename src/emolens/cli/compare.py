@@ -9,15 +9,15 @@ from pathlib import Path
 
 import typer
 
-from emolens.cli.options import force_option, out_option
+from emolens.cli import options as opt
 
 
 def register(app: typer.Typer) -> None:
     @app.command()
     def compare(
         runs: list[Path] = typer.Argument(..., help="run folders made by emolens run"),
-        out: Path = out_option(help="folder for compare.png, peaks.csv and compare.html"),
-        force: bool = force_option(),
+        out: Path = opt.out_option(help="folder for compare.png, peaks.csv and compare.html"),
+        force: bool = opt.force_option(),
     ) -> None:
         """Cross-model figures on relative depth (probes, patching, ablation, steering), one row per model."""
         from emolens.cli.readout import prepare_out_dir

@@ -6,17 +6,8 @@ from pathlib import Path
 
 import typer
 
+from emolens.cli import options as opt
 from emolens.cli.corpus_options import Corpus, corpus_options
-from emolens.cli.options import (
-    batch_size_option,
-    data_option,
-    device_option,
-    dtype_option,
-    limit_option,
-    model_option,
-    out_option,
-    seed_option,
-)
 from emolens.errors import EmolensError
 from emolens.labels import EMOTIONS
 
@@ -60,10 +51,10 @@ def register(app: typer.Typer) -> None:
     @app.command()
     @corpus_options
     def control(
-        model: str = model_option(),
-        data: str = data_option("sensitive", help="messages to reply to: sensitive (built in) or a table with a text "
-                                                  "column"),
-        out: Path = out_option(help="output folder (resumes a run with the same settings)"),
+        model: str = opt.model_option(),
+        data: str = opt.data_option("sensitive", help="messages to reply to: sensitive (built in) or a table "
+                                                      "with a text column"),
+        out: Path = opt.out_option(help="output folder (resumes a run with the same settings)"),
         direction: list[str] = typer.Option(["other_responsblt-", "pleasantness+", "self_control+", "anger-"],
                                             help="steering directions (repeat the option), e.g. other_responsblt-"),
         betas: str = typer.Option("0.05,0.1,0.2", help="positive strengths; the clean run is beta 0"),
@@ -74,18 +65,18 @@ def register(app: typer.Typer) -> None:
         instruction: str = typer.Option("Please reply calmly and kindly.", help="the instructed baseline's "
                                         "request"),
         max_new_tokens: int = typer.Option(40, help="tokens per reply"),
-        limit: int = limit_option(help="a seeded, emotion-stratified sample of N messages (0 = all)"),
+        limit: int = opt.limit_option(help="a seeded, emotion-stratified sample of N messages (0 = all)"),
         fit_data: str = typer.Option("stimuli", help="labelled data the directions are fitted on"),
         fit_items: int = typer.Option(260, help="items of --fit-data used (seeded stratified sample; 0 = all)"),
         retention_data: str = typer.Option("auto", help="labelled items for readout retention (auto: "
                                            "crowd-enVENT if present, else the stimuli singles)"),
         retention_items_n: int = typer.Option(65, "--retention-items", help="retention items (0 = all)"),
         judges: str = typer.Option("nrc,vader,safety,readout", help="judges, comma-separated"),
-        batch_size: int = batch_size_option(8, help="replies generated per batch"),
+        batch_size: int = opt.batch_size_option(8, help="replies generated per batch"),
         n_boot: int = typer.Option(1000, help="bootstrap resamples of the item-clustered intervals"),
-        seed: int = seed_option(help="seed of the samples and the bootstrap"),
-        device: str = device_option(),
-        dtype: str = dtype_option(),
+        seed: int = opt.seed_option(help="seed of the samples and the bootstrap"),
+        device: str = opt.device_option(),
+        dtype: str = opt.dtype_option(),
         overwrite: bool = typer.Option(False, help="replace a run with other settings in --out"),
         corpus: Corpus = None,
     ) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import typer
 
-from emolens.cli.options import force_option, out_option, seed_option
+from emolens.cli import options as opt
 from emolens.cli.readout import prepare_out_dir
 from emolens.errors import EmolensError
 from emolens.labels import EMOTIONS
@@ -25,11 +25,11 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def crossmodel(
         runs: str = typer.Option(..., help="two run folders (or resid.npz files), comma-separated"),
-        out: Path = out_option(),
+        out: Path = opt.out_option(),
         depths: int = typer.Option(4, help="matched relative depths for the transfer test"),
         permutations: int = typer.Option(999, help="Mantel permutations per RSA test"),
-        seed: int = seed_option(help="seed of the permutations and the half/half split"),
-        force: bool = force_option(),
+        seed: int = opt.seed_option(help="seed of the permutations and the half/half split"),
+        force: bool = opt.force_option(),
     ) -> None:
         """Linear CKA (depth x depth), RSA of emotion geometry and probe transfer between two models."""
         # lazy: the library imports torch, transformers or pandas; kept out of `emolens --help`

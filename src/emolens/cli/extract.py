@@ -6,18 +6,9 @@ from pathlib import Path
 
 import typer
 
+from emolens.cli import options as opt
 from emolens.cli.checks import check_layer_text, relative_positions
 from emolens.cli.corpus_options import Corpus, corpus_options
-from emolens.cli.options import (
-    batch_size_option,
-    data_option,
-    device_option,
-    dtype_option,
-    limit_option,
-    model_option,
-    out_option,
-    seed_option,
-)
 from emolens.errors import EmolensError
 from emolens.locks import WriterLock
 
@@ -26,9 +17,9 @@ def register(app: typer.Typer) -> None:
     @app.command()
     @corpus_options
     def extract(
-        out: Path = out_option(help="store folder (resumed if incomplete, reused if complete)"),
-        model: str = model_option(),
-        data: str = data_option(),
+        out: Path = opt.out_option(help="store folder (resumed if incomplete, reused if complete)"),
+        model: str = opt.model_option(),
+        data: str = opt.data_option(),
         sites: str = typer.Option("attn,mlp,resid", help="comma-separated sites (resid, attn, mlp, attn_post, "
                                                           "mlp_post, heads, embed, final)"),
         layers: str = typer.Option("all", help="'all', '3', '2,5,7' or 'a:b' (0-indexed; b excluded; every "
@@ -39,16 +30,16 @@ def register(app: typer.Typer) -> None:
         readout: bool = typer.Option(False, help="also store the label scores per item (readout.parquet)"),
         dtype: str = typer.Option("auto", help="storage dtype: auto (the model's: float32 on CPU, float16 for a "
                                                "bf16/fp16 model), float16 or float32"),
-        limit: int = limit_option(),
-        seed: int = seed_option(),
-        batch_size: int = batch_size_option(),
+        limit: int = opt.limit_option(),
+        seed: int = opt.seed_option(),
+        batch_size: int = opt.batch_size_option(),
         chunk_size: int = typer.Option(256, help="items per durable chunk (host memory scales with it)"),
         template: str = typer.Option("T1", help="T1..T8 or a custom string containing {text}"),
         shots: str = typer.Option("joy,sadness", help="shot emotions, comma-separated ('none' for zero-shot)"),
         separator: str = typer.Option("space", help="'space' (paper) or 'newline' between prompt parts"),
         chat: bool = typer.Option(False, help="wrap the prompt in the tokenizer's chat template"),
-        device: str = device_option(),
-        model_dtype: str = dtype_option(),
+        device: str = opt.device_option(),
+        model_dtype: str = opt.dtype_option(),
         corpus: Corpus = None,
     ) -> None:
         """Capture sites x layers x positions for every item (and the label readout) into a store."""

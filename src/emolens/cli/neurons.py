@@ -14,18 +14,8 @@ from pathlib import Path
 
 import typer
 
+from emolens.cli import options as opt
 from emolens.cli.corpus_options import Corpus, corpus_options
-from emolens.cli.options import (
-    batch_size_option,
-    data_option,
-    device_option,
-    dtype_option,
-    force_option,
-    limit_option,
-    model_option,
-    out_option,
-    seed_option,
-)
 from emolens.cli.readout import prepare_out_dir
 from emolens.errors import EmolensError
 from emolens.labels import APPRAISAL_PRESETS
@@ -66,9 +56,9 @@ def register(app: typer.Typer) -> None:
     @app.command()
     @corpus_options
     def neurons(
-        out: Path = out_option(),
-        model: str = model_option(),
-        data: str = data_option(help="crowd-envent, stimuli, or a table path with appraisal ratings"),
+        out: Path = opt.out_option(),
+        model: str = opt.model_option(),
+        data: str = opt.data_option(help="crowd-envent, stimuli, or a table path with appraisal ratings"),
         appraisals: str = typer.Option("all", help="'all', 'paper' or comma-separated appraisal columns"),
         layers: str = typer.Option("all", help="layers of the neuron pass: 'all', '3', '2,5,7' or 'a:b'"),
         probe_layers: str = typer.Option("auto", help="layers for sparse probes: auto (4 spread), none, or ids"),
@@ -82,15 +72,15 @@ def register(app: typer.Typer) -> None:
         ids: Path = typer.Option(None, help="a file of item ids (one per line): analyse only these items"),
         save_resid: bool = typer.Option(False, help="also save the residual stream at the cue (resid.npz) for "
                                                    "emolens crossmodel, captured in the same pass"),
-        limit: int = limit_option(help="seeded label-stratified sample of N items first (0 = all)"),
+        limit: int = opt.limit_option(help="seeded label-stratified sample of N items first (0 = all)"),
         budget_minutes: float = typer.Option(0.0, help="stop the pass before it would run past this many minutes "
                                                       "(items in seeded random blocks, so the items done are a "
                                                       "random subset; 0 = no limit)"),
-        seed: int = seed_option(help="seed of --limit, the probe split and random sets"),
-        batch_size: int = batch_size_option(),
-        device: str = device_option(),
-        dtype: str = dtype_option(),
-        force: bool = force_option(),
+        seed: int = opt.seed_option(help="seed of --limit, the probe split and random sets"),
+        batch_size: int = opt.batch_size_option(),
+        device: str = opt.device_option(),
+        dtype: str = opt.dtype_option(),
+        force: bool = opt.force_option(),
         corpus: Corpus = None,
     ) -> None:
         """Per-neuron correlations with appraisal ratings, sparse probes, minimal pairs and ablation."""

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import typer
 
+from emolens.cli import options as opt
 from emolens.cli.corpus_options import Corpus, corpus_options
-from emolens.cli.options import data_option, device_option, force_option, out_option, seed_option
 from emolens.cli.readout import prepare_out_dir
 from emolens.errors import EmolensError
 
@@ -30,18 +30,18 @@ def register(app: typer.Typer) -> None:
     @corpus_options
     def probe(
         acts: Path = typer.Option(..., help="activation store folder written by `emolens extract`"),
-        out: Path = out_option(),
+        out: Path = opt.out_option(),
         task: str = typer.Option("all", help="all, emotion, appraisal, first-word, or a comma list"),
         protocol: str = typer.Option("paper", help="paper (80/20 split, seed 42) or cv (stratified k-fold)"),
         items: str = typer.Option("correct", help="correct (the store's readout), all, or a file of item ids"),
-        data: str = data_option(None, help="the --data the store was extracted from (checked by fingerprint); needed "
-                                           "unless it is built in"),
+        data: str = opt.data_option(None, help="the --data the store was extracted from (checked by "
+                                               "fingerprint); needed unless it is built in"),
         probe: str = typer.Option("logistic", help="logistic or mlp (emotion and first-word tasks)"),
         standardize: bool = typer.Option(False, help="standardise features (training statistics only)"),
         shuffled: bool = typer.Option(True, help="also fit shuffled-label controls"),
         appraisals: str = typer.Option("paper", help="paper (20), all (21) or a comma list"),
         k: int = typer.Option(5, help="folds for --protocol cv"),
-        seed: int = seed_option(42, help="split, bootstrap and control seed"),
+        seed: int = opt.seed_option(42, help="split, bootstrap and control seed"),
         n_boot: int = typer.Option(200, help="bootstrap resamples for the 95% intervals"),
         c: float = typer.Option(1.0, "--C", help="inverse L2 strength of the logistic probes"),
         alpha: str = typer.Option("5", help="ridge penalty of the appraisal probes: a number >= 0, or gcv "
@@ -51,9 +51,9 @@ def register(app: typer.Typer) -> None:
         positions: str = typer.Option("", help="probe only these stored positions, e.g. '-1' or '-1,-2' "
                                                "(default: all int positions)"),
         directions: bool = typer.Option(True, help="write directions.safetensors"),
-        device: str = device_option(help="where the probes run: auto (CUDA when available), cpu, cuda, cuda:1 ..."),
+        device: str = opt.device_option(help="where the probes run: auto (CUDA when available), cpu, cuda, cuda:1 ..."),
         slice_chunk: int = typer.Option(0, help="slices moved to the device at a time (0: all of a site)"),
-        force: bool = force_option(),
+        force: bool = opt.force_option(),
         corpus: Corpus = None,
     ) -> None:
         """Probe every layer x site x position for emotions, appraisals and the first-word control."""

@@ -7,18 +7,8 @@ from pathlib import Path
 
 import typer
 
+from emolens.cli import options as opt
 from emolens.cli.corpus_options import Corpus, corpus_options
-from emolens.cli.options import (
-    batch_size_option,
-    data_option,
-    device_option,
-    dtype_option,
-    force_option,
-    limit_option,
-    model_option,
-    out_option,
-    seed_option,
-)
 from emolens.cli.outputs import note_created
 from emolens.errors import EmolensError
 from emolens.paths import dump_json
@@ -51,11 +41,11 @@ def register(app: typer.Typer) -> None:
     @app.command()
     @corpus_options
     def readout(
-        model: str = model_option(),
-        data: str = data_option(),
-        out: Path = out_option(),
-        limit: int = limit_option(),
-        seed: int = seed_option(),
+        model: str = opt.model_option(),
+        data: str = opt.data_option(),
+        out: Path = opt.out_option(),
+        limit: int = opt.limit_option(),
+        seed: int = opt.seed_option(),
         template: str = typer.Option("T1", help="T1..T8 or a custom string containing {text}"),
         shots: str = typer.Option("joy,sadness", help="shot emotions, comma-separated ('none' for zero-shot)"),
         separator: str = typer.Option("space", help="'space' (paper) or 'newline' between prompt parts"),
@@ -63,10 +53,10 @@ def register(app: typer.Typer) -> None:
         calibrate: bool = typer.Option(False, help="also report contextual calibration (Zhao et al., 2021)"),
         correct_from: str = typer.Option("raw", help="which predictions define correct_ids.txt: raw, or calibrated "
                                          "(needs --calibrate; changes the correct subset later analyses use)"),
-        batch_size: int = batch_size_option(),
-        device: str = device_option(),
-        dtype: str = dtype_option(),
-        force: bool = force_option(),
+        batch_size: int = opt.batch_size_option(),
+        device: str = opt.device_option(),
+        dtype: str = opt.dtype_option(),
+        force: bool = opt.force_option(),
         corpus: Corpus = None,
     ) -> None:
         """Score the emotion labels (13, or your --labels) at the answer position; write readout.parquet and metrics."""

@@ -1,15 +1,16 @@
 """The ``steer`` stage: appraisal and emotion steering, its theory alignment and sample generations.
 
 Directions come from the extract stage's store (held-out fit) or the probe stage's file; the run
-itself is :func:`emolens.steering.run.run_steering` and its files :func:`~emolens.steering.run.write_outputs`,
-exactly as ``emolens steer`` does.
+itself is :func:`emolens.steering.run.run_steering` and its files (tables and figures)
+:func:`emolens.report.analysis_files.write_steering`, exactly as ``emolens steer`` does.
 """
 
 from __future__ import annotations
 
 from emolens.errors import EmolensError
+from emolens.report.analysis_files import write_steering
 from emolens.steering.directions import bank_from_file, bank_from_store
-from emolens.steering.run import SteerPlan, run_steering, write_outputs
+from emolens.steering.run import SteerPlan, run_steering
 from emolens.study.registry import StageContext, dump_section, stage
 
 
@@ -69,7 +70,7 @@ def _steer(ctx: StageContext) -> dict:
     run = run_steering(ctx.model.lm, ctx.items(), plan, spec=ctx.prompt, bank_for=bank_for, progress=ctx.progress,
                        reference_items=ctx.dataset)
     ctx.notes.extend(run.notes)
-    write_outputs(run, ctx.dir, directions_meta={"source_id": ctx.model.lm.source_id})
+    write_steering(run, ctx.dir, directions_meta={"source_id": ctx.model.lm.source_id})
     keep = ("rows", "n_items", "n_fit", "n_random", "best_alignment", "best_alignment_p", "best_window",
             "best_beta", "n_settings", "best_alignment_p_beyond_emotion", "residualised_alignment",
             "residualised_p_beyond_emotion", "alignment_headline", "alignment_peak",
