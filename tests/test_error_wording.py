@@ -83,12 +83,12 @@ def test_python_reads_parameters_and_the_cli_reads_flags():
     assert str(again) == str(err) and again.render(flag_of) == err.render(flag_of)
 
 
-def test_a_library_call_names_the_parameter():
+def test_a_library_call_names_the_parameter(tiny_llama, tmp_path):
     from emolens.activations.extract import extract
     from emolens.data.loading import load_dataset
 
     with pytest.raises(EmolensError) as info:
-        extract(None, load_dataset("stimuli"), "unused", batch_size=0)
+        extract(tiny_llama, load_dataset("stimuli"), tmp_path / "s", batch_size=0)
     assert str(info.value).startswith("batch_size=0 and chunk_size=256 must be positive")
     assert "--" not in str(info.value)
 
