@@ -152,7 +152,7 @@ class LabelHead:
 
     def scores(self, hidden: torch.Tensor) -> torch.Tensor:
         """``[B, K]`` log-probabilities over the labels from last-position hidden states ``[B, d]``."""
-        logits = hidden.to(self.weight.dtype) @ self.weight.T
+        logits = hidden.to(self.weight.device, self.weight.dtype) @ self.weight.T
         if self.bias is not None:
             logits = logits + self.bias
         logits = logits.float()
@@ -166,5 +166,5 @@ class LabelHead:
 
     def check(self, scores: torch.Tensor, full_logits: torch.Tensor, atol: float = 1e-4) -> bool:
         """Whether ``scores`` equal the full head's (to ``atol``); decides :attr:`usable` for good."""
-        self.usable = bool(torch.allclose(scores, self.renormalised(full_logits), atol=atol, rtol=0))
+        self.usable = bool(torch.allclose(scores, self.renormalised(full_logits).to(scores.device), atol=atol, rtol=0))
         return self.usable
