@@ -24,6 +24,9 @@ for a batch (:class:`Condition`), and how many last tokens its edits are confine
   replays the clean output of that layer's predecessor instead (:mod:`emolens.engine.replay`),
   captured once per batch and path. On the suffix path this runs ``m`` tokens through only the
   layers from the window on.
+* **Clean reads.** :meth:`ConditionRunner.read` is the clean pass of readout and extraction
+  (label scores, the top-1 token and captures; without a scorer, captures only, stopping after
+  the deepest layer the captures need), so every forward of the package runs here.
 * **No host sync per condition.** Scores stay on the device until a batch's conditions are done.
 * **Scoring** goes through the one :class:`~emolens.engine.scoring.LabelScorer`; multi-token
   labels continue each forward's own (edited) cache.
@@ -50,6 +53,7 @@ from emolens.engine.ops import Op
 from emolens.engine.prefix import bytes_per_row, extend_prefix, prefix_cache, suffix_inputs, suffix_mask
 from emolens.engine.replay import layer_outputs, start_at
 from emolens.engine.scoring import LabelHead, LabelScorer
+from emolens.errors import EmolensError
 from emolens.inputs.batching import Batch
 from emolens.model.sites import GLOBAL_SITES
 
@@ -83,6 +87,16 @@ class CleanRun:
     captures: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
 
 
+@dataclass
+class Reading:
+    """One clean pass (:meth:`ConditionRunner.read`): label scores ``[B, K]`` and top-1 token ids ``[B]``
+    (None without a scorer), and the ops' captures."""
+
+    scores: torch.Tensor | None
+    top: torch.Tensor | None
+    captures: dict[str, torch.Tensor]
+
+
 def path_name(m: int) -> str:
     """The clean-run key of a path: ``"full"``, ``"fast"`` (the last token) or ``"fast<m>"``."""
     m = int(m)
@@ -114,13 +128,16 @@ class ConditionRunner:
     constant); see :class:`~emolens.engine.scoring.LabelHead`.
     """
 
-    def __init__(self, lm, scorer: LabelScorer, prefix_bytes: int = 2 ** 30, counter: WorkCounter | None = None,
-                 skip: bool = True, stack_rows: int = 64, label_logits: bool = False):
+    def __init__(self, lm, scorer: LabelScorer | None, prefix_bytes: int = 2 ** 30,
+                 counter: WorkCounter | None = None, skip: bool = True, stack_rows: int = 64,
+                 label_logits: bool = False):
         self.lm = lm
         self.model, self.sites = unwrap(lm)
+        #: None only for capture-only reads (:meth:`read`: extraction without a readout)
         self.scorer = scorer
         #: ``label_logits``: scores renormalised over the labels, from the labels' rows of the output head only
-        self.heads = LabelHead(self.model, self.sites, scorer) if label_logits and scorer.single_token else None
+        self.heads = LabelHead(self.model, self.sites, scorer) \
+            if label_logits and scorer is not None and scorer.single_token else None
         self.prefix_bytes = prefix_bytes
         self.counter = counter if counter is not None else WorkCounter()
         self.skip = skip
@@ -198,7 +215,7 @@ class ConditionRunner:
             run = Intervention(self.lm, list(ops), batch_mask=suffix_mask(batch, prefix.m, times),
                                spans=rows.span_masks, suffix=True)
         else:
-            cache = self.scorer.new_cache(self.model)
+            cache = self.scorer.new_cache(self.model) if self.scorer is not None else None
             kwargs = {**rows.model_inputs(), "cache": cache, "use_cache": cache is not None}
             run = Intervention(self.lm, list(ops), batch_mask=rows.attention_mask, spans=rows.span_masks)
         if hidden is not None and times > 1:
@@ -239,6 +256,27 @@ class ConditionRunner:
                 out, kwargs, run, rows = self._forward(batch, ops, prefix, times, start, hidden)
                 scores = self.scorer.score(self.model, rows, out.logits[:, -1], kwargs["cache"]).float()
         return (scores if device else scores.cpu()), run.captures
+
+    @torch.no_grad()
+    def read(self, batch: Batch, ops: Sequence[Op] = ()) -> Reading:
+        """The clean pass of readout and extraction: ``batch`` once, whole, under ``ops`` (captures).
+
+        With a scorer it also gives the label scores and the model's own top-1 token at the answer
+        position, both on the CPU. Without one (extraction without a readout) it gives captures only,
+        and the forward stops after the deepest layer ``ops`` need.
+        """
+        with self.counter.counting(self.lm):
+            if self.scorer is None:
+                if not ops:
+                    raise EmolensError("a read without a scorer and without ops has nothing to compute",
+                                       "pass capture ops, or a scorer")
+                stop = Intervention(self.lm, list(ops)).stop_layer()
+                _, _, run, _ = self._forward(batch, ops, None, 1, stop=self.sites.n_layers if stop is None else stop)
+                return Reading(None, None, run.captures)
+            out, kwargs, run, rows = self._forward(batch, ops, None, 1)
+            last = out.logits[:, -1]
+            scores = self.scorer.score(self.model, rows, last, kwargs["cache"]).float()
+        return Reading(scores.cpu(), last.argmax(-1).cpu(), run.captures)
 
     @torch.no_grad()
     def stack(self, batch: Batch, values: torch.Tensor, op_for: Callable[[torch.Tensor], Op],
