@@ -1,8 +1,9 @@
 """Closed-vocabulary emotion readout: which label each text implies, as Tak et al. ask it.
 
 Every label is scored at the answer position by :class:`~emolens.engine.scoring.LabelScorer`
-(single-token check, multi-token labels by their full log-probability); this module runs the
-clean forwards, adds contextual calibration (Zhao et al., 2021) and the accuracy metrics.
+(single-token check, multi-token labels by their full log-probability), on the clean reads of
+the engine's :class:`~emolens.engine.runner.ConditionRunner` (the one place forwards run); this
+module adds contextual calibration (Zhao et al., 2021) and the accuracy metrics.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from emolens.data.corpus import EmotionDataset
+from emolens.engine.runner import ConditionRunner
 from emolens.engine.scoring import LabelScorer
 from emolens.errors import EmolensError, arg
 from emolens.inputs.batching import iter_batches
@@ -76,14 +78,12 @@ def score_prompts(lm, prompts, reader: LabelReader, batch_size: int = 16, top_k:
         raise EmolensError(f"batch size {batch_size} is not positive")
     scores = np.zeros((len(prompts), len(reader.labels)), dtype=np.float32)
     top: list[str] = [""] * len(prompts)
+    runner = ConditionRunner(lm, reader)  # the engine's one forward loop; the clean read has no ops
     bar = tqdm(total=len(prompts), desc=desc, unit="item", disable=not progress, leave=False)
     for batch in iter_batches(lm.tokenizer, prompts, batch_size, lm.device):
-        cache = reader.new_cache(lm.model)
-        out = lm.model(**batch.model_inputs(), cache=cache, use_cache=cache is not None, logits_to_keep=1)
-        last = out.logits[:, -1]
-        scores[batch.indices] = reader.score(lm.model, batch, last, cache).cpu().numpy()
-        best = last.argmax(-1).tolist()
-        for i, tok_id in zip(batch.indices, best, strict=True):
+        got = runner.read(batch)
+        scores[batch.indices] = got.scores.numpy()
+        for i, tok_id in zip(batch.indices, got.top.tolist(), strict=True):
             top[i] = lm.tokenizer.decode([tok_id])
         bar.update(len(batch))
     bar.close()

@@ -2,8 +2,9 @@
 
 The corpus is processed in fixed chunks of consecutive items (length-sorted batches inside a
 chunk), so a killed run resumes at the first incomplete chunk and writes exactly the bytes an
-uninterrupted run would (see :mod:`emolens.activations.store`). Without ``readout`` the forward stops after
-the deepest requested layer.
+uninterrupted run would (see :mod:`emolens.activations.store`). Each batch is one clean read of the
+engine's :class:`~emolens.engine.runner.ConditionRunner`; without ``readout`` the forward stops
+after the deepest requested layer.
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ import torch
 from tqdm.auto import tqdm
 
 from emolens.activations.store import ActivationStore, prepare_store, storage_dtype
-from emolens.engine.intervention import run_forward
 from emolens.engine.ops import Capture
 from emolens.engine.positions import position_items
+from emolens.engine.runner import ConditionRunner
 from emolens.engine.scoring import LabelScorer
 from emolens.errors import EmolensError, arg
 from emolens.inputs.batching import iter_batches
@@ -174,7 +175,8 @@ def extract(lm, dataset, out: str | Path, sites: str | Sequence[str] = ("attn", 
 
 def _fill(writer, todo, lm, dataset, prompts, spec, ops, layout, site_list, np_dtype, reader, batch_size, bar,
           on_chunk) -> None:
-    """Compute and commit the chunks in ``todo``."""
+    """Compute and commit the chunks in ``todo`` (each batch one clean read of the engine's runner)."""
+    runner = ConditionRunner(lm, reader)  # no scorer without a readout: captures only, stopping early
     for chunk in todo:
         rows = writer.chunk_range(chunk)
         buffers = writer.buffers(chunk)
@@ -182,11 +184,9 @@ def _fill(writer, todo, lm, dataset, prompts, spec, ops, layout, site_list, np_d
         top: list[str] = [""] * len(rows)
         chunk_prompts = [prompts[i] for i in rows]
         for batch in iter_batches(lm.tokenizer, chunk_prompts, batch_size, lm.device):
-            cache = reader.new_cache(lm.model) if reader is not None else None
             with torch.no_grad():
-                out_, run_ = run_forward(lm, batch, ops, need_logits=reader is not None, logits_to_keep=1,
-                                         cache=cache, use_cache=cache is not None)
-                caps = run_.captures
+                got = runner.read(batch, ops)
+                caps = got.captures
                 for site in site_list:
                     parts = [caps[name][:, :, j] for name, j in layout[site]]
                     block = torch.stack(parts, 2)  # [b, L, P, *w]
@@ -195,9 +195,8 @@ def _fill(writer, todo, lm, dataset, prompts, spec, ops, layout, site_list, np_d
                                            f"extract with {arg('dtype', 'float32')}")
                     buffers[site][batch.indices] = block.numpy()
                 if reader is not None:
-                    last = out_.logits[:, -1]
-                    scores[batch.indices] = reader.score(lm.model, batch, last, cache).cpu().numpy()
-                    for i, tok_id in zip(batch.indices, last.argmax(-1).tolist(), strict=True):
+                    scores[batch.indices] = got.scores.numpy()
+                    for i, tok_id in zip(batch.indices, got.top.tolist(), strict=True):
                         top[i] = lm.tokenizer.decode([tok_id])
             bar.update(len(batch))
         frame = _readout_frame(dataset, rows, spec.labels, scores, top) if reader is not None else None
