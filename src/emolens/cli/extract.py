@@ -34,10 +34,10 @@ def register(app: typer.Typer) -> None:
         seed: int = opt.seed_option(),
         batch_size: int = opt.batch_size_option(),
         chunk_size: int = typer.Option(256, help="items per durable chunk (host memory scales with it)"),
-        template: str = typer.Option("T1", help="T1..T8 or a custom string containing {text}"),
-        shots: str = typer.Option("joy,sadness", help="shot emotions, comma-separated ('none' for zero-shot)"),
-        separator: str = typer.Option("space", help="'space' (paper) or 'newline' between prompt parts"),
-        chat: bool = typer.Option(False, help="wrap the prompt in the tokenizer's chat template"),
+        template: str = opt.template_option(),
+        shots: str = opt.shots_option(),
+        separator: str = opt.separator_option(),
+        chat: bool = opt.chat_option(),
         device: str = opt.device_option(),
         model_dtype: str = opt.dtype_option(),
         corpus: Corpus = None,
@@ -48,11 +48,8 @@ def register(app: typer.Typer) -> None:
         from emolens.activations.extract import extract as run_extract
         from emolens.activations.extract import parse_sites
         from emolens.activations.store import storage_dtype
-        from emolens.inputs.prompts import PromptSpec, parse_shots
         from emolens.model.loading import load_model
 
-        if separator not in ("space", "newline"):
-            raise EmolensError(f"unknown separator {separator!r}", "use 'space' or 'newline'")
         # cheap checks before the model loads, so a typo costs no time
         if batch_size < 1:
             raise EmolensError(f"--batch-size {batch_size} is not positive", "pass --batch-size 1 or more")
@@ -67,8 +64,7 @@ def register(app: typer.Typer) -> None:
             storage_dtype(dtype)
         if out.exists() and not out.is_dir():
             raise EmolensError(f"--out {str(out)!r} is a file", "pass a folder path for the store")
-        spec = PromptSpec(template=template, shots=parse_shots(shots), chat=chat,
-                          separator=" " if separator == "space" else "\n")
+        spec = opt.prompt_spec(template, shots, separator, chat)
         created = not out.exists()
         lock = WriterLock(out, "activation store").acquire()  # a second writer stops here, before any work
         try:

@@ -13,8 +13,11 @@ from typing import Any
 
 import typer
 
-__all__ = ["PARAM_FLAGS", "batch_size_option", "data_option", "device_option", "dtype_option", "flag_of",
-           "force_option", "limit_option", "model_option", "out_option", "seed_option"]
+from emolens.errors import EmolensError
+
+__all__ = ["PARAM_FLAGS", "batch_size_option", "chat_option", "data_option", "device_option", "dtype_option",
+           "flag_of", "force_option", "limit_option", "model_option", "out_option", "prompt_spec", "seed_option",
+           "separator_option", "shots_option", "template_option"]
 
 #: Library parameter (as :func:`emolens.errors.arg` names it) -> the flag a CLI user types.
 #: ``columns.*`` are the fields of :class:`emolens.data.loading.Columns`, set by the corpus options.
@@ -92,3 +95,29 @@ def dtype_option() -> Any:
 
 def force_option() -> Any:
     return typer.Option(False, help="overwrite an existing result in --out")
+
+
+def template_option() -> Any:
+    return typer.Option("T1", help="T1..T8 or a custom string containing {text}")
+
+
+def shots_option() -> Any:
+    return typer.Option("joy,sadness", help="shot emotions, comma-separated ('none' for zero-shot)")
+
+
+def separator_option() -> Any:
+    return typer.Option("space", help="'space' (paper) or 'newline' between prompt parts")
+
+
+def chat_option() -> Any:
+    return typer.Option(False, help="wrap the prompt in the tokenizer's chat template")
+
+
+def prompt_spec(template: str, shots: str, separator: str, chat: bool):
+    """The :class:`~emolens.inputs.prompts.PromptSpec` the prompt options describe (checked)."""
+    if separator not in ("space", "newline"):
+        raise EmolensError(f"unknown separator {separator!r}", "use 'space' or 'newline'")
+    from emolens.inputs.prompts import PromptSpec, parse_shots  # lazy: it imports torch, which `--help` must not
+
+    return PromptSpec(template=template, shots=parse_shots(shots), chat=chat,
+                      separator=" " if separator == "space" else "\n")

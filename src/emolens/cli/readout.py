@@ -46,10 +46,10 @@ def register(app: typer.Typer) -> None:
         out: Path = opt.out_option(),
         limit: int = opt.limit_option(),
         seed: int = opt.seed_option(),
-        template: str = typer.Option("T1", help="T1..T8 or a custom string containing {text}"),
-        shots: str = typer.Option("joy,sadness", help="shot emotions, comma-separated ('none' for zero-shot)"),
-        separator: str = typer.Option("space", help="'space' (paper) or 'newline' between prompt parts"),
-        chat: bool = typer.Option(False, help="wrap the prompt in the tokenizer's chat template"),
+        template: str = opt.template_option(),
+        shots: str = opt.shots_option(),
+        separator: str = opt.separator_option(),
+        chat: bool = opt.chat_option(),
         calibrate: bool = typer.Option(False, help="also report contextual calibration (Zhao et al., 2021)"),
         correct_from: str = typer.Option("raw", help="which predictions define correct_ids.txt: raw, or calibrated "
                                          "(needs --calibrate; changes the correct subset later analyses use)"),
@@ -62,7 +62,6 @@ def register(app: typer.Typer) -> None:
         """Score the emotion labels (13, or your --labels) at the answer position; write readout.parquet and metrics."""
         # lazy: these import torch, transformers and pandas, which would slow `emolens --help`
         from emolens.data.corpus import write_ids
-        from emolens.inputs.prompts import PromptSpec, parse_shots
         from emolens.model.loading import load_model
         from emolens.readout import readout as run_readout
         from emolens.report.readout_figures import write_readout_figures
@@ -72,10 +71,7 @@ def register(app: typer.Typer) -> None:
         if correct_from not in ("raw", "calibrated") or (correct_from == "calibrated" and not calibrate):
             raise EmolensError(f"--correct-from {correct_from} is not available here",
                                "use raw, or calibrated together with --calibrate")
-        if separator not in ("space", "newline"):
-            raise EmolensError(f"unknown separator {separator!r}", "use 'space' or 'newline'")
-        spec = PromptSpec(template=template, shots=parse_shots(shots), chat=chat,
-                          separator=" " if separator == "space" else "\n")
+        spec = opt.prompt_spec(template, shots, separator, chat)
         out_dir = prepare_out_dir(out, force)
         dataset = corpus.load(data, limit, seed)
         spec = corpus.prompt_for(spec, dataset)
