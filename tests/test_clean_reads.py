@@ -67,8 +67,10 @@ def test_a_capture_only_read_stops_early_and_needs_ops(tiny_llama):
     prompts = build_prompts(["I won the prize."] * 2, PromptSpec(), tiny_llama.tokenizer)
     batch = next(iter(iter_batches(tiny_llama.tokenizer, prompts, 2, tiny_llama.device)))
     runner = ConditionRunner(tiny_llama, None)
-    got = runner.read(batch, [Capture("resid", layers=[0], positions=-1)])
+    got = runner.read(batch, [Capture("resid", layers=[0], positions=-1),
+                              Capture("resid", layers=[0], positions="context", pool="mean", name="ctx")])
     assert got.scores is None and got.top is None and got.captures["resid"].shape[:2] == (2, 1)
+    assert got.captures["ctx"].shape[:2] == (2, 1)  # named spans come from the batch's span masks
     assert runner.counter.token_layers == batch.input_ids.numel()  # layer 0 only, then stopped
     with pytest.raises(EmolensError, match="nothing to compute"):
         runner.read(batch)

@@ -270,7 +270,8 @@ class ConditionRunner:
                 if not ops:
                     raise EmolensError("a read without a scorer and without ops has nothing to compute",
                                        "pass capture ops, or a scorer")
-                stop = Intervention(self.lm, list(ops)).stop_layer()
+                stop = Intervention(self.lm, list(ops), batch_mask=batch.attention_mask,
+                                    spans=batch.span_masks).stop_layer()
                 _, _, run, _ = self._forward(batch, ops, None, 1, stop=self.sites.n_layers if stop is None else stop)
                 return Reading(None, None, run.captures)
             out, kwargs, run, rows = self._forward(batch, ops, None, 1)
