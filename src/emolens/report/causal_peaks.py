@@ -20,7 +20,7 @@ __all__ = ["peak_row", "peak_sentence", "peaks", "peaks_html"]
 
 PEAKS_FILE = "peaks.parquet"  # emolens.causal.curves.PEAKS_FILE (the report does not import causal code)
 #: Which curve a stage's headline reads: the kind (None: any) of the analysis' main intervention.
-HEADLINE_KIND = {"ablate": "zero", "patch": None, "knockout": None}
+HEADLINE_KIND = {"ablate": "zero", "patch": None, "knockout": "keys=context"}
 
 
 def peaks(mr: ModelRun, stage: str) -> pd.DataFrame | None:
