@@ -146,7 +146,7 @@ def test_cache_budget_only_changes_how_many_conditions_share_a_forward(tiny_llam
 @pytest.mark.parametrize("family", ["llama", "gemma2", "gpt2"])
 def test_label_head_is_taken_when_it_reproduces_the_model_and_dropped_when_not(family, stim):
     """Suffix steps score the labels from their head rows only when the first step's check against
-    the model's own logits passes; a head that does not reproduce them (here: a wrong soft cap)
+    the model's own logits passes; a head that does not reproduce them (here: rescaled rows)
     is dropped for good, and the scores are still the full head's."""
     lm = load_model(f"tiny:{family}")
     prompts = build_prompts(stim.texts[:4], None, lm.tokenizer)
@@ -161,7 +161,8 @@ def test_label_head_is_taken_when_it_reproduces_the_model_and_dropped_when_not(f
     assert fast.heads.usable is True
     torch.testing.assert_close(got.double(), want, atol=1e-5, rtol=0)
     wrong = ConditionRunner(lm, reader, label_logits=True)
-    wrong.heads.cap = 0.5  # no model here caps logits at 0.5
+    with torch.no_grad():
+        wrong.heads.rows.weight.mul_(1.5)  # rows that do not reproduce the model's head
     got = wrong.run(batch, [op], prefix, times=2)[0]
     assert wrong.heads.usable is False
     torch.testing.assert_close(torch.log_softmax(got.double(), -1), want, atol=1e-5, rtol=0)

@@ -136,7 +136,7 @@ class ConditionRunner:
         #: None only for capture-only reads (:meth:`read`: extraction without a readout)
         self.scorer = scorer
         #: ``label_logits``: scores renormalised over the labels, from the labels' rows of the output head only
-        self.heads = LabelHead(self.model, self.sites, scorer) \
+        self.heads = LabelHead.of(self.model, scorer) \
             if label_logits and scorer is not None and scorer.single_token else None
         self.prefix_bytes = prefix_bytes
         self.counter = counter if counter is not None else WorkCounter()
@@ -226,7 +226,8 @@ class ConditionRunner:
                 with _stop_before(self.sites, stop):
                     self.model(**kwargs, logits_to_keep=1)
             elif heads_only:
-                out = self.heads.backbone(**kwargs)
+                with self.heads.swapped(self.model):
+                    out = self.model(**kwargs, logits_to_keep=1)
             else:
                 out = self.model(**kwargs, logits_to_keep=1)
         return out, kwargs, run, rows
@@ -247,7 +248,7 @@ class ConditionRunner:
             # T tokens dwarf it, and keeping the full head there keeps it bit-identical to the naive path
             if self.heads is not None and self.heads.usable is not False and prefix is not None:
                 out, kwargs, run, rows = self._forward(batch, ops, prefix, times, start, hidden, heads_only=True)
-                scores = self.heads.scores(out.last_hidden_state[:, -1])
+                scores = self.heads.scores(out.logits[:, -1])
                 if self.heads.usable is None:  # first use: the model's own head must agree, else never again
                     full, _, _, _ = self._forward(batch, ops, prefix, times, start, hidden)
                     if not self.heads.check(scores, full.logits[:, -1]):

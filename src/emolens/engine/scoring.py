@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -130,35 +131,51 @@ class LabelHead:
     are all renormalised over the labels) does not need the log-softmax over the whole vocabulary:
     the labels' logits decide everything. For a large vocabulary the output head is most of a
     one-token step's work (gemma-3's 262k x 640 head is 63% of gemma-3-270m's multiply-adds per
-    token), so this computes ``h @ W[labels]ᵀ`` (with the head's bias and the config's final logit
-    soft-capping) from the backbone's last hidden state. The first use is checked against the
-    model's own logits (:meth:`check`); on a mismatch (a model that post-processes logits some
-    other way) the runner falls back to the full head for good, so the shortcut is exact or off.
+    token), so for such a forward the model's output head is swapped (:meth:`swapped`) for a
+    linear layer holding only the labels' rows (and bias): the model's own forward -- hooks, final
+    norm, logit soft-capping -- then yields the labels' logits. The first use is checked against
+    the model's full logits (:meth:`check`); on a mismatch the runner falls back to the full head
+    for good, so the shortcut is exact or off.
     """
 
-    def __init__(self, model, sites, scorer: LabelScorer):
-        path = sites.paths.layers.rsplit(".", 1)[0] if "." in sites.paths.layers else ""
-        self.backbone = model.get_submodule(path) if path else model
+    def __init__(self, model, scorer: LabelScorer):
         head = model.get_output_embeddings()
+        if not isinstance(head, torch.nn.Linear):
+            raise ValueError("no linear output head")
         ids = torch.tensor([t[0] for t in scorer.token_ids])
         self.ids = ids
-        self.weight = head.weight[ids.to(head.weight.device)].detach()
-        bias = getattr(head, "bias", None)
-        self.bias = None if bias is None else bias[ids.to(bias.device)].detach()
-        self.cap = getattr(model.config, "final_logit_softcapping", None) or getattr(
-            getattr(model.config, "text_config", None), "final_logit_softcapping", None)
+        rows = torch.nn.Linear(head.in_features, len(ids), bias=head.bias is not None, device=head.weight.device,
+                               dtype=head.weight.dtype)
+        with torch.no_grad():
+            rows.weight.copy_(head.weight[ids.to(head.weight.device)])
+            if head.bias is not None:
+                rows.bias.copy_(head.bias[ids.to(head.bias.device)])
+        rows.requires_grad_(False)
+        self.rows = rows
         #: None until checked; then whether this model's logits are reproduced
-        self.usable: bool | None = None if self.backbone is not model else False
+        self.usable: bool | None = None
 
-    def scores(self, hidden: torch.Tensor) -> torch.Tensor:
-        """``[B, K]`` log-probabilities over the labels from last-position hidden states ``[B, d]``."""
-        logits = hidden.to(self.weight.device, self.weight.dtype) @ self.weight.T
-        if self.bias is not None:
-            logits = logits + self.bias
-        logits = logits.float()
-        if self.cap:
-            logits = torch.tanh(logits / self.cap) * self.cap
-        return torch.log_softmax(logits, -1)
+    @classmethod
+    def of(cls, model, scorer: LabelScorer) -> LabelHead | None:
+        """The label head of ``model``, or None where its output head is not one linear layer."""
+        try:
+            return cls(model, scorer)
+        except (ValueError, AttributeError, NotImplementedError):
+            return None
+
+    @contextmanager
+    def swapped(self, model):
+        """Inside the block, ``model``'s logits are the labels' only (``[B, T, K]``)."""
+        head = model.get_output_embeddings()
+        model.set_output_embeddings(self.rows)
+        try:
+            yield
+        finally:
+            model.set_output_embeddings(head)
+
+    def scores(self, label_logits: torch.Tensor) -> torch.Tensor:
+        """``[B, K]`` log-probabilities over the labels from the swapped head's last-position logits."""
+        return torch.log_softmax(label_logits.float(), -1)
 
     def renormalised(self, full_logits: torch.Tensor) -> torch.Tensor:
         """The same scores from the model's full last-position logits ``[B, V]``."""
