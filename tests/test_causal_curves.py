@@ -155,6 +155,7 @@ def test_study_writes_peaks_and_the_report_states_them(tmp_path):
         assert peaks.p_value.between(0, 1).all() and (peaks.p_value >= peaks.p_uncorrected).all()
     html = (run_dir / "report.html").read_text()
     assert html.count("Peak: ") == 3 and "searched settings" in html
+    assert html.count("<th>null</th>") >= 3  # every peak row names the null its p is against
     found = findings(model_runs(run_dir)[0])
     text = summary_text(found)
     assert text.count("tested: ") == 3 and "searched settings" in text and "against sign flip of" in text

@@ -82,6 +82,6 @@ def peaks_html(mr: ModelRun, stage: str) -> str:
         f"{int(lo) + 1}-{int(hi) + 1}" if pd.notna(lo) and pd.notna(hi) else "" for lo, hi in
         zip(table.window_ci_low, table.window_ci_high, strict=True)])
     cols = ["kind", "site", "position", "head", "effect", "peak_layer", "ci_layers", "share_at_peak", "peak_value",
-            "p_value", "p_uncorrected", "n_settings", "n_clusters", "flag"]
+            "p_value", "p_uncorrected", "null", "n_settings", "n_clusters", "flag"]
     return (f'<p class="summary">Peak: {html.escape(text)}.</p>' if text else "") + table_html(
         shown[[c for c in cols if c in shown]].round(3))
