@@ -178,7 +178,15 @@ def _residualised_study(g, world: str) -> dict[str, float]:
     frame = pd.concat([_frame(names, _steer(h[~fit], W, V, beta), kind, beta) for beta in BETAS])
     align, _ = theory.residualised_alignment(frame, _reference(y, ratings), DIRECTIONS)
     assert set(align.reference) == {theory.RESIDUALISED_REFERENCE}
-    return _p_values(align)
+    assert "random" not in set(align["null"])  # not exchangeable with these directions: not reported
+    out = {}
+    for metric in BEYOND:
+        sub = align[(align.metric == metric) & ((align.beta == BETAS[0]) | metric.startswith("best"))]
+        assert len(sub) == 1
+        out[metric] = float(sub.p_value.iloc[0])
+    out["unit_alignment_beyond_emotion"] = float(
+        align[(align.metric == "unit_alignment_beyond_emotion") & (align.beta == BETAS[0])].p_holm.min())
+    return out
 
 
 def _noise_study(g) -> dict[str, float]:

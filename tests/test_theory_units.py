@@ -65,6 +65,7 @@ def test_steer_reports_directions_fitted_on_residualised_ratings(tmp_path, run_c
     resid = align[align.reference == "residualised"]
     best = resid[resid.metric == "best_alignment_beyond_emotion"]
     assert len(best) == 1 and best.null.iloc[0] == "emotion" and best.n_emotion_null.iloc[0] == 3
+    assert "random" not in set(resid["null"])  # random directions are no valid null for these
     assert 0.25 - 1e-12 <= best.p_value.iloc[0] <= 1  # 3 refits: p cannot go below 1/4
     assert set(table[table.kind == "residualised"].direction) == {"pleasantness+|residualised",
                                                                   "pleasantness-|residualised"}

@@ -369,18 +369,22 @@ def residualised_alignment(frame: pd.DataFrame, reference: pd.DataFrame,
     *residualised* ratings is zero by construction (each emotion's mean residual is 0), and the
     expectation for "more of this appraisal" is the same. The p-value to read is ``null =
     emotion``: refits on the residuals permuted within each emotion, exchangeable with the real fit
-    when nothing beyond the emotion is there (:func:`emolens.steering.nulls.residualised_banks`);
-    ``null = random`` asks only whether it beats an arbitrary push of the same size.
+    when nothing beyond the emotion is there (:func:`emolens.steering.nulls.residualised_banks`).
+    No p-value against random directions is reported for them: a residualised direction lives in
+    the within-emotion part of the activations, the covariance-matched random directions mostly in
+    the emotion part, so the two are not exchangeable even when nothing beyond the emotion is
+    there -- simulated, an emotion-only model's residualised directions beat random directions in
+    21% of 200 studies at p <= 0.05 (4.5% against the within-emotion refits).
     Rows carry ``reference = "residualised"``; none when the table has no residualised rows.
     """
     if "kind" not in frame or not frame.kind.isin(["residualised"]).any():
         return pd.DataFrame(), pd.DataFrame()
-    sub = frame[frame.kind.isin(["residualised", "residualised_null", "random"])].copy()
+    sub = frame[frame.kind.isin(["residualised", "residualised_null"])].copy()
     sub["direction"] = sub.direction.str.replace(RESIDUALISED, "", regex=False)
-    sub["kind"] = sub.kind.map({"residualised": "real", "residualised_null": "emotion_null", "random": "random"})
+    sub["kind"] = sub.kind.map({"residualised": "real", "residualised_null": "emotion_null"})
     align, cells = sweep_alignment(sub, reference, terms)
-    if len(align):
-        align = align.assign(reference=RESIDUALISED_REFERENCE)
+    if len(align):  # no random directions were scored for them: drop the rows of that (invalid) null
+        align = align[align["null"] != "random"].assign(reference=RESIDUALISED_REFERENCE, n_random=0)
     return align, cells
 
 
