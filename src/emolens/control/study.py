@@ -219,10 +219,12 @@ def _fitted_vectors(lm, gen: Path, fit: EmotionDataset, directions: Sequence[str
 def _flag_replies(frame: pd.DataFrame, prompts_by_cond: dict[str, list[str]], lm) -> pd.DataFrame:
     """Fluency flags (each reply against the clean reply to the same message) and the ``worse`` mark."""
     frame = frame.copy()
-    logp = np.full(len(frame), np.nan)
-    for cond, rows in frame.groupby("condition", sort=False).groups.items():
-        rows = np.asarray(list(rows))
-        logp[rows] = continuation_logprob(lm, prompts_by_cond[cond], frame.loc[rows, "reply"].tolist())
+    prompts: list[str] = [""] * len(frame)
+    for cond, rows in frame.groupby("condition", sort=False).indices.items():
+        for k, row in enumerate(rows):
+            prompts[row] = prompts_by_cond[cond][k]
+    # one call over every condition: the clean and steered replies to a message share its prompt
+    logp = continuation_logprob(lm, prompts, frame["reply"].tolist())
     frame["mean_logp"] = logp
     is_clean = (frame["condition"] == "clean").to_numpy()
     clean_text = dict(zip(frame.loc[is_clean, "id"], zip(frame.loc[is_clean, "reply"], logp[is_clean],

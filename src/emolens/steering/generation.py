@@ -63,11 +63,13 @@ def continuation_logprob(lm, prompts: Sequence[str], continuations: Sequence[str
         for r, (_, p, c) in enumerate(chunk):
             ids[r, :len(p) + len(c)] = torch.tensor(p + c)
             mask[r, :len(p) + len(c)] = 1
-        logits = lm.model(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device)).logits
+        lo = min(len(p) for _, p, _ in chunk) - 1  # no logits over the prompts: the vocabulary is the big matmul
+        logits = lm.model(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device),
+                          logits_to_keep=width - lo).logits
         logp = torch.log_softmax(logits.float(), -1)
         for r, (i, p, c) in enumerate(chunk):
             target = torch.tensor(c, device=logp.device)
-            out[i] = float(logp[r, len(p) - 1:len(p) + len(c) - 1].gather(-1, target[:, None]).mean())
+            out[i] = float(logp[r, len(p) - 1 - lo:len(p) + len(c) - 1 - lo].gather(-1, target[:, None]).mean())
     return out
 
 
