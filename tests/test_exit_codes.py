@@ -82,8 +82,12 @@ def test_sigint_is_130_a_second_writer_is_refused_and_the_store_resumes(tmp_path
     store = tmp_path / "store"
     args = ["extract", "--model", "tiny:llama", "--data", "many.csv", "--out", str(store),
             "--sites", "resid", "--layers", "0", "--batch-size", "1", "--chunk-size", "16"]
+    # A shell that starts the suite in the background (`pytest &`) leaves SIGINT ignored, and children
+    # inherit that; Python then installs no KeyboardInterrupt handler. Give the child the default
+    # disposition, as a terminal's Ctrl-C would find it.
     proc = subprocess.Popen(emolens_command() + args, cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 300
         while not (store / "progress.json").exists():  # at least one chunk is durable
