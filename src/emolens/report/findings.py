@@ -15,9 +15,9 @@ from emolens.report.causal_peaks import peak_row, peak_sentence, peaks
 from emolens.report.plotting import main_position, numeric_positions
 from emolens.report.robustness_figures import ROBUSTNESS_METRICS, readout_rows
 from emolens.report.runs import ModelRun, relative_depth
+from emolens.steering.theory import best_residualised_row, n_settings_of, split_reference
 
 #: ``reference`` of the alignment rows of directions fitted on residualised ratings (``steering.theory``).
-RESIDUALISED = "residualised"
 
 
 def promotion_success(table: pd.DataFrame) -> pd.DataFrame:
@@ -103,9 +103,7 @@ def findings(mr: ModelRun) -> dict[str, Any]:
     if len(top):
         out["steer_peak"] = {"layer": int(top.idxmax()), "value": float(top.max()), "beta": float(promo.beta.max())}
     align = mr.table("alignment")
-    resid = None if align is None or "reference" not in align else align[align.reference == RESIDUALISED]
-    if align is not None and "reference" in align:  # the residualised directions' rows are read below
-        align = align[align.reference != RESIDUALISED]
+    align, resid = split_reference(align)  # the residualised directions' rows are read below
     if align is not None and "metric" in align:
         best = align[align.metric == "best_alignment"].dropna(subset=["value"])
         if len(best):
@@ -115,15 +113,10 @@ def findings(mr: ModelRun) -> dict[str, Any]:
                                       "n_settings": int(b.n_settings), "fit": str(b.get("fit", "")),
                                       "beta": float(b.beta), "null": "random directions",
                                       "p_beyond_emotion": float(beyond.p_value.iloc[0]) if len(beyond) else None}
-    if resid is not None and len(resid):
-        r = resid[resid.metric == "best_alignment_beyond_emotion"].dropna(subset=["value"])
-        if not len(r):
-            r = resid[resid.metric == "alignment_beyond_emotion"].dropna(subset=["value"]).sort_values("value").tail(1)
-        if len(r):
-            r = r.iloc[0]
-            out["steer_residualised"] = {"layer": int(r.window), "value": float(r.value), "p": float(r.p_value),
-                                         "n_null": int(r.n_emotion_null),
-                                         "n_settings": int(r.n_settings) if pd.notna(r.get("n_settings")) else 1}
+    r = best_residualised_row(resid)
+    if r is not None:
+        out["steer_residualised"] = {"layer": int(r.window), "value": float(r.value), "p": float(r.p_value),
+                                     "n_null": int(r.n_emotion_null), "n_settings": n_settings_of(r)}
     return out
 
 

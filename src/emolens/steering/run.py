@@ -184,13 +184,9 @@ def run_steering(lm, dataset, plan: SteerPlan, spec: PromptSpec | None = None,
                                          if len(resid_align) else theory.headline(align)).lstrip("; ")
         summary["alignment_peak"] = {m: theory.alignment_peak(r, reference, terms, position=plan.positions[0],
                                                               seed=plan.seed) for m, r in swept.items()}
-    if len(resid_align):
-        best = resid_align[resid_align.metric == "best_alignment_beyond_emotion"].dropna(subset=["value"])
-        if not len(best):
-            best = resid_align[resid_align.metric == "alignment_beyond_emotion"].dropna(subset=["value"])
-        if len(best):
-            b = best.sort_values("value").iloc[-1]
-            summary.update(residualised_alignment=float(b.value), residualised_p_beyond_emotion=float(b.p_value))
+    b = theory.best_residualised_row(resid_align)
+    if b is not None:
+        summary.update(residualised_alignment=float(b.value), residualised_p_beyond_emotion=float(b.p_value))
     counts = theory.profile_counts(ref_items)
     summary["reference_n_per_emotion"] = counts
     thin = sorted(e for e, n in counts.items() if 0 < n < theory.MIN_PROFILE_N)

@@ -475,9 +475,9 @@ def headline(align: pd.DataFrame) -> str:
     directions fitted on residualised ratings, when the table has them."""
     if align is None or not len(align):
         return ""
-    if "reference" in align and (align.reference == RESIDUALISED_REFERENCE).any():
-        main = align[align.reference != RESIDUALISED_REFERENCE]
-        return headline(main) + residualised_headline(align[align.reference == RESIDUALISED_REFERENCE])
+    main, resid = split_reference(align)
+    if resid is not None and len(resid):
+        return headline(main) + residualised_headline(resid)
     best = align[align.metric == "best_alignment"].dropna(subset=["value"])
     if not len(best):
         best = align[align.metric == "alignment"].dropna(subset=["value"]).sort_values("value").tail(1)
@@ -498,19 +498,42 @@ def headline(align: pd.DataFrame) -> str:
     return text
 
 
+def split_reference(align: pd.DataFrame | None) -> tuple[pd.DataFrame | None, pd.DataFrame | None]:
+    """(rows scored against the human profile, rows of the directions fitted on residualised ratings).
+
+    One place decides which alignment rows are which, so the CLI line, the report and its findings
+    never read the residualised rows as the headline alignment (they answer another question)."""
+    if align is None or "reference" not in align:
+        return align, None
+    is_resid = align.reference == RESIDUALISED_REFERENCE
+    return align[~is_resid], align[is_resid]
+
+
+def best_residualised_row(resid: pd.DataFrame | None) -> pd.Series | None:
+    """The residualised directions' headline row: the max-statistic row when several settings were
+    searched, else the single setting's own row; ``None`` when nothing could be aligned."""
+    if resid is None or not len(resid):
+        return None
+    best = resid[resid.metric == "best_alignment_beyond_emotion"].dropna(subset=["value"])
+    if not len(best):  # one setting searched: its own row
+        best = resid[resid.metric == "alignment_beyond_emotion"].dropna(subset=["value"]).sort_values("value")
+    return best.iloc[-1] if len(best) else None
+
+
+def n_settings_of(row: pd.Series) -> int:
+    """How many settings a headline row's max statistic ran over (1 when the column is absent)."""
+    return int(row.n_settings) if "n_settings" in row and pd.notna(row.n_settings) else 1
+
+
 def residualised_headline(align: pd.DataFrame) -> str:
     """The residualised directions' best alignment and its p against the within-emotion refits."""
-    best = align[align.metric == "best_alignment_beyond_emotion"].dropna(subset=["value"])
-    if not len(best):  # one setting searched: its own row
-        best = align[align.metric == "alignment_beyond_emotion"].dropna(subset=["value"]).sort_values("value")
-    if not len(best):
+    b = best_residualised_row(align)
+    if b is None:
         return ""
-    b = best.iloc[-1]
-    n_set = int(b.n_settings) if "n_settings" in b and pd.notna(b.n_settings) else 1
     p = f"p={b.p_value:.2g} vs {int(b.n_emotion_null)} within-emotion refits of the residuals" \
         if pd.notna(b.p_value) else "no within-emotion refits were run, so no p-value"
     return (f"; directions fit on ratings residualised on emotion: alignment {b.value:.2f} (window {b.window}, "
-            f"beta {b.beta:g}; best of {n_set}), {p}")
+            f"beta {b.beta:g}; best of {n_settings_of(b)}), {p}")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from emolens.report.page import absent, img, table_html
 from emolens.report.runs import ModelRun
 from emolens.report.section_registry import section
 from emolens.report.steering_figures import steering_figures
+from emolens.steering.theory import best_residualised_row, n_settings_of, split_reference
 
 
 @section("steer", "Steering", 60)
@@ -24,9 +25,7 @@ def steer_section(mr: ModelRun) -> str:
     if table is not None and "fit" in table:
         body += f"<p>{html.escape(fit_text(table, mr.stage_record('steer')))}</p>"
     align = mr.table("alignment")
-    resid = None if align is None or "reference" not in align else align[align.reference == RESIDUALISED]
-    if align is not None and "reference" in align:
-        align = align[align.reference != RESIDUALISED]
+    align, resid = split_reference(align)
     if align is not None and len(align):
         best = align[align.metric.isin(["best_alignment", "best_alignment_beyond_emotion"])]
         text = best_alignment_text(align)
@@ -97,20 +96,13 @@ def best_alignment_text(align: pd.DataFrame) -> str:
 
 
 #: ``reference`` of the alignment rows of directions fitted on residualised ratings (``steering.theory``).
-RESIDUALISED = "residualised"
-
-
 def residualised_text(resid: pd.DataFrame) -> str:
     """The residualised directions' best alignment, with the null its p-value is against."""
-    best = resid[resid.metric == "best_alignment_beyond_emotion"].dropna(subset=["value"])
-    if not len(best):
-        best = resid[resid.metric == "alignment_beyond_emotion"].dropna(subset=["value"]).sort_values("value").tail(1)
-    if not len(best):
+    b = best_residualised_row(resid)
+    if b is None:
         return "No residualised direction could be aligned."
-    b = best.iloc[0]
-    n_set = int(b.n_settings) if "n_settings" in b and pd.notna(b.n_settings) else 1
     p = (f"p = {b.p_value:.2g} against {int(b.n_emotion_null)} refits on the residuals permuted within each emotion "
-         f"(the emotion-only null; max-statistic corrected over the {n_set} searched settings)"
+         f"(the emotion-only null; max-statistic corrected over the {n_settings_of(b)} searched settings)"
          if pd.notna(b.p_value) else "no within-emotion refits were run, so there is no p-value")
     return (f"Directions fitted on appraisal ratings minus their emotion's mean rating hold no emotion-mean "
             f"information, so a model that knows only the emotion gives them nothing to align with. Their best "
