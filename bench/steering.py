@@ -2,7 +2,7 @@
 
 Both paths score the same conditions (directions x windows x betas, with random and specificity
 controls, plus the clean run per window) on the same items with
-:func:`emolens.steering.sweep.run_conditions`:
+:func:`emolens.steering.sweep.steered_label_scores`:
 
 * ``full`` -- every condition re-runs the whole prompt (items stacked ``--max-rows`` rows per
   forward), as before the fast path;
@@ -37,7 +37,7 @@ from emolens.labels import EMOTIONS
 from emolens.model.loading import load_model
 from emolens.steering.apply import mean_resid_norm
 from emolens.steering.directions import capture_resid, compute_bank
-from emolens.steering.sweep import build_conditions, run_conditions
+from emolens.steering.sweep import build_conditions, steered_label_scores
 from machine import describe as machine
 from paths import use_paths
 
@@ -77,22 +77,22 @@ def main() -> None:
     tokens = [len(lm.tokenizer(p.text)["input_ids"]) for p in prompts]
 
     load_before = " ".join(f"{x:.1f}" for x in os.getloadavg())
-    run_conditions(lm, prompts[:2], reader, conds[:1], 2, fast=None)  # warm-up (allocator, kernels)
+    steered_label_scores(lm, prompts[:2], reader, conds[:1], 2, fast=None)  # warm-up (allocator, kernels)
     t0, c0 = time.perf_counter(), time.process_time()
     info: dict = {}
-    fast_clean, fast = run_conditions(lm, prompts, reader, conds, args.batch_size, fast=None,
+    fast_clean, fast = steered_label_scores(lm, prompts, reader, conds, args.batch_size, fast=None,
                                          fast_rows=args.fast_rows, info=info)
     t_fast, c_fast = time.perf_counter() - t0, time.process_time() - c0
     t0, c0 = time.perf_counter(), time.process_time()
     if args.no_full:  # the comparison of the two prefix paths only (full forwards take the longest)
         full_clean, full = fast_clean, fast
     else:
-        full_clean, full = run_conditions(lm, prompts, reader, conds, args.batch_size, args.max_rows, fast=False)
+        full_clean, full = steered_label_scores(lm, prompts, reader, conds, args.batch_size, args.max_rows, fast=False)
     t_full, c_full = time.perf_counter() - t0, time.process_time() - c0
     assert info["fast_path"] == ["last"], info
     t0, c0 = time.perf_counter(), time.process_time()
     with use_paths("prefix"):  # the KV prefix only: every layer, the full output head (the engine before)
-        run_conditions(lm, prompts, reader, conds, args.batch_size, fast=None, fast_rows=args.fast_rows)
+        steered_label_scores(lm, prompts, reader, conds, args.batch_size, fast=None, fast_rows=args.fast_rows)
     t_prefix, c_prefix = time.perf_counter() - t0, time.process_time() - c0
 
     pairs = list(zip(fast + list(fast_clean.values()), full + list(full_clean.values()), strict=True))

@@ -15,7 +15,7 @@ from emolens.model.loading import load_model
 from emolens.model.tiny import TINY_FAMILIES
 from emolens.readout import LabelReader
 from emolens.steering.apply import steer_positions, steering_op
-from emolens.steering.sweep import Condition, run_conditions, sweep
+from emolens.steering.sweep import Condition, steered_label_scores, sweep
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -59,8 +59,8 @@ def test_fast_path_equals_full_forward_on_left_padded_batches(family, stim):
     for reader in _readers(lm, prompts[0]):
         info: dict = {}
         # max_rows / fast_rows small enough that conditions are split over several stacked chunks
-        fast_clean, fast = run_conditions(lm, prompts, reader, conds, batch_size=4, fast_rows=8, info=info)
-        full_clean, full = run_conditions(lm, prompts, reader, conds, batch_size=4, max_rows=8, fast=False)
+        fast_clean, fast = steered_label_scores(lm, prompts, reader, conds, batch_size=4, fast_rows=8, info=info)
+        full_clean, full = steered_label_scores(lm, prompts, reader, conds, batch_size=4, max_rows=8, fast=False)
         assert info["fast_path"] == ["last"]
         for key in full_clean:
             np.testing.assert_allclose(fast_clean[key], full_clean[key], atol=1e-5, rtol=0)
@@ -121,10 +121,10 @@ def test_a_cache_that_cannot_be_shared_falls_back_to_full_forwards(tiny_llama, s
     monkeypatch.setattr(prefix, "tile_cache", lambda cache, times: None)  # e.g. a static or linear-attention cache
     assert prefix_cache(lm.model, encode(lm.tokenizer, prompts)) is None
     info: dict = {}
-    clean, got = run_conditions(lm, prompts, reader, conds, batch_size=2, info=info)
+    clean, got = steered_label_scores(lm, prompts, reader, conds, batch_size=2, info=info)
     assert info["fast_path"] == []
     monkeypatch.undo()
-    want_clean, want = run_conditions(lm, prompts, reader, conds, batch_size=2, fast=False)
+    want_clean, want = steered_label_scores(lm, prompts, reader, conds, batch_size=2, fast=False)
     for a, b in zip(got, want, strict=True):
         np.testing.assert_array_equal(a, b)  # exactly the full path
 
@@ -137,8 +137,8 @@ def test_cache_budget_only_changes_how_many_conditions_share_a_forward(tiny_llam
     prefix = prefix_cache(lm.model, encode(lm.tokenizer, prompts))
     layer = prefix.layers[0]
     assert bytes_per_row(prefix) == len(prefix.layers) * 2 * layer.keys[:1].numel() * 4
-    wide_clean, wide = run_conditions(lm, prompts, reader, conds, batch_size=4)
-    one_clean, one = run_conditions(lm, prompts, reader, conds, batch_size=4, fast_cache_bytes=1)
+    wide_clean, wide = steered_label_scores(lm, prompts, reader, conds, batch_size=4)
+    one_clean, one = steered_label_scores(lm, prompts, reader, conds, batch_size=4, fast_cache_bytes=1)
     for a, b in zip(one + list(one_clean.values()), wide + list(wide_clean.values()), strict=True):
         np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
 

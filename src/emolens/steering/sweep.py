@@ -133,7 +133,7 @@ def outcome_rows(clean: np.ndarray, steered: np.ndarray, labels: Sequence[str], 
 
 
 @torch.no_grad()
-def run_conditions(lm, prompts, reader: LabelScorer, conditions: Sequence[Condition], batch_size: int = 16,
+def steered_label_scores(lm, prompts, reader: LabelScorer, conditions: Sequence[Condition], batch_size: int = 16,
                    max_rows: int = 64, progress: bool = False, fast: bool | None = None, fast_rows: int = 256,
                    fast_cache_bytes: int = 2 ** 31, info: dict | None = None
                    ) -> tuple[dict[tuple, np.ndarray], list[np.ndarray]]:
@@ -373,7 +373,7 @@ def sweep(lm, dataset, directions: Sequence[str], *, bank: ConceptBank | None = 
     ``residualised`` adds each direction refitted on ratings residualised on the gold emotion (kind
     ``residualised``) with ``n_emotion_null`` within-emotion refits of its own (``residualised_null``).
 
-    Positions ``last`` take the KV-prefix fast path (see :func:`run_conditions`; ``fast=False``
+    Positions ``last`` take the KV-prefix fast path (see :func:`steered_label_scores`; ``fast=False``
     forces full forwards). Returns a tidy table (:data:`COLUMNS`); β = 0 rows (the clean run)
     are included for every real direction, so dose-response curves start at 0.
     """
@@ -414,7 +414,7 @@ def sweep(lm, dataset, directions: Sequence[str], *, bank: ConceptBank | None = 
                                   resid)
     reader = LabelScorer.build(lm.tokenizer, spec.labels, prompts[0].text, prompts[0].label_prefix)
     run_info: dict = {}
-    clean, scores = run_conditions(lm, prompts, reader, conditions, batch_size, max_rows, progress, fast=fast,
+    clean, scores = steered_label_scores(lm, prompts, reader, conditions, batch_size, max_rows, progress, fast=fast,
                                    fast_rows=fast_rows, info=run_info)
     rows = []
     common = dict(method=bank.method, partial=bool(partial), scale=scale, fit=fit_mode)
