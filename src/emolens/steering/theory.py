@@ -484,7 +484,7 @@ def headline(align: pd.DataFrame) -> str:
     if not len(best):
         return ""
     b = best.iloc[0]
-    n_set = int(b.get("n_settings", 1)) if pd.notna(b.get("n_settings", np.nan)) else 1
+    n_set = n_settings_of(b)
     beyond = align[(align.metric == ("best_alignment_beyond_emotion" if n_set > 1 else "alignment_beyond_emotion"))
                    & (align.window == b.window) & (align.beta == b.beta)] if n_set == 1 else \
         align[align.metric == "best_alignment_beyond_emotion"]

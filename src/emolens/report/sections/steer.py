@@ -95,7 +95,6 @@ def best_alignment_text(align: pd.DataFrame) -> str:
     return " ".join(out)
 
 
-#: ``reference`` of the alignment rows of directions fitted on residualised ratings (``steering.theory``).
 def residualised_text(resid: pd.DataFrame) -> str:
     """The residualised directions' best alignment, with the null its p-value is against."""
     b = best_residualised_row(resid)
