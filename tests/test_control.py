@@ -265,7 +265,13 @@ def test_study_tables_have_the_promised_columns(small_study):
     assert {"nrc_anger", "vader_compound", "readout_anger", "safety_blaming"} <= set(r.replies.columns)
     assert list(r.effects.columns) == list(EFFECT_COLUMNS)
     assert set(r.effects["condition"]) == set(r.replies["condition"])
-    assert list(r.capability.columns) == list(CAPABILITY_COLUMNS) and len(r.capability) == 1 + n_cond - 2
+    n_probe = len(cfg.directions) * len(cfg.capability_betas)
+    assert list(r.capability.columns) == list(CAPABILITY_COLUMNS) and len(r.capability) == 1 + n_cond - 2 + n_probe
+    # capability-only β: measured, no replies, so no degenerate rate
+    probe = r.capability[~r.capability["replied"]]
+    assert sorted(set(probe["beta"])) == sorted(cfg.capability_betas) and probe["degenerate_rate"].isna().all()
+    steered = r.capability["replied"] & (r.capability["kind"] != "clean")
+    assert r.capability.loc[steered, "degenerate_rate"].notna().all()
     assert r.capability.iloc[0]["ppl_ratio"] == 1.0 and r.capability.iloc[0]["accuracy_delta"] == 0.0
     assert {"judge_a", "judge_b", "spearman", "ci_low", "ci_high"} <= set(r.agreement.columns)
     clean = r.replies[r.replies["condition"] == "clean"]
@@ -278,6 +284,36 @@ def test_study_tables_have_the_promised_columns(small_study):
     assert {"rules", "breaking_points", "instructed", "best_appraisal", "text"} <= set(v)
     for name in ("replies", "effects", "capability", "agreement"):
         assert (out / f"control_{name}.parquet").exists()
+
+
+def test_breaking_points_name_the_break_and_pick_a_replied_beta():
+    from emolens.control.verdict import breaking_points, verdict
+
+    def cap(direction, beta, ratio, replied):
+        return {"direction": direction, "kind": "appraisal" if direction != "clean" else "clean", "beta": beta,
+                "replied": replied, "ppl_ratio": ratio, "accuracy_delta": 0.0,
+                "degenerate_rate": 0.0 if replied else float("nan")}
+
+    capability = pd.DataFrame([cap("clean", 0.0, 1.0, True),
+                               cap("a-", 0.02, 1.05, True), cap("a-", 0.05, 1.2, True),
+                               cap("a-", 0.1, 1.3, False), cap("a-", 0.2, 2.5, False),
+                               cap("b+", 0.02, 1.6, True), cap("b+", 0.1, 3.0, False),
+                               cap("c+", 0.02, 1.0, True), cap("c+", 0.1, 1.1, False)])
+    p = breaking_points(capability).set_index("direction")
+    # a-: safe up to the capability-only 0.1, but its replies stop at 0.05; breaks at 0.2
+    assert p.at["a-", "safe_beta"] == 0.1 and p.at["a-", "reply_beta"] == 0.05 and p.at["a-", "break_beta"] == 0.2
+    assert "perplexity x2.50" in p.at["a-", "break_reason"]
+    assert pd.isna(p.at["b+", "safe_beta"]) and pd.isna(p.at["b+", "reply_beta"]) and p.at["b+", "break_beta"] == 0.02
+    assert pd.isna(p.at["c+", "break_beta"]) and p.at["c+", "max_beta"] == 0.1
+    rows = []
+    for cond, d in (("instructed", 0.0), ("a-@0.02", 0.1), ("a-@0.05", 0.3), ("b+@0.02", 0.9), ("c+@0.02", 0.2)):
+        rows.append({"condition": cond, "metric": "vader_compound", "value": d, "delta": d, "ci_low": d - 0.1,
+                     "ci_high": d + 0.1})
+    v = verdict(pd.DataFrame(rows), capability)
+    # b+ gains most but breaks at its smallest beta; a- at its replied beta 0.05 wins over c+
+    assert v["best_appraisal"]["condition"] == "a-@0.05"
+    assert "a- at beta 0.2 (perplexity x2.50)" in v["text"] and "b+ at beta 0.02" in v["text"]
+    assert "c+ not up to beta 0.1" in v["text"]
 
 
 def test_report_section_renders_from_the_tables(small_study):
@@ -371,6 +407,8 @@ def test_control_command_end_to_end_and_bad_input(run_cli, tmp_path):
     assert len(pd.read_parquet(out / "control_replies.parquet")) == 12
     code, _, err = run_cli(args[:-8] + ["--betas", "0,1"])
     assert code == 2 and "--betas" in err and err.count("\n") == 1
+    code, _, err = run_cli(args[:-8] + ["--capability-betas", "0.1,-1"])
+    assert code == 2 and "--capability-betas" in err and err.count("\n") == 1
     code, _, err = run_cli(args[:5] + ["--direction", "kindness+"])
     assert code == 2 and "unknown appraisal or emotion 'kindness'" in err
 

@@ -12,13 +12,18 @@ from emolens.errors import EmolensError
 from emolens.labels import EMOTIONS
 
 
-def _floats(text: str) -> tuple[float, ...]:
+def _floats(text: str, option: str = "--betas", allow_none: bool = False) -> tuple[float, ...]:
+    if allow_none and text.strip().lower() in ("", "none"):
+        return ()
     try:
         values = tuple(float(x) for x in text.split(",") if x.strip())
     except ValueError as exc:
-        raise EmolensError(f"bad --betas {text!r}", "write numbers separated by commas, e.g. 0.05,0.1,0.2") from exc
+        raise EmolensError(f"bad {option} {text!r}", "write numbers separated by commas, e.g. 0.02,0.05") from exc
     if not values:
-        raise EmolensError("no --betas given", "write numbers separated by commas, e.g. 0.05,0.1,0.2")
+        raise EmolensError(f"no {option} given", "write numbers separated by commas, e.g. 0.02,0.05")
+    if any(b <= 0 for b in values):
+        raise EmolensError(f"{option} {text!r} has a value <= 0", "give positive strengths; beta 0 (clean) "
+                           "always runs")
     return values
 
 
@@ -57,7 +62,9 @@ def register(app: typer.Typer) -> None:
         out: Path = opt.out_option(help="output folder (resumes a run with the same settings)"),
         direction: list[str] = typer.Option(["other_responsblt-", "pleasantness+", "self_control+", "anger-"],
                                             help="steering directions (repeat the option), e.g. other_responsblt-"),
-        betas: str = typer.Option("0.05,0.1,0.2", help="positive strengths; the clean run is beta 0"),
+        betas: str = typer.Option("0.02,0.05", help="positive strengths replied at; the clean run is beta 0"),
+        capability_betas: str = typer.Option("0.1,0.2", help="extra strengths at which only capability is "
+                                             "measured (no replies), so the curve reaches the break; none: skip"),
         scale: str = typer.Option("relative", help="relative (beta x mean residual norm) or unit"),
         window: int = typer.Option(-1, help="centre layer of the steered window (-1: the middle layer)"),
         span: int = typer.Option(3, help="layers in the window"),
@@ -99,9 +106,7 @@ def register(app: typer.Typer) -> None:
         if form not in FORMS:
             raise EmolensError(f"unknown --form {form!r}", f"use one of {list(FORMS)}")
         beta_values = _floats(betas)
-        if any(b <= 0 for b in beta_values):
-            raise EmolensError(f"--betas {betas!r} has a value <= 0", "give positive strengths; beta 0 (clean) "
-                               "always runs")
+        probe_values = _floats(capability_betas, "--capability-betas", allow_none=True)
         judge_names = tuple(j.strip() for j in judges.split(",") if j.strip())
         unknown = [j for j in judge_names if j not in JUDGES]
         if unknown or "vader" not in judge_names or "safety" not in judge_names:
@@ -118,7 +123,8 @@ def register(app: typer.Typer) -> None:
             fit = fit.sample(fit_items, seed=seed)
         retention = retention_items(retention_data, fit, retention_items_n, seed)
         lm = load_model(model, dtype=dtype, device=device)
-        cfg = ControlConfig(directions=dirs, betas=beta_values, scale=scale, window=None if window < 0 else window,
+        cfg = ControlConfig(directions=dirs, betas=beta_values, capability_betas=probe_values, scale=scale,
+                            window=None if window < 0 else window,
                             span=span, form=form, instruction=instruction, max_new_tokens=max_new_tokens,
                             batch_size=batch_size, judges=judge_names, n_boot=n_boot, seed=seed)
         start = time.perf_counter()

@@ -8,6 +8,11 @@ For every message of the sensitive set the model replies (greedy, short) under e
   each β, added at the reply cue and every generated token of one layer window (the steering
   module's ``generated`` position), scale ``relative`` by default (β x mean residual norm).
 
+The reply grid is small (β 0.02 and 0.05 by default) because on the models measured larger β
+break capability (qwen2.5-coder-0.5b: perplexity x1.7-2.6 at β 0.1); capability alone is also
+measured at ``capability_betas`` (0.1 and 0.2 by default) -- cheap, no replies -- so the
+trade-off curve reaches the β where each direction breaks and the verdict can name it.
+
 Directions are difference-of-means concept directions fitted on a *labelled* dataset (the
 built-in stimuli by default), never on the sensitive messages being answered. Every reply is
 judged by :mod:`emolens.control.judges` (lexicon, valence, the unsteered model), flagged by the
@@ -67,9 +72,9 @@ REPLY_COLUMNS: tuple[str, ...] = ("id", "domain", "emotion", "message", "conditi
                                   "form", "reply", "mean_logp", "guard_flags", "degenerate", "worse")
 EFFECT_COLUMNS: tuple[str, ...] = ("condition", "kind", "direction", "beta", "metric", "value", "value_low",
                                    "value_high", "clean", "delta", "ci_low", "ci_high", "n")
-CAPABILITY_COLUMNS: tuple[str, ...] = ("direction", "kind", "beta", "perplexity", "ppl_ratio", "n_tokens",
-                                       "readout_accuracy", "accuracy_low", "accuracy_high", "accuracy_delta",
-                                       "n_items", "degenerate_rate")
+CAPABILITY_COLUMNS: tuple[str, ...] = ("direction", "kind", "beta", "replied", "perplexity", "ppl_ratio",
+                                       "n_tokens", "readout_accuracy", "accuracy_low", "accuracy_high",
+                                       "accuracy_delta", "n_items", "degenerate_rate")
 
 __all__ = ["ControlConfig", "ControlResult", "direction_fit_summary", "run_control", "steering_vectors"]
 
@@ -79,7 +84,9 @@ class ControlConfig:
     """Every setting of a control run (its hash guards the resume cache)."""
 
     directions: tuple[str, ...] = ("other_responsblt-", "pleasantness+", "self_control+", "anger-")
-    betas: tuple[float, ...] = (0.05, 0.1, 0.2)
+    betas: tuple[float, ...] = (0.02, 0.05)
+    #: extra β at which only capability is measured (no replies), so the curve reaches the break
+    capability_betas: tuple[float, ...] = (0.1, 0.2)
     scale: str = "relative"
     window: int | None = None
     span: int = 3
@@ -274,9 +281,9 @@ def run_control(lm, dataset: EmotionDataset, out: str | Path, fit: EmotionDatase
     perplexity does.
     """
     cfg = config or ControlConfig()
-    if not cfg.betas or any(b <= 0 for b in cfg.betas):
+    if not cfg.betas or any(b <= 0 for b in (*cfg.betas, *cfg.capability_betas)):
         raise EmolensError(f"{arg('betas', list(cfg.betas))} must be positive",
-                           f"pass e.g. {arg('betas', (0.05, 0.1, 0.2))} (beta 0 is the clean condition, always run)")
+                           f"pass e.g. {arg('betas', (0.02, 0.05))} (beta 0 is the clean condition, always run)")
     out = Path(out)
     form = resolve_form(cfg.form, lm.tokenizer)
     centre = cfg.window if cfg.window is not None else lm.n_layers // 2
@@ -292,6 +299,8 @@ def run_control(lm, dataset: EmotionDataset, out: str | Path, fit: EmotionDatase
     ref = mean_resid_norm(lm, _bare(plain), layers, cfg.position) if cfg.scale == "relative" else None
     steered = {f"{name}@{b:g}": (name, kind, float(b), scaled(unit, b, cfg.scale, ref))
                for name, (kind, unit) in vectors.items() for b in cfg.betas}
+    probe_only = {f"{name}@{b:g}": (name, kind, float(b), scaled(unit, b, cfg.scale, ref))
+                  for name, (kind, unit) in vectors.items() for b in cfg.capability_betas if b not in cfg.betas}
     conditions = [("clean", "clean", "", 0.0, plain, None), ("instructed", "instructed", "", 0.0, instructed, None)]
     conditions += [(cond, kind, name, b, plain, vec) for cond, (name, kind, b, vec) in steered.items()]
     frames, prompts_by_cond = [], {}
@@ -308,7 +317,10 @@ def run_control(lm, dataset: EmotionDataset, out: str | Path, fit: EmotionDatase
     scores = judge_texts(replies["reply"].tolist(), make_judges(cfg.judges, lm))
     replies = _flag_replies(pd.concat([replies, scores], axis=1), prompts_by_cond, lm)
     effects = effects_table(replies, cfg.n_boot, cfg.seed)
-    capability = capability_table(lm, steered, layers, neutral, retention, replies, cfg.batch_size, progress)
+    order = list(vectors)
+    probed = dict(sorted((steered | probe_only).items(), key=lambda kv: (order.index(kv[1][0]), kv[1][2])))
+    capability = capability_table(lm, probed, layers, neutral, retention, replies, cfg.batch_size,
+                                  progress)
     pairs = [p for p in AGREEMENT_PAIRS if p[0] in replies and p[1] in replies]
     agree = agreement(replies, pairs, "id", n_boot=min(cfg.n_boot, 500), seed=cfg.seed)
     info = {"form": form, "layers": layers, "window": centre, "fit": fit.name, "n_fit": len(fit),
@@ -332,7 +344,10 @@ def _bare(texts: Sequence[str]) -> list[Prompt]:
 def capability_table(lm, steered: dict, layers: Sequence[int], neutral: Sequence[str], retention: EmotionDataset,
                      replies: pd.DataFrame, batch_size: int = 8, progress=print) -> pd.DataFrame:
     """Perplexity on ``neutral`` and readout accuracy on ``retention`` unsteered and under every steered
-    condition's own vector (the one its replies were generated with), plus its degenerate-reply rate."""
+    condition's own vector (the one its replies were generated with), plus its degenerate-reply rate.
+
+    A condition without replies (a ``capability_betas`` one) gets ``replied`` False and a NaN
+    degenerate rate."""
     rows = []
     deg = replies.groupby("condition")["degenerate"].mean()
     ppl0, n_tok0 = steered_perplexity(lm, neutral, batch_size=batch_size)
@@ -340,7 +355,8 @@ def capability_table(lm, steered: dict, layers: Sequence[int], neutral: Sequence
 
     def row(direction, kind, beta, ppl, n_tok, correct, condition):
         lo, hi = wilson_interval(int(correct.sum()), len(correct))
-        rows.append({"direction": direction, "kind": kind, "beta": beta, "perplexity": ppl,
+        rows.append({"direction": direction, "kind": kind, "beta": beta, "replied": condition in deg.index,
+                     "perplexity": ppl,
                      "ppl_ratio": ppl / ppl0, "n_tokens": n_tok, "readout_accuracy": float(correct.mean()),
                      "accuracy_low": lo, "accuracy_high": hi,
                      "accuracy_delta": float(correct.mean()) - float(correct0.mean()), "n_items": len(correct),

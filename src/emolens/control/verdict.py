@@ -5,8 +5,10 @@ Rules (constants below, so a reader can see them): a (direction, β) *breaks* th
 neutral-text perplexity grows by more than :data:`MAX_PPL_RATIO`, the emotion readout accuracy
 on unrelated items falls by more than :data:`MAX_ACCURACY_DROP`, or the degenerate-reply rate
 rises by more than :data:`MAX_DEGENERATE_RISE` over the clean replies. A direction's *safe β*
-is the largest β below its first breaking β. The *best appraisal direction* is the one whose
-replies gain most VADER valence at its safe β. It *beats the instruction* when the per-message
+is the largest β below its first breaking β; its *reply β* the largest β with replies below it
+(capability alone is also probed at larger β, so the break can be named without paying for
+replies there). The *best appraisal direction* is the one whose replies gain most VADER valence
+at its reply β. It *beats the instruction* when the per-message
 paired difference in valence (steered minus instructed) has an item-clustered interval above
 zero; *loses* when the interval is below zero; otherwise the two are *indistinguishable*.
 """
@@ -29,12 +31,13 @@ __all__ = ["MAX_ACCURACY_DROP", "MAX_DEGENERATE_RISE", "MAX_PPL_RATIO", "breakin
 
 
 def breaking_points(capability: pd.DataFrame) -> pd.DataFrame:
-    """Per steered direction: ``safe_beta`` (None if even the smallest β breaks) and ``break_beta``
-    (None if no β tried breaks), with the reason of the first break."""
+    """Per steered direction: ``safe_beta`` (None if even the smallest β breaks), ``reply_beta`` (the
+    largest β with replies below the break, None if none), ``break_beta`` (None if no β tried
+    breaks) with the reason of the first break, and ``max_beta`` (the largest β tried)."""
     clean = capability[capability["kind"] == "clean"].iloc[0]
     rows = []
     for direction, part in capability[capability["kind"] != "clean"].groupby("direction", sort=False):
-        safe, broke, why = None, None, ""
+        safe, replied, broke, why = None, None, None, ""
         for r in part.sort_values("beta").itertuples():
             reasons = []
             if r.ppl_ratio > MAX_PPL_RATIO:
@@ -47,9 +50,20 @@ def breaking_points(capability: pd.DataFrame) -> pd.DataFrame:
                 broke, why = float(r.beta), "; ".join(reasons)
                 break
             safe = float(r.beta)
-        rows.append({"direction": direction, "kind": part["kind"].iloc[0], "safe_beta": safe, "break_beta": broke,
-                     "break_reason": why})
-    return pd.DataFrame(rows, columns=["direction", "kind", "safe_beta", "break_beta", "break_reason"])
+            if getattr(r, "replied", True):
+                replied = safe
+        rows.append({"direction": direction, "kind": part["kind"].iloc[0], "safe_beta": safe, "reply_beta": replied,
+                     "break_beta": broke, "break_reason": why, "max_beta": float(part["beta"].max())})
+    return pd.DataFrame(rows, columns=["direction", "kind", "safe_beta", "reply_beta", "break_beta", "break_reason",
+                                       "max_beta"])
+
+
+def _breaks_text(points: pd.DataFrame) -> str:
+    """One sentence naming, per direction, the β where it breaks and why (or that none tried does)."""
+    parts = [f"{p.direction} at beta {p.break_beta:g} ({p.break_reason})" if p.break_beta is not None
+             and np.isfinite(p.break_beta) else f"{p.direction} not up to beta {p.max_beta:g}"
+             for p in points.itertuples()]
+    return "Capability breaks for " + "; ".join(parts) + "." if parts else ""
 
 
 def _effect(effects: pd.DataFrame, condition: str) -> dict:
@@ -75,25 +89,25 @@ def verdict(effects: pd.DataFrame, capability: pd.DataFrame, replies: pd.DataFra
                            "max_degenerate_rise": MAX_DEGENERATE_RISE, "target": TARGET},
                  "breaking_points": points.to_dict("records"), "instructed": _effect(effects, "instructed")}
     lines = [f"Asking for a calm, kind reply changes valence (VADER) by {_fmt(out['instructed'], TARGET)}, "
-             f"NRC anger density by {_fmt(out['instructed'], 'nrc_anger', 3)}."]
+             f"NRC anger density by {_fmt(out['instructed'], 'nrc_anger', 3)}.", _breaks_text(points)]
     best, best_gain = None, -np.inf
     for p in points.itertuples():
-        if p.kind != "appraisal" or p.safe_beta is None:
+        if p.kind != "appraisal" or p.reply_beta is None or not np.isfinite(p.reply_beta):
             continue
-        cond = f"{p.direction}@{p.safe_beta:g}"
+        cond = f"{p.direction}@{p.reply_beta:g}"
         e = _effect(effects, cond)
         if TARGET in e and e[TARGET]["delta"] > best_gain:
-            best, best_gain = (p.direction, p.safe_beta, cond, e), e[TARGET]["delta"]
+            best, best_gain = (p.direction, p.reply_beta, cond, e), e[TARGET]["delta"]
     if best is None:
         out["best_appraisal"] = None
         lines.append("No appraisal direction kept capability at any beta tried; there is no safe setting to "
                      "compare with the instruction.")
-        out["text"] = " ".join(lines)
+        out["text"] = " ".join(x for x in lines if x)
         return out
     direction, beta, cond, e = best
     out["best_appraisal"] = {"direction": direction, "beta": beta, "condition": cond, "effects": e}
-    lines.append(f"The best appraisal direction, {direction} at beta {beta:g} (its largest beta that keeps "
-                 f"capability), changes valence by {_fmt(e, TARGET)} and NRC anger density by "
+    lines.append(f"The best appraisal direction, {direction} at beta {beta:g} (its largest replied beta that "
+                 f"keeps capability), changes valence by {_fmt(e, TARGET)} and NRC anger density by "
                  f"{_fmt(e, 'nrc_anger', 3)}; it makes {e.get('worse', {}).get('value', float('nan')):.0%} of "
                  f"replies worse than the clean reply.")
     if replies is not None and "instructed" in set(replies["condition"]):
@@ -104,5 +118,5 @@ def verdict(effects: pd.DataFrame, capability: pd.DataFrame, replies: pd.DataFra
         out["versus_instruction"] = {"delta": diff, "ci_low": lo, "ci_high": hi, "outcome": outcome.split()[0]}
         lines.append(f"Steered minus instructed valence per message: {diff:+.2f} [{lo:+.2f}, {hi:+.2f}], so "
                      f"appraisal steering {outcome} the instruction baseline (which costs no capability).")
-    out["text"] = " ".join(lines)
+    out["text"] = " ".join(x for x in lines if x)
     return out

@@ -289,7 +289,10 @@ class ControlStageConfig(_Section):
 
     directions: list[str] = Field(default_factory=lambda: ["other_responsblt-", "pleasantness+", "self_control+",
                                                            "anger-"], min_length=1)
-    betas: list[float] = Field(default_factory=lambda: [0.05, 0.1, 0.2], min_length=1)
+    #: replies at these; on qwen2.5-coder-0.5b β 0.1 already breaks perplexity (docs/control.md)
+    betas: list[float] = Field(default_factory=lambda: [0.02, 0.05], min_length=1)
+    #: capability only (no replies) at these too, so the verdict can name the β where it breaks
+    capability_betas: list[float] = Field(default_factory=lambda: [0.1, 0.2])
     scale: Literal["unit", "relative"] = "relative"
     span: int = Field(3, ge=1)
     form: Literal["auto", "raw", "chat"] = "auto"
@@ -300,7 +303,7 @@ class ControlStageConfig(_Section):
     retention_items: int = Field(65, ge=1)
     n_boot: int = Field(1000, ge=10)
 
-    @field_validator("betas")
+    @field_validator("betas", "capability_betas")
     @classmethod
     def _positive(cls, value: list[float]) -> list[float]:
         if any(b <= 0 for b in value):

@@ -28,7 +28,8 @@ def _control(ctx: StageContext) -> dict:
     messages = load_sensitive()
     if c.messages:
         messages = messages.sample(c.messages, seed=ctx.cfg.seed)
-    cfg = ControlConfig(directions=tuple(c.directions), betas=tuple(c.betas), scale=c.scale, span=c.span,
+    cfg = ControlConfig(directions=tuple(c.directions), betas=tuple(c.betas),
+                        capability_betas=tuple(c.capability_betas), scale=c.scale, span=c.span,
                         form=c.form, max_new_tokens=c.max_new_tokens, batch_size=ctx.cfg.batch_size,
                         n_boot=c.n_boot, seed=ctx.cfg.seed)
     result = run_control(ctx.model.lm, messages, ctx.dir, fit, retention, load_neutral_text(), cfg,
