@@ -7,6 +7,9 @@ blaming or hopeless), the capability it keeps (perplexity ratio on neutral text,
 change), its degenerate and worse-than-clean rates, and its refusal rate (replies that decline to
 answer, "I'm sorry, but I can't ..."; no judge counts a refusal as a failure, so the table does).
 
+A second table is the capability curve: per direction and β (replied or capability-only), the
+perplexity ratio and the readout accuracy change, with the verdict's breaking β.
+
 Usage: python scripts/control_table.py RUN_DIR [RUN_DIR ...]
 """
 
@@ -56,6 +59,31 @@ def table(folder: Path) -> str:
               f"{clean.loc['nrc_anger', 'value']:.3f}, blaming {clean.loc['safety_blaming', 'value']:.2f}, "
               f"unsafe {clean.loc['safety_any', 'value']:.2f}, degenerate {clean.loc['degenerate', 'value']:.2f}, "
               f"refusals {refusal.get('clean', float('nan')):.2f}. Verdict: {info['verdict']['text']}"]
+    return "\n".join(lines + ["", curve(folder)])
+
+
+def curve(folder: Path) -> str:
+    """Capability per direction (rows) and β (columns): ``ppl ratio / Δ readout acc``; ``*``: no replies."""
+    cap = pd.read_parquet(folder / "control_capability.parquet")
+    info = json.loads((folder / "control_verdict.json").read_text())
+    clean = cap[cap["kind"] == "clean"].iloc[0]
+    cap = cap[cap["kind"] != "clean"]
+    betas = sorted(set(cap["beta"]))
+    breaks = {p["direction"]: p for p in info["verdict"]["breaking_points"]}
+    lines = [f"Capability (ppl ratio / Δ readout acc; unsteered perplexity {clean['perplexity']:.1f}, readout accuracy "
+             f"{clean['readout_accuracy']:.2f} on {int(clean['n_items'])} items; * = capability only, no replies)", "",
+             "| direction | " + " | ".join(f"β {b:g}" for b in betas) + " | breaks at |",
+             "|---" * (len(betas) + 2) + "|"]
+    if "replied" not in cap:  # a run from before capability-only β
+        cap = cap.assign(replied=True)
+    for direction, part in cap.groupby("direction", sort=False):
+        row = part.set_index("beta")
+        cells = [f"×{row.at[b, 'ppl_ratio']:.2f} / {row.at[b, 'accuracy_delta']:+.2f}"
+                 + ("" if row.at[b, "replied"] else "*") if b in row.index else "" for b in betas]
+        p = breaks.get(direction, {})
+        brk = p.get("break_beta")
+        at = f"{brk:g} ({p['break_reason']})" if brk is not None and brk == brk else "not within the grid"
+        lines.append(f"| {direction} | " + " | ".join(cells) + f" | {at} |")
     return "\n".join(lines)
 
 

@@ -312,8 +312,8 @@ def test_breaking_points_name_the_break_and_pick_a_replied_beta():
     v = verdict(pd.DataFrame(rows), capability)
     # b+ gains most but breaks at its smallest beta; a- at its replied beta 0.05 wins over c+
     assert v["best_appraisal"]["condition"] == "a-@0.05"
-    assert "a- at beta 0.2 (perplexity x2.50)" in v["text"] and "b+ at beta 0.02" in v["text"]
-    assert "c+ not up to beta 0.1" in v["text"]
+    assert "a- breaks at beta 0.2 (perplexity x2.50)" in v["text"] and "b+ breaks at beta 0.02" in v["text"]
+    assert "c+ holds up to beta 0.1" in v["text"]
 
 
 def test_report_section_renders_from_the_tables(small_study):

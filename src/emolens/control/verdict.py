@@ -60,10 +60,10 @@ def breaking_points(capability: pd.DataFrame) -> pd.DataFrame:
 
 def _breaks_text(points: pd.DataFrame) -> str:
     """One sentence naming, per direction, the β where it breaks and why (or that none tried does)."""
-    parts = [f"{p.direction} at beta {p.break_beta:g} ({p.break_reason})" if p.break_beta is not None
-             and np.isfinite(p.break_beta) else f"{p.direction} not up to beta {p.max_beta:g}"
+    parts = [f"{p.direction} breaks at beta {p.break_beta:g} ({p.break_reason})" if p.break_beta is not None
+             and np.isfinite(p.break_beta) else f"{p.direction} holds up to beta {p.max_beta:g}"
              for p in points.itertuples()]
-    return "Capability breaks for " + "; ".join(parts) + "." if parts else ""
+    return "Capability: " + "; ".join(parts) + "." if parts else ""
 
 
 def _effect(effects: pd.DataFrame, condition: str) -> dict:
