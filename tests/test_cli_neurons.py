@@ -55,3 +55,36 @@ def test_neurons_time_budget_says_how_far_it_got(run_cli, tmp_path):
     run = json.loads((out / "neurons_run.json").read_text())
     assert run["stopped_early"] and run["n_planned"] == 80 and run["n_items"] == 16
     assert "16 of 80 items" in stdout
+
+
+def test_limit_sample_is_recorded_and_ids_rerun_reproduces_it(run_cli, tmp_path):
+    """``--limit N --seed S`` draws from the corpus itself; ``items.txt`` records the draw and
+    ``--ids items.txt`` (no limit) gives the very same statistics: a sample is derivable, not a file."""
+    from emolens.data.corpus import read_ids
+    from emolens.data.loading import load_dataset
+
+    base = ["neurons", "--model", "tiny:llama", "--data", "stimuli", "--appraisals", "pleasantness",
+            "--probe-layers", "none", "--ablate", "none", "--no-pairs"]
+    code, _, err = run_cli([*base, "--limit", "40", "--seed", "3", "--out", str(tmp_path / "a")])
+    assert code == 0, err
+    drawn = read_ids(tmp_path / "a" / "items.txt")
+    assert drawn == load_dataset("stimuli").sample(40, seed=3).ids
+    assert drawn != load_dataset("stimuli").sample(40, seed=4).ids  # the seed matters
+    code, _, err = run_cli([*base, "--ids", str(tmp_path / "a" / "items.txt"), "--out", str(tmp_path / "b")])
+    assert code == 0, err
+    assert read_ids(tmp_path / "b" / "items.txt") == drawn
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "a" / "neurons.parquet"),
+                                  pd.read_parquet(tmp_path / "b" / "neurons.parquet"))
+
+
+def test_documented_1300_item_sample_is_the_seeded_limit_sample(crowd_envent_csv, monkeypatch):
+    """docs/neurons.md's runs use ``--limit 1300 --seed 0`` on crowd-enVENT; these are its ids (the
+    list the earlier runs read from a file), pinned by hash so a change to sampling is noticed."""
+    import hashlib
+
+    from emolens.data.loading import load_dataset
+
+    monkeypatch.setenv("EMOLENS_CROWD_ENVENT", str(crowd_envent_csv.parent))
+    ids = load_dataset("crowd-envent").sample(1300, seed=0).ids
+    digest = hashlib.sha256("".join(f"{i}\n" for i in ids).encode()).hexdigest()
+    assert digest == "cf54c4d08ff0bb442a3bbc68054e8687af1db6099b9a67ac6735c66c7f00df05"

@@ -10,6 +10,7 @@ from emolens.crossmodel import (
     centroid_rdm,
     cka_inference,
     cka_matrix,
+    cka_matrix_interval,
     linear_cka,
     mantel,
     relative_depth_pairs,
@@ -50,6 +51,11 @@ def test_transfer_to_itself_equals_native():
     rows = transfer(x, x, labels, ratings, ("pleasantness", "effort"))
     for row in rows:
         assert abs(row["transferred"] - row["native"]) < 0.01, row
+        for side in ("native", "transferred"):  # every value, R² included, has its interval
+            assert row[f"{side}_lo"] <= row[side] <= row[f"{side}_hi"], row
+        assert abs(row["transferred_lo"] - row["native_lo"]) < 0.02, row
+    r2 = rows[1]
+    assert r2["native_lo"] < r2["native"] < r2["native_hi"] and r2["native_hi"] - r2["native_lo"] < 0.5
     assert rows[0]["native"] > 0.5
 
 
@@ -104,3 +110,22 @@ def test_cka_inference_value_interval_and_permutation_null():
     assert np.mean(null_means) > 0.2  # why the null is needed: chance CKA is far from 0 at this n
     boot = cka_inference(x, x + rng.normal(size=x.shape), n_boot=200, n_perm=0)
     assert boot["cka_lo"] < boot["cka"] < boot["cka_hi"]
+
+
+def test_cka_matrix_interval_equals_resampling_the_features_pair_by_pair():
+    """The joint Gram-gather bootstrap gives, for every layer pair, the quantiles of linear CKA
+    recomputed from the resampled feature rows with the same draws (and brackets the estimate)."""
+    x, _ = _acts(n=60, d=8)
+    rng = np.random.default_rng(7)
+    layers_a = [x, np.tanh(x[:, :5])]
+    layers_b = [x @ ortho_group.rvs(8, random_state=2) + rng.normal(size=x.shape), rng.normal(size=(60, 6))]
+    lo, hi = cka_matrix_interval(layers_a, layers_b, n_boot=40, seed=3)
+    draws = np.random.default_rng(3)
+    ref = np.empty((40, 2, 2))
+    for b in range(40):
+        idx = draws.integers(0, 60, 60)
+        ref[b] = [[linear_cka(a[idx], c[idx]) for c in layers_b] for a in layers_a]
+    np.testing.assert_allclose(lo, np.quantile(ref, 0.025, axis=0), atol=1e-5)
+    np.testing.assert_allclose(hi, np.quantile(ref, 0.975, axis=0), atol=1e-5)
+    point = cka_matrix(layers_a, layers_b)
+    assert (lo[0, 0] < point[0, 0] < hi[0, 0]) and hi[0, 1] < lo[0, 0]  # the noise layer sits clearly lower

@@ -36,6 +36,9 @@ def test_compare_models_matches_items_by_id_and_finds_the_rotation():
     cka = tables["cka"].set_index(["layer_a", "layer_b"])["cka"]
     assert abs(cka[(0, 0)] - 1) < 1e-9 and abs(cka[(2, 3)] - 1) < 1e-9  # rotated/scaled copies
     assert cka[(0, 2)] < 0.3  # the noise layer
+    full = tables["cka"].set_index(["layer_a", "layer_b"])
+    assert full[["cka_lo", "cka_hi"]].notna().all().all()  # an interval at every depth pair, not only matched
+    assert full.loc[(0, 2), "cka_hi"] < full.loc[(0, 1), "cka_lo"]
     rsa = tables["rsa"]
     assert set(rsa["kind"]) == {"model-human", "model-model"}
     assert (rsa[rsa.kind == "model-model"].query("layer_other != 2")["p"] <= 0.05).all()

@@ -34,6 +34,7 @@ def test_streaming_pass_equals_full_capture(tiny_llama):
     data = synthetic_dataset()
     result = neuron_pass(tiny_llama, data, keep_layers=[1], batch_size=8, progress=False)
     assert result.n_skipped == 2 and len(result.items) == 38
+    assert result.prefix_tokens > 5  # the template's shared tokens ran once: the fast path is what is checked
     prompts = build_prompts([data.texts[i] for i in result.items], PromptSpec(), tiny_llama.tokenizer)
     full = np.zeros((len(prompts), 3, 128))
     for batch in iter_batches(tiny_llama.tokenizer, prompts, 5, "cpu"):
@@ -97,3 +98,15 @@ def test_time_budget_keeps_a_random_block_and_its_exact_statistics(tiny_llama):
     ref = neuron_pass(tiny_llama, sub, batch_size=4, progress=False)
     np.testing.assert_allclose(cut.moments.correlations(), ref.moments.correlations(), atol=1e-5)
     np.testing.assert_allclose(cut.moments.partial_correlations(), ref.moments.partial_correlations(), atol=1e-5)
+    eighth = neuron_pass(tiny_llama, data, batch_size=4, progress=False, budget_s=0.0, block=1, seed=3)
+    assert len(eighth.items) == 8  # a block is at least an eighth of the items (58 / 8 -> 8), for low padding
+
+
+def test_shared_prefix_pass_equals_full_forward_pass(tiny_llama):
+    data = synthetic_dataset()
+    fast = neuron_pass(tiny_llama, data, keep_layers=[1], batch_size=8, progress=False)
+    full = neuron_pass(tiny_llama, data, keep_layers=[1], batch_size=8, progress=False, share_prefix=False)
+    assert fast.prefix_tokens > 5 and full.prefix_tokens == 0
+    np.testing.assert_allclose(fast.moments.correlations(), full.moments.correlations(), atol=1e-5)
+    np.testing.assert_allclose(fast.moments.partial_correlations(), full.moments.partial_correlations(), atol=1e-5)
+    np.testing.assert_allclose(fast.kept[1], full.kept[1], atol=1e-5)

@@ -3,8 +3,14 @@
 Writes ``neurons.parquet`` (layer, neuron, appraisal, r, partial_r, q, rank, intervals),
 ``significant.csv`` (q < 0.05 counts per layer x appraisal), ``sparse.parquet`` (R² versus k),
 ``ablation.parquet`` (causal test vs matched random sets), ``pairs.parquet`` and
-``pair_neurons.parquet`` (minimal-pair agreement), figures, and ``neurons_run.json`` with timings
-(not ``run.json``: that name marks a study run folder).
+``pair_neurons.parquet`` (minimal-pair agreement), figures, ``items.txt`` (the ids of the items
+that entered the statistics) and ``neurons_run.json`` with timings (not ``run.json``: that name
+marks a study run folder).
+
+Why ``items.txt``: a run on a sample must be reproducible by anyone. ``--limit N --seed S`` draws
+the sample from the corpus itself (label-stratified, seeded), and ``items.txt`` records what it
+drew (after a ``--budget-minutes`` stop: what was done), so a second model can be run on exactly
+those items with ``--ids items.txt`` and a reader can check the sample without rerunning.
 """
 
 from __future__ import annotations
@@ -85,6 +91,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Per-neuron correlations with appraisal ratings, sparse probes, minimal pairs and ablation."""
         # lazy: the library imports torch, transformers or pandas; kept out of `emolens --help`
+        from emolens.data.corpus import read_ids, write_ids
         from emolens.model.loading import load_model
         from emolens.neurons import neuron_pass, neuron_table, significant_counts
         from emolens.neurons.ablation import THEORY_TARGETS, ablation_table
@@ -103,8 +110,6 @@ def register(app: typer.Typer) -> None:
             raise EmolensError(f"ablation appraisal(s) {missing} are not analysed", "add them to --appraisals")
         k_values = [int(k) for k in ks.split(",") if k.strip()] or None
         if ids is not None:
-            from emolens.data.corpus import read_ids
-
             dataset = dataset.subset(read_ids(ids), name=dataset.name)
         if limit:
             dataset = dataset.sample(limit, seed=seed)
@@ -143,6 +148,7 @@ def register(app: typer.Typer) -> None:
                      ids=np.asarray([dataset.ids[i] for i in result.items]),
                      labels=np.asarray([result.emotions[g] for g in result.groups]), ratings=result.ratings,
                      appraisals=np.asarray(result.appraisals), n_layers=lm.n_layers, model=model)
+        write_ids(out_dir / "items.txt", [dataset.ids[i] for i in result.items])
         sparse.to_parquet(out_dir / "sparse.parquet", index=False)
         if ablation is not None:
             ablation.to_parquet(out_dir / "ablation.parquet", index=False)
@@ -154,11 +160,12 @@ def register(app: typer.Typer) -> None:
             "model": model, "source_id": lm.source_id, "data": data, "n_items": int(result.moments.n),
             "n_planned": int(result.n_planned), "stopped_early": result.stopped_early,
             "budget_minutes": budget_minutes,
-            "n_skipped": result.n_skipped, "appraisals": names, "layers": result.layers, "probe_layers": keep,
+            "n_skipped": result.n_skipped, "shared_prefix_tokens": result.prefix_tokens, "appraisals": names, "layers": result.layers, "probe_layers": keep,
             "neurons_per_layer": lm.sites.width("neurons")[0], "ablate": ablated, "ablate_k": ablate_k,
             "random_sets": random_sets, "seed": seed, "batch_size": batch_size, "device": str(lm.device),
             "seconds": round(seconds, 2), **{k: round(v, 2) for k, v in timings.items()},
             "peak_rss_mb_after_pass": round(rss_after_pass, 1), "peak_rss_mb": round(_peak_rss_mb(), 1),
+            "limit": limit, "ids": str(ids) if ids is not None else None,
             "plots": [p.name for p in plots], "pairs": agreement is not None})
         n_sig = int((table["q"] < 0.05).sum())
         if result.stopped_early:

@@ -19,6 +19,7 @@ from emolens.crossmodel.similarity import (
     centroid_rdm,
     cka_inference,
     cka_matrix,
+    cka_matrix_interval,
     mantel,
     relative_depth_pairs,
 )
@@ -69,29 +70,31 @@ def _shared(a: ModelActivations, b: ModelActivations) -> tuple[np.ndarray, np.nd
 
 
 def compare_models(a: ModelActivations, b: ModelActivations, emotions: Sequence[str], depths: int = 4,
-                   n_perm: int = 999, seed: int = 0) -> Mapping[str, pd.DataFrame]:
-    """CKA (every layer pair; at matched depths also an interval and its permutation null), RSA at matched
-    depths and against human appraisal space, transfer."""
+                   n_perm: int = 999, n_boot: int = 200, seed: int = 0) -> Mapping[str, pd.DataFrame]:
+    """CKA (every layer pair with a joint item-bootstrap interval; at matched depths also its
+    item-shuffle null), RSA at matched depths and against human appraisal space, transfer."""
     ia, ib = _shared(a, b)
     labels = a.labels[ia]
     if not np.array_equal(labels, b.labels[ib]):
         raise EmolensError("the two runs disagree on item labels", "run both on the same dataset")
     present = [e for e in emotions if (labels == e).sum() >= 2]
     xa, xb = a.resid[ia], b.resid[ib]
-    cka = cka_matrix([xa[:, i] for i in range(xa.shape[1])], [xb[:, j] for j in range(xb.shape[1])])
+    layers_a, layers_b = [xa[:, i] for i in range(xa.shape[1])], [xb[:, j] for j in range(xb.shape[1])]
+    cka = cka_matrix(layers_a, layers_b)
+    lo, hi = cka_matrix_interval(layers_a, layers_b, n_boot=n_boot, seed=seed)
     cka_rows = [{"model_a": a.name, "model_b": b.name, "layer_a": la, "layer_b": lb, "depth_a": a.depth(la),
-                 "depth_b": b.depth(lb), "cka": cka[i, j], "n_items": len(ia)}
+                 "depth_b": b.depth(lb), "cka": cka[i, j], "cka_lo": lo[i, j], "cka_hi": hi[i, j],
+                 "n_items": len(ia)}
                 for i, la in enumerate(a.layers) for j, lb in enumerate(b.layers)]
     pairs = relative_depth_pairs(a.n_layers, b.n_layers)
     matched = {(la, lb) for _, la, lb in pairs}
     for row in cka_rows:
         if (row["layer_a"], row["layer_b"]) in matched:
             got = cka_inference(xa[:, a.layers.index(row["layer_a"])], xb[:, b.layers.index(row["layer_b"])],
-                                n_perm=min(n_perm, 99), seed=seed)
-            row.update(matched_depth=True, cka_lo=got["cka_lo"], cka_hi=got["cka_hi"],
-                       cka_null=got["null_mean"], cka_p=got["p"])
+                                n_boot=0, n_perm=min(n_perm, 99), seed=seed)
+            row.update(matched_depth=True, cka_null=got["null_mean"], cka_p=got["p"])
         else:
-            row.update(matched_depth=False, cka_lo=np.nan, cka_hi=np.nan, cka_null=np.nan, cka_p=np.nan)
+            row.update(matched_depth=False, cka_null=np.nan, cka_p=np.nan)
     keep = np.isin(labels, present)
     ratings = a.ratings[ia]
     human = appraisal_rdm(ratings[keep], labels[keep], present)

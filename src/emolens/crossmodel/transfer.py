@@ -34,12 +34,23 @@ def _regressor(x, y):
     return make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-2, 5, 8))).fit(x, y)
 
 
+def _r2_interval(y: np.ndarray, pred: np.ndarray, seed: int) -> tuple[float, float, float]:
+    """Held-out R² and its 95% item-bootstrap interval (resampling test items; the fit is fixed).
+
+    R² = 1 − Σe²/Σ(y − ȳ)² is a ratio of sums over items, so the ratio bootstrap of
+    :func:`emolens.stats.cluster_bootstrap` resamples it item-wise, as the sparse probes do.
+    """
+    ratio = cluster_bootstrap((y - pred) ** 2, denominator=(y - y.mean()) ** 2, n_boot=1000, seed=seed)
+    return float(r2_score(y, pred)), 1.0 - ratio.high, 1.0 - ratio.low
+
+
 def transfer(x_a: np.ndarray, x_b: np.ndarray, labels: Sequence[str], ratings: np.ndarray | None = None,
              appraisal_names: Sequence[str] = (), seed: int = 0) -> list[dict]:
     """Native vs transferred emotion accuracy and appraisal R² for one layer pair (same items in order).
 
     Rows: ``{"measure": "emotion_accuracy" | "<appraisal>_r2", "native": ..., "transferred": ...,
-    "chance": ...}``; the split is half/half, stratified by emotion.
+    "chance": ...}``, each value with a 95% item-bootstrap interval over the test half
+    (``*_lo``, ``*_hi``); the split is half/half, stratified by emotion.
     """
     x_a, x_b = np.asarray(x_a, np.float64), np.asarray(x_b, np.float64)
     labels = np.asarray(labels)
@@ -62,8 +73,11 @@ def transfer(x_a: np.ndarray, x_b: np.ndarray, labels: Sequence[str], ratings: n
             y = ratings[:, j]
             ok_fit, ok_test = fit[np.isfinite(y[fit])], np.isfinite(y[test])
             reg = _regressor(x_a[ok_fit], y[ok_fit])
-            rows.append({"measure": f"{name}_r2", "native": float(r2_score(y[test][ok_test],
-                                                                             reg.predict(x_a[test][ok_test]))),
-                         "transferred": float(r2_score(y[test][ok_test], reg.predict(mapped[ok_test]))),
-                         "chance": 0.0, "n_fit": len(ok_fit), "n_test": int(ok_test.sum())})
+            y_test = y[test][ok_test]
+            native = _r2_interval(y_test, reg.predict(x_a[test][ok_test]), seed)
+            moved = _r2_interval(y_test, reg.predict(mapped[ok_test]), seed)
+            rows.append({"measure": f"{name}_r2", "native": native[0], "native_lo": native[1],
+                         "native_hi": native[2], "transferred": moved[0], "transferred_lo": moved[1],
+                         "transferred_hi": moved[2], "chance": 0.0, "n_fit": len(ok_fit),
+                         "n_test": int(ok_test.sum())})
     return rows
