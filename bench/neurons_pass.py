@@ -1,9 +1,11 @@
 """Benchmark: the streaming neuron pass against a plain extraction of the same neurons, and the floor.
 
-Three runs over the same ``--items`` crowd-enVENT items, each in its own subprocess so peak RSS
+Four runs over the same ``--items`` crowd-enVENT items, each in its own subprocess so peak RSS
 is its own: ``floor`` (plain forwards with no hooks, last-position logits only), ``extract``
 (the ``neurons`` site of every layer at the answer cue into a float16 activation store, the
-"giant store" the streaming pass avoids) and ``stream`` (:func:`emolens.neurons.neuron_pass`).
+"giant store" the streaming pass avoids), ``stream`` (:func:`emolens.neurons.neuron_pass`, which
+runs the prompt template's shared tokens once: :mod:`emolens.engine.shared_prefix`) and
+``stream_full`` (the same pass with full forwards, ``share_prefix=False``, the naive way).
 Prints wall time, peak RSS and bytes on disk, and what a full store would need for the whole
 corpus.
 
@@ -31,6 +33,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "bench"))
+
+MODES = ("floor", "extract", "stream", "stream_full")
 
 
 def _dir_bytes(path: Path) -> int:
@@ -65,7 +69,8 @@ def run_mode(mode: str, model: str, items: int, seed: int, batch_size: int) -> d
                     batch_size=batch_size, progress=False)
             out["disk_bytes"] = _dir_bytes(Path(tmp) / "store")
     else:
-        result = neuron_pass(lm, data, batch_size=batch_size, progress=False)
+        result = neuron_pass(lm, data, batch_size=batch_size, progress=False, share_prefix=mode == "stream")
+        out["shared_prefix_tokens"] = result.prefix_tokens
         result.moments.correlations()
         result.moments.partial_correlations()
         out["state_bytes"] = int(sum(a.nbytes for a in (result.moments.sx, result.moments.sxx, result.moments.sxy,
@@ -84,7 +89,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=2, help="times each mode runs, modes in turn")
-    parser.add_argument("--mode", choices=["floor", "extract", "stream"], help=argparse.SUPPRESS)
+    parser.add_argument("--mode", choices=MODES, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.mode:
         print(json.dumps(run_mode(args.mode, args.model, args.items, args.seed, args.batch_size)))
@@ -94,18 +99,18 @@ def main() -> None:
     print(f"machine: {describe()}")
     rows = []
     for _ in range(args.rounds):
-        for mode in ("floor", "extract", "stream"):
+        for mode in MODES:
             proc = subprocess.run([sys.executable, __file__, "--mode", mode, "--model", args.model, "--items",
                                    str(args.items), "--seed", str(args.seed), "--batch-size", str(args.batch_size)],
                                   capture_output=True, text=True, check=True)
             rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
             print(rows[-1], flush=True)
     best = {mode: min((r for r in rows if r["mode"] == mode), key=lambda r: r["seconds"])
-            for mode in ("floor", "extract", "stream")}
+            for mode in MODES}
     floor = best["floor"]["seconds"]
     print(f"fastest of {args.rounds} round(s) per mode, {best['floor']['items']} items:")
     for mode, row in best.items():
-        print(f"{mode:8s} {row['seconds']:8.1f}s  x{row['seconds'] / floor:5.2f} of floor  "
+        print(f"{mode:11s} {row['seconds']:8.1f}s  x{row['seconds'] / floor:5.2f} of floor  "
               f"x{row['seconds'] / best['extract']['seconds']:5.2f} of extract  "
               f"peak RSS {row['peak_rss_mb']:7.1f} MB (model loaded: {row['rss_after_load_mb']:7.1f})  "
               f"disk {row.get('disk_bytes', 0) / 1e6:7.1f} MB  state {row.get('state_bytes', 0) / 1e6:6.1f} MB  "
