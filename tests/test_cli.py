@@ -13,7 +13,7 @@ import pytest
     (["readout", "--model", "tiny:llama", "--data", "/nope/data.csv"], "does not exist"),
     (["readout", "--model", "tiny:llama", "--data", "stimuli", "--template", "T42"], "unknown template"),
     (["readout", "--model", "tiny:llama", "--data", "stimuli", "--shots", "ecstasy"], "unknown shot"),
-    (["readout", "--model", "tiny:llama", "--data", "stimuli", "--batch-size", "0"], "batch size"),
+    (["readout", "--model", "tiny:llama", "--data", "stimuli", "--batch-size", "0"], "'--batch-size'"),
     (["readout", "--model", "tiny:llama", "--data", "stimuli", "--dtype", "float8"], "unknown dtype"),
     (["readout", "--model", "tiny:llama", "--data", "stimuli", "--bogus-flag"], "No such option"),
 ])
@@ -23,6 +23,36 @@ def test_bad_input_is_one_line_and_exit_2(args, message, run_cli, tmp_path):
     assert message in err
     assert err.startswith("emolens: error:") and err.count("\n") == 1
     assert not (tmp_path / "r" / "metrics.json").exists()
+
+
+BATCH_COMMANDS = ("readout", "extract", "ablate", "patch", "knockout", "steer", "neurons", "control")
+
+
+@pytest.mark.parametrize("command", BATCH_COMMANDS)
+def test_every_batch_size_option_takes_auto_and_refuses_junk(command, run_cli, tmp_path):
+    """``--batch-size auto`` parses on every command that takes the option (this run then stops at the
+    unknown model, after the option was accepted); a bad value is one line and exit 2 before any work."""
+    base = [command, "--model", "no-such-model", "--data", "stimuli", "--out", str(tmp_path / "r")]
+    code, _, err = run_cli(base + ["--batch-size", "auto"])
+    assert code == 2 and "unknown model 'no-such-model'" in err
+    for bad in ("0", "-3", "big", "1.5"):
+        code, _, err = run_cli(base + ["--batch-size", bad])
+        assert code == 2 and err.startswith("emolens: error:") and err.count("\n") == 1, (bad, err)
+        assert "'--batch-size'" in err and "auto" in err and "unknown model" not in err
+
+
+def test_batch_size_auto_runs_with_the_memory_chooser(run_cli, tmp_path):
+    from emolens.cli.options import parse_batch_size, resolve_batch_size
+    from emolens.engine.memory import CPU_BATCH
+    from emolens.model.loading import load_model
+
+    code, stdout, err = run_cli(["readout", "--model", "tiny:llama", "--data", "stimuli", "--limit", "13",
+                                 "--batch-size", "auto", "--out", str(tmp_path / "r")])
+    assert code == 0, err
+    assert json.loads((tmp_path / "r" / "metrics.json").read_text())["raw"]["n"] == 13
+    lm = load_model("tiny:llama")
+    assert resolve_batch_size(parse_batch_size("AUTO"), lm) == CPU_BATCH  # a CPU with RAM to spare
+    assert resolve_batch_size(parse_batch_size(" 7 "), lm) == 7
 
 
 def test_wrong_columns_are_named(run_cli, tmp_path):

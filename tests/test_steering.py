@@ -493,3 +493,41 @@ def test_fluency_flags_are_judged_against_the_clean_continuation():
     assert fluency_flags("!! ## ;; ok", -2.0) == ["nonalpha"]  # absolute flags hold whatever the clean did
     s = text_stats("a b c a b c a b")
     assert s["words"] == 8 and s["repeat"] == pytest.approx(5 / 8) and s["distinct2"] == pytest.approx(3 / 7)
+
+
+def test_label_bars_draw_the_direction_its_control_and_summaries(tmp_path, monkeypatch):
+    """A direction's label-bar figure has one panel each for the direction, its residualised refit and
+    its specificity control, and ONE summary panel for the random directions and one for its own
+    within-emotion refits (mean share, 2.5-97.5% band), not a panel per control."""
+    from emolens.report import steering_figures as sf
+
+    rng = np.random.default_rng(0)
+    labels, rows = ["joy", "anger", "fear"], []
+    names = {"pleasantness+": "real", "pleasantness+|residualised": "residualised",
+             "control:familiarity+": "specificity", "control:suddenness+": "specificity",
+             **{f"random:{s}": "random" for s in range(7)},
+             **{f"pleasantness+{theory.EMOTION_NULL_SEP}{j}": "emotion_null" for j in range(4)},
+             **{f"familiarity+{theory.EMOTION_NULL_SEP}{j}": "emotion_null" for j in range(3)}}
+    for name, kind in names.items():
+        for beta in (0.0, 4.0):
+            share = rng.dirichlet(np.ones(len(labels)))
+            rows += [dict(metric="fraction", window=5, position="last", layers="4,5,6", direction=name, kind=kind,
+                          beta=beta, label=lab, value=v) for lab, v in zip(labels, share, strict=True)]
+    frame = pd.DataFrame(rows)
+    panels = sf.label_bar_panels(frame, "pleasantness+")
+    assert list(panels) == ["pleasantness+", "pleasantness+|residualised", "control:familiarity+",
+                            "random (mean of 7)", "within-emotion refits (mean of 4)"]
+    # familiarity's own control is the next candidate the sweep would pick
+    assert "control:suddenness+" in sf.label_bar_panels(frame, "familiarity+")
+    drawn = {}
+    monkeypatch.setattr(sf, "save_figure", lambda fig, path: drawn.setdefault("fig", fig) and path)
+    sf.plot_label_bars(frame, "pleasantness+", tmp_path / "x.png")
+    axes = drawn["fig"].axes
+    assert [ax.get_title() for ax in axes] == list(panels)
+    rnd = frame[frame.kind == "random"]
+    for ax, expected in ((axes[0], frame[frame.direction == "pleasantness+"]), (axes[3], rnd)):
+        heights = [p.get_height() for p in ax.patches]  # label-major: label 0 at every beta, then label 1 ...
+        want = expected.groupby(["label", "beta"], sort=False)["value"].mean().reindex(
+            pd.MultiIndex.from_product([labels, [0.0, 4.0]]))
+        np.testing.assert_allclose(heights, want.to_numpy())
+    assert not axes[0].lines and axes[3].lines  # the band is drawn on summaries only

@@ -17,6 +17,7 @@ from emolens.causal.knockout import knockout as run_knockout
 from emolens.causal.patching import patch as run_patching
 from emolens.causal.patching import stimulus_pairs
 from emolens.cli.corpus_options import Corpus
+from emolens.cli.options import resolve_batch_size
 from emolens.cli.readout import prepare_out_dir
 from emolens.data.corpus import read_ids
 from emolens.engine.positions import position_items
@@ -98,14 +99,15 @@ def setup(model, data, items, limit, seed, batch_size, device, dtype, out, force
     out_dir = prepare_out_dir(out, force, marker=f"{analysis}.parquet")
     lm = load_model(model, dtype=dtype, device=device, attn_implementation=attn)
     spec = corpus.prompt_for(PromptSpec(), dataset)
-    return out_dir, select_items(lm, dataset, items, spec, batch_size), lm, spec
+    batch_size = resolve_batch_size(batch_size, lm)
+    return out_dir, select_items(lm, dataset, items, spec, batch_size), lm, spec, batch_size
 
 
 
 def ablate(*, model, data, items, limit, sites, span, centers, layers, positions, kinds, heads, seed, batch_size,
            device, dtype, out, force, corpus) -> None:
-    out_dir, items_ds, lm, spec = setup(model, data, items, limit, seed, batch_size, device, dtype, out, force,
-                                        "ablation", corpus=corpus)
+    out_dir, items_ds, lm, spec, batch_size = setup(model, data, items, limit, seed, batch_size, device,
+                                                    dtype, out, force, "ablation", corpus=corpus)
     start = time.perf_counter()
     result = run_ablation(lm, items_ds, _sites(lm, sites), _windows(lm, span, centers, layers), _positions(positions),
                           [k.strip() for k in kinds.split(",") if k.strip()], _heads(lm, heads), spec, batch_size,
@@ -116,8 +118,8 @@ def ablate(*, model, data, items, limit, sites, span, centers, layers, positions
 
 def patch(*, model, data, items, limit, sites, span, centers, layers, positions, pairs, heads, seed, batch_size,
           device, dtype, out, force, corpus) -> None:
-    out_dir, items_ds, lm, spec = setup(model, data, items, limit, seed, batch_size, device, dtype, out, force,
-                                        "patching", corpus=corpus)
+    out_dir, items_ds, lm, spec, batch_size = setup(model, data, items, limit, seed, batch_size, device,
+                                                    dtype, out, force, "patching", corpus=corpus)
     pos = _positions(positions)
     if any(not isinstance(p, int) for p in pos):
         raise EmolensError(f"cannot patch positions {positions!r}", "patch integer positions such as -1,-2")
@@ -134,8 +136,8 @@ def patch(*, model, data, items, limit, sites, span, centers, layers, positions,
 
 def knockout(*, model, data, items, limit, span, centers, layers, keys, queries, heads, seed, batch_size, device,
              dtype, out, force, corpus) -> None:
-    out_dir, items_ds, lm, spec = setup(model, data, items, limit, seed, batch_size, device, dtype, out, force,
-                                        "knockout", corpus=corpus)
+    out_dir, items_ds, lm, spec, batch_size = setup(model, data, items, limit, seed, batch_size, device,
+                                                    dtype, out, force, "knockout", corpus=corpus)
     q = _positions(queries)
     query = q[0] if len(q) == 1 else q
     start = time.perf_counter()

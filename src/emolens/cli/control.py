@@ -123,6 +123,7 @@ def register(app: typer.Typer) -> None:
             fit = fit.sample(fit_items, seed=seed)
         retention = retention_items(retention_data, fit, retention_items_n, seed)
         lm = load_model(model, dtype=dtype, device=device)
+        batch_size = opt.resolve_batch_size(batch_size, lm)
         cfg = ControlConfig(directions=dirs, betas=beta_values, capability_betas=probe_values, scale=scale,
                             window=None if window < 0 else window,
                             span=span, form=form, instruction=instruction, max_new_tokens=max_new_tokens,

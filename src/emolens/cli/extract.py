@@ -51,8 +51,6 @@ def register(app: typer.Typer) -> None:
         from emolens.model.loading import load_model
 
         # cheap checks before the model loads, so a typo costs no time
-        if batch_size < 1:
-            raise EmolensError(f"--batch-size {batch_size} is not positive", "pass --batch-size 1 or more")
         if chunk_size < 1:
             raise EmolensError(f"--chunk-size {chunk_size} is not positive", "pass --chunk-size 1 or more")
         if limit < 0:
@@ -71,6 +69,7 @@ def register(app: typer.Typer) -> None:
             dataset = corpus.load(data, limit, seed)
             spec = corpus.prompt_for(spec, dataset)
             lm = load_model(model, dtype=model_dtype, device=device)
+            batch_size = opt.resolve_batch_size(batch_size, lm)
             start = time.perf_counter()
             store = run_extract(lm, dataset, out, sites=sites, layers=layers, positions=positions, spec=spec,
                                 readout=readout, dtype=dtype, batch_size=batch_size, chunk_size=chunk_size)

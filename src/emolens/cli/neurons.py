@@ -114,6 +114,7 @@ def register(app: typer.Typer) -> None:
         if limit:
             dataset = dataset.sample(limit, seed=seed)
         lm = load_model(model, dtype=dtype, device=device)
+        batch_size = opt.resolve_batch_size(batch_size, lm)
         keep = _probe_layers(probe_layers, lm.n_layers)
         timings = {}
         start = time.perf_counter()

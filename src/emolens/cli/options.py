@@ -16,8 +16,8 @@ import typer
 from emolens.errors import EmolensError
 
 __all__ = ["PARAM_FLAGS", "batch_size_option", "chat_option", "data_option", "device_option", "dtype_option",
-           "flag_of", "force_option", "limit_option", "model_option", "out_option", "prompt_spec", "seed_option",
-           "separator_option", "shots_option", "template_option"]
+           "flag_of", "force_option", "limit_option", "model_option", "out_option", "parse_batch_size", "prompt_spec",
+           "resolve_batch_size", "seed_option", "separator_option", "shots_option", "template_option"]
 
 #: Library parameter (as :func:`emolens.errors.arg` names it) -> the flag a CLI user types.
 #: ``columns.*`` are the fields of :class:`emolens.data.loading.Columns`, set by the corpus options.
@@ -79,8 +79,33 @@ def seed_option(default: int = 0, help: str = "seed of the --limit sample") -> A
     return typer.Option(default, help=help)
 
 
+def parse_batch_size(value: str | int) -> int | str:
+    """``--batch-size``: a positive whole number, or ``auto`` (chosen once the model is loaded, see
+    :func:`resolve_batch_size`). A bad value is a usage error: exit 2, one line."""
+    text = str(value).strip().lower()
+    if text == "auto":
+        return "auto"
+    if not text.isdigit() or int(text) < 1:
+        raise typer.BadParameter(f"{value!r} is not a positive whole number or 'auto'; pass e.g. --batch-size 16 "
+                                 "or --batch-size auto", param_hint="'--batch-size'")
+    return int(text)
+
+
 def batch_size_option(default: int = 16, help: str = "prompts per forward pass") -> Any:
-    return typer.Option(default, help=help)
+    """``--batch-size N`` or ``--batch-size auto`` (from the model's shapes and the free memory);
+    every command that takes it passes the parsed value through :func:`resolve_batch_size`."""
+    return typer.Option(default, parser=parse_batch_size, metavar="N|auto",
+                        help=f"{help}; 'auto': chosen from free memory (16 on a CPU)")
+
+
+def resolve_batch_size(value: int | str, lm) -> int:
+    """The batch size a command runs with: ``value``, or for ``auto`` the
+    :func:`~emolens.engine.memory.auto_batch_size` of the loaded model on its device."""
+    if value != "auto":
+        return int(value)
+    from emolens.engine.memory import auto_batch_size  # lazy: it imports torch, which `--help` must not
+
+    return auto_batch_size(lm.model.config, lm.device, lm.dtype)
 
 
 def device_option(help: str = "auto, cpu, cuda, cuda:1 ...") -> Any:

@@ -66,8 +66,6 @@ def register(app: typer.Typer) -> None:
         from emolens.readout import readout as run_readout
         from emolens.report.readout_figures import write_readout_figures
 
-        if batch_size < 1:
-            raise EmolensError(f"batch size {batch_size} is not positive", "pass --batch-size 1 or more")
         if correct_from not in ("raw", "calibrated") or (correct_from == "calibrated" and not calibrate):
             raise EmolensError(f"--correct-from {correct_from} is not available here",
                                "use raw, or calibrated together with --calibrate")
@@ -76,6 +74,7 @@ def register(app: typer.Typer) -> None:
         dataset = corpus.load(data, limit, seed)
         spec = corpus.prompt_for(spec, dataset)
         lm = load_model(model, dtype=dtype, device=device)
+        batch_size = opt.resolve_batch_size(batch_size, lm)
         start = time.perf_counter()
         result = run_readout(lm, dataset, spec, batch_size=batch_size, calibrate=calibrate)
         seconds = time.perf_counter() - start

@@ -13,6 +13,7 @@ from pathlib import Path
 import typer
 
 from emolens.activations.store import ActivationStore
+from emolens.cli.options import resolve_batch_size
 from emolens.cli.readout import prepare_out_dir
 from emolens.errors import EmolensError
 from emolens.inputs.prompts import PromptSpec
@@ -113,6 +114,7 @@ def steer(*, model, data, out, direction, acts, method, partial, fixed, windows,
             raise EmolensError(f"unknown appraisal {f!r} in --fixed", f"use one of {known}")
     out_dir = prepare_out_dir(out, force, marker="steering.parquet")
     lm = load_model(model, dtype=dtype, device=device)
+    batch_size = resolve_batch_size(batch_size, lm)
     from_file = bool(acts) and _directions_file(acts) is not None  # fitted elsewhere: steer every item
     plan = SteerPlan(directions=dirs, methods=[method], windows=windows, span=span, betas=betas,
                      positions=sweep_pos, scale=scale, partial=partial, fixed=fixed_list, n_random=n_random,
