@@ -56,8 +56,18 @@ def shrink(shape: dict) -> dict:
 
 
 def shape_tokenizer():
-    """gemma-3-270m's tokenizer when its package is installed (real token counts), else the tiny one."""
+    """gemma-3-270m's tokenizer when its package is installed (real token counts), else the tiny one.
+
+    ``EMOLENS_SHAPE_TOKENIZER`` names a folder holding a copy of it (``tokenizer.json`` and
+    ``tokenizer_config.json``): a GPU host without the model package carries only those files.
+    """
     from emolens.model.loading import alias_status
+
+    carried = os.environ.get("EMOLENS_SHAPE_TOKENIZER")
+    if carried:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(carried), f"gemma-3-270m (copy in {carried})"
 
     if alias_status("gemma-3-270m").installed:
         from transformers import AutoTokenizer

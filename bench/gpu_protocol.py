@@ -81,7 +81,7 @@ def instrument(rate_prompts: int, batch_size: int) -> SimpleNamespace:
     """Count every stage's model work, and measure the plain-forward floor once the model exists."""
     from emolens.engine.accounting import Work, WorkCounter, plain_forward_rate
     from emolens.inputs.prompts import PromptSpec, build_prompts
-    state = SimpleNamespace(counter=None, rate=None, work={}, lm=None)
+    state = SimpleNamespace(counter=None, rate=None, work={}, status={}, lm=None, floor_seconds=0.0)
     handle_cls = model_handle_class()
     plain_lm = handle_cls.lm
 
@@ -91,10 +91,12 @@ def instrument(rate_prompts: int, batch_size: int) -> SimpleNamespace:
             from emolens.data.loading import load_dataset
 
             state.lm = got
+            began = time.perf_counter()
             texts = load_dataset("stimuli").texts[:rate_prompts]
             prompts = build_prompts(texts, PromptSpec(), got.tokenizer)
             state.rate = plain_forward_rate(got, prompts, batch_size)  # before any stage work is counted
             state.counter = WorkCounter.attach(got)
+            state.floor_seconds = time.perf_counter() - began  # not the stage's work: taken off its wall
         return got
 
     handle_cls.lm = property(lm)
@@ -104,13 +106,23 @@ def instrument(rate_prompts: int, batch_size: int) -> SimpleNamespace:
 
         def wrapped(ctx, _run=sdef.run, _name=name):
             start = state.counter.snapshot() if state.counter else Work(seconds=time.perf_counter())
+            measured_floor_here = state.counter is None
+            status = "interrupted"
             try:
-                return _run(ctx)
+                out = _run(ctx)
+                status = "done"
+                return out
             finally:
                 if state.counter is not None:  # attached in this stage if the model loaded here: from zero
                     end = state.counter.snapshot()
-                    state.work[_name] = Work(end.forwards - start.forwards, end.tokens - start.tokens,
-                                             end.token_layers - start.token_layers, end.seconds - start.seconds)
+                    work = Work(end.forwards - start.forwards, end.tokens - start.tokens,
+                                end.token_layers - start.token_layers, end.seconds - start.seconds
+                                - (state.floor_seconds if measured_floor_here else 0.0))
+                    state.work[_name] = work
+                    state.status[_name] = status
+                    # one line per stage as it ends: a run cut off by its time limit still says what it did
+                    print(f"[stage] {_name} {status}: {work.seconds:.1f} s, {work.forwards:,} forwards, "
+                          f"{work.token_layers:,} token-layers", file=sys.stderr, flush=True)
 
         sdef.run = wrapped
     return state
@@ -173,12 +185,19 @@ def run_once(args, state, n_layers: int, shape, tiny: bool, mode: str) -> dict:
     from emolens.study import runner
 
     start = time.perf_counter()
-    result = runner.run_study(cfg, progress=False, echo=lambda line: print(line, file=sys.stderr), report=False)
+    try:
+        result = runner.run_study(cfg, progress=False, echo=lambda line: print(line, file=sys.stderr), report=False)
+        outcomes = [(o.stage, o.status, state.work[o.stage].seconds if o.stage in state.work else o.seconds)
+                    for o in result.outcomes]
+    except KeyboardInterrupt:  # the part's time limit: tabulate the stages that ran, the cut one marked
+        print("interrupted: the stages below ran before the time limit", file=sys.stderr)
+        outcomes = [(name, state.status[name], work.seconds) for name, work in state.work.items()]
     wall = time.perf_counter() - start
     rate = state.rate["token_layers_per_s"] if state.rate else None
     n_items = args.limit
     rows = []
-    for o in result.outcomes:
+    for stage, status, seconds in outcomes:
+        o = SimpleNamespace(stage=stage, status=status, seconds=seconds)
         work = state.work.get(o.stage)
         scale = (FULL_CAUSAL_ITEMS / max(1, min(args.max_items, n_items)) if o.stage in CAUSAL
                  else FULL_ITEMS / max(1, n_items)) * args.layer_step
@@ -209,15 +228,19 @@ def run_once(args, state, n_layers: int, shape, tiny: bool, mode: str) -> dict:
         print(f"| {r['stage']} | {r['status']} | {r['wall_s']:.1f} | {num(r, 'forwards', ',')} | "
               f"{num(r, 'token_layers', ',')} | {num(r, 'floor_s', '.2f')} | {num(r, 'ratio', '.3f')} | "
               f"{r['projected_wall_s']:.0f} | {num(r, 'projected_floor_s', '.0f')} |")
-    total = sum(r["projected_wall_s"] for r in rows)
-    floor = sum(r["projected_floor_s"] for r in rows if not math.isnan(r["projected_floor_s"]))
+    cut = [r["stage"] for r in rows if r["status"] != "done"]
+    rows_done = [r for r in rows if r["status"] == "done"]
+    total = sum(r["projected_wall_s"] for r in rows_done)
+    floor = sum(r["projected_floor_s"] for r in rows_done if not math.isnan(r["projected_floor_s"]))
+    if cut:
+        print(f"not in the totals (did not finish: a lower bound only): {', '.join(cut)}")
     print(f"| **total** | | {wall:.1f} | | | | | **{total:.0f}** | **{floor:.0f}** |\n")
     print(f"projected full protocol ({FULL_ITEMS} items, causal/steer on {FULL_CAUSAL_ITEMS}): "
           f"{total / 60:.1f} min at the measured stage speeds, {floor / 60:.1f} min if every stage ran at the "
           "plain-forward floor (the probe stage has no model work: its floor column is empty)")
     if device.startswith("cuda"):
         print(f"peak GPU memory: {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
-    print(f"machine: {machine(device)}; load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    print(f"machine: {machine(device)}")
     tmp.cleanup()
     return {"rows": rows, "rate": state.rate, "wall_s": wall, "args": dict(vars(args))}
 
