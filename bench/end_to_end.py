@@ -10,8 +10,12 @@ extracted and probed, every K-th window centre in the causal, steering and robus
 (no MLP probe, the costliest part of the probe stage on a CPU), ``--max-iter 100`` (the paper's
 own L-BFGS cap instead of the preset's 1000: raw activations of few items can need all 1000),
 ``--pairs`` (patching pairs, also per prompt variant; the preset's 200 are drawn however few
-items there are) and
-``--stages``.
+items there are), ``--n-random`` / ``--n-emotion-null`` / ``--generations`` (the steer stage's
+controls and generations) and ``--stages``.
+
+``--paths naive,fast`` runs the study once per execution-path mode (``bench/paths.py``), each in
+its own fresh output root so nothing is reused, in ONE process, and prints each mode's table and
+then a before/after table (wall, forwards, token-layers per stage, the plain-forward floor).
 
 ``--model tiny-8b-shape`` builds a random-initialised Llama with the shape of Llama-3.1-8B
 (hidden 4096, 32 layers, 32 heads, 8 KV heads, intermediate 14336) from a config, with no
@@ -26,6 +30,8 @@ path on a CPU.
         --max-iter 100                                                             # gemma-3-270m subset, CPU
     python bench/end_to_end.py --model tiny-8b-shape --tiny --limit 26 --max-items 4 --stages readout,extract
     python bench/end_to_end.py --model tiny-8b-shape --items all --dtype bfloat16   # full corpus, one GPU
+    python bench/end_to_end.py --paths naive,fast --limit 260 --items all --layer-step 6 --max-items 16 \
+        --pairs 16 --probes logistic --max-iter 100 --n-random 19 --n-emotion-null 4 --generations 0  # before/after
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ from pathlib import Path
 import torch
 
 from machine import describe as machine
+from paths import use_paths
 
 #: Llama-3.1-8B's shape (vocabulary: the tokenizer's)
 SHAPES = {"tiny-8b-shape": dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32,
@@ -177,6 +184,9 @@ def study_config(args, n_layers: int):
         over.setdefault("robustness", {})["pairs"] = args.pairs  # the per-prompt patching re-runs
     if args.max_iter:
         over.setdefault("probe", {})["max_iter"] = args.max_iter
+    for key in ("n_random", "n_emotion_null", "generations"):
+        if getattr(args, key, None) is not None:  # bench/gpu_protocol.py's args have none of these
+            over.setdefault("steer", {})[key] = getattr(args, key)
     if args.stages:
         over["stages"] = [s.strip() for s in args.stages.split(",") if s.strip()]
     return config_from_dict(over, "bench")
@@ -198,16 +208,17 @@ def main() -> None:
                                                           "from the analysed items)")
     ap.add_argument("--max-iter", type=int, default=0, help="logistic L-BFGS cap (preset: 1000, to convergence; "
                                                              "the paper's sklearn default: 100)")
+    ap.add_argument("--n-random", type=int, default=None, help="steer: random directions (preset: 99)")
+    ap.add_argument("--n-emotion-null", type=int, default=None, help="steer: within-emotion refits (preset: 99)")
+    ap.add_argument("--generations", type=int, default=None, help="steer: generations per item (preset: 8)")
+    ap.add_argument("--paths", default="fast", help="comma list of execution-path modes run in turn in this "
+                                                    "process, e.g. 'naive,fast' (bench/paths.py)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, "
                                                      "or 'preset' (the paper preset's float32)")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--out", default=None, help="output root (default: a fresh temporary folder)")
     args = ap.parse_args()
-
-    from emolens.report.html import write_report
-    from emolens.report.runs import read_stage
-    from emolens.study import runner
 
     if args.data is None:
         found = crowd_envent_here()
@@ -226,8 +237,28 @@ def main() -> None:
     if args.out is None:
         tmp = tempfile.TemporaryDirectory(prefix="emolens-e2e-")
         args.out = tmp.name
-    cfg = study_config(args, n_layers_of(args.model, shape))
+    root = args.out
+    n_layers = n_layers_of(args.model, shape)
+    modes = [m.strip() for m in args.paths.split(",") if m.strip()]
+    tables = {}
+    for mode in modes:
+        args.out = str(Path(root) / mode) if len(modes) > 1 else root  # a fresh root per mode: nothing reused
+        with use_paths(mode):
+            tables[mode] = run_mode(args, study_config(args, n_layers), shape, shape_info if shape else None, mode)
+    if len(modes) > 1:
+        compare(tables, modes)
+    if tmp is not None:
+        tmp.cleanup()
 
+
+def run_mode(args, cfg, shape, shape_info, mode: str) -> dict:
+    """One study under one execution-path mode; prints its stage table, returns its rows."""
+    from emolens.model.loading import resolve_device, resolve_dtype
+    from emolens.report.html import write_report
+    from emolens.report.runs import read_stage
+    from emolens.study import runner
+
+    load = os.getloadavg()
     start = time.perf_counter()
     result = runner.run_study(cfg, progress=False, echo=lambda line: print(line, file=sys.stderr), report=False)
     study_wall = time.perf_counter() - start
@@ -238,8 +269,6 @@ def main() -> None:
     meta = json.loads((result.run_dir / "run.json").read_text())
     slug = next(iter(meta["models"]))
     model_meta = meta["models"][slug]
-    from emolens.model.loading import resolve_device, resolve_dtype
-
     device = resolve_device(cfg.device)
     what = args.model + (" (--tiny)" if args.tiny else "")
     if shape is not None:
@@ -248,17 +277,22 @@ def main() -> None:
                  f"{shape['intermediate_size']}, vocab {shape_info['vocab']} ({shape_info['tokenizer']} tokenizer)")
         if "params" in shape_info:
             what += f", {shape_info['params'] / 1e9:.2f}B parameters"
+    print(f"\n### paths: {mode}\n")
     print(f"**{what}**, dtype {str(resolve_dtype(cfg.dtype, device)).replace('torch.', '')} on {device}; "
           f"data: {result.data.how}; items: {cfg.items}; layers: "
           f"{cfg.layers if cfg.layers == 'all' else f'every {args.layer_step}th'}; positions {cfg.positions}; "
           f"probes {cfg.probe.probes} (max_iter {cfg.probe.max_iter}); "
-          f"max items (causal/steer/robustness): {args.max_items or 'all'}; patching pairs {cfg.patch.pairs}\n")
+          f"max items (causal/steer/robustness): {args.max_items or 'all'}; patching pairs {cfg.patch.pairs}; "
+          f"steer: {cfg.steer.n_random} random, {cfg.steer.n_emotion_null} within-emotion refits, "
+          f"{cfg.steer.generations} generations\n")
     print("| stage | status | wall s | of which model load s | forwards | token-layers | floor s | ratio | summary |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---|")
+    rows = {}
     for o in result.outcomes:
         rec = read_stage(result.run_dir / o.model / o.stage) or {}
-        load = rec.get("model_load_seconds", 0.0) if o.status == "done" else 0.0
+        loaded = rec.get("model_load_seconds", 0.0) if o.status == "done" else 0.0
         work = rec.get("work") or {}  # the stage's model work and its plain-forward floor (stage.json)
+        rows[o.stage] = {"wall": o.seconds, "status": o.status, **work}
         cells = [f"{work[k]:,}" if k in work else "" for k in ("forwards", "token_layers")]
         cells += [f"{work[k]:.3g}" if work.get(k) is not None else "" for k in ("floor_s", "ratio")]
         summ = rec.get("summary", {})
@@ -266,16 +300,44 @@ def main() -> None:
         text = ", ".join(f"{k} {summ[k]:.3g}" if isinstance(summ[k], float) else f"{k} {summ[k]}" for k in keys)
         if o.status not in ("done", "cached", "reused"):
             text = o.note[:80]
-        print(f"| {o.stage} | {o.status} | {o.seconds:.1f} | {load:.1f} | {' | '.join(cells)} | {text} |")
+        print(f"| {o.stage} | {o.status} | {o.seconds:.1f} | {loaded:.1f} | {' | '.join(cells)} | {text} |")
     print(f"| report | done | {report_wall:.1f} | | | | | | |")
     print(f"| **total** | | **{study_wall + report_wall:.1f}** | | | | | | data load and bookkeeping included |\n")
     if device.startswith("cuda"):
         print(f"peak GPU memory: {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB\n")
-    print(f"machine: {machine(device)}")
+    rate = next((r["floor_rate"] for r in rows.values() if r.get("floor_rate")), None)
+    if rate:
+        print(f"plain-forward floor: {rate:,.0f} token-layers/s (one batch, measured after the first stage)")
+    print(f"machine: {machine(device)}; load average at start {' '.join(f'{x:.1f}' for x in load)}, at end "
+          f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     if model_meta.get("load_seconds") is not None:
         print(f"model load: {model_meta['load_seconds']:.1f} s (counted inside the first stage that needed it)")
-    if tmp is not None:
-        tmp.cleanup()
+    return {"rows": rows, "wall": study_wall + report_wall}
+
+
+def compare(tables: dict, modes: list[str]) -> None:
+    """Before/after: each stage's wall, forwards and token-layers in every mode, and the speed-up."""
+    first, last = modes[0], modes[-1]
+    print(f"\n### before/after: {first} -> {last}\n")
+    head = " | ".join(f"{m} {what}" for what in ("wall s", "forwards", "token-layers") for m in modes)
+    print(f"| stage | {head} | {last} floor s | {last} ratio | speed-up |")
+    print("|---|" + "---:|" * (3 * len(modes) + 3))
+
+    def cell(row, key, fmt):
+        return format(row[key], fmt) if row.get(key) is not None else ""
+
+    for stage in tables[last]["rows"]:
+        rows = [tables[m]["rows"].get(stage, {}) for m in modes]
+        walls = [cell(r, "wall", ".1f") for r in rows]
+        fwd = [cell(r, "forwards", ",") for r in rows]
+        tl = [cell(r, "token_layers", ",") for r in rows]
+        a, b = rows[0].get("wall"), rows[-1].get("wall")
+        speed = f"{a / b:.2f}x" if a and b else ""
+        print(f"| {stage} | {' | '.join(walls + fwd + tl)} | {cell(rows[-1], 'floor_s', '.3g')} | "
+              f"{cell(rows[-1], 'ratio', '.3g')} | {speed} |")
+    walls = [tables[m]["wall"] for m in modes]
+    print(f"| **total** | {' | '.join(f'**{w:.1f}**' for w in walls)} |" + " |" * (2 * len(modes) + 2)
+          + f" {walls[0] / walls[-1]:.2f}x |")
 
 
 if __name__ == "__main__":
