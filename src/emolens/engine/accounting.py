@@ -163,18 +163,22 @@ def _sync() -> None:
 def plain_forward_rate(lm, prompts: Sequence, batch_size: int, repeats: int = 1) -> dict[str, float]:
     """Token-layers per second of plain batched forwards (no hooks, no outputs kept) over ``prompts``.
 
-    The first batch is run once untimed (kernel selection, allocator warm-up). Returns the rate
-    and the work measured, so a table can say what the floor was measured on.
+    The first batch is run once untimed (kernel selection, allocator warm-up). Only the last
+    position's logits are computed, as every analysis does (``logits_to_keep=1``): the output
+    head over every position is no layer work, and on a large vocabulary (gemma's 262k) it cost
+    more than the layers, which made the floor several times too slow. Returns the rate and the
+    work measured, so a table can say what the floor was measured on.
     """
     counter = WorkCounter.attach(lm)
     try:
         first = next(iter_batches(lm.tokenizer, prompts[:batch_size], batch_size, lm.device))
-        lm.model(input_ids=first.input_ids, attention_mask=first.attention_mask, use_cache=False)
+        lm.model(input_ids=first.input_ids, attention_mask=first.attention_mask, use_cache=False, logits_to_keep=1)
         _sync()
         with counter.span() as work:
             for _ in range(repeats):
                 for batch in iter_batches(lm.tokenizer, prompts, batch_size, lm.device):
-                    lm.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+                    lm.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False,
+                             logits_to_keep=1)
     finally:
         counter.detach()
     rate = work.token_layers / max(work.seconds, 1e-9)
