@@ -79,6 +79,7 @@ def score_prompts(lm, prompts, reader: LabelReader, batch_size: int = 16, top_k:
     scores = np.zeros((len(prompts), len(reader.labels)), dtype=np.float32)
     top: list[str] = [""] * len(prompts)
     runner = ConditionRunner(lm, reader)  # the engine's one forward loop; the clean read has no ops
+    runner.share_prefix(prompts)  # the template's shared tokens once; each item's own tokens per read
     bar = tqdm(total=len(prompts), desc=desc, unit="item", disable=not progress, leave=False)
     for batch in iter_batches(lm.tokenizer, prompts, batch_size, lm.device):
         got = runner.read(batch)

@@ -163,8 +163,9 @@ def extract(lm, dataset, out: str | Path, sites: str | Sequence[str] = ("attn", 
     done_items = len(dataset) - sum(len(writer.chunk_range(c)) for c in todo)
     bar = tqdm(total=len(dataset), initial=done_items, desc="extract", unit="item", disable=not progress)
     try:
+        share_keep = -min(pos) if pos and all(isinstance(p, int) and p < 0 for p in pos) else 0
         _fill(writer, todo, lm, dataset, prompts, spec, ops, layout, site_list, np_dtype, reader, batch_size,
-              bar, on_chunk)
+              bar, on_chunk, share_keep)
     except BaseException:
         writer.release()  # a failed or interrupted writer frees the store for the rerun
         raise
@@ -174,9 +175,15 @@ def extract(lm, dataset, out: str | Path, sites: str | Sequence[str] = ("attn", 
 
 
 def _fill(writer, todo, lm, dataset, prompts, spec, ops, layout, site_list, np_dtype, reader, batch_size, bar,
-          on_chunk) -> None:
-    """Compute and commit the chunks in ``todo`` (each batch one clean read of the engine's runner)."""
+          on_chunk, share_keep: int = 0) -> None:
+    """Compute and commit the chunks in ``todo`` (each batch one clean read of the engine's runner).
+
+    ``share_keep > 0`` (every stored position is counted from the end, the deepest ``-share_keep``):
+    reads run each prompt's own tokens on the cached tokens all prompts share
+    (:meth:`~emolens.engine.runner.ConditionRunner.share_prefix`)."""
     runner = ConditionRunner(lm, reader)  # no scorer without a readout: captures only, stopping early
+    if share_keep:  # every position counts from the end: the template's shared tokens run once
+        runner.share_prefix(prompts, keep=share_keep)
     for chunk in todo:
         rows = writer.chunk_range(chunk)
         buffers = writer.buffers(chunk)

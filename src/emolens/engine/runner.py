@@ -26,7 +26,10 @@ for a batch (:class:`Condition`), and how many last tokens its edits are confine
   layers from the window on.
 * **Clean reads.** :meth:`ConditionRunner.read` is the clean pass of readout and extraction
   (label scores, the top-1 token and captures; without a scorer, captures only, stopping after
-  the deepest layer the captures need), so every forward of the package runs here.
+  the deepest layer the captures need), so every forward of the package runs here. After
+  :meth:`ConditionRunner.share_prefix` a read runs only each prompt's own tokens on the cached
+  tokens every prompt starts with (the template's instruction and shots: 35 of gemma-3's ~58 real
+  tokens on crowd-enVENT; :mod:`emolens.engine.shared_prefix`), where that is exact.
 * **No host sync per condition.** Scores stay on the device until a batch's conditions are done.
 * **Scoring** goes through the one :class:`~emolens.engine.scoring.LabelScorer`; multi-token
   labels continue each forward's own (edited) cache.
@@ -53,6 +56,7 @@ from emolens.engine.ops import Op
 from emolens.engine.prefix import bytes_per_row, extend_prefix, prefix_cache, suffix_inputs, suffix_mask
 from emolens.engine.replay import layer_outputs, start_at
 from emolens.engine.scoring import LabelHead, LabelScorer
+from emolens.engine.shared_prefix import SharedPrefix, pad_id, prefix_state, shared_prefix_length, suffix_batch
 from emolens.errors import EmolensError
 from emolens.inputs.batching import Batch
 from emolens.model.sites import GLOBAL_SITES
@@ -144,6 +148,8 @@ class ConditionRunner:
         self.stack_rows = stack_rows
         self._memo: dict[tuple, Prefix | None] = {}
         self._held = 0
+        #: the prompts' common leading tokens, run once (:meth:`share_prefix`); reads run the rest
+        self.shared: SharedPrefix | None = None
 
     @property
     def forwards(self) -> int:
@@ -259,13 +265,40 @@ class ConditionRunner:
         return (scores if device else scores.cpu()), run.captures
 
     @torch.no_grad()
+    def share_prefix(self, prompts: Sequence, keep: int = 1) -> bool:
+        """Run the leading tokens all ``prompts`` share once, so :meth:`read` runs only the rest of each.
+
+        ``keep``: the tokens each prompt must keep of its own (the deepest position a read's ops
+        capture, counted from the end). Only for reads whose ops read positions counted from the end
+        (the caller's duty) and single-token label scoring (multi-token labels continue the whole
+        prompt's cache). Returns whether a prefix is in use; a batch whose rows do not start with
+        it, or that a sliding attention window could not see across, still runs whole
+        (:func:`~emolens.engine.shared_prefix.suffix_batch`).
+        """
+        self.shared = None
+        tokenizer = getattr(self.lm, "tokenizer", None)
+        if tokenizer is None or len(prompts) < 2 or (self.scorer is not None and not self.scorer.single_token):
+            return False
+        ids = tokenizer([p.text for p in prompts], add_special_tokens=True)["input_ids"]
+        length = shared_prefix_length(ids, keep=max(1, int(keep)))
+        if length < 1:
+            return False
+        with self.counter.counting(self.lm):
+            self.shared = prefix_state(self.model, torch.tensor(ids[0][:length], device=self.lm.device))
+        return self.shared is not None
+
+    @torch.no_grad()
     def read(self, batch: Batch, ops: Sequence[Op] = ()) -> Reading:
         """The clean pass of readout and extraction: ``batch`` once, whole, under ``ops`` (captures).
 
         With a scorer it also gives the label scores and the model's own top-1 token at the answer
         position, both on the CPU. Without one (extraction without a readout) it gives captures only,
-        and the forward stops after the deepest layer ``ops`` need.
+        and the forward stops after the deepest layer ``ops`` need. After :meth:`share_prefix`, the
+        batch runs as its prompts' own tokens on the shared prefix's cache where it can.
         """
+        suffix = suffix_batch(batch, self.shared, pad_id(self.lm)) if self.shared is not None else None
+        if suffix is not None:
+            return self._read_suffix(suffix, ops)
         with self.counter.counting(self.lm):
             if self.scorer is None:
                 if not ops:
@@ -278,6 +311,20 @@ class ConditionRunner:
             out, kwargs, run, rows = self._forward(batch, ops, None, 1)
             last = out.logits[:, -1]
             scores = self.scorer.score(self.model, rows, last, kwargs["cache"]).float()
+        return Reading(scores.cpu(), last.argmax(-1).cpu(), run.captures)
+
+    def _read_suffix(self, suffix, ops: Sequence[Op]) -> Reading:
+        """:meth:`read` of a batch's suffixes on the shared prefix (positions resolve in the suffix)."""
+        with self.counter.counting(self.lm):
+            run = Intervention(self.lm, list(ops), batch_mask=suffix.attention_mask, spans=suffix.span_masks,
+                               suffix=True, stop_early=self.scorer is None)
+            with run:
+                out = self.model(input_ids=suffix.input_ids, position_ids=suffix.position_ids, logits_to_keep=1,
+                                 **suffix.model_kwargs)
+            if self.scorer is None:
+                return Reading(None, None, run.captures)
+            last = out.logits[:, -1]
+            scores = self.scorer.first_token(last).float()  # share_prefix: single-token labels only
         return Reading(scores.cpu(), last.argmax(-1).cpu(), run.captures)
 
     @torch.no_grad()

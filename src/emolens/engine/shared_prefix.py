@@ -33,7 +33,8 @@ from emolens.engine.ops import Op
 from emolens.engine.prefix import tile_cache
 from emolens.inputs.batching import Batch, position_ids_from_mask
 
-__all__ = ["SharedPrefix", "SuffixBatch", "prefix_state", "run_suffix", "shared_prefix_length", "suffix_batch"]
+__all__ = ["SharedPrefix", "SuffixBatch", "pad_id", "prefix_state", "run_suffix", "shared_prefix_length",
+           "suffix_batch"]
 
 
 def shared_prefix_length(token_ids: Sequence[Sequence[int]], keep: int = 1) -> int:
@@ -45,6 +46,12 @@ def shared_prefix_length(token_ids: Sequence[Sequence[int]], keep: int = 1) -> i
     while n < shortest and all(t[n] == first[n] for t in token_ids):
         n += 1
     return max(0, min(n, shortest - keep))
+
+
+def pad_id(lm) -> int:
+    """The id :func:`suffix_batch` fills a suffix's padding with: the tokenizer's pad, else its end of text."""
+    pad = getattr(lm.tokenizer, "pad_token_id", None)
+    return int(pad if pad is not None else lm.tokenizer.eos_token_id)
 
 
 @dataclass

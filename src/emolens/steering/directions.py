@@ -23,8 +23,8 @@ import numpy as np
 import torch
 
 from emolens.activations.store import ActivationStore
-from emolens.engine.intervention import run_forward
 from emolens.engine.ops import Capture
+from emolens.engine.runner import ConditionRunner
 from emolens.errors import EmolensError, arg
 from emolens.inputs.batching import iter_batches
 from emolens.labels import ALL_APPRAISALS, EMOTIONS, PAPER_APPRAISALS
@@ -77,12 +77,16 @@ def format_terms(terms: Sequence[Term]) -> str:
 
 
 def capture_resid(lm, prompts, layers: Sequence[int], batch_size: int = 16) -> torch.Tensor:
-    """Residual stream at the answer cue (position -1) for each prompt: ``[N, len(layers), d]`` float32."""
+    """Residual stream at the answer cue (position -1) for each prompt: ``[N, len(layers), d]`` float32.
+
+    A clean read of the engine's runner: the template's shared tokens run once, each prompt's own
+    tokens per batch (:meth:`~emolens.engine.runner.ConditionRunner.share_prefix`)."""
     out = torch.zeros(len(prompts), len(layers), lm.sites.d_model)
     op = Capture("resid", layers=list(layers), positions=-1, dtype=torch.float32, device="cpu")
+    runner = ConditionRunner(lm, None)
+    runner.share_prefix(prompts)
     for batch in iter_batches(lm.tokenizer, prompts, batch_size, lm.device):
-        _, run = run_forward(lm, batch, [op], need_logits=False)
-        out[torch.as_tensor(batch.indices)] = run.captures["resid"][:, :, 0]
+        out[torch.as_tensor(batch.indices)] = runner.read(batch, [op]).captures["resid"][:, :, 0]
     return out
 
 
