@@ -81,7 +81,7 @@ def instrument(rate_prompts: int, batch_size: int) -> SimpleNamespace:
     """Count every stage's model work, and measure the plain-forward floor once the model exists."""
     from emolens.engine.accounting import Work, WorkCounter, plain_forward_rate
     from emolens.inputs.prompts import PromptSpec, build_prompts
-    state = SimpleNamespace(counter=None, rate=None, work={}, status={}, lm=None, floor_seconds=0.0)
+    state = SimpleNamespace(counter=None, rate=None, work={}, status={}, lm=None, floor_seconds=0.0, current=None)
     handle_cls = model_handle_class()
     plain_lm = handle_cls.lm
 
@@ -100,13 +100,16 @@ def instrument(rate_prompts: int, batch_size: int) -> SimpleNamespace:
         return got
 
     handle_cls.lm = property(lm)
-    for name, sdef in stage_registry().items():
+    registry = stage_registry()  # imports every stage module, so the writers they bound can be found
+    time_writers(state)
+    for name, sdef in registry.items():
         if sdef.run is None:
             continue
 
         def wrapped(ctx, _run=sdef.run, _name=name):
             start = state.counter.snapshot() if state.counter else Work(seconds=time.perf_counter())
             measured_floor_here = state.counter is None
+            state.current = _name
             status = "interrupted"
             try:
                 out = _run(ctx)
@@ -126,6 +129,36 @@ def instrument(rate_prompts: int, batch_size: int) -> SimpleNamespace:
 
         sdef.run = wrapped
     return state
+
+
+def time_writers(state: SimpleNamespace) -> None:
+    """Time the table-and-figure writers apart from the rest of each stage.
+
+    Writing figures is CPU work whose size follows the settings searched (windows, sites, positions),
+    not the items, so the projection scales it by the layer step only. The writers are replaced
+    wherever a module bound them by name (``from ... import write_causal``).
+    """
+    from emolens.report import analysis_files
+
+    state.writing = {}
+    originals = {name: getattr(analysis_files, name) for name in ("write_causal", "write_steering")}
+
+    def timed(fn):
+        def run(*args, **kwargs):
+            began = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                state.writing[state.current] = state.writing.get(state.current, 0.0) + time.perf_counter() - began
+        return run
+
+    wrapped = {id(fn): timed(fn) for fn in originals.values()}
+    for name, module in list(sys.modules.items()):
+        if module is None or not name.startswith("emolens"):
+            continue
+        for attr, value in list(vars(module).items()):
+            if id(value) in wrapped and value in originals.values():
+                setattr(module, attr, wrapped[id(value)])
 
 
 def main() -> None:
@@ -207,7 +240,8 @@ def run_once(args, state, n_layers: int, shape, tiny: bool, mode: str) -> dict:
             if rate:
                 row["floor_s"] = work.token_layers / rate
                 row["ratio"] = row["floor_s"] / o.seconds if o.seconds > 0 else math.nan
-        row["projected_wall_s"] = o.seconds * scale
+        row["write_s"] = state.writing.get(o.stage, 0.0)
+        row["projected_wall_s"] = (o.seconds - row["write_s"]) * scale + row["write_s"] * args.layer_step
         row["projected_floor_s"] = row.get("floor_s", math.nan) * scale
         rows.append(row)
     device = str(state.lm.device) if state.lm is not None else args.device
@@ -219,13 +253,14 @@ def run_once(args, state, n_layers: int, shape, tiny: bool, mode: str) -> dict:
     if state.rate:
         print(f"plain-forward floor: {rate:,.0f} token-layers/s ({state.rate['forwards']} forwards, "
               f"{state.rate['token_layers']:,} token-layers in {state.rate['seconds']:.2f} s)\n")
-    print("| stage | status | wall s | forwards | token-layers | floor s | ratio | projected s | at floor s |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("| stage | status | wall s | of it writing s | forwards | token-layers | floor s | ratio | projected s | "
+          "at floor s |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     def num(r: dict, key: str, fmt: str) -> str:
         return format(r[key], fmt) if key in r and not (isinstance(r[key], float) and math.isnan(r[key])) else ""
 
     for r in rows:
-        print(f"| {r['stage']} | {r['status']} | {r['wall_s']:.1f} | {num(r, 'forwards', ',')} | "
+        print(f"| {r['stage']} | {r['status']} | {r['wall_s']:.1f} | {r['write_s']:.1f} | {num(r, 'forwards', ',')} | "
               f"{num(r, 'token_layers', ',')} | {num(r, 'floor_s', '.2f')} | {num(r, 'ratio', '.3f')} | "
               f"{r['projected_wall_s']:.0f} | {num(r, 'projected_floor_s', '.0f')} |")
     cut = [r["stage"] for r in rows if r["status"] != "done"]
@@ -234,7 +269,7 @@ def run_once(args, state, n_layers: int, shape, tiny: bool, mode: str) -> dict:
     floor = sum(r["projected_floor_s"] for r in rows_done if not math.isnan(r["projected_floor_s"]))
     if cut:
         print(f"not in the totals (did not finish: a lower bound only): {', '.join(cut)}")
-    print(f"| **total** | | {wall:.1f} | | | | | **{total:.0f}** | **{floor:.0f}** |\n")
+    print(f"| **total** | | {wall:.1f} | | | | | | **{total:.0f}** | **{floor:.0f}** |\n")
     print(f"projected full protocol ({FULL_ITEMS} items, causal/steer on {FULL_CAUSAL_ITEMS}): "
           f"{total / 60:.1f} min at the measured stage speeds, {floor / 60:.1f} min if every stage ran at the "
           "plain-forward floor (the probe stage has no model work: its floor column is empty)")

@@ -10,9 +10,10 @@
 #   .gpu/tok/             gemma-3-270m's tokenizer.json + tokenizer_config.json (real token counts);
 #   .gpu/data/crowd-enVENT/  the corpus (never committed).
 #
-# The stages run in three parts, each a fresh process under its own time limit (SIGINT, so the study
-# stops cleanly and the table of the stages that finished still prints): a slow stage cannot take
-# the other parts' numbers with it. Sizes are gpu_protocol.py's defaults unless GPU_ARGS overrides.
+# The stages run in two parts -- the causal stages, then extract, probe and what needs them -- each a
+# fresh process under its own time limit (SIGINT, so the study stops cleanly and the table of the
+# stages that finished still prints): a slow stage cannot take the other part's numbers with it.
+# Sizes are gpu_protocol.py's defaults unless GPU_ARGS overrides them.
 set -u
 OUT=${OUT:-$PWD/gpu-out}
 mkdir -p "$OUT"
@@ -39,6 +40,5 @@ part() {  # part NAME SECONDS STAGES
     grep -v "^\s*$" "$OUT/$1.log" | grep -E "^\[stage\]|^\||^\*\*|^plain|^projected|^peak|^machine|Error|error:" \
         | tail -40
 }
-part front "${GPU_LIMIT_FRONT:-150}" readout,extract,probe
-part causal "${GPU_LIMIT_CAUSAL:-150}" readout,ablate,patch,knockout
-part steer "${GPU_LIMIT_STEER:-180}" readout,extract,steer,robustness
+part causal "${GPU_LIMIT_CAUSAL:-170}" readout,ablate,patch,knockout
+part rest "${GPU_LIMIT_REST:-300}" readout,extract,probe,steer,robustness
