@@ -214,9 +214,11 @@ def _fitted_vectors(lm, gen: Path, fit: EmotionDataset, directions: Sequence[str
     """:func:`steering_vectors`, cached beside the replies (the fit is a pass over every fit item, and a
     resumed run must steer with the very same vectors)."""
     path = gen / "directions.pt"
+    wanted = [format_terms(parse_direction(spec, list(fit.appraisal_names) + list(EMOTIONS))) for spec in directions]
     if path.exists():
         saved = torch.load(path, weights_only=True)
-        return {name: (saved["kinds"][name], saved["vectors"][name]) for name in saved["kinds"]}
+        if set(saved["kinds"]) == set(wanted):  # else a cache copied from another run: fit afresh
+            return {name: (saved["kinds"][name], saved["vectors"][name]) for name in wanted}
     vectors = steering_vectors(lm, fit, directions, layers)
     torch.save({"kinds": {n: k for n, (k, _) in vectors.items()}, "vectors": {n: v for n, (_, v) in vectors.items()}},
                path)
