@@ -531,3 +531,19 @@ def test_label_bars_draw_the_direction_its_control_and_summaries(tmp_path, monke
             pd.MultiIndex.from_product([labels, [0.0, 4.0]]))
         np.testing.assert_allclose(heights, want.to_numpy())
     assert not axes[0].lines and axes[3].lines  # the band is drawn on summaries only
+
+
+@pytest.mark.parametrize("position", ["generated", "last"])
+def test_stacked_generations_equal_one_generate_per_setting(tiny_llama, position):
+    """The clean text and every condition in one batched generate (each row its own vector) give the
+    continuations one generate per setting gives."""
+    from emolens.steering.generation import generate_stacked
+
+    texts = ["my dog died", "I won the prize after a very long year", "a thief came"]
+    layers = [1, 2]
+    gen = torch.Generator().manual_seed(0)
+    vectors = [None, *(4 * torch.randn(len(layers), tiny_llama.sites.d_model, generator=gen) for _ in range(3))]
+    stacked = generate_stacked(tiny_llama, texts, layers, vectors, position, max_new_tokens=6)
+    single = [generate_steered(tiny_llama, texts, None if v is None else layers, v, position, 6) for v in vectors]
+    assert stacked == single
+    assert len({tuple(x) for x in stacked}) > 1  # the vectors steer: not every setting says the same
