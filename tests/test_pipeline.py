@@ -123,9 +123,11 @@ def test_run_writes_stages_and_report(base_run):
 
 
 def test_every_stage_records_its_model_work_against_the_plain_forward_floor(base_run):
-    """The readout's work is derived from its batches (one forward each over B x T tokens in each of
-    the 3 layers); the probe stage runs no model; run.json, stage.json and the report carry it."""
+    """The readout's work is derived from its batches: the P template tokens every prompt shares run
+    once, then one forward per batch over B x (T - P) tokens, each in the 3 layers; the probe stage
+    runs no model; run.json, stage.json and the report carry it."""
     from emolens.causal.common import make_batches
+    from emolens.engine.shared_prefix import shared_prefix_length
     from emolens.inputs.prompts import build_prompts
     from emolens.model.loading import load_model
 
@@ -135,15 +137,18 @@ def test_every_stage_records_its_model_work_against_the_plain_forward_floor(base
     data = result.data.dataset
     lm = load_model("tiny:llama")
     spec = dataclasses.replace(cfg.prompt_spec(), labels=tuple(data.label_names))
-    shapes = [tuple(b.input_ids.shape) for b in make_batches(lm, build_prompts(data.texts, spec, lm.tokenizer), 16)]
-    assert work["readout"]["forwards"] == len(shapes)
-    assert work["readout"]["token_layers"] == sum(B * T for B, T in shapes) * 3
+    prompts = build_prompts(data.texts, spec, lm.tokenizer)
+    shapes = [tuple(b.input_ids.shape) for b in make_batches(lm, prompts, 16)]
+    P = shared_prefix_length(lm.tokenizer([p.text for p in prompts])["input_ids"])
+    assert P > 5  # the template's instruction and shots
+    assert work["readout"]["forwards"] == 1 + len(shapes)
+    assert work["readout"]["token_layers"] == (P + sum(B * (T - P) for B, T in shapes)) * 3
     assert work["probe"]["forwards"] == work["probe"]["token_layers"] == 0
     for w in work.values():
         assert w["floor_rate"] > 0 and w["seconds"] > 0
         assert w["floor_s"] == pytest.approx(w["token_layers"] / w["floor_rate"], rel=1e-3, abs=1e-4)
     meta = json.loads((run_dir / "run.json").read_text())
-    assert meta["stages"]["tiny-llama"]["readout"]["work"]["forwards"] == len(shapes)
+    assert meta["stages"]["tiny-llama"]["readout"]["work"]["forwards"] == 1 + len(shapes)
     html = (run_dir / "report.html").read_text()
     assert "Model work per stage" in html and "token_layers" in html
 
