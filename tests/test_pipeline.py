@@ -378,6 +378,27 @@ def test_probe_stage_is_the_emolens_probe_path(base_run, tmp_path, run_cli):
     assert (first.run_dir / "tiny-llama/readout/confusion.png").stat().st_size > 1000  # as emolens readout draws it
 
 
+def test_probe_standardize_is_emolens_probe_standardize(base_run, tmp_path, run_cli):
+    """``probe.standardize`` (on in ``quick``) is ``emolens probe --standardize`` on the same store."""
+    cfg, first = base_run
+    changed = cfg_with(Path(cfg.output), stages=["readout", "extract", "probe"],
+                       probe={"n_boot": 20, "human_baseline": False, "standardize": True})
+    result = runner.run_study(changed, progress=False, echo=quiet, report=False)
+    assert statuses(result)["extract"] in ("reused", "cached") and statuses(result)["probe"] == "done"
+    out = tmp_path / "probe"
+    code, _, err = run_cli(["probe", "--acts", str(result.run_dir / "tiny-llama/extract/store"), "--out", str(out),
+                            "--task", "emotion,appraisal", "--items", "all", "--n-boot", "20", "--standardize",
+                            "--seed", str(cfg.seed + 42), "--max-iter", str(cfg.probe.max_iter), "--no-directions"])
+    assert code == 0, err
+    cli = pd.read_parquet(out / "probes.parquet")
+    cli = cli[cli.task != "human_baseline"].reset_index(drop=True)
+    ours = pd.read_parquet(result.run_dir / "tiny-llama/probe/probes.parquet")
+    pd.testing.assert_frame_equal(ours, cli)
+    raw = pd.read_parquet(first.run_dir / "tiny-llama/probe/probes.parquet")
+    assert not np.allclose(ours.value.to_numpy(dtype=float), raw.value.to_numpy(dtype=float), equal_nan=True)
+    assert load_preset("quick").probe.standardize and not load_preset("paper").probe.standardize
+
+
 def test_report_summary_survives_all_nan_tables():
     """Undefined metrics (e.g. patching transfer when no pair's clean readouts differ, as on a random
     model) leave their finding out instead of crashing the report."""

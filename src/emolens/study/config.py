@@ -137,6 +137,10 @@ class ProbeConfig(_Section):
     k: int = Field(5, ge=2)
     n_boot: int = Field(200, ge=10)
     max_iter: int = Field(1000, ge=1)
+    #: standardise each slice's features with its training folds' statistics (``emolens probe
+    #: --standardize``); off: raw activations, as the paper. On: the L-BFGS solves converge in tens
+    #: of iterations instead of hitting ``max_iter`` on large residuals (gemma-3: |x| up to 1e4)
+    standardize: bool = False
 
 
 class _Windowed(_Section):

@@ -46,7 +46,8 @@ def _probe(ctx: StageContext) -> dict:
         else:
             tasks.append("appraisal")
     common = dict(items="all", protocol=p.protocol, shuffled="shuffled" in p.controls, k=p.k, seed=ctx.cfg.seed + 42,
-                  C=p.C, alpha=p.alpha, n_boot=p.n_boot, max_iter=p.max_iter, device=probe_device(ctx))
+                  C=p.C, alpha=p.alpha, n_boot=p.n_boot, max_iter=p.max_iter, standardize=p.standardize,
+                  device=probe_device(ctx))
     results = []
     for i, kind in enumerate(p.probes):  # the first kind also does appraisals, baseline and directions
         res = probing.run_probing(store, dataset, tasks=tasks if i == 0 else ["emotion"], probe=kind,

@@ -63,7 +63,8 @@ def _robustness_probe(ctx: StageContext, items, spec, store_dir: Path) -> pd.Dat
     dataset = items.subset(np.asarray(store.item_ids, dtype=object).astype(str))
     res = probing.run_probing(store, dataset, tasks=["emotion"], items="all", protocol=p.protocol, probe="logistic",
                               shuffled=False, k=p.k, seed=ctx.cfg.seed + 42, C=p.C, alpha=p.alpha, n_boot=p.n_boot,
-                              directions=False, max_iter=p.max_iter, human_baseline=False, device=probe_device(ctx))
+                              directions=False, max_iter=p.max_iter, standardize=p.standardize,
+                              human_baseline=False, device=probe_device(ctx))
     t = res.table[res.table.task == "emotion"]
     return pd.DataFrame({"analysis": "probe", "site": t.site, "layer": t.layer, "metric": t.metric, "value": t.value,
                          "ci_low": t.ci_low, "ci_high": t.ci_high, "n": t.n, "chance": t.chance})
