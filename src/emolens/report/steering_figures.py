@@ -28,7 +28,8 @@ def plot_label_bars(frame: pd.DataFrame, direction: str, path: str | Path, windo
     the paper's appraisal-surgery picture with the controls beside it. Panels: the direction, its
     residualised-on-emotion refit (when fitted), its specificity control, and the *summaries* of
     the random directions and of its within-emotion refits: the mean share per label, with the
-    2.5-97.5 percentile band across the controls as error bars. A panel per control (a study has
+    2.5-97.5 percentile band of that label's share across the controls as whiskers measured from
+    the segment's base (so a whisker may pass 1: the other labels stay at their means). A panel per control (a study has
     ~120) took three quarters of the steer stage to draw and showed nothing a summary does not.
     Each panel is one ``bar`` call over all its segments.
     """
@@ -63,8 +64,9 @@ def plot_label_bars(frame: pd.DataFrame, direction: str, path: str | Path, windo
     axes[0][-1].legend([Patch(color=c) for c in colors], labels, fontsize=6, bbox_to_anchor=(1.02, 1),
                        loc="upper left")
     layers = sub["layers"].iloc[0] if len(sub) else ""
-    fig.suptitle(f"predicted label by β; window centre {window} (layers {layers}, 0-indexed), {position}; "
-                 "summaries: mean, bars 2.5-97.5%", fontsize=9)
+    fig.suptitle(f"predicted label by β; window centre {window} (layers {layers}, 0-indexed), {position}\n"
+                 "summary panels: mean share per label; whiskers: its 2.5-97.5% range across the controls, "
+                 "measured from the segment's base", fontsize=9)
     return save_figure(fig, path)
 
 
