@@ -11,7 +11,7 @@ extracted and probed, every K-th window centre in the causal, steering and robus
 own L-BFGS cap instead of the preset's 1000: raw activations of few items can need all 1000),
 ``--pairs`` (patching pairs, also per prompt variant; the preset's 200 are drawn however few
 items there are), ``--n-random`` / ``--n-emotion-null`` / ``--generations`` (the steer stage's
-controls and generations) and ``--stages``.
+controls and generations), ``--steer-betas`` and ``--stages``.
 
 ``--paths naive,fast`` runs the study once per execution-path mode (``bench/paths.py``), each in
 its own fresh output root so nothing is reused, in ONE process, and prints each mode's table and
@@ -30,8 +30,8 @@ path on a CPU.
         --max-iter 100                                                             # gemma-3-270m subset, CPU
     python bench/end_to_end.py --model tiny-8b-shape --tiny --limit 26 --max-items 4 --stages readout,extract
     python bench/end_to_end.py --model tiny-8b-shape --items all --dtype bfloat16   # full corpus, one GPU
-    python bench/end_to_end.py --paths naive,fast --limit 260 --items all --layer-step 6 --max-items 16 \
-        --pairs 16 --probes logistic --max-iter 100 --n-random 19 --n-emotion-null 4 --generations 0  # before/after
+    python bench/end_to_end.py --paths naive,fast --limit 260 --layer-step 9 --max-items 8 --pairs 8 \
+        --probes logistic --max-iter 100 --n-random 4 --n-emotion-null 2 --generations 1 --steer-betas 2  # before/after
 """
 
 from __future__ import annotations
@@ -184,6 +184,8 @@ def study_config(args, n_layers: int):
         over.setdefault("robustness", {})["pairs"] = args.pairs  # the per-prompt patching re-runs
     if args.max_iter:
         over.setdefault("probe", {})["max_iter"] = args.max_iter
+    if getattr(args, "steer_betas", None):
+        over.setdefault("steer", {})["betas"] = [float(b) for b in args.steer_betas.split(",") if b.strip()]
     for key in ("n_random", "n_emotion_null", "generations"):
         if getattr(args, key, None) is not None:  # bench/gpu_protocol.py's args have none of these
             over.setdefault("steer", {})[key] = getattr(args, key)
@@ -211,6 +213,7 @@ def main() -> None:
     ap.add_argument("--n-random", type=int, default=None, help="steer: random directions (preset: 99)")
     ap.add_argument("--n-emotion-null", type=int, default=None, help="steer: within-emotion refits (preset: 99)")
     ap.add_argument("--generations", type=int, default=None, help="steer: generations per item (preset: 8)")
+    ap.add_argument("--steer-betas", default="", help="steer: comma list of betas (preset: 1,2,4)")
     ap.add_argument("--paths", default="fast", help="comma list of execution-path modes run in turn in this "
                                                     "process, e.g. 'naive,fast' (bench/paths.py)")
     ap.add_argument("--device", default="auto")
@@ -284,7 +287,7 @@ def run_mode(args, cfg, shape, shape_info, mode: str) -> dict:
           f"probes {cfg.probe.probes} (max_iter {cfg.probe.max_iter}); "
           f"max items (causal/steer/robustness): {args.max_items or 'all'}; patching pairs {cfg.patch.pairs}; "
           f"steer: {cfg.steer.n_random} random, {cfg.steer.n_emotion_null} within-emotion refits, "
-          f"{cfg.steer.generations} generations\n")
+          f"{cfg.steer.generations} generations, betas {cfg.steer.betas}\n")
     print("| stage | status | wall s | of which model load s | forwards | token-layers | floor s | ratio | summary |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---|")
     rows = {}
