@@ -202,7 +202,8 @@ def main() -> None:
     n_layers = n_layers_of(args.model, shape)
     out = {}
     for mode in [m.strip() for m in args.paths.split(",") if m.strip()]:
-        state.work = {}
+        state.work, state.status, state.writing = {}, {}, {}
+        state.counter = None  # each mode's study builds its own model: count that one, floor measured anew
         with use_paths(mode):
             out[mode] = run_once(args, state, n_layers, shape, tiny, mode)
     if args.json:

@@ -10,10 +10,10 @@
 #   .gpu/tok/             gemma-3-270m's tokenizer.json + tokenizer_config.json (real token counts);
 #   .gpu/data/crowd-enVENT/  the corpus (never committed).
 #
-# The stages run in two parts -- the causal stages, then extract, probe and what needs them -- each a
-# fresh process under its own time limit (SIGINT, so the study stops cleanly and the table of the
-# stages that finished still prints): a slow stage cannot take the other part's numbers with it.
-# Sizes are gpu_protocol.py's defaults unless GPU_ARGS overrides them.
+# The stages run in three parts, each a fresh process under its own time limit (SIGINT, so the
+# study stops cleanly and the table of the stages that finished still prints): a slow stage cannot
+# take the other parts' numbers with it.
+# GPU_TINY=1 runs every part at gpu_protocol's --tiny sizes: the CPU check of this script.
 set -u
 OUT=${OUT:-$PWD/gpu-out}
 mkdir -p "$OUT"
@@ -31,14 +31,21 @@ python3 -c "import torch, transformers, emolens.study.runner as r; print('torch'
 'transformers', transformers.__version__, torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU')" \
     || exit 1
 
-part() {  # part NAME SECONDS STAGES
-    echo "== part $1: stages $3, limit $2 s"
-    # shellcheck disable=SC2086
-    timeout -s INT "$2" python3 bench/gpu_protocol.py --stages "$3" --json "$OUT/$1.json" ${GPU_ARGS:-} \
-        > "$OUT/$1.log" 2>&1
+part() {  # part NAME SECONDS STAGES SIZES...
+    name=$1 limit=$2 stages=$3; shift 3
+    [ -n "${GPU_TINY:-}" ] && set -- --tiny  # the CPU check: gpu_protocol's --tiny sizes instead
+    echo "== part $name: stages $stages, $*, limit $limit s"
+    timeout -s INT "$limit" python3 bench/gpu_protocol.py --stages "$stages" --json "$OUT/$name.json" "$@" \
+        > "$OUT/$name.log" 2>&1
     echo "exit $?"
-    grep -v "^\s*$" "$OUT/$1.log" | grep -E "^\[stage\]|^\||^\*\*|^plain|^projected|^peak|^machine|Error|error:" \
-        | tail -40
+    grep -v "^\s*$" "$OUT/$name.log" | grep -E "^\[stage\]|^\||^\*\*|^plain|^projected|^not in|^peak|^machine|Error|error:" \
+        | grep -v "^|---" | tail -30
 }
-part causal "${GPU_LIMIT_CAUSAL:-170}" readout,ablate,patch,knockout
-part rest "${GPU_LIMIT_REST:-300}" readout,extract,probe,steer,robustness
+# 1. the issue's "before" configuration (1,300 items, every layer: 480 probe slices), front stages
+part front "${GPU_LIMIT_FRONT:-150}" readout,extract,probe --limit 1300 --layer-step 1
+# 2. the same for the causal stages: 64 items, every window (the issue's ablation row)
+part causal "${GPU_LIMIT_CAUSAL:-130}" readout,ablate,patch,knockout --limit 1300 --max-items 64 --layer-step 1 \
+    --pairs 64
+# 3. steering and robustness on every 4th window (their statistics search every setting)
+part steer "${GPU_LIMIT_STEER:-180}" readout,extract,probe,steer,robustness --limit 650 --max-items 64 \
+    --layer-step 4 --pairs 64
