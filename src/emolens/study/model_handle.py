@@ -77,7 +77,7 @@ class ModelHandle:
         first time a stage has loaded the model): the floor each stage's work is priced at."""
         if self.rate is None and self.loaded and len(prompts):
             size = self.batch_size()
-            got = plain_forward_rate(self.lm, prompts[:size], size)
+            got = plain_forward_rate(self.lm, prompts[:size], size, warm_up=False)  # a stage just ran it
             self.rate = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in got.items()}
         return self.rate
 
