@@ -73,3 +73,25 @@ def test_steer_reports_directions_fitted_on_residualised_ratings(tmp_path, run_c
     code, _, _ = run_cli([*args, "--no-residualised", "--out", str(tmp_path / "plain")])
     assert code == 0
     assert set(pd.read_parquet(tmp_path / "plain" / "alignment.parquet").reference) == {"ratings"}
+
+
+def test_alignment_peak_scores_every_resample_as_one_spearman_call_each_would():
+    """The vectorised resampling equals the per-resample, per-direction ``spearmanr`` loop it replaced,
+    including a unit whose effects are non-finite in some items."""
+    g = np.random.default_rng(3)
+    n = 25
+    refs = {d: g.normal(size=K) for d in ("a", "b", "c")}
+    settings = [{d: g.normal(size=(n, K)) for d in refs} for _ in range(4)]
+    settings[2]["c"][3, 5] = np.nan  # one item with an undefined effect: that direction's rows take the slow path
+    settings[1]["b"][:] = 1.0        # a constant effect: ρ undefined, so the unit averages the others
+    units = {"ab": [("a", 1.0), ("b", -1.0)], "c": [("c", 1.0)]}
+    weights = np.vstack([np.ones(n)] + [np.bincount(g.integers(0, n, n), minlength=n) for _ in range(30)])
+    fast = theory._setting_scores(weights.astype(float), settings, refs, units)
+
+    def loop(w, eff_by_d):
+        eff = {d: w @ v / w.sum() for d, v in eff_by_d.items()}
+        per_unit = [np.nanmean([theory._spearman(eff[d], refs[d]) for d, _ in m] or [np.nan]) for m in units.values()]
+        return np.nanmean(per_unit) if np.isfinite(per_unit).any() else -np.inf
+
+    slow = np.array([[loop(w, s) for s in settings] for w in weights.astype(float)])
+    assert np.isnan(fast).sum() == 0 and np.allclose(fast, slow, atol=1e-12, equal_nan=True)

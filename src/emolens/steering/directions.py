@@ -113,16 +113,16 @@ class ConceptBank:
         """One concept's raw vectors at ``layers`` (default all): ``[L, d]``."""
         if name not in self.names:
             raise EmolensError(f"no direction for {name!r} (method {self.method})", f"available: {self.names}")
-        return self._rows(layers)[:, self.names.index(name)]
-
-    def _rows(self, layers: Sequence[int] | None) -> torch.Tensor:
+        # the concept first, then the layers: indexing layers first copied every concept's vectors
+        # (a sweep's bank holds hundreds of null refits), once per call, thousands of calls per sweep
+        one = self.vectors[:, self.names.index(name)]
         if layers is None:
-            return self.vectors
+            return one
         missing = [layer for layer in layers if layer not in self.layers]
         if missing:
             raise EmolensError(f"directions were computed for layers {self.layers}, not {missing}",
                                "compute or load directions for every layer of the windows")
-        return self.vectors[[self.layers.index(layer) for layer in layers]]
+        return one[[self.layers.index(layer) for layer in layers]]
 
     def is_defined(self, name: str) -> bool:
         """Whether the concept has a finite, non-zero direction at every layer of the bank."""

@@ -19,6 +19,7 @@ effect of steering each appraisal direction on each emotion's log-probability:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -448,25 +449,50 @@ def alignment_peak(result, reference: pd.DataFrame, terms: Mapping[str, Sequence
     keys = sorted(settings)
     n = next(iter(settings[keys[0]].values())).shape[0]
 
-    def scores(w: np.ndarray) -> np.ndarray:
-        out = []
-        for key in keys:
-            eff = {d: w @ v / w.sum() for d, v in settings[key].items()}
-            per_unit = [np.nanmean([_spearman(eff[d], ref_rows[d]) for d, _ in m if d in eff] or [np.nan])
-                        for m in units.values()]
-            out.append(np.nanmean(per_unit) if np.isfinite(per_unit).any() else -np.inf)
-        return np.array(out)
-
-    observed = scores(np.ones(n))
-    peak = keys[int(np.argmax(observed))]
     rng = np.random.default_rng(seed)
-    where = np.array([keys[int(np.argmax(scores(np.bincount(rng.integers(0, n, n), minlength=n).astype(float))))][0]
-                      for _ in range(n_boot)], dtype=float)
+    weights = np.vstack([np.ones(n)] + [np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(n_boot)])
+    grid = _setting_scores(weights.astype(float), [settings[k] for k in keys], ref_rows, units)
+    observed = grid[0]
+    peak = keys[int(np.argmax(observed))]
+    where = np.array([keys[int(j)][0] for j in np.argmax(grid[1:], axis=1)], dtype=float)
     a = (1 - level) / 2
     lo, hi = np.quantile(where, [a, 1 - a], method="inverted_cdf")
     return {"peak_window": int(peak[0]), "peak_beta": float(peak[1]), "value": float(observed.max()),
             "window_ci_low": int(lo), "window_ci_high": int(hi), "share_at_peak": float((where == peak[0]).mean()),
             "n_boot": n_boot, "n_items": int(n), "n_settings": len(keys), "position": position}
+
+
+def _setting_scores(weights: np.ndarray, settings: list[dict[str, np.ndarray]], ref_rows: dict[str, np.ndarray],
+                    units: Mapping[str, Sequence[tuple[str, float]]]) -> np.ndarray:
+    """Alignment score of every setting under every item weighting: ``[rows of weights, settings]``.
+
+    Row ``r`` weights the items (all ones: the observed score; bootstrap counts: a resample); a
+    setting's score is the mean over test units of the mean Spearman ρ of its directions' weighted
+    mean effects with their references, ``-inf`` where no unit is defined. All weightings go through
+    one ranking per (setting, direction), not one ``spearmanr`` call each: a paper-sized sweep has
+    hundreds of settings x 200 resamples.
+    """
+    total = weights.sum(1, keepdims=True)
+    out = np.empty((weights.shape[0], len(settings)))
+    for j, effects in enumerate(settings):
+        per_unit = []
+        for members in units.values():
+            rhos = [_spearman_each(weights @ effects[d] / total, ref_rows[d]) for d, _ in members if d in effects]
+            with warnings.catch_warnings():  # a unit undefined under every weighting is NaN, as before
+                warnings.simplefilter("ignore", RuntimeWarning)
+                per_unit.append(np.nanmean(rhos, axis=0) if rhos else np.full(weights.shape[0], np.nan))
+        per_unit = np.vstack(per_unit)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            out[:, j] = np.where(np.isfinite(per_unit).any(0), np.nanmean(per_unit, axis=0), -np.inf)
+    return out
+
+
+def _spearman_each(A: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """:func:`_spearman` of every row of ``A`` with ``b``, each row over its own finite entries."""
+    if np.isfinite(A).all():  # then one ranking of all rows gives the same ρ (NaN for a constant row)
+        return _spearman_rows(A, b)
+    return np.array([_spearman(row, b) for row in A])
 
 
 def headline(align: pd.DataFrame) -> str:
