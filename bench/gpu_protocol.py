@@ -39,6 +39,7 @@ import os
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -115,6 +116,9 @@ def instrument(rate_prompts: int, batch_size: int) -> SimpleNamespace:
                 out = _run(ctx)
                 status = "done"
                 return out
+            except Exception:
+                traceback.print_exc()  # the study records only the message: a device run needs the line
+                raise
             finally:
                 if state.counter is not None:  # attached in this stage if the model loaded here: from zero
                     end = state.counter.snapshot()

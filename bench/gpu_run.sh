@@ -38,7 +38,7 @@ part() {  # part NAME SECONDS STAGES SIZES...
     timeout -s INT "$limit" python3 bench/gpu_protocol.py --stages "$stages" --json "$OUT/$name.json" "$@" \
         > "$OUT/$name.log" 2>&1
     echo "exit $?"
-    grep -v "^\s*$" "$OUT/$name.log" | grep -E "^\[stage\]|^\||^\*\*|^plain|^projected|^not in|^peak|^machine|Error|error:" \
+    grep -v "^\s*$" "$OUT/$name.log" | grep -E "^\[stage\]|^\||^\*\*|^plain|^projected|^not in|^peak|^machine|Error|error:|File \"/" \
         | grep -v "^|---" | tail -30
 }
 # 1. the issue's "before" configuration (1,300 items, every layer: 480 probe slices), front stages

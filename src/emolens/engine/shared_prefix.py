@@ -77,8 +77,9 @@ def prefix_state(model, ids: torch.Tensor) -> SharedPrefix | None:
     except Exception:  # noqa: BLE001 - a config DynamicCache cannot build: no fast path
         return None
     row = ids.view(1, -1)
-    model(input_ids=row, attention_mask=torch.ones_like(row), position_ids=torch.arange(row.shape[1]).view(1, -1),
-          cache=cache, use_cache=True, logits_to_keep=1)
+    positions = torch.arange(row.shape[1], device=row.device).view(1, -1)  # on the ids' device (a GPU run)
+    model(input_ids=row, attention_mask=torch.ones_like(row), position_ids=positions, cache=cache, use_cache=True,
+          logits_to_keep=1)
     if cache.get_seq_length() != row.shape[1] or tile_cache(cache, 1) is None:
         return None
     return SharedPrefix(ids.detach().clone(), cache, getattr(model.config, "sliding_window", None))
