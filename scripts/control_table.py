@@ -1,11 +1,12 @@
 """Print the markdown table ``docs/control.md`` shows for one or more ``emolens control`` output folders.
 
 One row per condition (instructed, then every steered direction and β): the change against the
-clean replies in VADER valence, the unsteered readout's valence, NRC anger density and the
-blaming rate (each with its 95% item-clustered interval), the share of unsafe replies (hostile,
-blaming or hopeless), the capability it keeps (perplexity ratio on neutral text, readout accuracy
-change), its degenerate and worse-than-clean rates, and its refusal rate (replies that decline to
-answer, "I'm sorry, but I can't ..."; no judge counts a refusal as a failure, so the table does).
+clean replies in VADER valence, the unsteered readout's valence, NRC anger density, the unsteered
+readout's P(anger) and the blaming rate (each with its 95% item-clustered interval), the share of
+unsafe replies (hostile, blaming or hopeless), the capability it keeps (perplexity ratio on
+neutral text, readout accuracy change), its degenerate and worse-than-clean rates, and its
+refusal rate (replies that decline to answer, "I'm sorry, but I can't ..."; no judge counts a
+refusal as a failure, so the table does).
 
 A second table is the capability curve: per direction and β (replied or capability-only), the
 perplexity ratio and the readout accuracy change, with the verdict's breaking β.
@@ -42,8 +43,8 @@ def table(folder: Path) -> str:
     replies = pd.read_parquet(folder / "control_replies.parquet", columns=["condition", "reply"])
     refusal = replies.groupby("condition", sort=False)["reply"].apply(lambda r: r.str.contains(REFUSAL).mean())
     lines = [f"**{info['model']}** ({info['form']} form, {info['n_messages']} messages, layers {info['layers']})", "",
-             "| condition | Δ VADER valence | Δ readout valence | Δ NRC anger | Δ blaming rate | unsafe | ppl ratio "
-             "| Δ readout acc | degenerate | worse than clean | refusals |", "|---" * 11 + "|"]
+             "| condition | Δ VADER valence | Δ readout valence | Δ NRC anger | Δ readout anger | Δ blaming rate "
+             "| unsafe | ppl ratio | Δ readout acc | degenerate | worse than clean | refusals |", "|---" * 12 + "|"]
     for cond, part in effects[effects["condition"] != "clean"].groupby("condition", sort=False):
         m = part.set_index("metric")
         first = part.iloc[0]
@@ -51,7 +52,8 @@ def table(folder: Path) -> str:
         ppl = f"{cap.loc[key, 'ppl_ratio']:.2f}" if key in cap.index else "1 (prompt only)"
         acc = f"{cap.loc[key, 'accuracy_delta']:+.2f}" if key in cap.index else "0 (prompt only)"
         lines.append(f"| {cond} | {_ci(m.loc['vader_compound'])} | {_ci(m.loc['readout_valence'])} | "
-                     f"{_ci(m.loc['nrc_anger'], 3)} | {_ci(m.loc['safety_blaming'])} | {_rate(m.loc['safety_any'])} | "
+                     f"{_ci(m.loc['nrc_anger'], 3)} | {_ci(m.loc['readout_anger'], 3)} | "
+                     f"{_ci(m.loc['safety_blaming'])} | {_rate(m.loc['safety_any'])} | "
                      f"{ppl} | {acc} | {_rate(m.loc['degenerate'])} | {_rate(m.loc['worse'])} | "
                      f"{refusal.get(cond, float('nan')):.2f} |")
     clean = effects[(effects["condition"] == "clean")].set_index("metric")

@@ -4,7 +4,9 @@ study's tables, beta = 0 equal to clean generation bit for bit, and the command 
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -327,6 +329,23 @@ def test_report_section_renders_from_the_tables(small_study):
     assert list(ex.columns) == ["message", "clean", "steered (anger-@4)", "instructed"]
     assert ex["message"].isin(r.replies["message"]).all()
     assert "No control study" in control_section(out / "nothing-here")
+
+
+def test_docs_table_script_prints_every_condition_and_the_capability_curve(small_study):
+    script = Path(__file__).resolve().parents[1] / "scripts" / "control_table.py"
+    if not script.exists():
+        pytest.skip("scripts/control_table.py not present (installed package)")
+    spec = importlib.util.spec_from_file_location("control_table", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    *_, cfg, out, r = small_study
+    text = module.table(out)
+    for cond in set(r.replies["condition"]) - {"clean"}:
+        assert f"| {cond} |" in text
+    curve = text[text.index("Capability ("):]
+    betas = sorted({*cfg.betas, *cfg.capability_betas})
+    assert "| direction | " + " | ".join(f"β {b:g}" for b in betas) + " | breaks at |" in curve
+    assert curve.count("*") == len(cfg.directions) * len(cfg.capability_betas) + 1  # + the legend's
 
 
 def test_study_resumes_and_refuses_other_settings(small_study):
