@@ -169,6 +169,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="tiny-8b-shape", help=f"one of {list(SHAPES)} or any emolens model spec")
     ap.add_argument("--tiny", action="store_true", help="64x narrower, 6 layers, a few items: a CPU check")
+    ap.add_argument("--layers", type=int, default=None,
+                    help="with --tiny: this many layers (32 = the 8B's depth: its forwards and token-layers are the "
+                         "8B's exactly, since they depend on depth, tokens and conditions, not on width)")
     ap.add_argument("--limit", type=int, default=None, help="items (default 650; --tiny 26)")
     ap.add_argument("--max-items", type=int, default=None, help="items of causal/steer/robustness (default 32; "
                                                                  "--tiny 4)")
@@ -201,6 +204,8 @@ def main() -> None:
     shape = None
     if args.model in SHAPES:
         shape = shrink(SHAPES[args.model]) if tiny else SHAPES[args.model]
+        if tiny and args.layers:
+            shape = {**shape, "num_hidden_layers": args.layers}
         install_random_shape(args.model, shape)
     state = instrument(rate_prompts=4 * args.batch_size, batch_size=args.batch_size)
     n_layers = n_layers_of(args.model, shape)
