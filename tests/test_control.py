@@ -316,6 +316,9 @@ def test_breaking_points_name_the_break_and_pick_a_replied_beta():
     assert v["best_appraisal"]["condition"] == "a-@0.05"
     assert "a- breaks at beta 0.2 (perplexity x2.50)" in v["text"] and "b+ breaks at beta 0.02" in v["text"]
     assert "c+ holds up to beta 0.1" in v["text"]
+    # b+ alone: it breaks at its only replied beta, so there is nothing to compare
+    alone = verdict(pd.DataFrame(rows), capability[capability["direction"].isin(["clean", "b+"])])
+    assert alone["best_appraisal"] is None and "at any beta it replied at" in alone["text"]
 
 
 def test_report_section_renders_from_the_tables(small_study):

@@ -100,8 +100,8 @@ def verdict(effects: pd.DataFrame, capability: pd.DataFrame, replies: pd.DataFra
             best, best_gain = (p.direction, p.reply_beta, cond, e), e[TARGET]["delta"]
     if best is None:
         out["best_appraisal"] = None
-        lines.append("No appraisal direction kept capability at any beta tried; there is no safe setting to "
-                     "compare with the instruction.")
+        lines.append("No appraisal direction kept capability at any beta it replied at; there is no safe setting "
+                     "to compare with the instruction.")
         out["text"] = " ".join(x for x in lines if x)
         return out
     direction, beta, cond, e = best
