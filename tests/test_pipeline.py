@@ -379,7 +379,7 @@ def test_probe_stage_is_the_emolens_probe_path(base_run, tmp_path, run_cli):
 
 
 def test_probe_standardize_is_emolens_probe_standardize(base_run, tmp_path, run_cli):
-    """``probe.standardize`` (on in ``quick``) is ``emolens probe --standardize`` on the same store."""
+    """``probe.standardize`` is ``emolens probe --standardize`` on the same store."""
     cfg, first = base_run
     changed = cfg_with(Path(cfg.output), stages=["readout", "extract", "probe"],
                        probe={"n_boot": 20, "human_baseline": False, "standardize": True})
@@ -396,7 +396,7 @@ def test_probe_standardize_is_emolens_probe_standardize(base_run, tmp_path, run_
     pd.testing.assert_frame_equal(ours, cli)
     raw = pd.read_parquet(first.run_dir / "tiny-llama/probe/probes.parquet")
     assert not np.allclose(ours.value.to_numpy(dtype=float), raw.value.to_numpy(dtype=float), equal_nan=True)
-    assert load_preset("quick").probe.standardize and not load_preset("paper").probe.standardize
+    assert not load_preset("quick").probe.standardize and not load_preset("paper").probe.standardize
 
 
 def test_report_summary_survives_all_nan_tables():

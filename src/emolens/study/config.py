@@ -138,8 +138,7 @@ class ProbeConfig(_Section):
     n_boot: int = Field(200, ge=10)
     max_iter: int = Field(1000, ge=1)
     #: standardise each slice's features with its training folds' statistics (``emolens probe
-    #: --standardize``); off: raw activations, as the paper. On: the L-BFGS solves converge in tens
-    #: of iterations instead of hitting ``max_iter`` on large residuals (gemma-3: |x| up to 1e4)
+    #: --standardize``); off: raw activations, as the paper
     standardize: bool = False
 
 
