@@ -52,6 +52,7 @@ from paths import use_paths  # noqa: E402
 
 FULL_ITEMS, FULL_CAUSAL_ITEMS = 6600, 3300
 CAUSAL = ("ablate", "patch", "knockout", "steer", "robustness")
+LAYER_SWEEPS = (*CAUSAL, "probe")
 
 
 def stage_registry() -> dict:
@@ -242,8 +243,10 @@ def run_once(args, state, n_layers: int, shape, tiny: bool, mode: str) -> dict:
     for stage, status, seconds in outcomes:
         o = SimpleNamespace(stage=stage, status=status, seconds=seconds)
         work = state.work.get(o.stage)
+        # items scale every stage; the layer step only what sweeps layers (a readout or an extraction
+        # runs the whole forward whichever layers it keeps)
         scale = (FULL_CAUSAL_ITEMS / max(1, min(args.max_items, n_items)) if o.stage in CAUSAL
-                 else FULL_ITEMS / max(1, n_items)) * args.layer_step
+                 else FULL_ITEMS / max(1, n_items)) * (args.layer_step if o.stage in LAYER_SWEEPS else 1)
         row = {"stage": o.stage, "status": o.status, "wall_s": o.seconds, "scale": scale}
         if work is not None:
             row.update(forwards=work.forwards, tokens=work.tokens, token_layers=work.token_layers)
