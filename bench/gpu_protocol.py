@@ -50,7 +50,7 @@ from end_to_end import SHAPES, crowd_envent_here, install_random_shape, n_layers
 from machine import describe as machine  # noqa: E402
 from paths import use_paths  # noqa: E402
 
-FULL_ITEMS, FULL_CAUSAL_ITEMS = 6600, 3300
+FULL_ITEMS, FULL_CAUSAL_ITEMS, FULL_PAIRS = 6600, 3300, 200  # the paper preset's corpus, correct subset, pairs
 CAUSAL = ("ablate", "patch", "knockout", "steer", "robustness")
 LAYER_SWEEPS = (*CAUSAL, "probe")
 
@@ -245,8 +245,11 @@ def run_once(args, state, n_layers: int, shape, tiny: bool, mode: str) -> dict:
         work = state.work.get(o.stage)
         # items scale every stage; the layer step only what sweeps layers (a readout or an extraction
         # runs the whole forward whichever layers it keeps)
-        scale = (FULL_CAUSAL_ITEMS / max(1, min(args.max_items, n_items)) if o.stage in CAUSAL
-                 else FULL_ITEMS / max(1, n_items)) * (args.layer_step if o.stage in LAYER_SWEEPS else 1)
+        # patching runs pairs, not items: the paper preset's 200 over the pairs run here
+        units = (FULL_PAIRS / max(1, args.pairs) if o.stage == "patch"
+                 else FULL_CAUSAL_ITEMS / max(1, min(args.max_items, n_items)) if o.stage in CAUSAL
+                 else FULL_ITEMS / max(1, n_items))
+        scale = units * (args.layer_step if o.stage in LAYER_SWEEPS else 1)
         row = {"stage": o.stage, "status": o.status, "wall_s": o.seconds, "scale": scale}
         if work is not None:
             row.update(forwards=work.forwards, tokens=work.tokens, token_layers=work.token_layers)
