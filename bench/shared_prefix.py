@@ -58,7 +58,7 @@ def main() -> None:
             fallbacks += 1
             continue
         tic = time.process_time()
-        fast = run_suffix(lm, suffix, ops)
+        _, fast = run_suffix(lm, suffix, ops)
         cpu_fast += time.process_time() - tic
         tok_fast += suffix.input_ids.numel()
         a, b = full.captures["neurons"], fast.captures["neurons"]

@@ -47,14 +47,14 @@ def test_suffix_on_shared_prefix_equals_full_forward(family):
         fast_batches += 1
         assert suffix.input_ids.shape[1] == batch.input_ids.shape[1] - length
         _, full = run_forward(lm, batch, ops, need_logits=False)
-        fast = run_suffix(lm, suffix, ops)
+        _, fast = run_suffix(lm, suffix, ops)
         for site in ("neurons", "resid"):
             np.testing.assert_allclose(fast.captures[site].numpy(), full.captures[site].numpy(), atol=2e-5, rtol=1e-4)
     assert fast_batches >= 1
     batch = next(iter(iter_batches(lm.tokenizer, prompts, 3, "cpu")))
     _, full = run_forward(lm, batch, ops, need_logits=False)
     for _ in range(2):  # the prefix cache is never written into: the second use reads the same
-        again = run_suffix(lm, suffix_batch(batch, prefix, pad), ops)
+        _, again = run_suffix(lm, suffix_batch(batch, prefix, pad), ops)
         np.testing.assert_allclose(again.captures["resid"].numpy(), full.captures["resid"].numpy(),
                                    atol=2e-5, rtol=1e-4)
 

@@ -56,7 +56,7 @@ from emolens.engine.ops import Op
 from emolens.engine.prefix import bytes_per_row, extend_prefix, prefix_cache, suffix_inputs, suffix_mask
 from emolens.engine.replay import layer_outputs, start_at
 from emolens.engine.scoring import LabelHead, LabelScorer
-from emolens.engine.shared_prefix import SharedPrefix, pad_id, prefix_state, shared_prefix_length, suffix_batch
+from emolens.engine.shared_prefix import SharedPrefix, pad_id, prompts_prefix, run_suffix, suffix_batch
 from emolens.errors import EmolensError
 from emolens.inputs.batching import Batch
 from emolens.model.sites import GLOBAL_SITES
@@ -276,15 +276,10 @@ class ConditionRunner:
         (:func:`~emolens.engine.shared_prefix.suffix_batch`).
         """
         self.shared = None
-        tokenizer = getattr(self.lm, "tokenizer", None)
-        if tokenizer is None or len(prompts) < 2 or (self.scorer is not None and not self.scorer.single_token):
-            return False
-        ids = tokenizer([p.text for p in prompts], add_special_tokens=True)["input_ids"]
-        length = shared_prefix_length(ids, keep=max(1, int(keep)))
-        if length < 1:
+        if getattr(self.lm, "tokenizer", None) is None or (self.scorer is not None and not self.scorer.single_token):
             return False
         with self.counter.counting(self.lm):
-            self.shared = prefix_state(self.model, torch.tensor(ids[0][:length], device=self.lm.device))
+            self.shared = prompts_prefix(self.lm, prompts, keep)
         return self.shared is not None
 
     @torch.no_grad()
@@ -316,11 +311,7 @@ class ConditionRunner:
     def _read_suffix(self, suffix, ops: Sequence[Op]) -> Reading:
         """:meth:`read` of a batch's suffixes on the shared prefix (positions resolve in the suffix)."""
         with self.counter.counting(self.lm):
-            run = Intervention(self.lm, list(ops), batch_mask=suffix.attention_mask, spans=suffix.span_masks,
-                               suffix=True, stop_early=self.scorer is None)
-            with run:
-                out = self.model(input_ids=suffix.input_ids, position_ids=suffix.position_ids, logits_to_keep=1,
-                                 **suffix.model_kwargs)
+            out, run = run_suffix(self.lm, suffix, ops, need_logits=self.scorer is not None)
             if self.scorer is None:
                 return Reading(None, None, run.captures)
             last = out.logits[:, -1]

@@ -33,8 +33,8 @@ from emolens.engine.ops import Op
 from emolens.engine.prefix import tile_cache
 from emolens.inputs.batching import Batch, position_ids_from_mask
 
-__all__ = ["SharedPrefix", "SuffixBatch", "pad_id", "prefix_state", "run_suffix", "shared_prefix_length",
-           "suffix_batch"]
+__all__ = ["SharedPrefix", "SuffixBatch", "pad_id", "prefix_state", "prompts_prefix", "run_suffix",
+           "shared_prefix_length", "suffix_batch"]
 
 
 def shared_prefix_length(token_ids: Sequence[Sequence[int]], keep: int = 1) -> int:
@@ -129,12 +129,26 @@ def suffix_batch(batch: Batch, prefix: SharedPrefix, pad_id: int) -> SuffixBatch
                        {"attention_mask": full_mask, "cache": tile_cache(prefix.cache, B), "use_cache": True})
 
 
-def run_suffix(lm, suffix: SuffixBatch, ops: Sequence[Op]) -> Intervention:
-    """Run ``ops`` on the forward of ``suffix`` over its shared prefix, stopping after the deepest layer
-    they need (no logits); positions resolve against the suffix's own columns. Returns the run."""
+def prompts_prefix(lm, prompts: Sequence, keep: int = 1) -> SharedPrefix | None:
+    """The leading tokens all ``prompts`` share (each keeping ``keep`` of its own), run once on ``lm``;
+    ``None`` when there are none or the model's cache cannot be shared."""
+    if len(prompts) < 2:
+        return None
+    ids = lm.tokenizer([p.text for p in prompts], add_special_tokens=True)["input_ids"]
+    length = shared_prefix_length(ids, keep=max(1, int(keep)))
+    if length < 1:
+        return None
+    return prefix_state(lm.model, torch.tensor(ids[0][:length], device=lm.device))
+
+
+def run_suffix(lm, suffix: SuffixBatch, ops: Sequence[Op], need_logits: bool = False):
+    """Run ``ops`` on the forward of ``suffix`` over its shared prefix; positions resolve against the
+    suffix's own columns. Without ``need_logits`` the forward stops after the deepest layer ``ops``
+    need. Returns ``(output, run)`` as :func:`~emolens.engine.intervention.run_forward` does (the
+    output is the last position's logits' forward, or ``None`` when stopped early)."""
     run = Intervention(lm, list(ops), batch_mask=suffix.attention_mask, spans=suffix.span_masks,
-                       stop_early=True, suffix=True)
+                       stop_early=not need_logits, suffix=True)
     with torch.no_grad(), run:
-        run.model(input_ids=suffix.input_ids, position_ids=suffix.position_ids, logits_to_keep=1,
-                  **suffix.model_kwargs)
-    return run
+        out = run.model(input_ids=suffix.input_ids, position_ids=suffix.position_ids, logits_to_keep=1,
+                        **suffix.model_kwargs)
+    return (out if need_logits else None), run

@@ -29,13 +29,7 @@ from tqdm.auto import tqdm
 
 from emolens.data.corpus import EmotionDataset
 from emolens.engine.intervention import Capture, run_forward
-from emolens.engine.shared_prefix import (
-    SharedPrefix,
-    prefix_state,
-    run_suffix,
-    shared_prefix_length,
-    suffix_batch,
-)
+from emolens.engine.shared_prefix import pad_id, prompts_prefix, run_suffix, suffix_batch
 from emolens.errors import EmolensError, arg
 from emolens.inputs.batching import iter_batches
 from emolens.inputs.prompts import PromptSpec, build_prompts
@@ -114,7 +108,9 @@ def neuron_pass(lm, dataset: EmotionDataset, appraisals: Sequence[str] | None = 
     ops = [Capture(site, layers=layer_list, positions=[position], dtype=torch.float32, device="cpu")
            for site in ("neurons", *extra_sites)]
     extra = {site: np.zeros((len(items), len(layer_list), *reg.width(site)), np.float32) for site in extra_sites}
-    shared = _shared_prefix(lm, prompts, position) if share_prefix else None
+    # the shared tokens only where ``position`` reads inside each item's own tokens
+    shared = (prompts_prefix(lm, prompts, keep=-position)
+              if share_prefix and isinstance(position, int) and position < 0 else None)
     bar = tqdm(total=len(items), desc="neurons", unit="item", disable=not progress)
     order = np.random.default_rng(seed).permutation(len(items)) if budget_s is not None else np.arange(len(items))
     step = len(items) if budget_s is None else max(1, block * batch_size, -(-len(items) // 8))
@@ -127,10 +123,10 @@ def neuron_pass(lm, dataset: EmotionDataset, appraisals: Sequence[str] | None = 
         if budget_s is not None and b0 and elapsed + elapsed / b0 * len(chunk) > budget_s:
             break  # this block would end past the budget at the rate so far
         for batch in iter_batches(lm.tokenizer, [prompts[i] for i in chunk], batch_size, lm.device):
-            suffix = suffix_batch(batch, shared, _pad_id(lm)) if shared is not None else None
+            suffix = suffix_batch(batch, shared, pad_id(lm)) if shared is not None else None
             if suffix is not None:
                 used_prefix = True
-                run = run_suffix(lm, suffix, ops)
+                _, run = run_suffix(lm, suffix, ops)
             else:
                 _, run = run_forward(lm, batch, ops, need_logits=False)
             x = run.captures["neurons"][:, :, 0].numpy()  # [b, L, N]
@@ -155,20 +151,3 @@ def neuron_pass(lm, dataset: EmotionDataset, appraisals: Sequence[str] | None = 
     return NeuronPass(moments, layer_list, appraisals, emotions, items, len(dataset) - len(items), ratings, groups,
                       kept, extra, n_planned=len(items), prefix_tokens=prefix_tokens)
 
-
-def _pad_id(lm) -> int:
-    pad = getattr(lm.tokenizer, "pad_token_id", None)
-    return int(pad if pad is not None else lm.tokenizer.eos_token_id)
-
-
-def _shared_prefix(lm, prompts, position: int) -> SharedPrefix | None:
-    """The tokens all prompts start with, run once; ``None`` when ``position`` could fall inside them,
-    there are none, or the model's cache cannot be shared."""
-    if not isinstance(position, int) or position >= 0 or len(prompts) < 2:
-        return None
-    enc = lm.tokenizer([p.text for p in prompts], add_special_tokens=True)
-    length = shared_prefix_length(enc["input_ids"], keep=-position)
-    if length < 1:
-        return None
-    model = lm.model if hasattr(lm, "model") else lm
-    return prefix_state(model, torch.tensor(enc["input_ids"][0][:length], device=lm.device))
