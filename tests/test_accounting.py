@@ -14,6 +14,7 @@ from emolens.causal.ablation import ablate
 from emolens.causal.common import make_batches
 from emolens.data.loading import load_dataset
 from emolens.engine.accounting import Work, WorkCounter, plain_forward_rate, stage_row
+from emolens.engine.shared_prefix import shared_prefix_length
 from emolens.engine.windows import Window
 from emolens.inputs.prompts import PromptSpec, build_prompts
 from emolens.model.loading import load_model
@@ -59,11 +60,12 @@ def test_ablation_does_exactly_the_expected_work(lm, ds, fast):
     Naive path (``fast=False``): (1 clean + K) forwards per batch, each over B_b * T_b tokens in
     every layer.
 
-    Fast path at position -1: one prefix forward over B_b * (T_b - 1) tokens and the clean
-    one-token suffix; the K conditions split by first edited layer (window 1 +- 1 starts at 0,
-    window 2 at 2), each group stacked into one forward of K/2 copies of the batch; the group
-    starting at layer 2 replays layer 1's clean output, captured by one more clean suffix forward
-    that stops after layer 1.
+    Fast path at position -1: the template's P shared tokens once (one row), then per batch one
+    prefix forward over the B_b * (T_b - 1 - P) tokens after them and the clean one-token suffix;
+    the K conditions split by first edited layer (window 1 +- 1 starts at 0, window 2 at 2), each
+    group stacked into one forward of K/2 copies of the batch; the group starting at layer 2
+    replays layer 1's clean output, captured by one more clean suffix forward that stops after
+    layer 1.
     """
     kinds, sites = ["zero", "random"], ["attn", "resid"]
     K = len(kinds) * len(sites) * len(WINDOWS)
@@ -79,9 +81,14 @@ def test_ablation_does_exactly_the_expected_work(lm, ds, fast):
     assert len(result.conditions) == K
     if fast:
         half = K // 2
-        forwards = sum(1 + 1 + 1 + 2 for _ in shapes)  # prefix, clean suffix, hidden, two stacked groups
-        tokens = sum(B * (T - 1) + B + B + 2 * half * B for B, T in shapes)
-        token_layers = sum(B * (T - 1) * L + B * L + B * 2 + half * B * L + half * B * (L - 2) for B, T in shapes)
+        prompts = build_prompts(ds.texts, PromptSpec(), lm.tokenizer)
+        P = shared_prefix_length(lm.tokenizer([p.text for p in prompts])["input_ids"])
+        assert 0 < P < min(T for _, T in shapes) - 1
+        # shared tokens; per batch: prefix, clean suffix, hidden, two stacked groups
+        forwards = 1 + sum(1 + 1 + 1 + 2 for _ in shapes)
+        tokens = P + sum(B * (T - 1 - P) + B + B + 2 * half * B for B, T in shapes)
+        token_layers = P * L + sum(B * (T - 1 - P) * L + B * L + B * 2 + half * B * L + half * B * (L - 2)
+                                   for B, T in shapes)
     else:
         forwards = len(shapes) * (1 + K)
         tokens = sum((1 + K) * B * T for B, T in shapes)

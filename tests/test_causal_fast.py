@@ -36,15 +36,30 @@ def ds():
     return load_dataset("stimuli").sample(6, seed=0)
 
 
+class Built(list):
+    """Suffix lengths whose prefix cache was built; ``shared``: those built on the template's shared tokens."""
+
+    def __init__(self):
+        super().__init__()
+        self.shared: list[int] = []
+
+
 @pytest.fixture
 def suffixes(monkeypatch):
-    """The suffix lengths whose prefix cache was actually built (directly or from a longer one)."""
-    seen: list[int] = []
-    build, extend = engine_runner.prefix_cache, engine_runner.extend_prefix
+    """The suffix lengths whose prefix cache was actually built (directly, on the shared template
+    tokens, or from a longer one)."""
+    seen = Built()
+    build, extend, laid = engine_runner.prefix_cache, engine_runner.extend_prefix, engine_runner.laid_out_prefix
 
     def spy_build(model, batch, m=1):
         cache = build(model, batch, m)
         seen.extend([m] if cache is not None else [])
+        return cache
+
+    def spy_laid(model, batch, shared, m=1):
+        cache = laid(model, batch, shared, m)
+        seen.extend([m] if cache is not None else [])
+        seen.shared.extend([m] if cache is not None else [])
         return cache
 
     def spy_extend(model, batch, cache, m_from, m_to):
@@ -54,6 +69,7 @@ def suffixes(monkeypatch):
 
     monkeypatch.setattr(engine_runner, "prefix_cache", spy_build)
     monkeypatch.setattr(engine_runner, "extend_prefix", spy_extend)
+    monkeypatch.setattr(engine_runner, "laid_out_prefix", spy_laid)
     return seen
 
 
@@ -78,6 +94,7 @@ def test_ablation_fast_equals_full(lm, ds, suffixes):
               batch_size=4, progress=False)
     fast = ablate(lm, ds, **kw)
     assert sorted(suffixes) == [1, 1, 5, 5]  # per batch and m, once: the clean pass and the conditions share it
+    assert suffixes.shared == [5, 5]  # the longest on the template's shared tokens, the shorter from it
     full = ablate(lm, ds, fast=False, **kw)
     assert set(suffixes) == {1, 5}  # the full run built no prefix
     assert_same(fast, full)

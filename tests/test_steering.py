@@ -547,3 +547,31 @@ def test_stacked_generations_equal_one_generate_per_setting(tiny_llama, position
     single = [generate_steered(tiny_llama, texts, None if v is None else layers, v, position, 6) for v in vectors]
     assert stacked == single
     assert len({tuple(x) for x in stacked}) > 1  # the vectors steer: not every setting says the same
+
+
+def test_generation_records_read_each_continuation_as_a_readout_of_it_alone(tiny_llama, stim):
+    """Sample generations read every setting's texts in one pass and score every continuation's fluency
+    on one run of its item's text; each record equals that text read on its own and that
+    continuation scored on its own."""
+    from emolens.inputs.prompts import PromptSpec
+    from emolens.readout import readout
+    from emolens.steering.generation import continuation_logprob, steered_generations
+    from emolens.steering.sweep import Condition
+
+    data = stim.subset(stim.ids[:3], name="three")
+    gen = torch.Generator().manual_seed(1)
+    conds = [Condition(f"d{k}", "real", 1, (1, 2), 1.0, "generated",
+                       4 * torch.randn(2, tiny_llama.sites.d_model, generator=gen)) for k in range(3)]
+    records = steered_generations(tiny_llama, data, conds, n_items=3, max_new_tokens=6)
+    assert len(records) == 3 * 4 and [r["direction"] for r in records[::3]] == ["clean", "d0", "d1", "d2"]
+    assert len({r["continuation"] for r in records}) > 3  # settings differ, so a mixed-up row would show
+    spec = PromptSpec()
+    for r in records:
+        full = f"{r['text']} {r['continuation'].strip()}".strip()
+        one = type(data)(ids=["x"], texts=[full], labels=[None], appraisals=np.zeros((1, 21)), name="one")
+        alone = readout(tiny_llama, one, spec, batch_size=1, progress=False).frame
+        assert r["emotion"] == alone["pred"].iloc[0]
+        probs = np.exp(alone[[f"logp_{lab}" for lab in spec.labels]].to_numpy()[0])
+        np.testing.assert_allclose([r["probs"][lab] for lab in spec.labels], probs / probs.sum(), atol=2e-4)
+        lp = continuation_logprob(tiny_llama, [r["text"]], [r["continuation"]])[0]
+        assert (r["mean_logp"] is None and not np.isfinite(lp)) or r["mean_logp"] == pytest.approx(lp, abs=2e-4)

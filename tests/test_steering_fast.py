@@ -117,8 +117,10 @@ def test_a_cache_that_cannot_be_shared_falls_back_to_full_forwards(tiny_llama, s
     reader, _ = _readers(lm, prompts[0])
     conds = _conditions(lm, n=1)
     from emolens.engine import prefix as prefix
+    from emolens.engine import shared_prefix
 
-    monkeypatch.setattr(prefix, "tile_cache", lambda cache, times: None)  # e.g. a static or linear-attention cache
+    for module in (prefix, shared_prefix):  # e.g. a static or linear-attention cache
+        monkeypatch.setattr(module, "tile_cache", lambda cache, *args: None)
     assert prefix_cache(lm.model, encode(lm.tokenizer, prompts)) is None
     info: dict = {}
     clean, got = steered_label_scores(lm, prompts, reader, conds, batch_size=2, info=info)

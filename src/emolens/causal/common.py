@@ -180,9 +180,12 @@ def runner_for(lm, prompts, spec, fast: bool = True) -> ConditionRunner:
     """The condition runner of an analysis, scoring ``spec``'s labels as they follow these prompts.
 
     ``fast=False`` is the naive path every fast path is tested against: one condition per forward,
-    every layer run (the analyses also skip the KV prefix then).
+    every layer run (the analyses also skip the KV prefix then, and with it the shared template tokens).
     """
     if not prompts:
         raise EmolensError("no items to analyse")
     scorer = LabelScorer.build(lm.tokenizer, spec.labels, prompts[0].text, prompts[0].label_prefix)
-    return ConditionRunner(lm, scorer, skip=fast, stack_rows=64 if fast else 0)
+    runner = ConditionRunner(lm, scorer, skip=fast, stack_rows=64 if fast else 0)
+    if fast:  # each batch's clean prefix then runs only the columns after the template's shared tokens
+        runner.share_prefix(prompts)
+    return runner

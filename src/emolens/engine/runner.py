@@ -13,7 +13,8 @@ for a batch (:class:`Condition`), and how many last tokens its edits are confine
   the suffix, and a model whose cache cannot be copied run full forwards.
 * **Prefix memo.** Prefixes are kept per batch (by its tokens) and ``m`` while they fit in
   ``prefix_bytes``, so the clean pass and every condition share them; a batch's prefix for a
-  shorter suffix is built from its longer one.
+  shorter suffix is built from its longer one, and after :meth:`ConditionRunner.share_prefix` the
+  longest from the template's shared tokens, run once per analysis (the batch's own columns only).
 * **Stacking.** :meth:`ConditionRunner.run` can repeat a batch ``times`` over (rows
   condition-major, ``row = c * B + i``) so several conditions share one forward: either one op
   holds all their values (:meth:`ConditionRunner.stack`, steering's vectors), or each
@@ -56,7 +57,14 @@ from emolens.engine.ops import Op
 from emolens.engine.prefix import bytes_per_row, extend_prefix, prefix_cache, suffix_inputs, suffix_mask
 from emolens.engine.replay import layer_outputs, start_at
 from emolens.engine.scoring import LabelHead, LabelScorer
-from emolens.engine.shared_prefix import SharedPrefix, pad_id, prompts_prefix, run_suffix, suffix_batch
+from emolens.engine.shared_prefix import (
+    SharedPrefix,
+    laid_out_prefix,
+    pad_id,
+    prompts_prefix,
+    run_suffix,
+    suffix_batch,
+)
 from emolens.errors import EmolensError
 from emolens.inputs.batching import Batch
 from emolens.model.sites import GLOBAL_SITES
@@ -159,7 +167,11 @@ class ConditionRunner:
 
     @torch.no_grad()
     def prefixes(self, batch: Batch, lengths) -> dict[int, Prefix | None]:
-        """Clean caches of every column but the last ``m``, per ``m`` (``None``: that ``m`` runs full forwards)."""
+        """Clean caches of every column but the last ``m``, per ``m`` (``None``: that ``m`` runs full forwards).
+
+        After :meth:`share_prefix` the longest is built on the shared tokens' cache
+        (:func:`~emolens.engine.shared_prefix.laid_out_prefix`, in the batch's own column layout),
+        else from a forward over the batch's columns."""
         key = (tuple(batch.input_ids.shape), *(t.cpu().numpy().tobytes() for t in (
             batch.input_ids, batch.attention_mask, batch.position_ids)))
         out: dict[int, Prefix | None] = {}
@@ -167,8 +179,11 @@ class ConditionRunner:
         for m in sorted({int(x) for x in lengths if int(x)}, reverse=True):
             if (key, m) not in self._memo:
                 with self.counter.counting(self.lm):
-                    cache = prefix_cache(self.model, batch, m) if longer is None else \
-                        extend_prefix(self.model, batch, longer.cache, longer.m, m)
+                    if longer is not None:
+                        cache = extend_prefix(self.model, batch, longer.cache, longer.m, m)
+                    else:  # on the template's shared tokens where they were run once (share_prefix)
+                        cache = laid_out_prefix(self.model, batch, self.shared, m) if self.shared else None
+                        cache = cache if cache is not None else prefix_cache(self.model, batch, m)
                 got = None if cache is None else Prefix(cache, m)
                 size = 0 if cache is None else len(batch) * bytes_per_row(cache)
                 if self._held + size <= self.prefix_bytes:
@@ -266,7 +281,8 @@ class ConditionRunner:
 
     @torch.no_grad()
     def share_prefix(self, prompts: Sequence, keep: int = 1) -> bool:
-        """Run the leading tokens all ``prompts`` share once, so :meth:`read` runs only the rest of each.
+        """Run the leading tokens all ``prompts`` share once, so :meth:`read` runs only the rest of each
+        and :meth:`prefixes` builds each batch's clean prefix from their cache.
 
         ``keep``: the tokens each prompt must keep of its own (the deepest position a read's ops
         capture, counted from the end). Only for reads whose ops read positions counted from the end

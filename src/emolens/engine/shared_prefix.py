@@ -22,6 +22,7 @@ run full forwards.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -33,8 +34,8 @@ from emolens.engine.ops import Op
 from emolens.engine.prefix import tile_cache
 from emolens.inputs.batching import Batch, position_ids_from_mask
 
-__all__ = ["SharedPrefix", "SuffixBatch", "pad_id", "prefix_state", "prompts_prefix", "run_suffix",
-           "shared_prefix_length", "suffix_batch"]
+__all__ = ["SharedPrefix", "SuffixBatch", "laid_out_prefix", "pad_id", "prefix_state", "prompts_prefix",
+           "run_suffix", "shared_prefix_length", "suffix_batch"]
 
 
 def shared_prefix_length(token_ids: Sequence[Sequence[int]], keep: int = 1) -> int:
@@ -112,12 +113,9 @@ def suffix_batch(batch: Batch, prefix: SharedPrefix, pad_id: int) -> SuffixBatch
     P = prefix.length
     ids, mask = batch.input_ids, batch.attention_mask
     B, T = ids.shape
-    lengths = mask.sum(1)
-    if T <= P or bool((lengths <= P).any()) or (prefix.window and prefix.window < T):
+    if prefix.window and prefix.window < T:
         return None  # (a sliding window: moving pads between prefix and suffix lengthens distances up to T)
-    starts = T - lengths  # left padding: row i's real tokens are columns starts[i] .. T-1
-    cols = starts.view(-1, 1) + torch.arange(P, device=ids.device).view(1, -1)
-    if not bool((ids.gather(1, cols) == prefix.ids.to(ids.device).view(1, -1)).all()):
+    if _starts_with_prefix(batch, prefix, keep=1) is None:
         return None
     # drop each row's first P real tokens: the suffix keeps its left padding, now P columns shorter
     suffix_mask = mask[:, : T - P]
@@ -127,6 +125,69 @@ def suffix_batch(batch: Batch, prefix: SharedPrefix, pad_id: int) -> SuffixBatch
     spans = {name: m[:, P:] & suffix_mask.bool() for name, m in batch.span_masks.items()}
     return SuffixBatch(suffix_ids, suffix_mask, positions, spans, batch.indices,
                        {"attention_mask": full_mask, "cache": tile_cache(prefix.cache, B), "use_cache": True})
+
+
+def _starts_with_prefix(batch: Batch, prefix: SharedPrefix, keep: int) -> torch.Tensor | None:
+    """Each left-padded row's first real column, or ``None`` unless every row starts with ``prefix``
+    and keeps at least ``keep`` tokens of its own after it."""
+    P = prefix.length
+    ids, mask = batch.input_ids, batch.attention_mask
+    lengths = mask.sum(1)
+    if ids.shape[1] < P + keep or bool((lengths < P + keep).any()):
+        return None
+    starts = ids.shape[1] - lengths
+    cols = starts.view(-1, 1) + torch.arange(P, device=ids.device).view(1, -1)
+    if not bool((ids.gather(1, cols) == prefix.ids.to(ids.device).view(1, -1)).all()):
+        return None
+    return starts
+
+
+def _laid_out(t: torch.Tensor, index: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """One row's cached states ``[1, H, P, D]`` placed per row at ``index [B, P]`` (zeros where not ``real``)."""
+    got = t[0][:, index].permute(1, 0, 2, 3)  # [B, H, P, D]
+    return torch.where(real[:, None, :, None], got, torch.zeros((), dtype=t.dtype, device=t.device))
+
+
+@torch.no_grad()
+def laid_out_prefix(model, batch: Batch, prefix: SharedPrefix, m: int = 1):
+    """The clean cache of every column but the last ``m`` of ``batch`` -- what
+    :func:`~emolens.engine.prefix.prefix_cache` computes, to float rounding -- built from the shared
+    tokens' cache: ``None`` when a row does not start with ``prefix`` or keeps fewer than ``m`` own tokens.
+
+    Why a second way to the same cache: the causal analyses and steering run every condition on a
+    batch's clean prefix cache, and that prefix is mostly the template every prompt starts with.
+    Unlike :func:`suffix_batch`, this keeps the batch's own column layout (left pads, then the
+    shared tokens, then the item's own): a row's shared tokens do not depend on the pads before
+    them (masked, and position ids count real tokens only), so their cached keys and values are
+    the shared run's, placed at the row's columns. Only the columns from ``P`` on run. Because the
+    layout is the batch's, the conditions' positions, named spans and attention-edge masks mean
+    exactly what they mean on a whole-prompt prefix, and a sliding attention window sees the same
+    column distances. Each layer must hold all ``P`` shared tokens (a sliding window longer than them).
+    """
+    T = batch.input_ids.shape[1]
+    starts = _starts_with_prefix(batch, prefix, m)
+    if m < 1 or starts is None:
+        return None
+    P = prefix.length
+    layers = getattr(prefix.cache, "layers", None) or []
+    if not layers or any(not layer.is_initialized or layer.keys is None or layer.keys.ndim != 4
+                         or layer.keys.shape[-2] != P for layer in layers):
+        return None
+    device = batch.input_ids.device
+    index = torch.arange(P, device=device).view(1, -1) - starts.view(-1, 1)  # shared token at each column
+    real = index >= 0
+    index = index.clamp(min=0)
+    cache = copy.copy(prefix.cache)
+    cache.layers = []
+    for layer in layers:
+        twin = copy.copy(layer)
+        twin.keys = _laid_out(layer.keys, index.to(layer.keys.device), real.to(layer.keys.device))
+        twin.values = _laid_out(layer.values, index.to(layer.values.device), real.to(layer.values.device))
+        cache.layers.append(twin)
+    if T - m > P:  # the columns after the shared ones, up to the suffix
+        model(input_ids=batch.input_ids[:, P:T - m], attention_mask=batch.attention_mask[:, :T - m],
+              position_ids=batch.position_ids[:, P:T - m], cache=cache, use_cache=True, logits_to_keep=1)
+    return cache if cache.get_seq_length() == T - m else None
 
 
 def prompts_prefix(lm, prompts: Sequence, keep: int = 1) -> SharedPrefix | None:

@@ -349,6 +349,17 @@ def degenerate(text: str, mean_logp: float, clean: tuple[str, float] | None = No
     return bool(fluency_flags(text, mean_logp, clean))
 
 
+def _read_emotions(lm, texts: Sequence[str], spec: PromptSpec) -> np.ndarray:
+    """Label log-probabilities ``[N, K]`` of ``texts`` on ``spec``'s prompt, unsteered (the model's own readout)."""
+    prompts = build_prompts(list(texts), spec, lm.tokenizer)
+    runner = ConditionRunner(lm, LabelScorer.build(lm.tokenizer, spec.labels, prompts[0].text, prompts[0].label_prefix))
+    runner.share_prefix(prompts)
+    scores = np.zeros((len(prompts), len(spec.labels)))
+    for batch in iter_batches(lm.tokenizer, prompts, 8, lm.device):
+        scores[batch.indices] = runner.read(batch).scores.double().numpy()
+    return scores
+
+
 def steered_generations(lm, dataset, conditions: Sequence[Condition], n_items: int = 3,
                         spec: PromptSpec | None = None, max_new_tokens: int = 24,
                         clean_label: Callable | None = None) -> list[dict]:
@@ -373,19 +384,16 @@ def steered_generations(lm, dataset, conditions: Sequence[Condition], n_items: i
         settings = [(None, clean)]
         for c in conditions:
             settings.append((c, generate_steered(lm, texts, list(c.layers), c.vector, c.position, max_new_tokens)))
+    # every setting's readout in one pass (the template's shared tokens once), and every continuation's
+    # fluency on one run of its item's text (clean and steered replies share it)
+    all_scores = _read_emotions(lm, [f"{t} {x.strip()}".strip() for _, conts in settings
+                                     for t, x in zip(texts, conts, strict=True)], spec)
+    all_fluency = continuation_logprob(lm, texts * len(settings), [x for _, conts in settings for x in conts])
     records = []
-    clean_fluency: np.ndarray | None = None
-    for c, conts in settings:
-        full = [f"{t} {x.strip()}".strip() for t, x in zip(texts, conts, strict=True)]
-        prompts = build_prompts(full, spec, lm.tokenizer)
-        runner = ConditionRunner(lm, LabelScorer.build(lm.tokenizer, spec.labels, prompts[0].text,
-                                                       prompts[0].label_prefix))
-        scores = np.zeros((len(full), len(spec.labels)))
-        for batch in iter_batches(lm.tokenizer, prompts, 8, lm.device):
-            scores[batch.indices] = runner.run(batch)[0].double().numpy()
-        fluency = continuation_logprob(lm, texts, conts)
-        if c is None:
-            clean_fluency = fluency
+    clean_fluency = all_fluency[:len(texts)]
+    for k, (c, conts) in enumerate(settings):
+        scores = all_scores[k * len(texts):(k + 1) * len(texts)]
+        fluency = all_fluency[k * len(texts):(k + 1) * len(texts)]
         for i in range(len(texts)):
             probs = np.exp(scores[i] - np.logaddexp.reduce(scores[i]))
             versus = None if c is None else (clean[i], float(clean_fluency[i]))

@@ -172,6 +172,8 @@ def steered_label_scores(lm, prompts, reader: LabelScorer, conditions: Sequence[
     # each batch's prefix is made once below, never kept; steering compares labels only (every metric is
     # renormalised over them), so only the labels' rows of the output head are computed
     runner = ConditionRunner(lm, reader, prefix_bytes=0, skip=fast is not False, label_logits=fast is not False)
+    if fast is not False:  # each batch's prefix runs only the columns after the template's shared tokens
+        runner.share_prefix(prompts)
     fast_keys = [key for key in groups if steer_positions(key[1]).suffix] if fast is not False else []
     took_fast = bool(fast_keys)
     for batch in iter_batches(lm.tokenizer, prompts, item_bs, lm.device):
