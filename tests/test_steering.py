@@ -575,3 +575,41 @@ def test_generation_records_read_each_continuation_as_a_readout_of_it_alone(tiny
         np.testing.assert_allclose([r["probs"][lab] for lab in spec.labels], probs / probs.sum(), atol=2e-4)
         lp = continuation_logprob(tiny_llama, [r["text"]], [r["continuation"]])[0]
         assert (r["mean_logp"] is None and not np.isfinite(lp)) or r["mean_logp"] == pytest.approx(lp, abs=2e-4)
+
+
+def test_a_stores_residuals_stand_in_for_the_sweeps_own_capture(tiny_llama, tmp_path):
+    """With ``acts`` reading the residuals at the cue from a store extracted with the same prompts,
+    the sweep (covariance-matched random directions, within-emotion refits, residualised refits,
+    relative scale) gives the table it gives capturing them itself, and runs fewer token-layers."""
+    from emolens.activations.extract import extract
+    from emolens.data.stimuli import load_stimuli
+    from emolens.engine.accounting import WorkCounter
+    from emolens.inputs.prompts import PromptSpec
+    from emolens.steering.directions import store_acts
+
+    ds = load_stimuli("singles").sample(26, seed=0)
+    extract(tiny_llama, ds, tmp_path / "store", sites="resid", layers="all", positions="-1", batch_size=8,
+            progress=False, dtype="float32")
+    assert store_acts(tmp_path / "store", PromptSpec(template="T2")) is None  # another prompt's vectors
+    assert store_acts(tmp_path / "nothing", PromptSpec()) is None
+    read = store_acts(tmp_path / "store", PromptSpec())
+    calls: list[int] = []
+
+    def acts(items, layers):
+        calls.append(len(items))
+        return read(items, layers)
+
+    kw = dict(windows=[1], span=3, betas=[0.5], scale="relative", n_random=3, n_emotion_null=2, residualised=True,
+              control=None, batch_size=8)
+    with WorkCounter.attach(tiny_llama).span() as own_work:
+        own = sweep(tiny_llama, ds, ["pleasantness+"], **kw)
+    with WorkCounter.attach(tiny_llama).span() as store_work:
+        stored = sweep(tiny_llama, ds, ["pleasantness+"], acts=acts, **kw)
+    assert calls == [13, 13]  # the fit half for the nulls, the steered half for the reference norms
+    assert store_work.token_layers < own_work.token_layers
+    pd.testing.assert_frame_equal(own.frame.drop(columns=["value", "ci_low", "ci_high"]),
+                                  stored.frame.drop(columns=["value", "ci_low", "ci_high"]))
+    np.testing.assert_allclose(stored.frame.value.to_numpy(), own.frame.value.to_numpy(), atol=2e-5, rtol=1e-4)
+    assert stored.frame.kind.isin(["random", "emotion_null", "residualised", "residualised_null"]).any()
+    missing = sweep(tiny_llama, ds, ["pleasantness+"], acts=lambda items, layers: None, **kw)  # not in a store
+    np.testing.assert_allclose(missing.frame.value.to_numpy(), own.frame.value.to_numpy(), atol=1e-6)

@@ -22,7 +22,7 @@ from emolens.probes.evaluation import load_directions
 from emolens.report.analysis_files import write_steering
 from emolens.steering import theory
 from emolens.steering.apply import POSITIONS, SCALES
-from emolens.steering.directions import METHODS, bank_from_file, bank_from_store, parse_direction
+from emolens.steering.directions import METHODS, bank_from_file, bank_from_store, parse_direction, store_acts
 from emolens.steering.run import SteerPlan, run_steering
 
 
@@ -136,7 +136,9 @@ def steer(*, model, data, out, direction, acts, method, partial, fixed, windows,
         return bank
 
     start = time.perf_counter()
-    run = run_steering(lm, dataset, plan, spec=spec, bank_for=bank_for, progress=True)
+    # a store extracted with this prompt also holds the residuals the nulls need: read, not captured again
+    store = store_acts(acts, spec) if acts and not from_file else None
+    run = run_steering(lm, dataset, plan, spec=spec, bank_for=bank_for, progress=True, acts=store)
     seconds = time.perf_counter() - start
     write_steering(run, out_dir, {"model": model, "source_id": lm.source_id, "data": data,
                                   "dataset_fingerprint": dataset.fingerprint(), "method": method,

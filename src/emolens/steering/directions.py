@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -238,6 +238,12 @@ def compute_bank(X: torch.Tensor, layers: Sequence[int], dataset, method: str = 
 def bank_from_store(store_dir: str | Path, dataset, layers: Sequence[int], method: str = "diffmean",
                     appraisals: Sequence[str] | None = None, seed: int = 0) -> ConceptBank:
     """Directions from an :class:`~emolens.activations.store.ActivationStore` (site ``resid``, position -1)."""
+    return compute_bank(store_resid(store_dir, dataset, layers), layers, dataset, method, appraisals, seed=seed)
+
+
+def store_resid(store_dir: str | Path, dataset, layers: Sequence[int]) -> torch.Tensor:
+    """``dataset``'s residual stream at the answer cue from an activation store: ``[N, len(layers), d]``
+    float32, what :func:`capture_resid` computes on the prompts the store was extracted with."""
     store = ActivationStore.open(store_dir)
     if -1 not in store.positions:
         raise EmolensError(f"store {str(store_dir)!r} has no position -1", "extract with positions -1")
@@ -248,9 +254,29 @@ def bank_from_store(store_dir: str | Path, dataset, layers: Sequence[int], metho
     arr = store.read("resid")
     rows = store.index_of(dataset.ids)
     p = store.positions.index(-1)
-    X = torch.from_numpy(np.stack([np.asarray(arr[rows, stored.index(layer), p], dtype=np.float32)
-                                   for layer in layers], 1))
-    return compute_bank(X, layers, dataset, method, appraisals, seed=seed)
+    return torch.from_numpy(np.stack([np.asarray(arr[rows, stored.index(layer), p], dtype=np.float32)
+                                      for layer in layers], 1))
+
+
+def store_acts(store_dir: str | Path, spec) -> Callable[[object, Sequence[int]], torch.Tensor | None] | None:
+    """``acts(items, layers)`` for :func:`~emolens.steering.sweep.sweep`: items' residuals at the cue read
+    from an activation store, or ``None`` when ``store_dir`` is not a store extracted with ``spec``'s
+    prompt (its vectors would not be the ones the sweep captures). ``acts`` gives ``None`` for items
+    or layers the store lacks, and the sweep captures them."""
+    try:
+        store = ActivationStore.open(store_dir)
+    except EmolensError:
+        return None
+    if store.identity.get("prompt_fingerprint") != spec.fingerprint():
+        return None
+
+    def acts(items, layers: Sequence[int]) -> torch.Tensor | None:
+        try:
+            return store_resid(store_dir, items, layers)
+        except EmolensError:
+            return None
+
+    return acts
 
 
 def bank_from_file(path: str | Path, method: str = "diffmean") -> ConceptBank:

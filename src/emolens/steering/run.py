@@ -93,12 +93,13 @@ def _defined(bank: ConceptBank | None, names: Sequence[str], name: str) -> bool:
 
 def run_steering(lm, dataset, plan: SteerPlan, spec: PromptSpec | None = None,
                  bank_for: Callable[[str, object, list[int]], ConceptBank | None] | None = None,
-                 progress: bool = False, reference_items=None) -> SteeringRun:
+                 progress: bool = False, reference_items=None, acts: Callable | None = None) -> SteeringRun:
     """Steer ``dataset`` as ``plan`` says; ``bank_for(method, fit_items, layers)`` may supply directions.
     ``reference_items``: the gold-labelled items the theory reference is computed on (default ``dataset``).
 
     ``bank_for`` returns a :class:`ConceptBank` or ``None`` (the sweep then captures residuals at
-    the answer cue and fits the directions on the fit items itself).
+    the answer cue and fits the directions on the fit items itself). ``acts(items, layers)`` may
+    supply those residuals from a store extracted with ``spec``'s prompts (see :func:`sweep`).
     """
     spec = spec or PromptSpec()
     if plan.reference not in ("ratings", "classifier"):
@@ -137,7 +138,7 @@ def run_steering(lm, dataset, plan: SteerPlan, spec: PromptSpec | None = None,
                     control=plan.control, spec=spec,
                     fit_dataset=fit, holdout=plan.holdout,
                     batch_size=plan.batch_size, max_rows=plan.max_rows, fast=plan.fast, seed=plan.seed,
-                    progress=progress)
+                    progress=progress, acts=acts)
         frames.append(res.frame)
         for d in specs:
             parsed_terms = parse_direction(d, res.bank.names)

@@ -19,7 +19,7 @@ Layers are 0-indexed; a window is named by its centre layer.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -347,6 +347,16 @@ def fit_relation(fit, steered) -> str:
     return "all" if a == b else "heldout" if not a & b else "overlap"
 
 
+def _reference_norm(lm, prompts, items, layers: Sequence[int], position: str, batch_size: int,
+                    acts: Callable | None) -> torch.Tensor:
+    """The ``relative`` scale's mean residual norm per layer (:func:`~emolens.steering.apply.mean_resid_norm`);
+    at ``last`` from ``acts`` when it has the items (the same vectors, not run again)."""
+    X = acts(items, layers) if acts is not None and position == "last" else None
+    if X is None:
+        return mean_resid_norm(lm, prompts, layers, position, batch_size)
+    return X.double().norm(dim=-1).mean(0).float()
+
+
 def sweep(lm, dataset, directions: Sequence[str], *, bank: ConceptBank | None = None, method: str = "diffmean",
           windows: Sequence[int] | str = "auto", span: int = 3, betas: Sequence[float] = (1, 2, 4),
           positions: Sequence[str] = ("last",), scale: str = "unit", partial: bool = False,
@@ -355,7 +365,7 @@ def sweep(lm, dataset, directions: Sequence[str], *, bank: ConceptBank | None = 
           spec: PromptSpec | None = None,
           fit_dataset=None, holdout: float | None = 0.5, batch_size: int = 16,
           max_rows: int = 64, fast: bool | None = None, fast_rows: int = 256, n_boot: int = 200, seed: int = 0,
-          progress: bool = False) -> SweepResult:
+          progress: bool = False, acts: Callable | None = None) -> SweepResult:
     """Steer prompts along each direction over windows × β × positions, with controls.
 
     Which items fit the directions and which are steered:
@@ -376,7 +386,11 @@ def sweep(lm, dataset, directions: Sequence[str], *, bank: ConceptBank | None = 
     ``residualised``) with ``n_emotion_null`` within-emotion refits of its own (``residualised_null``).
 
     Positions ``last`` take the KV-prefix fast path (see :func:`steered_label_scores`; ``fast=False``
-    forces full forwards). Returns a tidy table (:data:`COLUMNS`); β = 0 rows (the clean run)
+    forces full forwards). ``acts(items, layers)``, when given, returns the items' residual stream at
+    the answer cue (``[N, len(layers), d]``, e.g. :func:`~emolens.steering.directions.store_resid`
+    on a store extracted with these prompts) or ``None``: the nulls' fit activations and the
+    ``relative`` scale's reference norms at ``last`` are then read there instead of captured again.
+    Returns a tidy table (:data:`COLUMNS`); β = 0 rows (the clean run)
     are included for every real direction, so dose-response curves start at 0.
     """
     for p in positions:
@@ -399,8 +413,10 @@ def sweep(lm, dataset, directions: Sequence[str], *, bank: ConceptBank | None = 
         raise EmolensError(f"unknown random_kind {random_kind!r}", "use covariance or gaussian")
     X = None
     if fit is not None and (bank is None or random_kind == "covariance" or n_emotion_null or residualised):
-        fit_prompts = prompts if fit is steered else build_prompts(fit.texts, spec, lm.tokenizer)
-        X = capture_resid(lm, fit_prompts, layers, batch_size)
+        X = acts(fit, layers) if acts is not None else None
+        if X is None:
+            fit_prompts = prompts if fit is steered else build_prompts(fit.texts, spec, lm.tokenizer)
+            X = capture_resid(lm, fit_prompts, layers, batch_size)
     if bank is None:
         bank = compute_bank(X, layers, fit, method, seed=seed)
     randoms = nulls.random_by_layer(X, layers, lm.n_layers, n_random, seed) \
@@ -409,7 +425,7 @@ def sweep(lm, dataset, directions: Sequence[str], *, bank: ConceptBank | None = 
         if X is not None and n_emotion_null else []
     resid = nulls.residualised_banks(X, layers, fit, bank.method, n_emotion_null, seed + 2) \
         if X is not None and residualised else None
-    ref_norm = {p: mean_resid_norm(lm, prompts, bank.layers, p, batch_size) for p in positions} \
+    ref_norm = {p: _reference_norm(lm, prompts, steered, bank.layers, p, batch_size, acts) for p in positions} \
         if scale == "relative" else {}
     conditions = build_conditions(lm, bank, directions, centres, span, betas, positions, scale,
                                   ref_norm or None, partial, fixed, n_random, control, seed, randoms, null_banks,

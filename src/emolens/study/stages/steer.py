@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from emolens.errors import EmolensError
 from emolens.report.analysis_files import write_steering
-from emolens.steering.directions import bank_from_file, bank_from_store
+from emolens.steering.directions import bank_from_file, bank_from_store, store_acts
 from emolens.steering.run import SteerPlan, run_steering
 from emolens.study.registry import StageContext, dump_section, stage
 
@@ -67,8 +67,10 @@ def _steer(ctx: StageContext) -> dict:
     def bank_for(method: str, fit, layers: list[int]):
         return _steer_bank(ctx, method, fit if s.holdout else None, layers)
 
+    # the extract stage stored resid at the cue for every item, with this prompt: the nulls read it there
+    acts = store_acts(ctx.upstream["extract"] / "store", ctx.prompt)
     run = run_steering(ctx.model.lm, ctx.items(), plan, spec=ctx.prompt, bank_for=bank_for, progress=ctx.progress,
-                       reference_items=ctx.dataset)
+                       reference_items=ctx.dataset, acts=acts)
     ctx.notes.extend(run.notes)
     write_steering(run, ctx.dir, directions_meta={"source_id": ctx.model.lm.source_id})
     keep = ("rows", "n_items", "n_fit", "n_random", "best_alignment", "best_alignment_p", "best_window",
