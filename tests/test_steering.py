@@ -38,6 +38,7 @@ from emolens.steering.sweep import (
     N_RANDOM,
     build_conditions,
     fit_relation,
+    fit_split,
     outcome_rows,
     success_score,
     sweep,
@@ -613,3 +614,23 @@ def test_a_stores_residuals_stand_in_for_the_sweeps_own_capture(tiny_llama, tmp_
     assert stored.frame.kind.isin(["random", "emotion_null", "residualised", "residualised_null"]).any()
     missing = sweep(tiny_llama, ds, ["pleasantness+"], acts=lambda items, layers: None, **kw)  # not in a store
     np.testing.assert_allclose(missing.frame.value.to_numpy(), own.frame.value.to_numpy(), atol=1e-6)
+
+
+def test_directions_the_fit_items_cannot_define_are_skipped_when_asked(tiny_llama):
+    """A study steers a fixed list of emotions; on a small fit split an emotion without items has no
+    direction. With skip_undefined it is left out and named, without it the sweep refuses; a list
+    with no definable direction is refused either way."""
+    from emolens.data.stimuli import load_stimuli
+    from emolens.labels import EMOTIONS
+
+    ds = load_stimuli("singles").sample(14, seed=0)
+    fit, _ = fit_split(ds, 0.5, 0)
+    absent = next(e for e in EMOTIONS if e not in set(fit.labels))  # no fit item of this emotion
+    kw = dict(windows=[1], span=3, betas=[2.0], n_random=2, control=None, batch_size=8)
+    res = sweep(tiny_llama, ds, ["pleasantness+", f"{absent}+"], skip_undefined=True, **kw)
+    assert res.info["skipped_directions"] == [f"{absent}+"]
+    assert set(res.frame[res.frame.kind == "real"].direction) == {"pleasantness+"}
+    with pytest.raises(EmolensError, match="undefined"):
+        sweep(tiny_llama, ds, ["pleasantness+", f"{absent}+"], **kw)
+    with pytest.raises(EmolensError, match="no steering direction"):
+        sweep(tiny_llama, ds, [f"{absent}+"], skip_undefined=True, **kw)

@@ -138,7 +138,11 @@ def run_steering(lm, dataset, plan: SteerPlan, spec: PromptSpec | None = None,
                     control=plan.control, spec=spec,
                     fit_dataset=fit, holdout=plan.holdout,
                     batch_size=plan.batch_size, max_rows=plan.max_rows, fast=plan.fast, seed=plan.seed,
-                    progress=progress, acts=acts)
+                    progress=progress, acts=acts, skip_undefined=plan.skip_undefined)
+        if res.info.get("skipped_directions"):  # the sweep fitted the bank itself and could not define them
+            notes.append(f"no {method} direction for {res.info['skipped_directions']} (their concepts lack items on "
+                         "both sides in the fit items)")
+            specs = [d for d in specs if d not in res.info["skipped_directions"]]
         frames.append(res.frame)
         for d in specs:
             parsed_terms = parse_direction(d, res.bank.names)

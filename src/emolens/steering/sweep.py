@@ -347,6 +347,15 @@ def fit_relation(fit, steered) -> str:
     return "all" if a == b else "heldout" if not a & b else "overlap"
 
 
+def _definable(bank: ConceptBank, direction: str) -> bool:
+    """Whether every concept of ``direction`` has a direction in ``bank`` at every layer."""
+    try:
+        terms = parse_direction(direction, bank.names)
+    except EmolensError:
+        return False
+    return all(bank.is_defined(t.name) for t in terms)
+
+
 def _reference_norm(lm, prompts, items, layers: Sequence[int], position: str, batch_size: int,
                     acts: Callable | None) -> torch.Tensor:
     """The ``relative`` scale's mean residual norm per layer (:func:`~emolens.steering.apply.mean_resid_norm`);
@@ -365,7 +374,7 @@ def sweep(lm, dataset, directions: Sequence[str], *, bank: ConceptBank | None = 
           spec: PromptSpec | None = None,
           fit_dataset=None, holdout: float | None = 0.5, batch_size: int = 16,
           max_rows: int = 64, fast: bool | None = None, fast_rows: int = 256, n_boot: int = 200, seed: int = 0,
-          progress: bool = False, acts: Callable | None = None) -> SweepResult:
+          progress: bool = False, acts: Callable | None = None, skip_undefined: bool = False) -> SweepResult:
     """Steer prompts along each direction over windows × β × positions, with controls.
 
     Which items fit the directions and which are steered:
@@ -390,6 +399,8 @@ def sweep(lm, dataset, directions: Sequence[str], *, bank: ConceptBank | None = 
     the answer cue (``[N, len(layers), d]``, e.g. :func:`~emolens.steering.directions.store_resid`
     on a store extracted with these prompts) or ``None``: the nulls' fit activations and the
     ``relative`` scale's reference norms at ``last`` are then read there instead of captured again.
+    ``skip_undefined`` leaves out directions the fit items cannot define (a concept without items on
+    both sides) instead of failing; ``info["skipped_directions"]`` names them.
     Returns a tidy table (:data:`COLUMNS`); β = 0 rows (the clean run)
     are included for every real direction, so dose-response curves start at 0.
     """
@@ -419,6 +430,12 @@ def sweep(lm, dataset, directions: Sequence[str], *, bank: ConceptBank | None = 
             X = capture_resid(lm, fit_prompts, layers, batch_size)
     if bank is None:
         bank = compute_bank(X, layers, fit, method, seed=seed)
+    skipped = [d for d in directions if not _definable(bank, d)] if skip_undefined else []
+    directions = [d for d in directions if d not in skipped]
+    if not directions:
+        n_fit = len(fit) if fit is not None else len(steered)
+        raise EmolensError(f"no steering direction of {skipped} is defined on these {n_fit} fit items",
+                           "they need items on both sides of each concept: use more items or other concepts")
     randoms = nulls.random_by_layer(X, layers, lm.n_layers, n_random, seed) \
         if X is not None and random_kind == "covariance" else None
     null_banks = nulls.emotion_null_banks(X, layers, fit, bank.method, n_emotion_null, seed + 1) \
@@ -457,7 +474,8 @@ def sweep(lm, dataset, directions: Sequence[str], *, bank: ConceptBank | None = 
             "random_kind": "covariance" if randoms is not None else "gaussian",
             "n_emotion_null": len(null_banks), "residualised": resid is not None,
             "min_p_value": 1 / (1 + n_random), **run_info,
-            "label_scoring": reader.describe(), "fixed": list(fixed) if fixed is not None else "default"}
+            "label_scoring": reader.describe(), "fixed": list(fixed) if fixed is not None else "default",
+            "skipped_directions": skipped}
     return SweepResult(frame, conditions, scores, clean, bank, ref_norm, info, steered)
 
 
