@@ -634,3 +634,28 @@ def test_directions_the_fit_items_cannot_define_are_skipped_when_asked(tiny_llam
         sweep(tiny_llama, ds, ["pleasantness+", f"{absent}+"], **kw)
     with pytest.raises(EmolensError, match="no steering direction"):
         sweep(tiny_llama, ds, [f"{absent}+"], skip_undefined=True, **kw)
+
+
+def test_the_surgery_panel_shows_real_directions_and_one_row_per_control():
+    """The report's appraisal-surgery heatmap: one row per real direction (emotion promotion left
+    out), the random directions averaged into one row, the clean run; never a row per null direction."""
+    from emolens.report.steering_figures import surgery_table
+
+    rows = []
+    for window in (3, 5, 7):
+        for label, value in (("joy", 0.6), ("anger", 0.4)):
+            rows.append(dict(metric="fraction", beta=0.0, window=window, direction="pleasantness+", kind="real",
+                             label=label, value=0.5))
+            rows.append(dict(metric="fraction", beta=2.0, window=window, direction="pleasantness+", kind="real",
+                             label=label, value=value))
+            rows.append(dict(metric="fraction", beta=2.0, window=window, direction="joy+", kind="real",
+                             label=label, value=1.0))
+            rows += [dict(metric="fraction", beta=2.0, window=window, direction=f"random:{j}", kind="random",
+                          label=label, value=j / 10) for j in range(5)]
+            rows += [dict(metric="fraction", beta=2.0, window=window, direction=f"pleasantness+~null{j}",
+                          kind="emotion_null", label=label, value=0.3) for j in range(3)]
+    mid, piv = surgery_table(pd.DataFrame(rows), ["joy+"])
+    assert mid == 5
+    assert list(piv.index) == ["pleasantness+", "(random directions, mean)", "(clean)"]
+    assert piv.loc["(random directions, mean)", "joy"] == pytest.approx(0.2)
+    assert piv.loc["pleasantness+", "anger"] == pytest.approx(0.4) and piv.loc["(clean)", "joy"] == 0.5

@@ -6,6 +6,7 @@ views (:func:`steering_figures`: emotion promotion by window per beta, appraisal
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
@@ -124,6 +125,29 @@ def plot_dose_response(frame: pd.DataFrame, path: str | Path, position: str | No
     return save_figure(fig, path)
 
 
+def surgery_table(table: pd.DataFrame, promotion: Sequence[str] = ()) -> tuple[int, pd.DataFrame] | None:
+    """The appraisal-surgery panel's data: at the middle window and the largest β, the predicted-label
+    fractions (rows: each real direction but the emotion ``promotion`` ones, the random directions'
+    mean, the clean run; columns: labels). The null directions stay out one by one: a row each is
+    noise, and made the figure hundreds of rows tall."""
+    top = (table.metric == "fraction") & (table.beta == table.beta.max())
+    kind = table["kind"] if "kind" in table else pd.Series("real", index=table.index)
+    surgery = table[top & (kind == "real") & ~table.direction.isin(list(promotion))]
+    if not len(surgery):
+        return None
+    windows = sorted(surgery.window.unique())
+    mid = windows[len(windows) // 2]
+    piv = surgery[surgery.window == mid].pivot_table(index="direction", columns="label", values="value",
+                                                     aggfunc="mean")
+    rand = table[top & (table.window == mid) & (kind == "random")]
+    if len(rand):
+        piv.loc["(random directions, mean)"] = rand.groupby("label")["value"].mean()
+    clean = table[(table.metric == "fraction") & (table.beta == 0) & (table.window == mid)]
+    if len(clean):
+        piv.loc["(clean)"] = clean.groupby("label")["value"].mean()
+    return int(mid), piv
+
+
 def steering_figures(table: pd.DataFrame, n_layers: int | None = None) -> list[tuple[str, bytes]]:
     """Emotion promotion success by window (one panel per beta) and the appraisal-surgery outcome."""
     if table is None or table.empty:
@@ -148,16 +172,9 @@ def steering_figures(table: pd.DataFrame, n_layers: int | None = None) -> list[t
         axes[0][-1].legend(fontsize=6)
         fig.suptitle("emotion promotion (paper §7.2 success score)", fontsize=10)
         out.append(("emotion promotion", fig_png(fig)))
-    surgery = table[(table.metric == "fraction") & (table.beta == table.beta.max()) & ~table.direction.isin(
-        [f"{e}+" for e in promo.emotion.unique()] if len(promo) else [])]
-    if len(surgery):
-        windows = sorted(surgery.window.unique())
-        mid = windows[len(windows) // 2]
-        g = surgery[surgery.window == mid]
-        piv = g.pivot_table(index="direction", columns="label", values="value", aggfunc="mean")
-        clean = table[(table.metric == "fraction") & (table.beta == 0) & (table.window == mid)]
-        if len(clean):
-            piv.loc["(clean)"] = clean.groupby("label")["value"].mean()
+    got = surgery_table(table, [f"{e}+" for e in promo.emotion.unique()] if len(promo) else [])
+    if got is not None:
+        mid, piv = got
         fig, ax = subplots(figsize=(8, 0.35 * len(piv) + 1.6))
         im = ax.imshow(piv.to_numpy(dtype=float), aspect="auto", cmap="magma", vmin=0, vmax=1)
         ax.set_yticks(range(len(piv.index)), piv.index, fontsize=7)
@@ -169,4 +186,4 @@ def steering_figures(table: pd.DataFrame, n_layers: int | None = None) -> list[t
     return out
 
 
-__all__ = ["label_bar_panels", "plot_dose_response", "plot_label_bars", "steering_figures"]
+__all__ = ["label_bar_panels", "plot_dose_response", "plot_label_bars", "steering_figures", "surgery_table"]
