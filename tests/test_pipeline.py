@@ -331,6 +331,36 @@ def test_compare_two_runs(base_run, tmp_path):
         compare_runs([tmp_path], tmp_path / "x")
 
 
+def test_compare_measures_how_alike_two_studied_models_represent_emotions(tmp_path):
+    """``emolens compare`` on a two-model study: CKA, RSA and transfer of the pair from the runs' own
+    stores, equal to the crossmodel library on those stores; a model without a store says why."""
+    from emolens.crossmodel.compare import compare_models, from_store
+    from emolens.labels import EMOTIONS
+
+    cfg = cfg_with(tmp_path, models=["tiny:llama", "tiny:qwen2"], items="all", stages=["readout", "extract"],
+                   dataset={"limit": 39}, prompts={"variants": "none"}, sites=["resid"])
+    result = runner.run_study(cfg, progress=False, echo=quiet, report=False)
+    bare = runner.run_study(cfg_with(tmp_path / "bare", models=["tiny:gemma3_text"], stages=["readout"],
+                                     dataset={"limit": 39}), progress=False, echo=quiet, report=False)
+    out = tmp_path / "cmp"
+    main(["compare", str(result.run_dir), str(bare.run_dir), "--out", str(out), "--boot", "20",
+          "--permutations", "99"])
+    page = (out / "compare.html").read_text()
+    assert "Representational similarity" in page and "39 shared items" in page
+    assert "Not measured" in page and "no finished extract stage" in page
+    got = {name: pd.read_parquet(next(out.glob(f"similarity_*/{name}.parquet"))) for name in ("cka", "rsa")}
+    data = data_choice.resolve_dataset(cfg).dataset
+    models = json.loads((result.run_dir / "run.json").read_text())["models"]
+    order = sorted(models, key=lambda m: (models[m]["n_layers"], models[m]["spec"]))  # compare's model order
+    acts = [from_store(result.run_dir / slug / "extract" / "store", data, models[slug]["spec"],
+                       models[slug]["n_layers"]) for slug in order]
+    want = compare_models(*acts, EMOTIONS, n_perm=99, n_boot=20, seed=0)
+    np.testing.assert_allclose(got["cka"]["cka"], want["cka"]["cka"])
+    np.testing.assert_allclose(got["cka"]["cka_lo"], want["cka"]["cka_lo"])
+    np.testing.assert_allclose(got["rsa"]["rho"], want["rsa"]["rho"])
+    assert got["rsa"]["p_holm"].between(0, 1).all() and (got["rsa"]["p_holm"] >= got["rsa"]["p"]).all()
+
+
 def test_failed_stage_is_recorded_and_the_rest_runs(base_run, tmp_path, monkeypatch):
     cfg, first = base_run
     run_dir = _copy_without(first, "probe", tmp_path)

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from emolens.activations.store import ActivationStore
 from emolens.crossmodel.similarity import (
     appraisal_rdm,
     centroid_rdm,
@@ -26,7 +27,7 @@ from emolens.crossmodel.similarity import (
 from emolens.crossmodel.transfer import transfer
 from emolens.errors import EmolensError, arg
 
-__all__ = ["ModelActivations", "compare_models", "load_resid"]
+__all__ = ["ModelActivations", "compare_models", "from_store", "load_resid"]
 
 
 @dataclass
@@ -57,6 +58,24 @@ def load_resid(path: str | Path) -> ModelActivations:
     return ModelActivations(str(z["model"]), z["resid"], [int(x) for x in z["layers"]], int(z["n_layers"]),
                             [str(x) for x in z["ids"]], z["labels"].astype(str), z["ratings"],
                             tuple(str(x) for x in z["appraisals"]))
+
+
+def from_store(store_dir: str | Path, dataset, name: str, n_layers: int, site: str = "resid",
+               position: int = -1) -> ModelActivations:
+    """A study's extract store as :class:`ModelActivations`: ``site`` at ``position`` for every stored
+    layer, labels and ratings of the store's items from ``dataset`` (the study's own data).
+
+    Why: ``emolens compare`` measures how alike two studied models represent emotions from what
+    their runs already stored, without running either model again."""
+    store = ActivationStore.open(store_dir)
+    if site not in store.sites or position not in store.positions:
+        raise EmolensError(f"store {str(store_dir)!r} holds no {site} at position {position}",
+                           f"extract {site} at position {position} in both studies")
+    items = dataset.subset(np.asarray(store.item_ids, dtype=object).astype(str))
+    values = np.asarray(store.read(site)[:, :, store.positions.index(position)], dtype=np.float32)
+    return ModelActivations(name, values, [int(x) for x in store.layers_of(site)], int(n_layers), list(items.ids),
+                            np.asarray(items.labels, dtype=object).astype(str), np.asarray(items.appraisals),
+                            tuple(items.appraisal_names))
 
 
 def _shared(a: ModelActivations, b: ModelActivations) -> tuple[np.ndarray, np.ndarray]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import html
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ from emolens.report.page import table_html
 from emolens.report.plotting import SITE_COLORS, fig_png, main_position, numeric_positions, subplots
 from emolens.report.probe_figures import probe_curves
 from emolens.report.runs import model_runs, relative_depth
+from emolens.report.similarity_section import similarity_html
 
 COLUMNS = ("probe", "patch", "ablate", "steer")
 TITLES = {"probe": "emotion probe accuracy", "patch": "activation patching", "ablate": "ablation",
@@ -57,8 +59,13 @@ def curve_panel(ax, table, n_layers, pick_metric, group_col="site", fixed=None):
     return metric
 
 
-def compare_runs(run_dirs: list[Path], out: Path) -> dict[str, Path]:
-    """Draw the cross-model figure and peak table for every model in ``run_dirs`` into ``out``."""
+def compare_runs(run_dirs: list[Path], out: Path, similarity: Callable[[list], Sequence] | None = None
+                 ) -> dict[str, Path]:
+    """Draw the cross-model figure and peak table for every model in ``run_dirs`` into ``out``.
+
+    ``similarity(models)``, when given, measures every pair of the models (see
+    :func:`emolens.study.similarity.pair_similarity`); the page then states CKA, RSA and transfer.
+    """
 
     models = []
     for run_dir in run_dirs:
@@ -137,8 +144,9 @@ def compare_runs(run_dirs: list[Path], out: Path) -> dict[str, Path]:
             f"<p>{len(models)} model(s) from {len(run_dirs)} run(s); layers 1-indexed; relative depth = "
             "(layer + 1) / n_layers.</p>"
             f"<img style='max-width:100%' src='data:image/png;base64,{base64.b64encode(png).decode()}'>"
-            f"<h2>Peaks</h2>{table_html(peaks, 500)}<p>Runs: {html.escape(', '.join(map(str, run_dirs)))}</p>"
-            "</body></html>")
+            f"<h2>Peaks</h2>{table_html(peaks, 500)}"
+            + (similarity_html(similarity(models), out) if similarity is not None else "")
+            + f"<p>Runs: {html.escape(', '.join(map(str, run_dirs)))}</p></body></html>")
     atomic_write_bytes(out / "compare.html", page.encode())
     return {"figure": out / "compare.png", "peaks": out / "peaks.csv", "html": out / "compare.html"}
 
