@@ -459,6 +459,39 @@ def test_report_summary_survives_all_nan_tables():
     assert isinstance(summary_text(found), str)
 
 
+def test_the_knockout_finding_names_the_source_it_reports():
+    """Knockout tables hold one curve per key source; the summary reports the context source when
+    there is one (whatever order the config listed them in), else names the source it reports."""
+    from emolens.report.findings import findings, summary_text
+    from emolens.report.runs import ModelRun
+
+    def table(kinds):
+        rows = []
+        for kind, dip in kinds:
+            for w in (1, 2, 3):
+                rows.append({"analysis": "knockout", "kind": kind, "site": "attn_edge", "window_center": w,
+                             "metric": "agreement", "value": 0.2 if w == dip else 0.9, "position": -1,
+                             "head": np.nan})
+        return pd.DataFrame(rows)
+
+    def found(kinds):
+        class Run(ModelRun):
+            def table(self, name):
+                return table(kinds) if name == "knockout" else None
+
+            def json(self, stage, name):
+                return None
+
+        return findings(Run(Path("."), "m", {"models": {"m": {"spec": "m", "n_layers": 4}}}))
+
+    f = found([("keys=instruction", 3), ("keys=context", 1)])
+    assert f["knockout_dip"]["sites"]["attn_edge"] == {"layer": 1, "value": 0.2, "kind": "keys=context"}
+    assert "answer-cue to context attention" in summary_text(f)
+    f = found([("keys=shots", 2), ("keys=instruction", 3)])
+    assert f["knockout_dip"]["sites"]["attn_edge"]["layer"] == 2
+    assert "answer-cue to shots attention" in summary_text(f)
+
+
 # ---------------------------------------------------------------------------------- steer stage
 
 

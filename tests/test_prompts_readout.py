@@ -36,6 +36,15 @@ def test_t3_starts_with_context_and_first_word_task():
     assert fw.text.startswith("What is the first word") and "Answer: My Context:" in fw.text
 
 
+def test_t2_lists_exactly_the_labels_that_are_scored():
+    """T2 names the emotions to choose from: the paper's sentence for its 13, else the spec's labels."""
+    paper = PromptSpec(template="T2").build("a text").text
+    assert paper.startswith(INSTRUCTIONS["T2"])
+    own = PromptSpec(template="T2", labels=("joy", "anger", "calm")).build("a text").text
+    assert own.startswith("Consider this list of emotions: joy, anger, calm. What are the inferred emotions")
+    assert "boredom" not in own.split("?")[0] and "neutral" not in own.split("?")[0]
+
+
 def test_custom_template_and_variants():
     prompt = PromptSpec(template="Text: {text}\nEmotion:").build("I won.")
     assert prompt.text == "Text: I won.\nEmotion:"

@@ -121,8 +121,21 @@ class PromptSpec:
             prompt = _few_shot(FIRST_WORD_INSTRUCTION, FIRST_WORD_SHOTS, text, self.separator)
         else:
             shots = tuple((SHOT_POOL[e], e) for e in self.shots)
-            prompt = _few_shot(INSTRUCTIONS[self.template], shots, text, self.separator)
+            prompt = _few_shot(instruction(self.template, self.labels), shots, text, self.separator)
         return _wrap_chat(prompt, tokenizer) if self.chat else prompt
+
+
+def instruction(template: str, labels: Sequence[str] = EMOTIONS) -> str:
+    """The instruction of a named template for a label set.
+
+    T2 names the emotions to choose from. With the paper's 13 it is the paper's sentence word for
+    word; with another label set (``--labels``, a corpus of its own) it lists those labels, so
+    the prompt never offers answers that are not scored.
+    """
+    if template == "T2" and set(labels) != set(EMOTIONS):
+        return (f"Consider this list of emotions: {', '.join(labels)}. "
+                "What are the inferred emotions in the following contexts?")
+    return INSTRUCTIONS[template]
 
 
 def parse_shots(value: str | Sequence[str] | None) -> tuple[str, ...]:

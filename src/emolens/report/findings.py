@@ -84,13 +84,16 @@ def findings(mr: ModelRun) -> dict[str, Any]:
             t = t[t.position == pos]
         per_site = {}
         for site, g in t.groupby("site"):
-            g = g.groupby("window_center", as_index=False)["value"].mean() if "kind" not in g else (
-                g[g["kind"] == g["kind"].iloc[0]].groupby("window_center", as_index=False)["value"].mean())
-            g = g.dropna(subset=["value"])
+            kind = None
+            if "kind" in g:  # one condition kind per curve: knockout's context source when it has one, else the first
+                kinds = list(dict.fromkeys(g["kind"]))
+                kind = "keys=context" if name == "knockout" and "keys=context" in kinds else kinds[0]
+                g = g[g["kind"] == kind]
+            g = g.groupby("window_center", as_index=False)["value"].mean().dropna(subset=["value"])
             if g.empty:  # e.g. patching transfer is undefined when no pair's clean readouts differ
                 continue
             row = g.loc[g.value.idxmax() if pick == "max" else g.value.idxmin()]
-            per_site[site] = {"layer": int(row.window_center), "value": float(row.value)}
+            per_site[site] = {"layer": int(row.window_center), "value": float(row.value), "kind": kind}
         out[key] = {"metric": metric, "sites": per_site}
         site = "attn" if "attn" in per_site else (next(iter(per_site)) if per_site else None)
         peak = peak_sentence(peak_row(peaks(mr, name), name, site), n)
@@ -150,7 +153,9 @@ def summary_text(f: dict[str, Any]) -> str:
                      f"({f['ablate_dip']['metric']} {d['value']:.2f})" + _peak(f["ablate_dip"]))
     if f.get("knockout_dip", {}).get("sites"):
         k = next(iter(f["knockout_dip"]["sites"].values()))
-        parts.append(f"Blocking answer-cue to context attention hurts most with the window centred on {at(k['layer'])} "
+        source = str(k.get("kind") or "keys=context").split("=", 1)[-1]
+        parts.append(f"Blocking answer-cue to {source} attention hurts most with the window centred on "
+                     f"{at(k['layer'])} "
                      f"({f['knockout_dip']['metric']} {k['value']:.2f}; a lower bound, as only direct edges are cut)"
                      + _peak(f["knockout_dip"]))
     if "steer_peak" in f:
