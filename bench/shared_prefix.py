@@ -32,7 +32,7 @@ def main() -> None:
 
     from emolens.data.loading import load_dataset
     from emolens.engine.intervention import Capture, run_forward
-    from emolens.engine.shared_prefix import prefix_state, run_suffix, shared_prefix_length, suffix_batch
+    from emolens.engine.shared_prefix import pad_id, prefix_state, run_suffix, shared_prefix_length, suffix_batch
     from emolens.inputs.batching import iter_batches
     from emolens.inputs.prompts import PromptSpec, build_prompts
     from emolens.model.loading import load_model
@@ -53,7 +53,7 @@ def main() -> None:
         _, full = run_forward(lm, batch, ops, need_logits=False)
         cpu_full += time.process_time() - tic
         tok_full += batch.input_ids.numel()
-        suffix = suffix_batch(batch, prefix, lm.tokenizer.pad_token_id)
+        suffix = suffix_batch(batch, prefix, pad_id(lm))
         if suffix is None:
             fallbacks += 1
             continue

@@ -241,16 +241,17 @@ def bank_from_store(store_dir: str | Path, dataset, layers: Sequence[int], metho
     return compute_bank(store_resid(store_dir, dataset, layers), layers, dataset, method, appraisals, seed=seed)
 
 
-def store_resid(store_dir: str | Path, dataset, layers: Sequence[int]) -> torch.Tensor:
-    """``dataset``'s residual stream at the answer cue from an activation store: ``[N, len(layers), d]``
-    float32, what :func:`capture_resid` computes on the prompts the store was extracted with."""
-    store = ActivationStore.open(store_dir)
+def store_resid(store: str | Path | ActivationStore, dataset, layers: Sequence[int]) -> torch.Tensor:
+    """``dataset``'s residual stream at the answer cue from an activation store (a folder, or one already
+    open): ``[N, len(layers), d]`` float32, what :func:`capture_resid` computes on the prompts the store
+    was extracted with."""
+    store = store if isinstance(store, ActivationStore) else ActivationStore.open(store)
     if -1 not in store.positions:
-        raise EmolensError(f"store {str(store_dir)!r} has no position -1", "extract with positions -1")
+        raise EmolensError(f"store {str(store.root)!r} has no position -1", "extract with positions -1")
     stored = store.layers_of("resid") if "resid" in store.sites else []
     missing = [layer for layer in layers if layer not in stored]
     if missing:
-        raise EmolensError(f"store {str(store_dir)!r} lacks resid layers {missing}", "extract those layers")
+        raise EmolensError(f"store {str(store.root)!r} lacks resid layers {missing}", "extract those layers")
     arr = store.read("resid")
     rows = store.index_of(dataset.ids)
     p = store.positions.index(-1)
@@ -272,7 +273,7 @@ def store_acts(store_dir: str | Path, spec) -> Callable[[object, Sequence[int]],
 
     def acts(items, layers: Sequence[int]) -> torch.Tensor | None:
         try:
-            return store_resid(store_dir, items, layers)
+            return store_resid(store, items, layers)  # opened (and checked) once above
         except EmolensError:
             return None
 

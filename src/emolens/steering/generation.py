@@ -17,10 +17,9 @@ from transformers import DynamicCache
 
 from emolens.engine.intervention import Intervention
 from emolens.engine.prefix import tile_cache
-from emolens.engine.runner import ConditionRunner
 from emolens.engine.scoring import LabelScorer
-from emolens.inputs.batching import iter_batches
 from emolens.inputs.prompts import PromptSpec, build_prompts
+from emolens.readout import score_prompts
 from emolens.steering.apply import steer_positions, steering_op
 from emolens.steering.sweep import Condition, layers_text
 
@@ -349,17 +348,6 @@ def degenerate(text: str, mean_logp: float, clean: tuple[str, float] | None = No
     return bool(fluency_flags(text, mean_logp, clean))
 
 
-def _read_emotions(lm, texts: Sequence[str], spec: PromptSpec) -> np.ndarray:
-    """Label log-probabilities ``[N, K]`` of ``texts`` on ``spec``'s prompt, unsteered (the model's own readout)."""
-    prompts = build_prompts(list(texts), spec, lm.tokenizer)
-    runner = ConditionRunner(lm, LabelScorer.build(lm.tokenizer, spec.labels, prompts[0].text, prompts[0].label_prefix))
-    runner.share_prefix(prompts)
-    scores = np.zeros((len(prompts), len(spec.labels)))
-    for batch in iter_batches(lm.tokenizer, prompts, 8, lm.device):
-        scores[batch.indices] = runner.read(batch).scores.double().numpy()
-    return scores
-
-
 def steered_generations(lm, dataset, conditions: Sequence[Condition], n_items: int = 3,
                         spec: PromptSpec | None = None, max_new_tokens: int = 24,
                         clean_label: Callable | None = None) -> list[dict]:
@@ -386,8 +374,10 @@ def steered_generations(lm, dataset, conditions: Sequence[Condition], n_items: i
             settings.append((c, generate_steered(lm, texts, list(c.layers), c.vector, c.position, max_new_tokens)))
     # every setting's readout in one pass (the template's shared tokens once), and every continuation's
     # fluency on one run of its item's text (clean and steered replies share it)
-    all_scores = _read_emotions(lm, [f"{t} {x.strip()}".strip() for _, conts in settings
-                                     for t, x in zip(texts, conts, strict=True)], spec)
+    prompts = build_prompts([f"{t} {x.strip()}".strip() for _, conts in settings
+                             for t, x in zip(texts, conts, strict=True)], spec, lm.tokenizer)
+    reader = LabelScorer.build(lm.tokenizer, spec.labels, prompts[0].text, prompts[0].label_prefix)
+    all_scores = score_prompts(lm, prompts, reader, batch_size=8)[0].astype(np.float64)
     all_fluency = continuation_logprob(lm, texts * len(settings), [x for _, conts in settings for x in conts])
     records = []
     clean_fluency = all_fluency[:len(texts)]

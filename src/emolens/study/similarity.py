@@ -37,30 +37,37 @@ class PairSimilarity:
     why: str | None = None
 
 
-def model_activations(mr: ModelRun) -> ModelActivations:
-    """A run's stored residual stream at the answer cue, with its items' labels and ratings."""
+def model_activations(mr: ModelRun, loaded: dict | None = None) -> ModelActivations:
+    """A run's stored residual stream at the answer cue, with its items' labels and ratings.
+
+    ``loaded`` (run folder -> its dataset) keeps a run's data for its other models: it is loaded,
+    and its fingerprint checked, once per run."""
     folder = stage_dir(mr.run_dir, mr.slug, "extract")
     if folder is None:
         raise EmolensError(f"{mr.label} in {mr.run_dir.name} has no finished extract stage",
                            "add extract (resid at position -1) to the study's stages")
     if not mr.n_layers:
         raise EmolensError(f"{mr.label} has no finished readout, so its depth is unknown")
-    cfg = config_from_dict(mr.meta.get("config", {}), str(Path(mr.run_dir) / "run.json"))
-    data = resolve_dataset(cfg).dataset
-    recorded = mr.meta.get("dataset", {}).get("fingerprint")
-    if recorded and data.fingerprint() != recorded:
-        raise EmolensError(f"the data of {mr.run_dir.name} cannot be reloaded here (its fingerprint differs)",
-                           "compare on the machine, or with the corpus copy, the runs used")
-    return from_store(Path(folder) / "store", data, mr.spec, mr.n_layers)
+    loaded = {} if loaded is None else loaded
+    if mr.run_dir not in loaded:
+        cfg = config_from_dict(mr.meta.get("config", {}), str(Path(mr.run_dir) / "run.json"))
+        data = resolve_dataset(cfg).dataset
+        recorded = mr.meta.get("dataset", {}).get("fingerprint")
+        if recorded and data.fingerprint() != recorded:
+            raise EmolensError(f"the data of {mr.run_dir.name} cannot be reloaded here (its fingerprint differs)",
+                               "compare on the machine, or with the corpus copy, the runs used")
+        loaded[mr.run_dir] = data
+    return from_store(Path(folder) / "store", loaded[mr.run_dir], mr.spec, mr.n_layers)
 
 
 def pair_similarity(models: list[ModelRun], n_boot: int = 200, n_perm: int = 999, seed: int = 0
                     ) -> list[PairSimilarity]:
     """:func:`~emolens.crossmodel.compare.compare_models` for every pair of ``models``."""
     acts: dict[int, ModelActivations | str] = {}
+    loaded: dict = {}
     for i, mr in enumerate(models):
         try:
-            acts[i] = model_activations(mr)
+            acts[i] = model_activations(mr, loaded)
         except EmolensError as exc:
             acts[i] = str(exc)
     out = []
