@@ -49,6 +49,8 @@ def test_success_is_0(tmp_path):
 @pytest.mark.parametrize("args", [
     ["readout", "--model", "tiny:llama", "--data", "stimuli", "--bogus-flag"],
     ["readout", "--model", "tiny:llama", "--data", "/nope/data.csv", "--out", "r"],
+    ["compare", "runs/any", "--out", "r", "--boot", "0"],
+    ["compare", "runs/any", "--out", "r", "--permutations", "-5"],
     [],
 ])
 def test_bad_input_is_2_with_one_line(tmp_path, args):
@@ -56,6 +58,7 @@ def test_bad_input_is_2_with_one_line(tmp_path, args):
     assert done.returncode == 2
     assert done.stderr.startswith("emolens: error:") and done.stderr.count("\n") == 1, done.stderr
     assert "Traceback" not in done.stderr
+    assert not (tmp_path / "r").exists()  # nothing written that could look like a result
 
 
 def test_failed_stage_is_1(tmp_path):

@@ -359,6 +359,24 @@ def test_compare_measures_how_alike_two_studied_models_represent_emotions(tmp_pa
     np.testing.assert_allclose(got["cka"]["cka_lo"], want["cka"]["cka_lo"])
     np.testing.assert_allclose(got["rsa"]["rho"], want["rsa"]["rho"])
     assert got["rsa"]["p_holm"].between(0, 1).all() and (got["rsa"]["p_holm"] >= got["rsa"]["p"]).all()
+    with pytest.raises(SystemExit) as exc:  # the page marks a finished result
+        main(["compare", str(result.run_dir), "--out", str(out)])
+    assert exc.value.code == 2
+    (out / "compare.html").unlink()  # a compare that stopped before its page is not a finished result
+    main(["compare", str(bare.run_dir), "--out", str(out)])
+    assert (out / "compare.html").exists()
+
+
+def test_compare_of_one_model_loads_no_data(base_run, monkeypatch):
+    from emolens.report.runs import model_runs
+    from emolens.study import similarity
+
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("a single model has no pair: its store and data must not be loaded")
+
+    monkeypatch.setattr(similarity, "model_activations", refuse)
+    _, first = base_run
+    assert similarity.pair_similarity(model_runs(first.run_dir)) == []
 
 
 def test_failed_stage_is_recorded_and_the_rest_runs(base_run, tmp_path, monkeypatch):

@@ -12,6 +12,7 @@ from pathlib import Path
 import typer
 
 from emolens.cli import options as opt
+from emolens.errors import EmolensError
 
 
 def register(app: typer.Typer) -> None:
@@ -34,7 +35,10 @@ def register(app: typer.Typer) -> None:
         from emolens.report.compare import compare_runs  # lazy: pandas/matplotlib would slow `emolens --help`
         from emolens.study.similarity import pair_similarity
 
-        prepare_out_dir(out, force, marker="peaks.csv")
+        if boot < 1 or permutations < 1:
+            raise EmolensError(f"--boot {boot} and --permutations {permutations} must both be at least 1",
+                               "pass e.g. --boot 200 --permutations 999, or --no-similarity")
+        prepare_out_dir(out, force, marker="compare.html")  # the page is written last: it marks a finished result
         measure = partial(pair_similarity, n_boot=boot, n_perm=permutations, seed=seed) if similarity else None
         paths = compare_runs(list(runs), out, similarity=measure)
         typer.echo(f"figure: {paths['figure']}; peaks: {paths['peaks']}; page: {paths['html']}")

@@ -51,6 +51,8 @@ def model_activations(mr: ModelRun, loaded: dict | None = None) -> ModelActivati
     loaded = {} if loaded is None else loaded
     if mr.run_dir not in loaded:
         cfg = config_from_dict(mr.meta.get("config", {}), str(Path(mr.run_dir) / "run.json"))
+        # the run's own data or nothing: no fallback (its fingerprint would differ anyway), no warning about one
+        cfg = cfg.model_copy(update={"dataset": cfg.dataset.model_copy(update={"fallback": None})})
         data = resolve_dataset(cfg).dataset
         recorded = mr.meta.get("dataset", {}).get("fingerprint")
         if recorded and data.fingerprint() != recorded:
@@ -63,6 +65,8 @@ def model_activations(mr: ModelRun, loaded: dict | None = None) -> ModelActivati
 def pair_similarity(models: list[ModelRun], n_boot: int = 200, n_perm: int = 999, seed: int = 0
                     ) -> list[PairSimilarity]:
     """:func:`~emolens.crossmodel.compare.compare_models` for every pair of ``models``."""
+    if len(models) < 2:  # no pair: nothing to load
+        return []
     acts: dict[int, ModelActivations | str] = {}
     loaded: dict = {}
     for i, mr in enumerate(models):
