@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from emolens.activations.store import ActivationStore, prepare_store, storage_dtype
+from emolens.activations.store import ActivationStore, bfloat16_bits, prepare_store, storage_dtype
 from emolens.engine.ops import Capture
 from emolens.engine.positions import position_items
 from emolens.engine.runner import ConditionRunner
@@ -29,22 +29,28 @@ from emolens.inputs.batching import iter_batches
 from emolens.inputs.prompts import PromptSpec, build_prompts
 from emolens.model.sites import SITES
 
-_TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16}
+_TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def store_dtype_for(name: str, model_dtype: torch.dtype) -> str:
-    """The store dtype ``name`` stands for: ``auto`` is the model's compute dtype where a store holds it.
+    """The store dtype ``name`` stands for: ``auto`` is the model's compute dtype.
 
-    A float32 model stores float32 (nothing is lost on a CPU), a float16 model float16 (half the
-    disk of float32 for the same values). A bfloat16 model stores float16: it has more mantissa bits
-    (10 vs 7) and covers bfloat16's values exactly between 2^-14 and 65504, so the activations are
-    kept bit for bit at half of float32's size; a value outside that range is refused by the
-    finite-value check with the fix (``float32``). ``float32`` and ``float16`` are taken as given.
+    A float32 model stores float32 (nothing is lost on a CPU), a float16 model float16 and a
+    bfloat16 model bfloat16: the activations are kept bit for bit at half of float32's size. (float16
+    would not do for bfloat16: it overflows above 65504 and loses bits below 2^-14.) ``float32``,
+    ``float16`` and ``bfloat16`` are taken as given on any model; a stored value is the capture cast
+    to that dtype, so a float32 model's activations are rounded by ``bfloat16`` or ``float16``, and
+    ``float16`` refuses a value it cannot hold (the finite-value check names the fix).
     """
     if name != "auto":
         storage_dtype(name)
         return name
-    return "float32" if model_dtype == torch.float32 else "float16"
+    return {torch.float16: "float16", torch.bfloat16: "bfloat16"}.get(model_dtype, "float32")
+
+
+def _stored(block: torch.Tensor, dtype: str) -> np.ndarray:
+    """A captured block as the store's buffer holds it (bfloat16: its bit patterns; NumPy has no bfloat16)."""
+    return bfloat16_bits(block) if dtype == "bfloat16" else block.numpy()
 
 
 def parse_sites(sites: str | Sequence[str]) -> list[str]:
@@ -120,13 +126,12 @@ def extract(lm, dataset, out: str | Path, sites: str | Sequence[str] = ("attn", 
     ``positions`` are relative ints (−1 = answer cue) and/or span names (``context``, ``all``,
     ...; stored mean-pooled). ``on_chunk(k)`` runs after chunk ``k`` is committed (tests inject
     kills there). ``dtype`` is the store's: ``auto`` (the model's compute dtype, see
-    :func:`store_dtype_for`), ``float16`` or ``float32``. Returns the complete store.
+    :func:`store_dtype_for`), ``bfloat16``, ``float16`` or ``float32``. Returns the complete store.
     """
     spec = spec or PromptSpec()
     site_list = parse_sites(sites)
     pos = position_items(positions)
     dtype = store_dtype_for(dtype, lm.dtype)
-    np_dtype = storage_dtype(dtype)
     if batch_size < 1 or chunk_size < 1:
         raise EmolensError(f"{arg('batch_size', batch_size)} and {arg('chunk_size', chunk_size)} must be positive",
                            "pass 1 or more")
@@ -164,7 +169,7 @@ def extract(lm, dataset, out: str | Path, sites: str | Sequence[str] = ("attn", 
     bar = tqdm(total=len(dataset), initial=done_items, desc="extract", unit="item", disable=not progress)
     try:
         share_keep = -min(pos) if pos and all(isinstance(p, int) and p < 0 for p in pos) else 0
-        _fill(writer, todo, lm, dataset, prompts, spec, ops, layout, site_list, np_dtype, reader, batch_size,
+        _fill(writer, todo, lm, dataset, prompts, spec, ops, layout, site_list, dtype, reader, batch_size,
               bar, on_chunk, share_keep)
     except BaseException:
         writer.release()  # a failed or interrupted writer frees the store for the rerun
@@ -174,7 +179,7 @@ def extract(lm, dataset, out: str | Path, sites: str | Sequence[str] = ("attn", 
     return writer.finish()
 
 
-def _fill(writer, todo, lm, dataset, prompts, spec, ops, layout, site_list, np_dtype, reader, batch_size, bar,
+def _fill(writer, todo, lm, dataset, prompts, spec, ops, layout, site_list, dtype: str, reader, batch_size, bar,
           on_chunk, share_keep: int = 0) -> None:
     """Compute and commit the chunks in ``todo`` (each batch one clean read of the engine's runner).
 
@@ -197,10 +202,10 @@ def _fill(writer, todo, lm, dataset, prompts, spec, ops, layout, site_list, np_d
                 for site in site_list:
                     parts = [caps[name][:, :, j] for name, j in layout[site]]
                     block = torch.stack(parts, 2)  # [b, L, P, *w]
-                    if np_dtype == np.float16 and not bool(torch.isfinite(block).all()):
+                    if dtype == "float16" and not bool(torch.isfinite(block).all()):
                         raise EmolensError(f"activations at {site!r} overflow float16",
-                                           f"extract with {arg('dtype', 'float32')}")
-                    buffers[site][batch.indices] = block.numpy()
+                                           f"extract with {arg('dtype', 'bfloat16')} or {arg('dtype', 'float32')}")
+                    buffers[site][batch.indices] = _stored(block, dtype)
                 if reader is not None:
                     scores[batch.indices] = got.scores.numpy()
                     for i, tok_id in zip(batch.indices, got.top.tolist(), strict=True):

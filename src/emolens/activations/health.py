@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from emolens.activations.files import FORMAT, dump, join_readout
+from emolens.activations.files import FORMAT, dump, join_readout, storage_dtype
 from emolens.paths import atomic_write_bytes
 
 __all__ = ["StoreCheck", "check_store", "chunk_crc", "npy_layout", "read_json", "repair_store"]
@@ -119,7 +119,7 @@ def check_store(root: str | Path, full: bool = True) -> StoreCheck:
     sums = check.progress.get("checksums", {})
     for site, spec in manifest["arrays"].items():
         path = root / f"{site}.npy"
-        shape, dtype = tuple(spec["shape"]), np.dtype(spec["dtype"])
+        shape, dtype = tuple(spec["shape"]), storage_dtype(spec["dtype"])
         if not path.exists():
             check.problems.append(f"{site}.npy is missing")
             check.recreate.add(site)
@@ -193,14 +193,14 @@ def repair_store(check: StoreCheck) -> list[str]:
     for site in sorted(check.recreate):
         spec = manifest["arrays"][site]
         tmp = root / f"{site}.npy.tmp"
-        mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.dtype(spec["dtype"]), shape=tuple(spec["shape"]))
+        mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=storage_dtype(spec["dtype"]), shape=tuple(spec["shape"]))
         del mm
         os.replace(tmp, root / f"{site}.npy")
         done.append(f"recreated {site}.npy")
     for site in sorted(check.extend):
         spec = manifest["arrays"][site]
         offset = npy_layout(root / f"{site}.npy")[0]
-        dtype = np.dtype(spec["dtype"])
+        dtype = storage_dtype(spec["dtype"])
         os.truncate(root / f"{site}.npy", offset + int(np.prod(spec["shape"], dtype=np.int64)) * dtype.itemsize)
         done.append(f"restored the size of {site}.npy")
     n_chunks = _n_chunks(manifest)

@@ -3,7 +3,8 @@
 Layout of a store folder::
 
     manifest.json     what was extracted, from what (model, weights, data, prompts, sites...)
-    <site>.npy        a standard .npy file; readers memory-map it (np.load(mmap_mode="r"))
+    <site>.npy        a standard .npy file; readers memory-map it (np.load(mmap_mode="r")); a
+                      bfloat16 site holds its raw bit patterns as uint16 (see :class:`Bfloat16Array`)
     manifest.backup.json  a copy of the manifest, so a damaged manifest can be restored
     progress.json     {"chunks_done": k, "checksums": {chunk: {site: crc32}}, "redo": [...]} --
                       replaced atomically after each chunk is durable
@@ -35,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from emolens.activations.files import FORMAT, VERSION, join_readout
+from emolens.activations.files import FORMAT, STORE_DTYPES, VERSION, join_readout, storage_dtype
 from emolens.activations.files import dump as _dump
 from emolens.activations.health import BACKUP, check_store, chunk_crc, read_json, repair_store
 from emolens.errors import EmolensError, arg
@@ -43,15 +44,68 @@ from emolens.locks import LOCK_NAME, WriterLock
 from emolens.notices import warn
 from emolens.paths import atomic_write_bytes
 
-STORE_DTYPES: dict[str, np.dtype] = {"float32": np.dtype("float32"), "float16": np.dtype("float16")}
+__all__ = ["STORE_DTYPES", "ActivationStore", "Bfloat16Array", "StoreWriter", "bfloat16_bits", "decode_bfloat16",
+           "prepare_store", "storage_dtype"]
+
 _OWN = {"manifest.json", "progress.json", "COMPLETE", "readout.parquet", "readout", BACKUP, LOCK_NAME}
 
 
-def storage_dtype(name: str) -> np.dtype:
-    """A storage dtype by name; bfloat16 has no NumPy dtype, so it is refused with the fix."""
-    if name not in STORE_DTYPES:
-        raise EmolensError(f"unknown storage dtype {name!r}", f"use one of {list(STORE_DTYPES)}")
-    return STORE_DTYPES[name]
+def bfloat16_bits(values) -> np.ndarray:
+    """``values`` (a torch tensor or array of any float dtype) rounded to bfloat16, as ``uint16`` bit patterns.
+
+    The one encoder of bfloat16 sites. A bfloat16 tensor's bits are taken unchanged, so a capture
+    made in bfloat16 is stored exactly; any other float dtype is rounded by torch (to nearest even).
+    """
+    import torch
+
+    t = values if isinstance(values, torch.Tensor) else torch.as_tensor(np.asarray(values))
+    return t.detach().to("cpu", torch.bfloat16).contiguous().view(torch.int16).numpy().view(np.uint16)
+
+
+def decode_bfloat16(bits) -> np.ndarray:
+    """float32 values of bfloat16 bit patterns: a bfloat16 is the upper half of a float32, so this is exact."""
+    return (np.asarray(bits, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32)
+
+
+class Bfloat16Array:
+    """A bfloat16 site as readers see it: indexed like a read-only memmap, giving float32.
+
+    Why: NumPy has no bfloat16, so the file is a standard ``uint16`` ``.npy`` of the bit patterns
+    (memory-mapped like any site), and this wrapper is the one place where those bits become numbers.
+    Indexing reads only the selected items from disk and widens them exactly (:func:`decode_bfloat16`),
+    so every reader that indexes ``store.read(site)`` -- probes, steering, compare -- gets the true
+    values without knowing the encoding. ``raw`` is the memmap of the bits.
+    """
+
+    dtype = np.dtype(np.float32)
+
+    def __init__(self, raw: np.ndarray):
+        self.raw = raw
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.raw.shape
+
+    @property
+    def ndim(self) -> int:
+        return self.raw.ndim
+
+    @property
+    def size(self) -> int:
+        return self.raw.size
+
+    def __len__(self) -> int:
+        return len(self.raw)
+
+    def __getitem__(self, index) -> np.ndarray:
+        return decode_bfloat16(self.raw[index])
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        values = decode_bfloat16(self.raw)
+        return values if dtype is None else values.astype(dtype, copy=False)
+
+    def __repr__(self) -> str:
+        return f"Bfloat16Array(shape={self.shape}, decoded to float32)"
 
 
 def library_versions() -> dict[str, str]:
@@ -142,15 +196,33 @@ class ActivationStore:
 
     # -- data ----------------------------------------------------------------------------------
 
-    def read(self, site: str) -> np.memmap:
-        """Memory-mapped, read-only ``[item, layer, position, *width]``; nothing is loaded up front."""
-        return np.load(self._path(site), mmap_mode="r")
+    def dtype(self, site: str) -> str:
+        """The storage dtype of ``site`` as the manifest names it (``float32``, ``float16`` or ``bfloat16``)."""
+        self._path(site)
+        return str(self.manifest["arrays"][site]["dtype"])
+
+    def read(self, site: str) -> np.memmap | Bfloat16Array:
+        """Read-only ``[item, layer, position, *width]``, memory-mapped; nothing is loaded up front.
+
+        A float32/float16 site is the ``np.memmap`` itself; a bfloat16 site is a
+        :class:`Bfloat16Array` over the memmap of its bits, which decodes to float32 what is indexed
+        (NumPy has no bfloat16). Either way, indexing gives the stored values as numbers.
+        """
+        raw = np.load(self._path(site), mmap_mode="r")
+        return Bfloat16Array(raw) if self.dtype(site) == "bfloat16" else raw
 
     def torch(self, site: str):
-        """A CPU tensor viewing the file (copy-on-write map, so torch gets a writable buffer)."""
+        """A CPU tensor viewing the file (copy-on-write map, so torch gets a writable buffer).
+
+        A bfloat16 site is a ``torch.bfloat16`` view of the same bytes (torch has the dtype NumPy
+        lacks), so it costs no copy and no decode.
+        """
         import torch
 
-        return torch.from_numpy(np.load(self._path(site), mmap_mode="c"))
+        raw = np.load(self._path(site), mmap_mode="c")
+        if self.dtype(site) == "bfloat16":
+            return torch.from_numpy(raw.view(np.int16)).view(torch.bfloat16)
+        return torch.from_numpy(raw)
 
     def readout(self):
         """The stored label readout as a DataFrame (id, gold, pred, correct, top1, logp_<label>)."""
@@ -203,9 +275,13 @@ class StoreWriter:
         return range(chunk * self.chunk_size, min(self.n_items, (chunk + 1) * self.chunk_size))
 
     def buffers(self, chunk: int) -> dict[str, np.ndarray]:
-        """Fresh host buffers for one chunk of every site (the only host memory the data needs)."""
+        """Fresh host buffers for one chunk of every site (the only host memory the data needs).
+
+        Each is in the site's file dtype: a bfloat16 site's buffer is ``uint16`` and takes the bit
+        patterns of :func:`bfloat16_bits`.
+        """
         n = len(self.chunk_range(chunk))
-        return {site: np.zeros((n, *spec["shape"][1:]), dtype=spec["dtype"])
+        return {site: np.zeros((n, *spec["shape"][1:]), dtype=storage_dtype(spec["dtype"]))
                 for site, spec in self.manifest["arrays"].items()}
 
     def commit(self, chunk: int, buffers: Mapping[str, np.ndarray], readout=None) -> None:
@@ -216,7 +292,11 @@ class StoreWriter:
         start = self.chunk_range(chunk).start
         sums = {}
         for site, spec in self.manifest["arrays"].items():
-            buf = np.ascontiguousarray(buffers[site], dtype=spec["dtype"])
+            file_dtype = storage_dtype(spec["dtype"])
+            if spec["dtype"] == "bfloat16" and np.asarray(buffers[site]).dtype != file_dtype:
+                # a float buffer would be cast to integers, not encoded: refuse rather than store junk
+                raise ValueError(f"buffer of bfloat16 site {site} must hold uint16 bit patterns (bfloat16_bits)")
+            buf = np.ascontiguousarray(buffers[site], dtype=file_dtype)
             if buf.shape != (len(self.chunk_range(chunk)), *spec["shape"][1:]):
                 raise ValueError(f"buffer of {site} has shape {buf.shape}")
             row_bytes = buf[0].nbytes if len(buf) else 0

@@ -28,8 +28,9 @@ def register(app: typer.Typer) -> None:
                                                  "answer cue token, -2 the one before): '-1,-2', '-5:'; or span "
                                                  "names (context, instruction, shots, answer, all; mean-pooled)"),
         readout: bool = typer.Option(False, help="also store the label scores per item (readout.parquet)"),
-        dtype: str = typer.Option("auto", help="storage dtype: auto (the model's: float32 on CPU, float16 for a "
-                                               "bf16/fp16 model), float16 or float32"),
+        dtype: str = typer.Option("auto", help="storage dtype: auto (the model's own: float32, float16 or "
+                                               "bfloat16, kept bit for bit), bfloat16, float16 or float32; "
+                                               "bfloat16/float16 round a float32 model's values"),
         limit: int = opt.limit_option(),
         seed: int = opt.seed_option(),
         batch_size: int = opt.batch_size_option(),

@@ -120,9 +120,10 @@ class ReadoutConfig(_Section):
 
 
 class ExtractConfig(_Section):
-    #: the store's dtype; ``auto``: the model's compute dtype (float32 on a CPU, float16 for a
-    #: float16 or bfloat16 model on a GPU; ``activations.extract.store_dtype_for``)
-    dtype: Literal["auto", "float32", "float16"] = "auto"
+    #: the store's dtype; ``auto``: the model's compute dtype, kept bit for bit (float32 on a CPU,
+    #: float16 or bfloat16 for such a model on a GPU; ``activations.extract.store_dtype_for``);
+    #: ``bfloat16``/``float16`` on a float32 model round its values
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     chunk_size: int = Field(256, ge=1)
 
 
