@@ -92,7 +92,7 @@ def test_resume_after_kill_bit_identical(tiny_llama, dataset, tmp_path):
 def test_bad_inputs(tiny_llama, dataset, tmp_path):
     for kw, match in ((dict(sites="resid,nope"), "unknown site"), (dict(layers="9"), "out of range"),
                       (dict(positions="-1,banana"), "bad position"), (dict(positions="-60"), "outside"),
-                      (dict(dtype="bfloat16"), "storage dtype")):
+                      (dict(dtype="bfloat8"), "storage dtype")):
         with pytest.raises(EmolensError, match=match):
             extract(tiny_llama, dataset, tmp_path / f"bad-{match[:4]}", **{**KW, **kw})
 
@@ -117,6 +117,12 @@ def test_cli_extract(tmp_path, dataset, capsys):
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("emolens: error:") and "different" in err and len(err.strip().splitlines()) == 1
+    # --dtype bfloat16 on a float32 model: its values rounded, decoded to float32 on read
+    main(["extract", "--model", "tiny:gpt2", "--data", str(path), "--sites", "resid", "--dtype", "bfloat16",
+          "--out", str(tmp_path / "bf16")])
+    bf16 = ActivationStore.open(tmp_path / "bf16")
+    assert bf16.dtype("resid") == "bfloat16" and bf16.read("resid").dtype == np.float32
+    assert "8 items" in capsys.readouterr().out
 
 
 def test_a_store_the_disk_cannot_hold_is_refused_before_any_work(tiny_llama, dataset, tmp_path, monkeypatch):
@@ -137,31 +143,68 @@ def test_a_store_the_disk_cannot_hold_is_refused_before_any_work(tiny_llama, dat
     assert not (tmp_path / "store" / "manifest.json").exists()
 
 
-def test_store_dtype_follows_the_model_and_keeps_bfloat16_values_exactly(dataset, tmp_path):
-    """``auto`` stores a float32 model's activations as float32 and a bfloat16 model's as float16,
-    which holds bfloat16 values in its normal range bit for bit (checked against the captures)."""
-    import torch
-
+def test_store_dtype_follows_the_model_and_keeps_bfloat16_values_exactly(tiny_llama, dataset, tmp_path):
+    """``auto`` stores a model's activations in its compute dtype: a bfloat16 model's as bfloat16
+    (uint16 bit patterns on disk), bit for bit the capture, and every reader -- ``read``, ``torch``, the
+    probes' slice stack and streaming, steering's ``store_resid``/``store_acts`` -- gets those values.
+    A float32 request on that store is refused; explicit ``bfloat16`` on a float32 model rounds its values."""
     from emolens.activations.extract import store_dtype_for
     from emolens.engine.intervention import run_forward
     from emolens.engine.ops import Capture
-    from emolens.inputs.batching import encode
-    from emolens.inputs.prompts import PromptSpec, build_prompts
     from emolens.model.loading import load_model
+    from emolens.probes.probing import site_stack
+    from emolens.probes.slices import slice_block
+    from emolens.steering.directions import store_acts, store_resid
+    from emolens.study.config import ExtractConfig
 
     assert [store_dtype_for("auto", d) for d in (torch.float32, torch.float16, torch.bfloat16)] == \
-        ["float32", "float16", "float16"]
-    assert store_dtype_for("float32", torch.bfloat16) == "float32"
+        ["float32", "float16", "bfloat16"]
+    assert [store_dtype_for(n, torch.float32) for n in ("float32", "float16", "bfloat16")] == \
+        ["float32", "float16", "bfloat16"]
     with pytest.raises(EmolensError, match="storage dtype"):
-        store_dtype_for("bfloat16", torch.bfloat16)
+        store_dtype_for("bfloat8", torch.bfloat16)
+    assert ExtractConfig(dtype="bfloat16").dtype == "bfloat16"  # a study's extract.dtype takes it too
+    with pytest.raises(ValueError, match="bfloat16"):
+        ExtractConfig(dtype="bfloat8")
+
+    def captured(lm) -> torch.Tensor:
+        prompts = build_prompts(dataset.texts, PromptSpec(), lm.tokenizer)
+        _, run = run_forward(lm, encode(lm.tokenizer, prompts), [Capture("resid", layers="all", positions=-1)],
+                             need_logits=False)
+        return run.captures["resid"]  # [N, L, 1, d] in the model's dtype
+
     lm = load_model("tiny:llama", dtype="bfloat16")
     store = extract(lm, dataset, tmp_path / "bf16", sites=["resid"], positions=[-1], batch_size=len(dataset),
                     progress=False)
-    assert store.manifest["identity"]["dtype"] == "float16" and store.read("resid").dtype == np.float16
-    prompts = build_prompts(dataset.texts, PromptSpec(), lm.tokenizer)
-    _, run = run_forward(lm, encode(lm.tokenizer, prompts), [Capture("resid", layers="all", positions=-1)],
-                         need_logits=False)
-    want = run.captures["resid"]  # bfloat16 [N, L, 1, d]
-    assert want.dtype == torch.bfloat16
-    got = torch.from_numpy(np.array(store.read("resid"))).to(torch.bfloat16)
-    assert torch.equal(got, want)
+    want = captured(lm)
+    assert want.dtype == torch.bfloat16 and want.abs().max() > 0
+    want32 = want.float().numpy()
+    assert store.manifest["identity"]["dtype"] == "bfloat16" and store.dtype("resid") == "bfloat16"
+    assert np.load(tmp_path / "bf16" / "resid.npy", mmap_mode="r").dtype == np.uint16
+    assert torch.equal(store.torch("resid"), want)
+    assert store.read("resid").dtype == np.float32 and np.array_equal(store.read("resid")[:], want32)
+    n, L = len(dataset), want.shape[1]
+    X, slices, _ = site_stack(store, "resid", np.arange(n))  # the probes' [layers*positions, items, d]
+    assert X.dtype == np.float32 and np.array_equal(X, want32[:, :, 0].transpose(1, 0, 2))
+    assert slices == [("resid", layer, -1) for layer in range(L)]
+    cpu = torch.device("cpu")
+    for source in (store.read("resid"), store.torch("resid")):  # streamed a chunk of rows at a time
+        got = torch.cat([slice_block(source, s, min(s + 3, n), cpu, torch.float32) for s in range(0, n, 3)])
+        assert torch.equal(got, want.float())
+    layers = [0, L - 1]
+    assert torch.equal(store_resid(store, dataset, layers), want[:, layers, 0].float())
+    acts = store_acts(tmp_path / "bf16", PromptSpec())
+    assert acts is not None and torch.equal(acts(dataset, layers), want[:, layers, 0].float())
+    before = (tmp_path / "bf16" / "resid.npy").read_bytes()
+    for other in ("float32", "float16"):
+        with pytest.raises(EmolensError, match="different dtype"):
+            extract(lm, dataset, tmp_path / "bf16", sites=["resid"], positions=[-1], dtype=other, progress=False)
+    assert (tmp_path / "bf16" / "resid.npy").read_bytes() == before
+    # float16 stays available on a bfloat16 model (with its overflow check), bfloat16 on a float32 one
+    half = extract(lm, dataset, tmp_path / "f16", sites=["resid"], positions=[-1], dtype="float16", progress=False)
+    assert half.dtype("resid") == "float16" and half.read("resid").dtype == np.float16
+    rounded = extract(tiny_llama, dataset, tmp_path / "f32-as-bf16", sites=["resid"], positions=[-1],
+                      dtype="bfloat16", batch_size=len(dataset), progress=False)
+    want = captured(tiny_llama)
+    assert want.dtype == torch.float32 and not torch.equal(want.to(torch.bfloat16).float(), want)
+    assert torch.equal(rounded.torch("resid"), want.to(torch.bfloat16))

@@ -106,3 +106,87 @@ def test_foreign_folder_and_manifest(tmp_path):
     assert manifest["format"] == "emolens-activations" and manifest["item_ids"] == IDS
     assert {"created", "versions", "run", "arrays"} <= set(manifest)
     assert store.complete and not list((tmp_path / "y").glob("*.tmp"))
+
+
+# ---------------------------------------------------------------------------------------------- bfloat16
+
+BF16_IDENTITY = {**IDENTITY, "dtype": "bfloat16"}
+BF16_ARRAYS = {"resid": ((10, 2, 2, 3), "bfloat16")}
+# values float16 cannot hold: above its 65504, below its 2^-14 normal range, and bf16's own extremes
+EXTREMES = [1e5, -7e4, 3e38, 1e-6, -2.0**-20, 1e-30, 0.0, -0.0, 1.0, float("inf")]
+
+
+def bf16_values(rows: range) -> torch.Tensor:
+    """Rows of bfloat16 values, a third of them out of float16's reach."""
+    t = torch.from_numpy(data(rows)).reshape(len(rows), -1) / 7
+    t[:, :len(EXTREMES)] = torch.tensor(EXTREMES)
+    return t.reshape(len(rows), 2, 2, 3).to(torch.bfloat16)
+
+
+def write_bf16(root, stop_after: int | None = None) -> StoreWriter | ActivationStore:
+    from emolens.activations.store import bfloat16_bits
+
+    w = prepare_store(root, BF16_IDENTITY, IDS, BF16_ARRAYS, RUN)
+    if isinstance(w, ActivationStore):
+        return w
+    for chunk in w.pending():
+        buf = w.buffers(chunk)
+        buf["resid"][:] = bfloat16_bits(bf16_values(w.chunk_range(chunk)))
+        w.commit(chunk, buf)
+        if stop_after is not None and chunk == stop_after:
+            w.release()
+            return w
+    return w.finish()
+
+
+def test_bfloat16_store_round_trips_bit_for_bit(tmp_path):
+    """Values float16 would overflow or flush (1e5, 3e38, 1e-6, 1e-30) come back exactly, as float32
+    through ``read`` (whole, sliced, fancy-indexed) and as bfloat16 through ``torch``."""
+    store = write_bf16(tmp_path / "s")
+    want = torch.cat([bf16_values(range(s, min(10, s + 4))) for s in (0, 4, 8)])
+    want32 = want.float().numpy()
+    with np.errstate(over="ignore"):
+        as_half = want32.astype(np.float16).astype(np.float32)
+    assert (as_half != want32).sum() >= 4 * 10  # float16 cannot hold 1e5, -7e4, 3e38, -2^-20 (and loses 1e-6, 1e-30)
+    assert store.dtype("resid") == "bfloat16" and store.manifest["arrays"]["resid"]["dtype"] == "bfloat16"
+    arr = store.read("resid")
+    assert arr.shape == (10, 2, 2, 3) and arr.dtype == np.float32 and len(arr) == 10 and arr.ndim == 4
+    assert np.asarray(arr).dtype == np.float32 and np.array_equal(np.asarray(arr), want32)
+    assert np.array_equal(arr[3:7, 1], want32[3:7, 1]) and np.array_equal(arr[[9, 0], 0, 1], want32[[9, 0], 0, 1])
+    assert arr[0, 0, 0, 2] == want32[0, 0, 0, 2] > 1e38 and 0 < arr[0, 0, 1, 2] == want32[0, 0, 1, 2] < 2.0**-90
+    assert np.isinf(arr[0, 1, 1, 0])
+    assert np.array_equal(np.asarray(arr, dtype=np.float64), want32.astype(np.float64))
+    t = store.torch("resid")
+    assert t.dtype == torch.bfloat16 and torch.equal(t, want)
+    # the file is a standard .npy of the bit patterns, and nothing but the patterns
+    raw = np.load(tmp_path / "s" / "resid.npy")
+    assert raw.dtype == np.uint16 and np.array_equal(raw, want.view(torch.int16).numpy().view(np.uint16))
+
+
+def test_bfloat16_commit_refuses_float_buffers(tmp_path):
+    w = prepare_store(tmp_path / "s", BF16_IDENTITY, IDS, BF16_ARRAYS, RUN)
+    with pytest.raises(ValueError, match="bit patterns"):
+        w.commit(0, {"resid": data(w.chunk_range(0))})  # floats would be cast to integers, not encoded
+    w.release()
+
+
+def test_bfloat16_store_resumes_bit_identically_and_refuses_another_dtype(tmp_path):
+    write_bf16(tmp_path / "full")
+    partial = write_bf16(tmp_path / "part", stop_after=0)
+    assert isinstance(partial, StoreWriter)
+    resumed = prepare_store(tmp_path / "part", BF16_IDENTITY, IDS, BF16_ARRAYS, RUN)
+    assert isinstance(resumed, StoreWriter) and resumed.pending() == [1, 2]
+    resumed.release()
+    write_bf16(tmp_path / "part")
+    assert (tmp_path / "full" / "resid.npy").read_bytes() == (tmp_path / "part" / "resid.npy").read_bytes()
+    for root in (tmp_path / "full", tmp_path / "part"):
+        before = (root / "resid.npy").read_bytes()
+        for dtype in ("float32", "float16"):
+            with pytest.raises(EmolensError, match="different dtype"):
+                prepare_store(root, {**IDENTITY, "dtype": dtype}, IDS, {"resid": ((10, 2, 2, 3), dtype)}, RUN)
+        assert (root / "resid.npy").read_bytes() == before
+    # an incomplete bf16 store with its chunk 0 is refused too, never appended to as float32
+    write_bf16(tmp_path / "inc", stop_after=0)
+    with pytest.raises(EmolensError, match="different dtype"):
+        prepare_store(tmp_path / "inc", {**IDENTITY, "dtype": "float32"}, IDS, {"resid": ((10, 2, 2, 3), "float32")},
+                      RUN)

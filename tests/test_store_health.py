@@ -180,3 +180,48 @@ def test_doctor_reports_then_repairs_and_extract_recomputes_only_the_damage(tmp_
     assert code == 0 and (root / "resid.npy").read_bytes() == reference
     code, out, _ = run_cli(["doctor", str(root)])
     assert code == 0 and "complete" in out
+
+
+def test_damaged_bfloat16_store_is_repaired_to_the_same_bytes(tmp_path):
+    """A bfloat16 store (uint16 bit patterns on disk) is checked, checksummed and repaired like any other:
+    a truncated tail, flipped bits and a deleted array each cost only their chunks, and the result is
+    the bytes of an undamaged store."""
+    import torch
+
+    from emolens.activations.store import bfloat16_bits
+
+    identity, arrays = {**IDENTITY, "dtype": "bfloat16"}, {"resid": ((10, 2, 2, 3), "bfloat16")}
+
+    def write_bf16(root):
+        w = prepare_store(root, identity, IDS, arrays, RUN)
+        if isinstance(w, ActivationStore):
+            return []
+        computed = []
+        for chunk in w.pending():
+            rows = w.chunk_range(chunk)
+            buf = w.buffers(chunk)
+            buf["resid"][:] = bfloat16_bits(torch.from_numpy(data(rows)) * 1e3)  # past float16's 65504
+            w.commit(chunk, buf, pd.DataFrame({"id": [IDS[i] for i in rows], "gold": "joy", "pred": "joy",
+                                               "correct": True}))
+            computed.append(chunk)
+        w.finish()
+        return computed
+
+    write_bf16(tmp_path / "ref")
+    reference = (tmp_path / "ref" / "resid.npy").read_bytes()
+    assert ActivationStore.open(tmp_path / "ref").read("resid")[9].max() > 65504
+    root = tmp_path / "s"
+    write_bf16(root)
+    os.truncate(root / "resid.npy", len(reference) - 10)
+    with pytest.raises(EmolensError, match="resid.npy has"):
+        ActivationStore.open(root)
+    assert write_bf16(root) == [2] and (root / "resid.npy").read_bytes() == reference
+    raw = np.load(root / "resid.npy", mmap_mode="r+")
+    raw[5, 0, 0, 0] ^= 1  # one bit of an item in chunk 1
+    raw.flush()
+    del raw
+    assert check_store(root, full=False).ok and check_store(root).redo == {1}
+    assert write_bf16(root) == [1] and (root / "resid.npy").read_bytes() == reference
+    (root / "resid.npy").unlink()
+    assert write_bf16(root) == [0, 1, 2] and (root / "resid.npy").read_bytes() == reference
+    assert check_store(root).ok
