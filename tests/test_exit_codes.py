@@ -51,6 +51,8 @@ def test_success_is_0(tmp_path):
     ["readout", "--model", "tiny:llama", "--data", "/nope/data.csv", "--out", "r"],
     ["compare", "runs/any", "--out", "r", "--boot", "0"],
     ["compare", "runs/any", "--out", "r", "--permutations", "-5"],
+    ["steer", "--model", "tiny:llama", "--data", "stimuli", "--out", "r", "--direction", "pleasantness+",
+     "--null-design", "best"],
     [],
 ])
 def test_bad_input_is_2_with_one_line(tmp_path, args):

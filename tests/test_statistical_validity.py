@@ -28,7 +28,7 @@ import torch
 from scipy.special import logsumexp
 
 from emolens.labels import EMOTIONS
-from emolens.steering import nulls, theory
+from emolens.steering import nulls, selection, theory
 from emolens.steering.directions import diffmean_directions
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -199,6 +199,47 @@ def _noise_study(g) -> dict[str, float]:
     return _p_values(align)
 
 
+SETTINGS = (0.25, 0.5, 1.0)  # β: the settings a selected-design study searches
+
+
+def _selected_study(g, world: str) -> dict[str, float]:
+    """One simulated study in the **selected** null design (``steering.selection``): directions fit on a
+    fit half; the steered half split again; the β with the highest alignment on the selection items
+    (``selection.choose``) is tested with both nulls on the other items alone; the p-values are those
+    of ``selection.headline_rows`` (no correction for the search: the test items did not choose)."""
+    y, ratings, h, W = _world(g, world)
+    fit = _fit_half(g, y)
+    X = torch.as_tensor(h[fit], dtype=torch.float32)[:, None, :]
+
+    def directions(R):
+        V = diffmean_directions(X, R, None)[0].double().numpy()
+        return np.stack([V[APPRAISALS.index(t[0][0])] * t[0][1] for t in DIRECTIONS.values()])
+
+    real = directions(ratings[fit])
+    steered = np.flatnonzero(~fit)
+    chooser = _fit_half(g, y[steered])
+    chosen_on, tested_on = steered[chooser], steered[~chooser]
+    reference = _reference(y, ratings)
+    frame = pd.concat([_frame(list(DIRECTIONS), _steer(h[chosen_on], W, real, b), dict.fromkeys(DIRECTIONS, "real"), b)
+                       for b in SETTINGS])
+    at, _ = selection.choose(frame, reference, DIRECTIONS)
+    beta = float(at["beta"])
+    perms = nulls.within_emotion_refits(directions, ratings[fit], y[fit], N_NULL, seed=int(g.integers(1 << 30)))
+    rnd = nulls.covariance_random(X, N_NULL, seed=int(g.integers(1 << 30)))[:, 0].double().numpy()
+    names = list(DIRECTIONS) + [f"random:{j}" for j in range(N_NULL)] + \
+        [theory.emotion_null_name(dn, j) for j in range(N_NULL) for dn in DIRECTIONS]
+    kind = {n: "real" if n in DIRECTIONS else "random" if n.startswith("random") else "emotion_null" for n in names}
+    V = np.concatenate([real, rnd, np.concatenate(perms)])
+    test, _ = theory.sweep_alignment(_frame(names, _steer(h[tested_on], W, V, beta), kind, beta), reference,
+                                     DIRECTIONS)
+    rows = selection.headline_rows(test, len(SETTINGS), len(chosen_on), len(tested_on))
+    assert {r["metric"] for r in rows} == {"best_alignment", "best_alignment_beyond_emotion"}
+    assert all(r["design"] == "selected" and r["n_settings"] == len(SETTINGS) for r in rows)
+    out = {r["metric"]: float(r["p_value"]) for r in rows}
+    out["unit_alignment_beyond_emotion"] = float(test[test.metric == "unit_alignment_beyond_emotion"].p_holm.min())
+    return out
+
+
 # ---------------------------------------------------------------------------------------------- the suite
 
 
@@ -240,12 +281,13 @@ def test_residualised_directions_find_a_planted_appraisal_signal():
         assert rate[metric] >= 0.8, rate.to_dict()
 
 
-def _tiny_studies(runs: int) -> list[dict[str, float]]:
+def _tiny_studies(runs: int, design: str = "every") -> list[dict[str, float]]:
     """Random-initialised tiny Llamas (a fresh seed per study) read the project's stimuli; directions
     are fitted with the package's difference-of-means on the real ratings of a fit half, and each
     direction is steered at the *last* layer of the real model -- where the model's own final norm and
     unembedding are all that follow, so the label log-probabilities are computed exactly from the
-    captured residual plus the vector."""
+    captured residual plus the vector. ``design="selected"``: β is chosen among :data:`SETTINGS` on
+    half of the steered items and tested on the others (``steering.selection``)."""
     from emolens.data.stimuli import load_stimuli
     from emolens.inputs.prompts import build_prompts
     from emolens.model.loading import load_model
@@ -283,22 +325,57 @@ def _tiny_studies(runs: int) -> list[dict[str, float]]:
                 for n in names}
         V = torch.as_tensor(np.concatenate([real, rnd, np.concatenate(perms)]), dtype=torch.float32)
         h = X[~fit, 0]
-        frames = []
-        with torch.no_grad():
-            def label_logp(resid):
-                logits = lm.model.lm_head(lm.model.model.norm(resid))[..., ids].double()
-                return torch.log_softmax(logits, -1)
 
-            base = label_logp(h)
-            for beta in BETAS:
+        def effects(h, V, beta):
+            with torch.no_grad():
+                def label_logp(resid):
+                    logits = lm.model.lm_head(lm.model.model.norm(resid))[..., ids].double()
+                    return torch.log_softmax(logits, -1)
+
                 U = V / V.norm(dim=-1, keepdim=True) * beta * h.norm(dim=-1).mean()
-                eff = (label_logp(h[None] + U[:, None]) - base[None]).mean(1).numpy()
-                frames.append(_frame(names, eff, kind, beta))
-        align, _ = theory.sweep_alignment(pd.concat(frames), reference, DIRECTIONS)
-        out.append(_p_values(align))
+                return (label_logp(h[None] + U[:, None]) - label_logp(h)[None]).mean(1).numpy()
+
+        if design == "every":
+            frames = [_frame(names, effects(h, V, beta), kind, beta) for beta in BETAS]
+            align, _ = theory.sweep_alignment(pd.concat(frames), reference, DIRECTIONS)
+            out.append(_p_values(align))
+            continue
+        chooser = _fit_half(g, labels[chosen][~fit])
+        real_v = V[:len(DIRECTIONS)]
+        frame = pd.concat([_frame(list(DIRECTIONS), effects(h[chooser], real_v, b), dict.fromkeys(DIRECTIONS, "real"),
+                                  b) for b in SETTINGS])
+        beta = float(selection.choose(frame, reference, DIRECTIONS)[0]["beta"])
+        test, _ = theory.sweep_alignment(_frame(names, effects(h[~chooser], V, beta), kind, beta), reference,
+                                         DIRECTIONS)
+        rows = selection.headline_rows(test, len(SETTINGS), int(chooser.sum()), int((~chooser).sum()))
+        ps = {r["metric"]: float(r["p_value"]) for r in rows}
+        for metric in ("unit_alignment", "unit_alignment_beyond_emotion"):
+            ps[metric] = float(test[test.metric == metric].p_holm.min())
+        out.append(ps)
     return out
 
 
 def test_random_initialised_model_rejects_at_most_five_percent():
     rate = _rejection(_tiny_studies(RUNS))
+    assert (rate <= ALPHA + SLACK).all(), rate.to_dict()
+
+
+def test_selected_design_of_an_emotion_only_model_does_not_claim_appraisal_beyond_emotion():
+    """The selected design (setting chosen on other items, nulls only at it): an emotion-only model's
+    within-emotion p-values reject at <= 5%; its alignment against random directions is real and found."""
+    g = np.random.default_rng(18)
+    rate = _rejection([_selected_study(g, "emotion_only") for _ in range(RUNS)])
+    for metric in ("best_alignment_beyond_emotion", "unit_alignment_beyond_emotion"):
+        assert rate[metric] <= ALPHA + SLACK, rate.to_dict()
+    assert rate["best_alignment"] >= 0.8, rate.to_dict()
+
+
+def test_selected_design_finds_a_planted_appraisal_signal_with_half_the_items():
+    g = np.random.default_rng(19)
+    rate = _rejection([_selected_study(g, "planted") for _ in range(RUNS)])
+    assert (rate >= 0.8).all(), rate.to_dict()
+
+
+def test_selected_design_on_random_initialised_models_rejects_at_most_five_percent():
+    rate = _rejection(_tiny_studies(RUNS, design="selected"))
     assert (rate <= ALPHA + SLACK).all(), rate.to_dict()

@@ -659,3 +659,70 @@ def test_the_surgery_panel_shows_real_directions_and_one_row_per_control():
     assert list(piv.index) == ["pleasantness+", "(random directions, mean)", "(clean)"]
     assert piv.loc["(random directions, mean)", "joy"] == pytest.approx(0.2)
     assert piv.loc["pleasantness+", "anger"] == pytest.approx(0.4) and piv.loc["(clean)", "joy"] == 0.5
+
+
+def test_selected_design_chooses_on_some_items_and_tests_with_every_null_on_the_others(tiny_llama):
+    """The selected null design (``steering.selection``): the descriptive sweep has every setting but
+    no refits; the setting is the one whose alignment is highest on the selection items -- the same
+    scores as steering those items alone; the nulls run only there, on the disjoint test items, and
+    the headline p is that setting's own; the run does less model work than nulls at every setting."""
+    from emolens.data.stimuli import load_stimuli
+    from emolens.engine.accounting import WorkCounter
+    from emolens.steering import selection
+    from emolens.steering.run import SteerPlan, run_steering
+
+    ds = load_stimuli("all").sample(120, seed=0)
+    kw = dict(directions=["pleasantness+", "pleasantness-", "other_responsblt+"], methods=["diffmean"],
+              windows=[0, 1, 2], span=1, betas=[1.0, 2.0], scale="relative", n_random=12, n_emotion_null=4,
+              residualised=True, batch_size=16)
+    with WorkCounter.attach(tiny_llama).span() as chosen_work:
+        run = run_steering(tiny_llama, ds, SteerPlan(**kw, null_design="selected"))
+    with WorkCounter.attach(tiny_llama).span() as every_work:
+        every = run_steering(tiny_llama, ds, SteerPlan(**kw))
+    assert chosen_work.token_layers < every_work.token_layers
+    s, res = run.summary, run.swept["diffmean"]
+    chosen_on, tested_on = selection.split(res.dataset, 0.5, 0)
+    assert (s["null_design"], s["n_selection"], s["n_test"]) == ("selected", len(chosen_on), len(tested_on))
+    assert not set(chosen_on.ids) & set(tested_on.ids)
+    assert set(chosen_on.ids) | set(tested_on.ids) == set(res.dataset.ids)
+
+    table = run.table[run.table.beta != 0]
+    assert set(table.kind) == {"real", "specificity", "random", "residualised"}  # no refit at every setting
+    assert table[table.kind == "random"].direction.nunique() == selection.SWEEP_RANDOM
+    assert len(table[["window", "beta"]].drop_duplicates()) == 6
+
+    reference = theory.rating_profile(ds, ds.appraisal_names)
+    fit, _ = fit_split(ds, 0.5, 0)
+    alone = sweep(tiny_llama, chosen_on, kw["directions"], bank=res.bank, fit_dataset=fit, windows=[0, 1, 2], span=1,
+                  betas=[1.0, 2.0], scale="relative", n_random=0, control=None, ref_norm=res.ref_norm, batch_size=16)
+    own, _ = theory.sweep_alignment(alone.frame, reference, run.terms)
+    own = own[own.metric == "alignment"].set_index(["window", "beta"]).value
+    align = run.alignment[run.alignment.reference == "ratings"]
+    scored = align[(align.part == "selection") & (align.metric == "alignment")].set_index(["window", "beta"]).value
+    np.testing.assert_allclose(scored.sort_index().to_numpy(), own.sort_index().to_numpy(), atol=1e-9)
+    at = s["selected_setting"]
+    assert (at["window"], at["beta"]) == own.idxmax()
+
+    test = run.test_table[run.test_table.beta != 0]
+    raw = test[~test.kind.isin(["residualised", "residualised_null"])]
+    assert set(zip(raw.window, raw.beta, strict=True)) == {(at["window"], at["beta"])}
+    assert set(test.n) == {len(tested_on)}
+    assert raw[raw.kind == "random"].direction.nunique() == 12
+    assert raw[raw.kind == "emotion_null"].direction.nunique() == 4 * 3
+    best = align[align.metric == "best_alignment"].iloc[0]
+    plain = align[(align.part == "test") & (align.metric == "alignment")].iloc[0]
+    mine, _ = theory.sweep_alignment(raw, reference, run.terms)
+    mine = mine[mine.metric == "alignment"].iloc[0]
+    assert (best.design, best.n_settings, best.window, best.beta) == ("selected", 6, at["window"], at["beta"])
+    assert best.value == plain.value == pytest.approx(mine.value) and best.p_value == plain.p_value == mine.p_value
+    assert "chosen on" in s["alignment_headline"] and f"{len(tested_on)} other test items" in s["alignment_headline"]
+    resid_at = s["selected_setting_residualised"]
+    resid = run.alignment[(run.alignment.reference == "residualised") & (run.alignment.part == "test")]
+    assert set(zip(resid.window, resid.beta, strict=True)) == {(resid_at["window"], resid_at["beta"])}
+
+    # the descriptive sweep is the every-setting design's, minus the nulls
+    mean = every.alignment[(every.alignment.metric == "alignment") & (every.alignment.reference == "ratings")]
+    swept = align[(align.part == "sweep") & (align.metric == "alignment")]
+    np.testing.assert_allclose(swept.set_index(["window", "beta"]).value.sort_index().to_numpy(),
+                               mean.set_index(["window", "beta"]).value.sort_index().to_numpy(), atol=1e-6)
+    assert swept.p_value.isna().all()

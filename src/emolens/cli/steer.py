@@ -39,6 +39,9 @@ def register(app: typer.Typer) -> None:
                                            "the null of appraisal information beyond emotion"),
         residualised: bool = typer.Option(True, help="also steer directions refitted on ratings residualised on "
                                           "emotion, tested against within-emotion refits of the residuals"),
+        null_design: str = typer.Option("every", help="where the nulls run: every searched setting (max-statistic "
+                                        "p over the search) or selected: the setting chosen on half of the "
+                                        "steered items, tested with every null on the other half"),
         holdout: float = typer.Option(0.5, help="share of items held out: directions are fitted on the rest "
                                       "and effects measured on these (seeded, label-stratified); 0 = fit and "
                                       "steer on all items, as the paper did"),

@@ -24,6 +24,7 @@ from emolens.steering import theory
 from emolens.steering.apply import POSITIONS, SCALES
 from emolens.steering.directions import METHODS, bank_from_file, bank_from_store, parse_direction, store_acts
 from emolens.steering.run import SteerPlan, run_steering
+from emolens.steering.selection import DESIGNS
 
 
 def _floats(text: str, what: str) -> list[float]:
@@ -81,8 +82,9 @@ def directions_provenance(acts: str, lm, bank) -> dict:
 
 
 def steer(*, model, data, out, direction, acts, method, partial, fixed, windows, span, beta, scale, positions,
-          n_random, n_emotion_null, residualised, holdout, control, reference, limit, generate, gen_position,
-          gen_window, max_new_tokens, seed, batch_size, max_rows, fast, device, dtype, force, corpus) -> None:
+          n_random, n_emotion_null, residualised, null_design, holdout, control, reference, limit, generate,
+          gen_position, gen_window, max_new_tokens, seed, batch_size, max_rows, fast, device, dtype, force,
+          corpus) -> None:
     if method not in METHODS:
         raise EmolensError(f"unknown method {method!r}", f"use one of {list(METHODS)}")
     if scale not in SCALES:
@@ -94,6 +96,8 @@ def steer(*, model, data, out, direction, acts, method, partial, fixed, windows,
         if p not in POSITIONS:
             raise EmolensError(f"unknown position {p!r}", f"use {list(POSITIONS)}")
     sweep_pos = [p for p in pos if p != "generated"] or ["last"]  # 'generated' here: the old spelling
+    if null_design not in DESIGNS:
+        raise EmolensError(f"unknown --null-design {null_design!r}", f"use one of {list(DESIGNS)}")
     if not 0 <= holdout < 1:
         raise EmolensError(f"--holdout {holdout} is outside [0, 1)", "pass e.g. 0.5, or 0 for all items")
     if gen_window not in ("best", "middle") and not gen_window.lstrip("-").isdigit():
@@ -118,7 +122,7 @@ def steer(*, model, data, out, direction, acts, method, partial, fixed, windows,
     from_file = bool(acts) and _directions_file(acts) is not None  # fitted elsewhere: steer every item
     plan = SteerPlan(directions=dirs, methods=[method], windows=windows, span=span, betas=betas,
                      positions=sweep_pos, scale=scale, partial=partial, fixed=fixed_list, n_random=n_random,
-                     n_emotion_null=n_emotion_null, residualised=residualised,
+                     n_emotion_null=n_emotion_null, residualised=residualised, null_design=null_design,
                      control=None if control == "none" else control,
                      holdout=holdout, fit_given=from_file,
                      reference=reference, generations=generate, gen_position=gen_position,

@@ -15,7 +15,7 @@ from emolens.report.causal_peaks import peak_row, peak_sentence, peaks
 from emolens.report.plotting import main_position, numeric_positions
 from emolens.report.robustness_figures import ROBUSTNESS_METRICS, readout_rows
 from emolens.report.runs import ModelRun, relative_depth
-from emolens.steering.theory import best_residualised_row, n_settings_of, split_reference
+from emolens.steering.theory import best_residualised_row, n_settings_of, searched_text, split_reference
 
 #: ``reference`` of the alignment rows of directions fitted on residualised ratings (``steering.theory``).
 
@@ -114,12 +114,13 @@ def findings(mr: ModelRun) -> dict[str, Any]:
             beyond = align[align.metric == "best_alignment_beyond_emotion"].dropna(subset=["p_value"])
             out["steer_alignment"] = {"layer": int(b.window), "value": float(b.value), "p": float(b.p_value),
                                       "n_settings": int(b.n_settings), "fit": str(b.get("fit", "")),
-                                      "beta": float(b.beta), "null": "random directions",
+                                      "beta": float(b.beta), "null": "random directions", "searched": searched_text(b),
                                       "p_beyond_emotion": float(beyond.p_value.iloc[0]) if len(beyond) else None}
     r = best_residualised_row(resid)
     if r is not None:
         out["steer_residualised"] = {"layer": int(r.window), "value": float(r.value), "p": float(r.p_value),
-                                     "n_null": int(r.n_emotion_null), "n_settings": n_settings_of(r)}
+                                     "n_null": int(r.n_emotion_null), "n_settings": n_settings_of(r),
+                                     "searched": searched_text(r)}
     return out
 
 
@@ -165,10 +166,8 @@ def summary_text(f: dict[str, Any]) -> str:
     if "steer_alignment" in f:
         a = f["steer_alignment"]
         parts.append(f"Steering appraisal directions agrees best with the human ratings in the window centred on "
-                     f"{at(a['layer'])} (theory alignment {a['value']:.2f} at β={a['beta']:g}, p = {a['p']:.2g} "
-                     f"against "
-                     f"random directions for the best of {a['n_settings']} searched settings, directions fit = "
-                     f"{a['fit']}).")
+                     f"{at(a['layer'])} (theory alignment {a['value']:.2f} at β={a['beta']:g}, {a['searched']}; "
+                     f"p = {a['p']:.2g} against random directions, directions fit = {a['fit']}).")
         if a.get("p_beyond_emotion") is not None:
             parts.append(f"Against refits on ratings permuted within each emotion (appraisal information beyond "
                          f"the emotion) p = {a['p_beyond_emotion']:.2g}.")
@@ -177,9 +176,8 @@ def summary_text(f: dict[str, Any]) -> str:
     if "steer_residualised" in f:
         r = f["steer_residualised"]
         parts.append(f"Directions fitted on ratings residualised on the emotion (only appraisal variation beyond "
-                     f"the emotion) align {r['value']:.2f} at best ({at(r['layer'])}, best of {r['n_settings']} "
-                     f"settings): p = {r['p']:.2g} against {r['n_null']} refits on the residuals permuted within "
-                     f"each emotion.")
+                     f"the emotion) align {r['value']:.2f} ({at(r['layer'])}; {r['searched']}): p = {r['p']:.2g} "
+                     f"against {r['n_null']} refits on the residuals permuted within each emotion.")
     if len(parts) <= 1:
         parts.append("No probe or causal tables yet, so nothing can be said about where the emotion is computed.")
     return " ".join(parts)

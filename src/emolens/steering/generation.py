@@ -12,12 +12,14 @@ import re
 from collections.abc import Callable, Sequence
 
 import numpy as np
+import pandas as pd
 import torch
 from transformers import DynamicCache
 
 from emolens.engine.intervention import Intervention
 from emolens.engine.prefix import tile_cache
 from emolens.engine.scoring import LabelScorer
+from emolens.errors import EmolensError
 from emolens.inputs.prompts import PromptSpec, build_prompts
 from emolens.readout import score_prompts
 from emolens.steering.apply import steer_positions, steering_op
@@ -403,3 +405,36 @@ def steered_generations(lm, dataset, conditions: Sequence[Condition], n_items: i
     return records
 
 
+# ----------------------------------------------------------------------------------------------
+# which setting the steered generations use
+
+
+def generation_setting(align: pd.DataFrame, conditions: Sequence, centres: Sequence[int], choice: str | int = "best",
+                       position: str = "last") -> tuple[int, float]:
+    """(window, β) of steered generations: ``best`` -- those of the headline alignment at ``position``
+    (the best setting, or the one the selected design chose; the middle window and largest β
+    when nothing was aligned), ``middle`` -- the
+    middle window with its largest β, or a centre layer (its largest β)."""
+    if choice == "best" and align is not None and len(align):
+        head = align[(align.metric == "best_alignment") & (align.position == position)].dropna(subset=["value"])
+        if not len(head):  # one setting searched (no best_* row): the highest alignment
+            head = align[(align.metric == "alignment") & (align.position == position)].dropna(subset=["value"])
+        if len(head):
+            best = head.sort_values("value", ascending=False).iloc[0]
+            return int(best.window), float(best.beta)
+    window = centres[len(centres) // 2] if choice in ("best", "middle") else int(choice)
+    if window not in centres:
+        raise EmolensError(f"generation window {window} is not one of the swept windows {list(centres)}",
+                           "pick a swept centre, best or middle")
+    return window, max(c.beta for c in conditions if c.window == window)
+
+
+def generation_conditions(conditions: Sequence, window: int, beta: float, position: str, steer_at: str) -> list:
+    """The conditions steered generations continue under, at one (window, β, sweep position): every
+    real direction and specificity control plus one random direction, each re-targeted to steer
+    ``steer_at`` (``generated``: the last prompt token and every generated token; ``last``; ``prompt``)."""
+    from dataclasses import replace
+
+    at = [c for c in conditions if c.beta == beta and c.window == window and c.position == position]
+    chosen = [c for c in at if c.kind in ("real", "specificity")] + [c for c in at if c.kind == "random"][:1]
+    return [replace(c, position=steer_at) for c in chosen]

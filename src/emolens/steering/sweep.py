@@ -371,10 +371,11 @@ def sweep(lm, dataset, directions: Sequence[str], *, bank: ConceptBank | None = 
           positions: Sequence[str] = ("last",), scale: str = "unit", partial: bool = False,
           fixed: Sequence[str] | None = None, n_random: int = N_RANDOM, control: str | None = "auto",
           random_kind: str = "covariance", n_emotion_null: int = 0, residualised: bool = False,
-          spec: PromptSpec | None = None,
+          resid_null: int | None = None, spec: PromptSpec | None = None,
           fit_dataset=None, holdout: float | None = 0.5, batch_size: int = 16,
           max_rows: int = 64, fast: bool | None = None, fast_rows: int = 256, n_boot: int = 200, seed: int = 0,
-          progress: bool = False, acts: Callable | None = None, skip_undefined: bool = False) -> SweepResult:
+          progress: bool = False, acts: Callable | None = None, skip_undefined: bool = False,
+          ref_norm: Mapping[str, torch.Tensor] | None = None) -> SweepResult:
     """Steer prompts along each direction over windows × β × positions, with controls.
 
     Which items fit the directions and which are steered:
@@ -392,7 +393,8 @@ def sweep(lm, dataset, directions: Sequence[str], *, bank: ConceptBank | None = 
     ``"gaussian"`` otherwise, and where the fit items are unknown); ``n_emotion_null`` adds, per
     real direction, that many refits on ratings permuted within each emotion (kind ``emotion_null``);
     ``residualised`` adds each direction refitted on ratings residualised on the gold emotion (kind
-    ``residualised``) with ``n_emotion_null`` within-emotion refits of its own (``residualised_null``).
+    ``residualised``) with ``resid_null`` (default ``n_emotion_null``) within-emotion refits of its own
+    (``residualised_null``).
 
     Positions ``last`` take the KV-prefix fast path (see :func:`steered_label_scores`; ``fast=False``
     forces full forwards). ``acts(items, layers)``, when given, returns the items' residual stream at
@@ -400,7 +402,9 @@ def sweep(lm, dataset, directions: Sequence[str], *, bank: ConceptBank | None = 
     on a store extracted with these prompts) or ``None``: the nulls' fit activations and the
     ``relative`` scale's reference norms at ``last`` are then read there instead of captured again.
     ``skip_undefined`` leaves out directions the fit items cannot define (a concept without items on
-    both sides) instead of failing; ``info["skipped_directions"]`` names them.
+    both sides) instead of failing; ``info["skipped_directions"]`` names them. ``ref_norm`` (the
+    ``relative`` scale's norms per position over ``bank.layers``, e.g. an earlier sweep's) makes the
+    vectors those of that sweep instead of being measured on these items.
     Returns a tidy table (:data:`COLUMNS`); β = 0 rows (the clean run)
     are included for every real direction, so dose-response curves start at 0.
     """
@@ -423,6 +427,7 @@ def sweep(lm, dataset, directions: Sequence[str], *, bank: ConceptBank | None = 
     if random_kind not in ("covariance", "gaussian"):
         raise EmolensError(f"unknown random_kind {random_kind!r}", "use covariance or gaussian")
     X = None
+    resid_null = n_emotion_null if resid_null is None else resid_null
     if fit is not None and (bank is None or random_kind == "covariance" or n_emotion_null or residualised):
         X = acts(fit, layers) if acts is not None else None
         if X is None:
@@ -440,10 +445,12 @@ def sweep(lm, dataset, directions: Sequence[str], *, bank: ConceptBank | None = 
         if X is not None and random_kind == "covariance" else None
     null_banks = nulls.emotion_null_banks(X, layers, fit, bank.method, n_emotion_null, seed + 1) \
         if X is not None and n_emotion_null else []
-    resid = nulls.residualised_banks(X, layers, fit, bank.method, n_emotion_null, seed + 2) \
+    resid = nulls.residualised_banks(X, layers, fit, bank.method, resid_null, seed + 2) \
         if X is not None and residualised else None
-    ref_norm = {p: _reference_norm(lm, prompts, steered, bank.layers, p, batch_size, acts) for p in positions} \
-        if scale == "relative" else {}
+    if ref_norm is None:
+        ref_norm = {p: _reference_norm(lm, prompts, steered, bank.layers, p, batch_size, acts) for p in positions} \
+            if scale == "relative" else {}
+    ref_norm = dict(ref_norm)
     conditions = build_conditions(lm, bank, directions, centres, span, betas, positions, scale,
                                   ref_norm or None, partial, fixed, n_random, control, seed, randoms, null_banks,
                                   resid)
@@ -451,21 +458,8 @@ def sweep(lm, dataset, directions: Sequence[str], *, bank: ConceptBank | None = 
     run_info: dict = {}
     clean, scores = steered_label_scores(lm, prompts, reader, conditions, batch_size, max_rows, progress, fast=fast,
                                    fast_rows=fast_rows, info=run_info)
-    rows = []
     common = dict(method=bank.method, partial=bool(partial), scale=scale, fit=fit_mode)
-    done_zero: set[tuple] = set()
-    for c, s in zip(conditions, scores, strict=True):
-        base = clean[(c.layers, c.position)]
-        meta = dict(direction=c.direction, kind=c.kind, window=c.window, layers=layers_text(c.layers),
-                    position=c.position, **common)
-        for r in outcome_rows(base, s, spec.labels, n_boot, seed):
-            rows.append({**meta, "beta": c.beta, **r})
-        key = (c.direction, c.window, c.position)
-        if key not in done_zero and c.kind not in ("emotion_null", "residualised_null"):
-            done_zero.add(key)
-            for r in outcome_rows(base, base, spec.labels, n_boot, seed):
-                rows.append({**meta, "beta": 0.0, **r})
-    frame = pd.DataFrame(rows)[list(COLUMNS)]
+    frame = sweep_table(conditions, scores, clean, spec.labels, common, n_boot, seed)
     info = {"n_items": len(steered), "fit": fit_mode, "n_fit": None if fit is None else len(fit),
             "holdout": float(holdout) if fit_mode == "heldout" else None, "split_seed": seed,
             "steered_ids": list(steered.ids), "fit_ids": None if fit is None else list(fit.ids),
@@ -477,6 +471,26 @@ def sweep(lm, dataset, directions: Sequence[str], *, bank: ConceptBank | None = 
             "label_scoring": reader.describe(), "fixed": list(fixed) if fixed is not None else "default",
             "skipped_directions": skipped}
     return SweepResult(frame, conditions, scores, clean, bank, ref_norm, info, steered)
+
+
+def sweep_table(conditions: Sequence[Condition], scores: Sequence[np.ndarray], clean: Mapping[tuple, np.ndarray],
+                labels: Sequence[str], common: Mapping[str, object], n_boot: int = 200, seed: int = 0) -> pd.DataFrame:
+    """The tidy table (:data:`COLUMNS`) of conditions' label scores: :func:`outcome_rows` per
+    condition, plus β = 0 rows (the clean run) for every direction that is not a null refit."""
+    rows = []
+    done_zero: set[tuple] = set()
+    for c, s in zip(conditions, scores, strict=True):
+        base = clean[(c.layers, c.position)]
+        meta = dict(direction=c.direction, kind=c.kind, window=c.window, layers=layers_text(c.layers),
+                    position=c.position, **common)
+        for r in outcome_rows(base, s, labels, n_boot, seed):
+            rows.append({**meta, "beta": c.beta, **r})
+        key = (c.direction, c.window, c.position)
+        if key not in done_zero and c.kind not in ("emotion_null", "residualised_null"):
+            done_zero.add(key)
+            for r in outcome_rows(base, base, labels, n_boot, seed):
+                rows.append({**meta, "beta": 0.0, **r})
+    return pd.DataFrame(rows)[list(COLUMNS)]
 
 
 def layers_text(layers: Sequence[int]) -> str:

@@ -514,8 +514,8 @@ def headline(align: pd.DataFrame) -> str:
     beyond = align[(align.metric == ("best_alignment_beyond_emotion" if n_set > 1 else "alignment_beyond_emotion"))
                    & (align.window == b.window) & (align.beta == b.beta)] if n_set == 1 else \
         align[align.metric == "best_alignment_beyond_emotion"]
-    text = (f"; best theory alignment {b.value:.2f} (window {b.window}, beta {b.beta:g}; best of {n_set} searched "
-            f"setting{'s' if n_set > 1 else ''}): p={b.p_value:.2g} vs {int(b.n_random)} random directions")
+    text = (f"; best theory alignment {b.value:.2f} (window {b.window}, beta {b.beta:g}; {searched_text(b)}): "
+            f"p={b.p_value:.2g} vs {int(b.n_random)} random directions")
     if len(beyond) and np.isfinite(beyond.p_value.iloc[0]):
         text += (f", p={beyond.p_value.iloc[0]:.2g} vs {int(beyond.n_emotion_null.iloc[0])} within-emotion "
                  "permutation refits (appraisal beyond emotion)")
@@ -546,6 +546,16 @@ def best_residualised_row(resid: pd.DataFrame | None) -> pd.Series | None:
     return best.iloc[-1] if len(best) else None
 
 
+def searched_text(row: pd.Series) -> str:
+    """Where a headline row's value comes from: the best of the searched settings (max statistic), or
+    the test items at the setting chosen on other items (the selected design, ``steering.selection``)."""
+    n_set = n_settings_of(row)
+    if row.get("design") == "selected":
+        return (f"the setting chosen on {int(row.n_selection)} selection items among {n_set} searched, measured "
+                f"on {int(row.n_test)} other test items")
+    return f"best of {n_set} searched setting{'s' if n_set > 1 else ''}"
+
+
 def n_settings_of(row: pd.Series) -> int:
     """How many settings a headline row's max statistic ran over (1 when the column is absent)."""
     return int(row.n_settings) if "n_settings" in row and pd.notna(row.n_settings) else 1
@@ -559,36 +569,4 @@ def residualised_headline(align: pd.DataFrame) -> str:
     p = f"p={b.p_value:.2g} vs {int(b.n_emotion_null)} within-emotion refits of the residuals" \
         if pd.notna(b.p_value) else "no within-emotion refits were run, so no p-value"
     return (f"; directions fit on ratings residualised on emotion: alignment {b.value:.2f} (window {b.window}, "
-            f"beta {b.beta:g}; best of {n_settings_of(b)}), {p}")
-
-
-# ----------------------------------------------------------------------------------------------
-# which setting the steered generations use
-
-
-def generation_setting(align: pd.DataFrame, conditions: Sequence, centres: Sequence[int], choice: str | int = "best",
-                       position: str = "last") -> tuple[int, float]:
-    """(window, β) of steered generations: ``best`` -- those of the highest theory alignment at
-    ``position`` (the middle window and largest β when nothing was aligned), ``middle`` -- the
-    middle window with its largest β, or a centre layer (its largest β)."""
-    if choice == "best" and align is not None and len(align):
-        head = align[(align.metric == "alignment") & (align.position == position)].dropna(subset=["value"])
-        if len(head):
-            best = head.sort_values("value", ascending=False).iloc[0]
-            return int(best.window), float(best.beta)
-    window = centres[len(centres) // 2] if choice in ("best", "middle") else int(choice)
-    if window not in centres:
-        raise EmolensError(f"generation window {window} is not one of the swept windows {list(centres)}",
-                           "pick a swept centre, best or middle")
-    return window, max(c.beta for c in conditions if c.window == window)
-
-
-def generation_conditions(conditions: Sequence, window: int, beta: float, position: str, steer_at: str) -> list:
-    """The conditions steered generations continue under, at one (window, β, sweep position): every
-    real direction and specificity control plus one random direction, each re-targeted to steer
-    ``steer_at`` (``generated``: the last prompt token and every generated token; ``last``; ``prompt``)."""
-    from dataclasses import replace
-
-    at = [c for c in conditions if c.beta == beta and c.window == window and c.position == position]
-    chosen = [c for c in at if c.kind in ("real", "specificity")] + [c for c in at if c.kind == "random"][:1]
-    return [replace(c, position=steer_at) for c in chosen]
+            f"beta {b.beta:g}; {searched_text(b)}), {p}")

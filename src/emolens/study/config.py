@@ -217,6 +217,10 @@ class SteerConfig(_Windowed):
     #: also steer each appraisal direction refitted on ratings residualised on the gold emotion, with
     #: ``n_emotion_null`` within-emotion refits of its own (alignment rows ``reference: residualised``)
     residualised: bool = True
+    #: where the nulls run: ``every`` searched setting (the best setting's p is max-statistic corrected
+    #: for the search), or only the ``selected`` one, chosen on half of the steered items and tested
+    #: on the other half (``steering.selection``; ~1/settings of the null forwards)
+    null_design: Literal["every", "selected"] = "every"
     generations: int = Field(0, ge=0)
     #: where generations steer: ``generated`` (the last prompt token and every generated token), ``last``, ``prompt``
     gen_position: Literal["generated", "last", "prompt"] = "generated"

@@ -49,7 +49,8 @@ def steer_section(mr: ModelRun) -> str:
     return body or absent("The steering stage saved no tables.")
 
 
-ALIGN_COLUMNS: tuple[str, ...] = ("metric", "unit", "method", "fit", "window", "layers", "beta", "position", "value",
+ALIGN_COLUMNS: tuple[str, ...] = ("part", "metric", "unit", "method", "fit", "window", "layers", "beta", "position",
+                                  "value",
                                   "p_value", "p_holm", "null", "n_random", "n_emotion_null")
 _FIT_WORDS = {"heldout": "fitted on other items than those steered (held-out fit)",
               "all": "fitted on the same items that are steered",
@@ -64,7 +65,13 @@ def fit_text(table: pd.DataFrame, record: dict | None = None) -> str:
     sizes = ""
     if summary.get("n_fit") is not None and summary.get("n_items") is not None:
         sizes = f" ({summary['n_fit']} fit items, {summary['n_items']} steered)"
-    controls = f"; {summary['n_random']} norm-matched random directions per setting" if "n_random" in summary else ""
+    controls = ""
+    if "n_random" in summary and summary.get("null_design") == "selected":
+        controls = (f"; {summary['n_random']} norm-matched random directions and the within-emotion refits at the "
+                    f"setting chosen on {summary.get('n_selection')} selection items, steering "
+                    f"{summary.get('n_test')} test items")
+    elif "n_random" in summary:
+        controls = f"; {summary['n_random']} norm-matched random directions per setting"
     return ("Directions " + " / ".join(f"fit = {m}: {_FIT_WORDS.get(m, m)}" for m in modes) + sizes + controls
             + ".")
 
@@ -79,9 +86,8 @@ def best_alignment_text(align: pd.DataFrame) -> str:
         fit = b.get("fit", "?")
         text = (f"Best theory alignment ({b.method}, fit = {fit}, position {b.position}): {b.value:.2f} in "
                 f"the window centred on layer {int(b.window) + 1} (layers {b.layers}, 0-indexed), β = {b.beta:g}; "
-                f"the best of {int(b.n_settings)} searched settings (every method, position, window and β). "
-                f"Against {int(b.n_random)} covariance-matched random directions: p = {b.p_value:.2g} "
-                f"(max-statistic corrected for the search): the directions move emotions the way the human "
+                f"{_search_words(b)} Against {int(b.n_random)} covariance-matched random directions: "
+                f"p = {b.p_value:.2g} ({_p_words(b)}): the directions move emotions the way the human "
                 f"appraisal profile says more than an arbitrary push of the same size.")
         if len(beyond) and pd.notna(beyond.p_value.iloc[0]):
             e = beyond.iloc[0]
@@ -95,13 +101,29 @@ def best_alignment_text(align: pd.DataFrame) -> str:
     return " ".join(out)
 
 
+def _search_words(row: pd.Series) -> str:
+    """How the headline setting was found (which null design, :mod:`emolens.steering.selection`)."""
+    if row.get("design") == "selected":
+        return (f"chosen among {n_settings_of(row)} searched settings (every method, position, window and β) by "
+                f"its alignment on {int(row.n_selection)} selection items, and measured, with every null, on "
+                f"{int(row.n_test)} other test items.")
+    return f"the best of {n_settings_of(row)} searched settings (every method, position, window and β)."
+
+
+def _p_words(row: pd.Series) -> str:
+    """Why a headline p-value is valid for the search behind it."""
+    if row.get("design") == "selected":
+        return "on the test items, which did not take part in the choice, so no correction for the search is due"
+    return f"max-statistic corrected over the {n_settings_of(row)} searched settings"
+
+
 def residualised_text(resid: pd.DataFrame) -> str:
     """The residualised directions' best alignment, with the null its p-value is against."""
     b = best_residualised_row(resid)
     if b is None:
         return "No residualised direction could be aligned."
     p = (f"p = {b.p_value:.2g} against {int(b.n_emotion_null)} refits on the residuals permuted within each emotion "
-         f"(the emotion-only null; max-statistic corrected over the {n_settings_of(b)} searched settings)"
+         f"(the emotion-only null; {_p_words(b)})"
          if pd.notna(b.p_value) else "no within-emotion refits were run, so there is no p-value")
     return (f"Directions fitted on appraisal ratings minus their emotion's mean rating hold no emotion-mean "
             f"information, so a model that knows only the emotion gives them nothing to align with. Their best "

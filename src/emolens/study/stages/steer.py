@@ -59,7 +59,8 @@ def _steer(ctx: StageContext) -> dict:
     plan = SteerPlan(directions=[f"{e}+" for e in s.emotions] + list(s.appraisals), methods=list(s.directions),
                      windows=[w.center for w in windows], span=s.span, betas=s.betas, scale=s.scale,
                      n_random=s.n_random, n_emotion_null=s.n_emotion_null,
-                     residualised=s.residualised, holdout=s.holdout, max_items=s.max_items,
+                     residualised=s.residualised, null_design=s.null_design, holdout=s.holdout,
+                     max_items=s.max_items,
                      generations=s.generations,
                      gen_position=s.gen_position, gen_window=s.gen_window, skip_undefined=True,
                      batch_size=ctx.cfg.batch_size, seed=ctx.cfg.seed)
@@ -77,5 +78,6 @@ def _steer(ctx: StageContext) -> dict:
             "best_beta", "n_settings", "best_alignment_p_beyond_emotion", "residualised_alignment",
             "residualised_p_beyond_emotion", "alignment_headline", "alignment_peak",
             "reference_n_per_emotion", "generations", "generation_method", "generation_window_beta",
-            "generation_position", "generations_flagged")
+            "generation_position", "generations_flagged", "null_design", "n_selection", "n_test", "selected_setting",
+            "selected_setting_residualised")
     return {**{k: run.summary[k] for k in keep if k in run.summary}, "fit": sorted(set(run.table.fit))}
