@@ -104,6 +104,7 @@ def instrument(rate_prompts: int, batch_size: int) -> SimpleNamespace:
     handle_cls.lm = property(lm)
     registry = stage_registry()  # imports every stage module, so the writers they bound can be found
     time_writers(state)
+    instrument_parts(state)
     for name, sdef in registry.items():
         if sdef.run is None:
             continue
@@ -134,6 +135,51 @@ def instrument(rate_prompts: int, batch_size: int) -> SimpleNamespace:
 
         sdef.run = wrapped
     return state
+
+
+#: Parts of a stage whose work scales unlike the stage's (module, function, part name or None for the
+#: function's ``analysis`` argument, and how it scales: ``items`` = corpus items, ``causal`` = the
+#: causal items, ``pairs`` = patching pairs, ``fixed`` = not at all; ``windows`` = also by the layer
+#: step). The robustness stage's readouts run the whole corpus once per variant and its probe
+#: extractions the whole forward, neither sweeps windows; the selected steering design's test runs
+#: one setting; the sample generations are a fixed number (``steer.generations``) at one setting.
+PARTS = {
+    ("emolens.study.stages.robustness", "_robustness_readout"): ("readout", "items", False),
+    ("emolens.study.stages.robustness", "_robustness_probe"): ("probe", "causal", False),
+    ("emolens.study.stages.robustness", "_robustness_causal"): (None, None, True),
+    ("emolens.steering.run", "_selected_test"): ("selected test", "causal", False),
+    ("emolens.steering.run", "steered_generations"): ("generations", "fixed", False),
+}
+
+
+def instrument_parts(state: SimpleNamespace) -> None:
+    """Count the work of each :data:`PARTS` function apart from the rest of its stage
+    (``state.parts[(stage, part)]``), so the projection scales each part by what it grows with."""
+    import importlib
+
+    from emolens.engine.accounting import Work
+
+    state.parts = {}
+    for (module_name, attr), (part, units, windows) in PARTS.items():
+        module = importlib.import_module(module_name)
+        original = getattr(module, attr)
+
+        def counted(*args, _fn=original, _part=part, _units=units, _windows=windows, **kwargs):
+            name = _part or str(args[1])  # _robustness_causal(ctx, analysis, ...): ablate or patch
+            how = _units or ("pairs" if name == "patch" else "causal")
+            start = state.counter.snapshot() if state.counter else Work()
+            try:
+                return _fn(*args, **kwargs)
+            finally:
+                if state.counter is not None:
+                    end = state.counter.snapshot()
+                    key = (state.current, name)
+                    got = Work(end.forwards - start.forwards, end.tokens - start.tokens,
+                               end.token_layers - start.token_layers, end.seconds - start.seconds)
+                    old = state.parts.get(key, (Work(), how, _windows))[0]
+                    state.parts[key] = (old + got, how, _windows)
+
+        setattr(module, attr, counted)
 
 
 def time_writers(state: SimpleNamespace) -> None:
@@ -246,19 +292,31 @@ def run_once(args, state, n_layers: int, shape, tiny: bool, mode: str) -> dict:
         # items scale every stage; the layer step only what sweeps layers (a readout or an extraction
         # runs the whole forward whichever layers it keeps)
         # patching runs pairs, not items: the paper preset's 200 over the pairs run here
-        units = (FULL_PAIRS / max(1, args.pairs) if o.stage == "patch"
-                 else FULL_CAUSAL_ITEMS / max(1, min(args.max_items, n_items)) if o.stage in CAUSAL
-                 else FULL_ITEMS / max(1, n_items))
+        per = {"pairs": FULL_PAIRS / max(1, args.pairs), "fixed": 1.0,
+               "causal": FULL_CAUSAL_ITEMS / max(1, min(args.max_items, n_items)),
+               "items": FULL_ITEMS / max(1, min(args.max_items, n_items) if o.stage == "robustness" else n_items)}
+        units = per["pairs"] if o.stage == "patch" else per["causal"] if o.stage in CAUSAL else per["items"]
         scale = units * (args.layer_step if o.stage in LAYER_SWEEPS else 1)
-        row = {"stage": o.stage, "status": o.status, "wall_s": o.seconds, "scale": scale}
+        # parts that grow otherwise (PARTS) are taken out of the stage's work and scaled by their own units
+        parts = {name: (w, per[how] * (args.layer_step if windows else 1))
+                 for (stage, name), (w, how, windows) in getattr(state, "parts", {}).items() if stage == o.stage}
+        row = {"stage": o.stage, "status": o.status, "wall_s": o.seconds, "scale": scale,
+               "parts": {name: {"forwards": w.forwards, "token_layers": w.token_layers, "seconds": w.seconds,
+                                "scale": sc} for name, (w, sc) in parts.items()}}
         if work is not None:
             row.update(forwards=work.forwards, tokens=work.tokens, token_layers=work.token_layers)
             if rate:
                 row["floor_s"] = work.token_layers / rate
                 row["ratio"] = row["floor_s"] / o.seconds if o.seconds > 0 else math.nan
         row["write_s"] = state.writing.get(o.stage, 0.0)
-        row["projected_wall_s"] = (o.seconds - row["write_s"]) * scale + row["write_s"] * args.layer_step
-        row["projected_floor_s"] = row.get("floor_s", math.nan) * scale
+        rest_s = o.seconds - row["write_s"] - sum(w.seconds for w, _ in parts.values())
+        row["projected_wall_s"] = rest_s * scale + row["write_s"] * args.layer_step + \
+            sum(w.seconds * sc for w, sc in parts.values())
+        if rate and work is not None:
+            rest_tl = work.token_layers - sum(w.token_layers for w, _ in parts.values())
+            row["projected_floor_s"] = (rest_tl * scale + sum(w.token_layers * sc for w, sc in parts.values())) / rate
+        else:
+            row["projected_floor_s"] = math.nan
         rows.append(row)
     device = str(state.lm.device) if state.lm is not None else args.device
     dtype = str(state.lm.dtype).replace("torch.", "") if state.lm is not None else "?"
@@ -279,6 +337,9 @@ def run_once(args, state, n_layers: int, shape, tiny: bool, mode: str) -> dict:
         print(f"| {r['stage']} | {r['status']} | {r['wall_s']:.1f} | {r['write_s']:.1f} | {num(r, 'forwards', ',')} | "
               f"{num(r, 'token_layers', ',')} | {num(r, 'floor_s', '.2f')} | {num(r, 'ratio', '.3f')} | "
               f"{r['projected_wall_s']:.0f} | {num(r, 'projected_floor_s', '.0f')} |")
+        for name, part in r["parts"].items():
+            print(f"| ↳ {name} | | {part['seconds']:.1f} | | {part['forwards']:,} | {part['token_layers']:,} | | | "
+                  f"x{part['scale']:.1f} | {part['token_layers'] * part['scale'] / rate if rate else math.nan:.0f} |")
     cut = [r["stage"] for r in rows if r["status"] != "done"]
     rows_done = [r for r in rows if r["status"] == "done"]
     total = sum(r["projected_wall_s"] for r in rows_done)
