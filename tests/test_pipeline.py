@@ -729,3 +729,20 @@ def test_robustness_analyses_change_its_key_only_when_on(base_run):
     on = cfg_with(Path(cfg.output), robustness={"analyses": ["probe"]})
     on_changed = cfg_with(Path(cfg.output), robustness={"analyses": ["probe"]}, probe={"C": 0.25})
     assert STAGES["robustness"].section(on) != STAGES["robustness"].section(on_changed)
+
+
+def test_causal_sections_take_their_own_positions(tmp_path):
+    """``ablate.positions`` / ``patch.positions`` override the study's positions (the paper's per-model
+    protocol ablates and patches the last token; -1..-5 is its Llama-1B figure): the tables hold
+    exactly those positions, and the other section keeps the study's."""
+    cfg = cfg_with(tmp_path, stages=["readout", "ablate", "patch"], positions=[-1, -2],
+                   ablate={"positions": [-1], "kinds": ["zero"], "spans": [1], "max_items": 8},
+                   patch={"spans": [1], "pairs": 4})
+    result = runner.run_study(cfg, progress=False, echo=quiet, report=False)
+    assert set(statuses(result).values()) == {"done"}
+    ablated = pd.read_parquet(result.run_dir / "tiny-llama/ablate/ablation.parquet")
+    patched = pd.read_parquet(result.run_dir / "tiny-llama/patch/patching.parquet")
+    assert set(ablated.position) - {""} == {"-1"}
+    assert set(patched.position) - {""} == {"-1", "-2"}
+    with pytest.raises(EmolensError, match=r"'ablate\.positions'"):
+        cfg_with(tmp_path, ablate={"positions": [-1, -1]})

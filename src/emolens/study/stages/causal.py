@@ -40,8 +40,8 @@ def _ablate(ctx: StageContext) -> dict:
     s = ctx.cfg.ablate
     items = ctx.limited(ctx.items(), s.max_items)
     result = ablate(ctx.model.lm, items, sites=ctx.cfg.sites, windows=causal_windows(ctx, s),
-                    positions=ctx.cfg.positions, kinds=s.kinds, spec=ctx.prompt, batch_size=ctx.cfg.batch_size,
-                    seed=ctx.cfg.seed + 100, progress=ctx.progress)
+                    positions=s.positions or ctx.cfg.positions, kinds=s.kinds, spec=ctx.prompt,
+                    batch_size=ctx.cfg.batch_size, seed=ctx.cfg.seed + 100, progress=ctx.progress)
     return save_causal(ctx, result)
 
 
@@ -50,8 +50,8 @@ def _patch(ctx: StageContext) -> dict:
     s = ctx.cfg.patch
     items = ctx.limited(ctx.items(), s.max_items)
     result = patch(ctx.model.lm, items, pairs=s.pairs, sites=ctx.cfg.sites, windows=causal_windows(ctx, s),
-                   positions=ctx.cfg.positions, spec=ctx.prompt, batch_size=ctx.cfg.batch_size,
-                   seed=ctx.cfg.seed + 100, progress=ctx.progress)
+                   positions=s.positions or ctx.cfg.positions, spec=ctx.prompt,
+                   batch_size=ctx.cfg.batch_size, seed=ctx.cfg.seed + 100, progress=ctx.progress)
     return save_causal(ctx, result)
 
 
