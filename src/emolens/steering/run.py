@@ -131,6 +131,12 @@ def run_steering(lm, dataset, plan: SteerPlan, spec: PromptSpec | None = None,
     layers = sorted({x for w in windows for x in w.layers})
     n_settings = len(plan.methods) * len(centres) * len(plan.betas) * len(plan.positions)
     selected = plan.null_design == "selected" and n_settings > 1
+    notes: list[str] = []
+    n_test = round(len(steered) * plan.select_share)
+    if selected and (n_test < 2 or len(steered) - n_test < 2):
+        selected = False
+        notes.append(f"{len(steered)} steered items are too few to choose the setting on some and test it on "
+                     "others: the nulls ran at every setting (max-statistic p over the search)")
     acts = _once_per_items(lm, spec, plan.batch_size, acts)
     # the reference comes from every gold-labelled item (``reference_items``, default the dataset), never
     # a model's correct subset, so it does not depend on the model; n per emotion goes into the summary
@@ -138,7 +144,6 @@ def run_steering(lm, dataset, plan: SteerPlan, spec: PromptSpec | None = None,
     appraisals = list(ref_items.appraisal_names)
     reference = theory.rating_profile(ref_items, appraisals) if plan.reference == "ratings" \
         else theory.classifier_profile(ref_items, appraisals)
-    notes: list[str] = []
     frames, terms, swept, info, specs_of = [], {}, {}, {}, {}
     for method in plan.methods:
         bank = bank_for(method, fit, layers) if bank_for is not None else None
