@@ -82,12 +82,7 @@ class _Softmax:
             P = gram.double() / K
             del gram
             P.diagonal(dim1=1, dim2=2).add_((lam * pen).double())
-            L, info = torch.linalg.cholesky_ex(P)
-            jitter = 1e-10
-            while bool((info > 0).any()):  # round-off made P indefinite: shift it, it is only a preconditioner
-                P.diagonal(dim1=1, dim2=2).add_(jitter * P.diagonal(dim1=1, dim2=2).mean(1, keepdim=True))
-                L, info = torch.linalg.cholesky_ex(P)
-                jitter *= 10
+            L = _shifted_cholesky(P)  # round-off can make P indefinite: shifted, it is only a preconditioner
             eye = torch.eye(d, dtype=L.dtype, device=L.device).expand_as(L)
             Linv = torch.linalg.solve_triangular(L, eye, upper=False)
             self.Linv = Linv.to(X.dtype)  # W = W' Linv
@@ -160,6 +155,41 @@ class _Softmax:
         gmax = torch.maximum(gW.abs().flatten(1).amax(1), rs.abs().amax(1))
         g = torch.cat([gWp.flatten(1), rs * self.sb], 1)
         return f, g, gmax
+
+
+def _shifted_cholesky(P: torch.Tensor) -> torch.Tensor:
+    """Cholesky factors of ``P [S, d, d]`` (float64), shifting the diagonal where round-off made it indefinite.
+
+    A failed factorisation shifts every slice's diagonal by ``jitter * mean(diag)``, ``jitter`` growing
+    tenfold (1e-10, 1e-9, ...), until *all* slices factor; every slice gets the chunk's final shift (``P`` is
+    shifted in place). Only the slices that still fail are refactorised at each step, and those that
+    factorised at a smaller shift once more at the final one: the factors equal those of refactorising
+    the whole batch at every step, for a fraction of its cost when few slices fail.
+    """
+    L, info = torch.linalg.cholesky_ex(P)
+    if not bool((info > 0).any()):
+        return L
+    diag = P.diagonal(dim1=1, dim2=2)
+    level = torch.where(info > 0, -1, 0)  # the shift step at which each slice last factorised (-1: not yet)
+    step, jitter = 0, 1e-10
+    while True:
+        diag.add_(jitter * diag.mean(1, keepdim=True))  # every slice, as one shift of the whole batch
+        jitter *= 10
+        step += 1
+        todo = (level < 0).nonzero().squeeze(1)
+        Lt, it = torch.linalg.cholesky_ex(P[todo])
+        good = it == 0
+        L[todo[good]], level[todo[good]] = Lt[good], step
+        if bool((level < 0).any()):
+            continue
+        stale = (level < step).nonzero().squeeze(1)  # factorised at a smaller shift: redo at this one
+        if stale.numel():
+            Ls, info_s = torch.linalg.cholesky_ex(P[stale])
+            L[stale] = Ls
+            level[stale[info_s > 0]] = -1  # (round-off can make a larger shift fail: keep going, as the batch would)
+            level[stale[info_s == 0]] = step
+        if not bool((level < 0).any()):
+            return L
 
 
 #: Iterations over which a slice's objective must fall by more than round-off to count as moving.

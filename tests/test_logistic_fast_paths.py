@@ -1,0 +1,86 @@
+"""The logistic solver's fast paths give what the full path gives, on residual-stream-scale data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from emolens.probes.logistic import _shifted_cholesky
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _gemma_like(S=6, n=96, d=192, K=13, seed=0):
+    """Float32 activations shaped like the quick study's (fewer items than features) at the scale of
+    gemma-3-270m's late residual stream (hundreds of dimensions with means and sd in the hundreds, a
+    massive one ~3e4) in every other slice, and of an early layer's (sd ~1) in the rest: the float32
+    Gram of the large ones is indefinite, as the real one is."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % K
+    X = np.empty((S, n, d), np.float32)
+    for s in range(S):
+        big = s % 2 == 0
+        sd = np.exp(rng.normal(4.0 if big else 0.0, 1.0, d))
+        mean = rng.normal(0, 1.5, d) * sd
+        if big:
+            mean[0] = -3e4
+        latent = rng.normal(size=(n, 8)) + np.eye(K, 8)[y]
+        X[s] = latent @ (rng.normal(size=(8, d)) * sd / 4) + rng.normal(size=(n, d)) * sd + mean
+    return X, y
+
+
+def _bound(X: np.ndarray, K: int = 13) -> torch.Tensor:
+    """The solver's Hessian bound ``P`` (float32 Gram, float64 after), as ``_Softmax`` builds it."""
+    Xt = torch.as_tensor(X)
+    n = Xt.shape[1]
+    mu = Xt.mean(1)
+    gram = torch.baddbmm(-mu.unsqueeze(2) * mu.unsqueeze(1), Xt.transpose(1, 2), Xt, alpha=1.0 / n)
+    P = gram.double() / K
+    P.diagonal(dim1=1, dim2=2).add_(1.0 / n)
+    return P
+
+
+def _whole_batch_cholesky(P: torch.Tensor) -> torch.Tensor:
+    """The full path: shift every slice and refactorise the whole batch until every slice factors."""
+    L, info = torch.linalg.cholesky_ex(P)
+    jitter = 1e-10
+    while bool((info > 0).any()):
+        P.diagonal(dim1=1, dim2=2).add_(jitter * P.diagonal(dim1=1, dim2=2).mean(1, keepdim=True))
+        L, info = torch.linalg.cholesky_ex(P)
+        jitter *= 10
+    return L
+
+
+def test_shifted_cholesky_refactors_failing_slices_only_and_equals_the_whole_batch_loop():
+    X, _ = _gemma_like()
+    P = _bound(X)
+    first = torch.linalg.cholesky_ex(P)[1]
+    assert (first > 0).any() and (first == 0).any()  # some slices need the shift, some do not
+    ref_P, new_P = P.clone(), P.clone()
+    ref = _whole_batch_cholesky(ref_P)
+    calls = []
+    real = torch.linalg.cholesky_ex
+
+    def counting(A, *a, **kw):
+        calls.append(A.shape[0])
+        return real(A, *a, **kw)
+
+    torch.linalg.cholesky_ex = counting
+    try:
+        new = _shifted_cholesky(new_P)
+    finally:
+        torch.linalg.cholesky_ex = real
+    assert torch.equal(new, ref) and torch.equal(new_P, ref_P)  # same factors, same shifted P
+    steps = len(calls) - 1
+    assert sum(calls) < (steps + 1) * P.shape[0]  # fewer slice factorisations than the whole-batch loop
+    # nothing to shift: one factorisation, P untouched
+    Q = _bound(X[1::2])
+    Q0 = Q.clone()
+    assert torch.equal(_shifted_cholesky(Q), torch.linalg.cholesky(Q0)) and torch.equal(Q, Q0)
