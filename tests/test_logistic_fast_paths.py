@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
-from emolens.probes.logistic import _shifted_cholesky
+from emolens.probes import control_task
+from emolens.probes import estimators as probes
+from emolens.probes import evaluation as pe
+from emolens.probes.logistic import _shifted_cholesky, fit_logistic, fit_logistic_labels
 
 
 @pytest.fixture(autouse=True)
@@ -84,3 +88,45 @@ def test_shifted_cholesky_refactors_failing_slices_only_and_equals_the_whole_bat
     Q = _bound(X[1::2])
     Q0 = Q.clone()
     assert torch.equal(_shifted_cholesky(Q), torch.linalg.cholesky(Q0)) and torch.equal(Q, Q0)
+
+
+@pytest.mark.parametrize("max_iter", [15, 300])
+def test_shared_preconditioner_fits_equal_separate_fits(max_iter):
+    """True and shuffled labels on one X: one preconditioner, the same fits as two fit_logistic calls,
+    both where the cap stops them early (unconverged: the iterates themselves must agree) and at convergence."""
+    X, y = _gemma_like()
+    rng = np.random.default_rng(1)
+    shuffled = np.stack([rng.permutation(y) for _ in range(X.shape[0])])
+    fewer = np.where(y == 12, 0, y)  # a label set with a class absent
+    ys = [y, shuffled, fewer]
+    shared = fit_logistic_labels(X, ys, n_classes=13, max_iter=max_iter)
+    if max_iter == 15:
+        assert not shared[0].converged.any()
+    else:
+        assert shared[0].converged.any() and shared[0].refined.any()  # converged ones, float64-finished ones
+    for yv, got in zip(ys, shared, strict=True):
+        ref = fit_logistic(X, yv, n_classes=13, max_iter=max_iter)
+        for name in ("coef", "intercept", "n_iter", "grad_norm", "converged", "loss", "refined"):
+            assert torch.equal(getattr(got, name), getattr(ref, name)), name
+    # label sets with a different number of classes each get their own preconditioner, still equal
+    two = fit_logistic_labels(X[:2], [y % 2, y], max_iter=max_iter)
+    assert two[0].coef.shape[1] == 2 and two[1].coef.shape[1] == 13
+    assert torch.equal(two[0].coef, fit_logistic(X[:2], y % 2, max_iter=max_iter).coef)
+
+
+def _separately(X, ys, **kw):
+    """The full path: one fit_logistic per label set."""
+    return [probes.fit_logistic(X, y, **kw) for y in ys]
+
+
+def test_evaluators_with_shared_fits_equal_separate_fits(monkeypatch):
+    X, y = _gemma_like(S=4)
+    slices = [("resid", i, -1) for i in range(4)]
+    kw = dict(protocol="paper", n_boot=50, shuffled=True, convergence=True, probe_kwargs={"max_iter": 30})
+    fast = pe.evaluate_classifier(X, y, slices, **kw)
+    words = [f"w{i % 7}" for i in range(len(y))]
+    fast_ct = control_task.control_task_selectivity(X, y, words, slices, n_boot=50, max_iter=30)
+    monkeypatch.setattr(probes, "fit_logistic_labels", _separately)
+    pd.testing.assert_frame_equal(fast, pe.evaluate_classifier(X, y, slices, **kw))
+    pd.testing.assert_frame_equal(fast_ct, control_task.control_task_selectivity(X, y, words, slices, n_boot=50,
+                                                                                  max_iter=30))

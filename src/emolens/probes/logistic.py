@@ -10,6 +10,7 @@ preconditioned by the Cholesky factor of a Hessian bound, each stops on its own 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -26,7 +27,7 @@ from emolens.probes.slices import (
     stack_slices,
 )
 
-__all__ = ["STALL_WINDOW", "LogisticFit", "fit_logistic", "linear_logits"]
+__all__ = ["STALL_WINDOW", "LogisticFit", "fit_logistic", "fit_logistic_labels", "linear_logits"]
 
 #: Working memory the full logistic preconditioner may take per slice chunk when ``slice_chunk``
 #: is not given (an 8B model's d=4096 needs ~0.5 GB per slice, so it is chunked automatically).
@@ -99,6 +100,13 @@ class _Softmax:
             self.Linv = self.Lt = self.Q = None
         else:
             raise EmolensError(f"unknown precondition {precondition!r}; use 'full' or 'diag'")
+
+    def with_labels(self, Y: torch.Tensor, mask_add: torch.Tensor) -> _Softmax:
+        """The same slices and preconditioner with other labels ``Y`` and ``mask_add`` (nothing is copied)."""
+        new = object.__new__(_Softmax)
+        new.__dict__.update(self.__dict__)
+        new.Y, new.mask_add = Y, mask_add
+        return new
 
     def take(self, idx: torch.Tensor) -> _Softmax:
         new = object.__new__(_Softmax)
@@ -327,52 +335,86 @@ def fit_logistic(X: ArrayLike, y: ArrayLike, *, C: float = 1.0, n_classes: int |
     Slices whose ``dtype`` solve stalls at round-off above ``tol`` are finished in float64 from
     their current point (``refine=True``; reported in ``refined``), so precision is chosen per
     slice: most solve in float32, the few large-scale ones that need it get float64.
-    Returns tensors on the CPU.
+    Returns tensors on the CPU. Several label sets on the same ``X``: :func:`fit_logistic_labels`.
     """
+    return fit_logistic_labels(X, [y], C=C, n_classes=n_classes, standardize=standardize, tol=tol,
+                               max_iter=max_iter, history=history, device=device, dtype=dtype,
+                               slice_chunk=slice_chunk, precondition=precondition, refine=refine)[0]
+
+
+def fit_logistic_labels(X: ArrayLike, ys: Sequence[ArrayLike], *, C: float = 1.0, n_classes: int | None = None,
+                        standardize: bool = False, tol: float = 1e-4, max_iter: int = 1000, history: int = 20,
+                        device: str | torch.device | None = None, dtype: torch.dtype = torch.float32,
+                        slice_chunk: int | None = None, precondition: str = "full",
+                        refine: bool = True) -> list[LogisticFit]:
+    """:func:`fit_logistic` of ``X`` for each label set in ``ys`` (e.g. true and shuffled labels).
+
+    The preconditioner depends on ``X`` only: it is built once per slice chunk and shared by the
+    label sets' solves, so each result equals ``fit_logistic(X, y)`` for its ``y`` (the same
+    arithmetic, the same chunks) at the cost of one preconditioner instead of ``len(ys)``.
+    """
+    if not ys:
+        return []
     X = stack_slices(X)
     S, n, d = X.shape
     dev = probe_device(X, device)
-    labels, K = encode_labels(y, S, n, n_classes)
+    encoded = [encode_labels(y, S, n, n_classes) for y in ys]
     lam = 1.0 / (C * n)
     if precondition == "full" and not slice_chunk:
         # the factorisation needs ~3 float64 d x d matrices and a transformed copy of X per slice
         slice_chunk = max(1, _FULL_PRECONDITIONER_BYTES // (3 * 8 * d * d + 4 * n * d))
-    parts: list[tuple] = []
+    parts: list[list[tuple]] = [[] for _ in ys]
     for s0, s1 in slice_ranges(S, slice_chunk):
         Xc = slice_block(X, s0, s1, dev, dtype)
-        lab = labels if labels.shape[0] == 1 else labels[s0:s1]
-        Y = torch.nn.functional.one_hot(lab, K).to(device=dev, dtype=dtype)
-        present = Y.sum(1) > 0  # [1 or s, K]
-        mask_add = torch.where(present, 0.0, NEG).to(dtype).expand(s1 - s0, K).contiguous()
         mu, sd = moments(Xc, standardize)
-        problem = _Softmax(Xc, Y, mu, sd.pow(2), lam, mask_add, precondition)
-        theta0 = torch.zeros(s1 - s0, K * (d + 1), device=dev, dtype=dtype)
-        theta, n_it, gmax, f, stalled = _lbfgs(problem, theta0, tol, max_iter, history)
-        W, b = problem.unpack(theta)
-        W, b = W.cpu(), b.cpu()
-        refined = torch.zeros(s1 - s0, dtype=torch.bool)
-        redo = (stalled & (gmax > tol)).nonzero().squeeze(1)
-        if refine and dtype != torch.float64 and redo.numel():
-            # float32 round-off stopped these slices short of tol: finish them in float64 from where they are
-            r = redo.to(dev)
-            X64 = Xc[r].double()
-            mu64, sd64 = moments(X64, standardize)
-            sub = _Softmax(X64, Y[r].double() if Y.shape[0] > 1 else Y.double(), mu64, sd64.pow(2), lam,
-                           mask_add[r].double(), precondition)
-            Wr, br = problem.take(r).unpack(theta[r])  # the redone slices only (unpack uses per-slice state)
-            theta64, it64, g64, f64, _ = _lbfgs(sub, sub.pack(Wr.double(), br.double()), tol,
-                                                max(1, max_iter - int(n_it[redo].min())), history)
-            W64, b64 = sub.unpack(theta64)
-            W[redo], b[redo] = W64.cpu().to(W.dtype), b64.cpu().to(b.dtype)
-            n_it[redo] += it64
-            gmax[redo], f[redo] = g64.to(gmax.dtype), f64.to(f.dtype)
-            refined[redo] = True
-            del X64, sub
-        b = torch.where(present.expand_as(b).cpu(), b, torch.full_like(b, -math.inf))
-        parts.append((W, b, n_it, gmax, f, refined))
-        del Xc, problem
-    coef, intercept, n_iter, gnorm, loss, refined = (torch.cat(v) for v in zip(*parts, strict=True))
-    return LogisticFit(coef, intercept, n_iter, gnorm, gnorm <= tol, loss, tol, refined)
+        shared = None  # the chunk's preconditioner, built for the first label set
+        for v, (labels, K) in enumerate(encoded):
+            lab = labels if labels.shape[0] == 1 else labels[s0:s1]
+            Y = torch.nn.functional.one_hot(lab, K).to(device=dev, dtype=dtype)
+            present = Y.sum(1) > 0  # [1 or s, K]
+            mask_add = torch.where(present, 0.0, NEG).to(dtype).expand(s1 - s0, K).contiguous()
+            if shared is None or shared.K != K:
+                shared = _Softmax(Xc, Y, mu, sd.pow(2), lam, mask_add, precondition)
+            problem = shared.with_labels(Y, mask_add)
+            parts[v].append(_solve_chunk(problem, Xc, Y, mask_add, present, standardize, lam, tol, max_iter,
+                                         history, dtype, precondition, refine))
+            del problem
+        del Xc, shared
+    fits = []
+    for part in parts:
+        coef, intercept, n_iter, gnorm, loss, refined = (torch.cat(v) for v in zip(*part, strict=True))
+        fits.append(LogisticFit(coef, intercept, n_iter, gnorm, gnorm <= tol, loss, tol, refined))
+    return fits
+
+
+def _solve_chunk(problem: _Softmax, Xc, Y, mask_add, present, standardize, lam, tol, max_iter, history, dtype,
+                 precondition, refine) -> tuple:
+    """Solve one chunk's problem from zero; finish stalled slices in float64; raw coef, intercept and stats."""
+    S, K, d = Xc.shape[0], problem.K, problem.d
+    theta0 = torch.zeros(S, K * (d + 1), device=Xc.device, dtype=dtype)
+    theta, n_it, gmax, f, stalled = _lbfgs(problem, theta0, tol, max_iter, history)
+    W, b = problem.unpack(theta)
+    W, b = W.cpu(), b.cpu()
+    refined = torch.zeros(S, dtype=torch.bool)
+    redo = (stalled & (gmax > tol)).nonzero().squeeze(1)
+    if refine and dtype != torch.float64 and redo.numel():
+        # float32 round-off stopped these slices short of tol: finish them in float64 from where they are
+        r = redo.to(Xc.device)
+        X64 = Xc[r].double()
+        mu64, sd64 = moments(X64, standardize)
+        sub = _Softmax(X64, Y[r].double() if Y.shape[0] > 1 else Y.double(), mu64, sd64.pow(2), lam,
+                       mask_add[r].double(), precondition)
+        Wr, br = problem.take(r).unpack(theta[r])  # the redone slices only (unpack uses per-slice state)
+        theta64, it64, g64, f64, _ = _lbfgs(sub, sub.pack(Wr.double(), br.double()), tol,
+                                            max(1, max_iter - int(n_it[redo].min())), history)
+        W64, b64 = sub.unpack(theta64)
+        W[redo], b[redo] = W64.cpu().to(W.dtype), b64.cpu().to(b.dtype)
+        n_it[redo] += it64
+        gmax[redo], f[redo] = g64.to(gmax.dtype), f64.to(f.dtype)
+        refined[redo] = True
+        del X64, sub
+    b = torch.where(present.expand_as(b).cpu(), b, torch.full_like(b, -math.inf))
+    return W, b, n_it, gmax, f, refined
 
 
 def linear_logits(X: ArrayLike, coef: torch.Tensor, intercept: torch.Tensor, device, dtype,
