@@ -89,7 +89,9 @@ class _Softmax:
             self.Linv = Linv.to(X.dtype)  # W = W' Linv
             self.Lt = L.transpose(1, 2).to(X.dtype)  # raw gradient gW = gW' L^T
             # the penalty sum_j pen_j W_kj^2 = w'_k Q w'_k^T with Q = Linv diag(pen) Linv^T
-            self.Q = ((Linv * pen.double().unsqueeze(1)) @ Linv.transpose(1, 2)).to(X.dtype)
+            scaled = Linv if bool((pen == 1).all()) else Linv * pen.double().unsqueeze(1)  # (x 1 is exact)
+            self.Q = (scaled @ Linv.transpose(1, 2)).to(X.dtype)
+            del scaled
             del P, L, Linv
             # The data term only ever sees X through X W^T = (X - mu) Linv^T W'^T + const: transform X once.
             self.X = torch.baddbmm(-(mu.unsqueeze(1) @ self.Linv.transpose(1, 2)), X, self.Linv.transpose(1, 2))
@@ -108,23 +110,27 @@ class _Softmax:
         new.Y, new.mask_add = Y, mask_add
         return new
 
-    def take(self, idx: torch.Tensor) -> _Softmax:
+    def take(self, idx: torch.Tensor, solver_only: bool = False) -> _Softmax:
+        """The slices ``idx``. ``solver_only``: for :meth:`fg` alone (no ``d x d`` ``Linv`` copied; no unpacking)."""
         new = object.__new__(_Softmax)
         new.__dict__.update(self.__dict__)
         for name in ("X", "mu", "pen", "mask_add", "sw", "Linv", "Lt", "Q"):
             if getattr(self, name) is not None:
+                if solver_only and name == "Linv":
+                    new.Linv = None  # fg never reads it
+                    continue
                 setattr(new, name, getattr(self, name)[idx])
         new.Y = self.Y if self.Y.shape[0] == 1 else self.Y[idx]
         return new
 
     def _weights(self, Wp: torch.Tensor) -> torch.Tensor:
         """Raw weights ``W [S, K, d]`` from preconditioned ones."""
-        return Wp * self.sw if self.Linv is None else Wp @ self.Linv
+        return Wp * self.sw if self.sw is not None else Wp @ self.Linv
 
     def pack(self, W: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """Solver parameters from raw ``coef [S, K, d]`` and ``intercept [S, K]`` (inverse of :meth:`unpack`)."""
         S = W.shape[0]
-        Wp = W / self.sw if self.Linv is None else W @ self.Lt.transpose(1, 2)
+        Wp = W / self.sw if self.sw is not None else W @ self.Lt.transpose(1, 2)
         bc = b + (W @ self.mu.unsqueeze(-1)).squeeze(-1)
         return torch.cat([Wp.reshape(S, -1), bc / self.sb], 1)
 
@@ -140,7 +146,7 @@ class _Softmax:
         S, K, d = theta.shape[0], self.K, self.d
         Wp = theta[:, : K * d].view(S, K, d)
         bc = theta[:, K * d:] * self.sb
-        if self.Linv is not None:  # X holds (X - mu) Linv^T: the data term sees W' directly
+        if self.sw is None:  # full: X holds (X - mu) Linv^T, the data term sees W' directly
             logits = torch.baddbmm((bc + self.mask_add).unsqueeze(1), self.X, Wp.transpose(1, 2))
             pen_grad = self.lam * (Wp @ self.Q)
             pen_val = 0.5 * (Wp * pen_grad).sum((1, 2))
@@ -154,7 +160,7 @@ class _Softmax:
         f = -(logp * self.Y).sum((1, 2)) / self.n + pen_val
         R = (logp.exp() - self.Y) / self.n
         rs = R.sum(1)
-        if self.Linv is not None:
+        if self.sw is None:
             gWp = torch.bmm(R.transpose(1, 2), self.X) + pen_grad
             gW = gWp @ self.Lt  # raw-coordinate gradient, for sklearn's stopping criterion
         else:
@@ -276,7 +282,7 @@ def _lbfgs(problem: _Softmax, theta: torch.Tensor, tol: float, max_iter: int, hi
             t = torch.where(accepted, t, t * 0.5)
             if rows is None or int((~accepted).sum()) < rows.numel():
                 rows = (~accepted).nonzero().squeeze(1)
-                sub = problem.take(rows)
+                sub = problem.take(rows, solver_only=True)
         stalled = ~accepted  # no decrease possible at working precision
         moved = accepted & ~done
         s_new, y_new = new_theta - theta, new_g - g
@@ -307,7 +313,7 @@ def _lbfgs(problem: _Softmax, theta: torch.Tensor, tol: float, max_iter: int, hi
             out_g[gi], out_f[gi] = gmax[fin].cpu().to(out_g), f[fin].cpu().to(out_f)
             out_stall[gi] = stall[fin].cpu()
             keep = (~done).nonzero().squeeze(1)
-            problem = problem.take(keep)
+            problem = problem.take(keep, solver_only=True)
             gid, theta, f, g, gmax, gamma, n_iter, done, stall = (
                 v[keep] for v in (gid, theta, f, g, gmax, gamma, n_iter, done, stall))
             s_hist = [v[keep] for v in s_hist]
