@@ -84,14 +84,11 @@ class _Softmax:
             del gram
             P.diagonal(dim1=1, dim2=2).add_((lam * pen).double())
             L = _shifted_cholesky(P)  # round-off can make P indefinite: shifted, it is only a preconditioner
-            eye = torch.eye(d, dtype=L.dtype, device=L.device).expand_as(L)
-            Linv = torch.linalg.solve_triangular(L, eye, upper=False)
+            Linv = _triangular_inverse(L)
             self.Linv = Linv.to(X.dtype)  # W = W' Linv
             self.Lt = L.transpose(1, 2).to(X.dtype)  # raw gradient gW = gW' L^T
             # the penalty sum_j pen_j W_kj^2 = w'_k Q w'_k^T with Q = Linv diag(pen) Linv^T
-            scaled = Linv if bool((pen == 1).all()) else Linv * pen.double().unsqueeze(1)  # (x 1 is exact)
-            self.Q = (scaled @ Linv.transpose(1, 2)).to(X.dtype)
-            del scaled
+            self.Q = _triangular_gram(Linv, None if bool((pen == 1).all()) else pen.double()).to(X.dtype)
             del P, L, Linv
             # The data term only ever sees X through X W^T = (X - mu) Linv^T W'^T + const: transform X once.
             self.X = torch.baddbmm(-(mu.unsqueeze(1) @ self.Linv.transpose(1, 2)), X, self.Linv.transpose(1, 2))
@@ -204,6 +201,40 @@ def _shifted_cholesky(P: torch.Tensor) -> torch.Tensor:
             level[stale[info_s == 0]] = step
         if not bool((level < 0).any()):
             return L
+
+
+#: Column (row) block of the triangular inverse and Gram below: they skip the blocks known to be zero.
+_TRI_BLOCK = 128
+
+
+def _triangular_inverse(L: torch.Tensor, block: int = _TRI_BLOCK) -> torch.Tensor:
+    """``L^{-1}`` of lower-triangular ``L [S, d, d]``, by column blocks: block ``j`` of the inverse is
+    zero above the diagonal block, so only ``L[j:, j:]`` is solved against (~1/3 of the full solve's work;
+    equal to ``solve_triangular(L, I)`` up to float64 round-off)."""
+    S, d, _ = L.shape
+    out = torch.zeros_like(L)
+    eye = torch.eye(d, dtype=L.dtype, device=L.device)
+    for j0 in range(0, d, block):
+        j1 = min(d, j0 + block)
+        out[:, j0:, j0:j1] = torch.linalg.solve_triangular(L[:, j0:, j0:], eye[j0:, j0:j1].expand(S, -1, -1),
+                                                           upper=False)
+    return out
+
+
+def _triangular_gram(A: torch.Tensor, pen: torch.Tensor | None = None, block: int = _TRI_BLOCK) -> torch.Tensor:
+    """``A diag(pen) A^T`` of lower-triangular ``A [S, d, d]`` (``pen [S, d]``; None: ones), symmetric.
+
+    Row block ``i`` needs only ``A``'s first ``i1`` columns (the rest are zero), and the upper
+    triangle mirrors the lower: ~1/3 of a full product's work, equal to it up to float64 round-off.
+    """
+    S, d, _ = A.shape
+    Q = torch.zeros_like(A)
+    for i0 in range(0, d, block):
+        i1 = min(d, i0 + block)
+        left = A[:, i0:i1, :i1] if pen is None else A[:, i0:i1, :i1] * pen[:, None, :i1]
+        Q[:, i0:i1, :i1] = left @ A[:, :i1, :i1].transpose(1, 2)  # rows i0:i1 up to the diagonal block
+    Q = Q.tril()
+    return Q + Q.tril(-1).transpose(1, 2)
 
 
 #: Iterations over which a slice's objective must fall by more than round-off to count as moving.
