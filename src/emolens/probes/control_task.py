@@ -70,8 +70,10 @@ def control_task_selectivity(X, y, types: Sequence[Any], slices: Sequence[tuple[
     S = Xk.shape[0]
     correct = {"emotion": np.zeros((S, len(labels))), "control": np.zeros((S, len(labels)))}
     for tr, te in folds:
-        for name, target in (("emotion", labels), ("control", ctrl)):
-            fit = probes.fit_logistic(Xk[:, tr], target[tr], C=C, n_classes=K, dtype=dtype, max_iter=max_iter)
+        targets = {"emotion": labels, "control": ctrl}
+        fits = probes.fit_logistic_labels(Xk[:, tr], [t[tr] for t in targets.values()], C=C, n_classes=K,
+                                          dtype=dtype, max_iter=max_iter)  # one preconditioner for both
+        for (name, target), fit in zip(targets.items(), fits, strict=True):
             pred = probes.linear_logits(Xk[:, te], fit.coef, fit.intercept, None, dtype, None).argmax(-1).numpy()
             correct[name][:, te] = pred == target[te][None]
     ch_e, ch_c = majority_share(labels[tested]), majority_share(ctrl[tested])

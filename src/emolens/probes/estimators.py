@@ -33,7 +33,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from emolens.probes.logistic import STALL_WINDOW, LogisticFit, fit_logistic, linear_logits
+from emolens.probes.logistic import STALL_WINDOW, LogisticFit, fit_logistic, fit_logistic_labels, linear_logits
 from emolens.probes.mlp import MLPFit, fit_mlp, mlp_logits
 from emolens.probes.ridge import DEFAULT_ALPHAS, RidgeFit, fit_ridge
 from emolens.probes.slices import (
@@ -51,8 +51,8 @@ from emolens.probes.slices import (
 __all__ = [
     "DEFAULT_ALPHAS", "STALL_WINDOW", "BatchedLogisticProbe", "BatchedMLPProbe", "BatchedRidgeProbe",
     "LogisticFit", "LogisticProbe", "MLPFit", "MLPProbe", "RidgeFit", "RidgeProbe", "slice_ranges",
-    "encode_labels", "fit_logistic", "fit_mlp", "fit_ridge", "linear_logits", "slice_block", "mlp_logits",
-    "moments", "encode_targets", "probe_device", "stack_slices", "to_numpy",
+    "encode_labels", "fit_logistic", "fit_logistic_labels", "fit_mlp", "fit_ridge", "linear_logits", "slice_block",
+    "mlp_logits", "moments", "encode_targets", "probe_device", "stack_slices", "to_numpy",
 ]
 
 

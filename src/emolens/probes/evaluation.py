@@ -280,23 +280,25 @@ def evaluate_classifier(X: Any, y: Any, slices: Sequence[Slice], *, task: str = 
     rng = np.random.default_rng(seed + 1)
     dev = probes.probe_device(X, device)
     kw = dict(probe_kwargs or {})
+    if probe not in ("logistic", "mlp"):
+        raise EmolensError(f"unknown probe {probe!r}", "use 'logistic' or 'mlp'")
     for s0, s1, fi, tr, te, Xtr, Xte in _fold_chunks(X, keep, folds, slice_chunk, dev, dtype):
-        for name, shuf in variants.items():
-            ytr = labels[tr]
-            if shuf:
-                ytr = np.stack([rng.permutation(ytr) for _ in range(s1 - s0)])
+        ytrs = {name: np.stack([rng.permutation(labels[tr]) for _ in range(s1 - s0)]) if shuf else labels[tr]
+                for name, shuf in variants.items()}
+        if probe == "logistic":  # the variants share X, so they share one preconditioner
+            lfits = dict(zip(ytrs, probes.fit_logistic_labels(Xtr, list(ytrs.values()), C=C, n_classes=K,
+                                                               standardize=standardize, device=dev, dtype=dtype,
+                                                               **kw), strict=True))
+        for name, ytr in ytrs.items():
             if probe == "logistic":
-                fit = probes.fit_logistic(Xtr, ytr, C=C, n_classes=K, standardize=standardize,
-                                          device=dev, dtype=dtype, **kw)
+                fit = lfits[name]
                 logits = probes.linear_logits(Xte, fit.coef, fit.intercept, dev, dtype, None)
                 converged[name][s0:s1, fi] = fit.converged.numpy()
-            elif probe == "mlp":
+            else:
                 mfit = probes.fit_mlp(Xtr, ytr, n_classes=K, standardize=standardize, seed=seed,
                                       device=dev, dtype=dtype, **kw)
                 logits = probes.mlp_logits(mfit, Xte, dev, dtype, None)
                 converged[name][s0:s1, fi] = mfit.converged.numpy()
-            else:
-                raise EmolensError(f"unknown probe {probe!r}", "use 'logistic' or 'mlp'")
             pred = logits.argmax(-1).numpy()
             preds[name][s0:s1, te] = pred
             if ci != "bootstrap":
