@@ -52,6 +52,7 @@ from paths import use_paths  # noqa: E402
 
 FULL_ITEMS, FULL_CAUSAL_ITEMS, FULL_PAIRS = 6600, 3300, 200  # the paper preset's corpus, correct subset, pairs
 CAUSAL = ("ablate", "patch", "knockout", "steer", "robustness")
+STEER_HOLDOUT = 0.5  # the paper preset's steer.holdout: the steered items are this share of the analysed ones
 LAYER_SWEEPS = (*CAUSAL, "probe")
 
 
@@ -139,15 +140,16 @@ def instrument(rate_prompts: int, batch_size: int) -> SimpleNamespace:
 
 #: Parts of a stage whose work scales unlike the stage's (module, function, part name or None for the
 #: function's ``analysis`` argument, and how it scales: ``items`` = corpus items, ``causal`` = the
-#: causal items, ``pairs`` = patching pairs, ``fixed`` = not at all; ``windows`` = also by the layer
-#: step). The robustness stage's readouts run the whole corpus once per variant and its probe
-#: extractions the whole forward, neither sweeps windows; the selected steering design's test runs
-#: one setting; the sample generations are a fixed number (``steer.generations``) at one setting.
+#: causal items, ``steered`` = the held-out share of them, ``pairs`` = patching pairs, ``fixed`` = not
+#: at all; ``windows`` = also by the layer step). The robustness stage's readouts run the whole
+#: corpus once per variant and its probe extractions the whole forward, neither sweeps windows; the
+#: selected steering design's test runs one setting; the sample generations are a fixed number
+#: (``steer.generations``) at one setting.
 PARTS = {
     ("emolens.study.stages.robustness", "_robustness_readout"): ("readout", "items", False),
     ("emolens.study.stages.robustness", "_robustness_probe"): ("probe", "causal", False),
     ("emolens.study.stages.robustness", "_robustness_causal"): (None, None, True),
-    ("emolens.steering.run", "_selected_test"): ("selected test", "causal", False),
+    ("emolens.steering.run", "_selected_test"): ("selected test", "steered", False),
     ("emolens.steering.run", "steered_generations"): ("generations", "fixed", False),
 }
 
@@ -294,8 +296,11 @@ def run_once(args, state, n_layers: int, shape, tiny: bool, mode: str) -> dict:
         # patching runs pairs, not items: the paper preset's 200 over the pairs run here
         per = {"pairs": FULL_PAIRS / max(1, args.pairs), "fixed": 1.0,
                "causal": FULL_CAUSAL_ITEMS / max(1, min(args.max_items, n_items)),
-               "items": FULL_ITEMS / max(1, min(args.max_items, n_items) if o.stage == "robustness" else n_items)}
-        units = per["pairs"] if o.stage == "patch" else per["causal"] if o.stage in CAUSAL else per["items"]
+               "items": FULL_ITEMS / max(1, min(args.max_items, n_items) if o.stage == "robustness" else n_items),
+               # steering measures the held-out share of the analysed items (the rest fits the directions)
+               "steered": FULL_CAUSAL_ITEMS * STEER_HOLDOUT / max(1, min(args.max_items, n_items * STEER_HOLDOUT))}
+        units = per["pairs"] if o.stage == "patch" else per["steered"] if o.stage == "steer" \
+            else per["causal"] if o.stage in CAUSAL else per["items"]
         scale = units * (args.layer_step if o.stage in LAYER_SWEEPS else 1)
         # parts that grow otherwise (PARTS) are taken out of the stage's work and scaled by their own units
         parts = {name: (w, per[how] * (args.layer_step if windows else 1))
