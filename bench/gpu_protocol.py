@@ -138,50 +138,71 @@ def instrument(rate_prompts: int, batch_size: int) -> SimpleNamespace:
     return state
 
 
-#: Parts of a stage whose work scales unlike the stage's (module, function, part name or None for the
-#: function's ``analysis`` argument, and how it scales: ``items`` = corpus items, ``causal`` = the
+#: Parts of a stage whose work scales unlike the stage's: (module, attribute) -> (part name, or None for
+#: the function's ``analysis`` argument; how it scales: ``items`` = corpus items, ``causal`` = the
 #: causal items, ``steered`` = the held-out share of them, ``pairs`` = patching pairs, ``fixed`` = not
-#: at all; ``windows`` = also by the layer step). The robustness stage's readouts run the whole
-#: corpus once per variant and its probe extractions the whole forward, neither sweeps windows; the
-#: selected steering design's test runs one setting; the sample generations are a fixed number
-#: (``steer.generations``) at one setting.
+#: at all, ``inherit`` = as the part or stage around it; whether it also scales with the layer step).
+#: The robustness stage's readouts run the whole corpus once per variant and its probe extractions
+#: the whole forward, neither sweeps windows; the selected steering design's test runs one setting;
+#: the sample generations are a fixed number (``steer.generations``) at one setting; the runner's
+#: clean passes (prefix caches, clean scores, clean hidden states) run once per batch of items,
+#: whatever the number of windows. Work is counted exclusively: a part inside another (a clean
+#: prefix inside robustness's ablation) is taken out of the outer one.
 PARTS = {
     ("emolens.study.stages.robustness", "_robustness_readout"): ("readout", "items", False),
     ("emolens.study.stages.robustness", "_robustness_probe"): ("probe", "causal", False),
     ("emolens.study.stages.robustness", "_robustness_causal"): (None, None, True),
     ("emolens.steering.run", "_selected_test"): ("selected test", "steered", False),
     ("emolens.steering.run", "steered_generations"): ("generations", "fixed", False),
+    ("emolens.engine.runner", "ConditionRunner.prefixes"): ("clean passes", "inherit", False),
+    ("emolens.engine.runner", "ConditionRunner.clean"): ("clean passes", "inherit", False),
+    ("emolens.engine.runner", "ConditionRunner.clean_hidden"): ("clean passes", "inherit", False),
 }
 
 
 def instrument_parts(state: SimpleNamespace) -> None:
-    """Count the work of each :data:`PARTS` function apart from the rest of its stage
-    (``state.parts[(stage, part)]``), so the projection scales each part by what it grows with."""
+    """Count the work of each :data:`PARTS` function apart from the rest of its stage, exclusively
+    (``state.parts[(stage, part)] = (work, units, windows)``), so the projection scales each part by
+    what it grows with. A part inside another inherits its units (``inherit``) and its work is taken
+    out of the outer part's."""
     import importlib
 
     from emolens.engine.accounting import Work
 
-    state.parts = {}
+    state.parts, stack = {}, []
+
+    def snap() -> Work:
+        return state.counter.snapshot() if state.counter else Work()
+
     for (module_name, attr), (part, units, windows) in PARTS.items():
-        module = importlib.import_module(module_name)
-        original = getattr(module, attr)
+        owner = importlib.import_module(module_name)
+        *path, leaf = attr.split(".")
+        for name in path:
+            owner = getattr(owner, name)
+        original = getattr(owner, leaf)
 
         def counted(*args, _fn=original, _part=part, _units=units, _windows=windows, **kwargs):
             name = _part or str(args[1])  # _robustness_causal(ctx, analysis, ...): ablate or patch
             how = _units or ("pairs" if name == "patch" else "causal")
-            start = state.counter.snapshot() if state.counter else Work()
+            if how == "inherit":
+                how = stack[-1]["how"] if stack else "stage"
+            frame = {"how": how, "start": snap(), "inner": Work()}
+            stack.append(frame)
             try:
                 return _fn(*args, **kwargs)
             finally:
+                stack.pop()
+                end = snap()
+                total = end - frame["start"]
+                if stack:
+                    stack[-1]["inner"] = stack[-1]["inner"] + total
                 if state.counter is not None:
-                    end = state.counter.snapshot()
                     key = (state.current, name)
-                    got = Work(end.forwards - start.forwards, end.tokens - start.tokens,
-                               end.token_layers - start.token_layers, end.seconds - start.seconds)
-                    old = state.parts.get(key, (Work(), how, _windows))[0]
-                    state.parts[key] = (old + got, how, _windows)
+                    own = total - frame["inner"]
+                    old = state.parts.get((key, how), (Work(), how, _windows))[0]
+                    state.parts[(key, how)] = (old + own, how, _windows)
 
-        setattr(module, attr, counted)
+        setattr(owner, leaf, counted)
 
 
 def time_writers(state: SimpleNamespace) -> None:
@@ -303,8 +324,10 @@ def run_once(args, state, n_layers: int, shape, tiny: bool, mode: str) -> dict:
             else per["causal"] if o.stage in CAUSAL else per["items"]
         scale = units * (args.layer_step if o.stage in LAYER_SWEEPS else 1)
         # parts that grow otherwise (PARTS) are taken out of the stage's work and scaled by their own units
-        parts = {name: (w, per[how] * (args.layer_step if windows else 1))
-                 for (stage, name), (w, how, windows) in getattr(state, "parts", {}).items() if stage == o.stage}
+        per["stage"] = units
+        parts = {f"{name} ({how})" if how != "stage" else name: (w, per[how] * (args.layer_step if windows else 1))
+                 for ((stage, name), how), (w, _, windows) in getattr(state, "parts", {}).items()
+                 if stage == o.stage}
         row = {"stage": o.stage, "status": o.status, "wall_s": o.seconds, "scale": scale,
                "parts": {name: {"forwards": w.forwards, "token_layers": w.token_layers, "seconds": w.seconds,
                                 "scale": sc} for name, (w, sc) in parts.items()}}
