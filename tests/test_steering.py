@@ -726,3 +726,21 @@ def test_selected_design_chooses_on_some_items_and_tests_with_every_null_on_the_
     np.testing.assert_allclose(swept.set_index(["window", "beta"]).value.sort_index().to_numpy(),
                                mean.set_index(["window", "beta"]).value.sort_index().to_numpy(), atol=1e-6)
     assert swept.p_value.isna().all()
+
+
+def test_a_probe_bank_fits_its_emotion_probes_under_the_given_iteration_cap():
+    """A study's steering directions are its probes: the probe section's ``max_iter`` reaches the emotion
+    logistic (a fit split smaller than the width separates, and would run the whole budget)."""
+    from emolens.data.stimuli import load_stimuli
+    from emolens.probes.directions import fit_directions
+    from emolens.steering.directions import _ratings_and_labels
+
+    ds = load_stimuli("all").sample(40, seed=0)
+    X = torch.randn(40, 2, 48, generator=torch.Generator().manual_seed(0))
+    capped = compute_bank(X, [3, 4], ds, "probe", max_iter=5)
+    R, y = _ratings_and_labels(ds, list(ds.appraisal_names), EMOTIONS)
+    direct = fit_directions(X.permute(1, 0, 2).contiguous(), y, R, methods=("probe",), max_iter=5)
+    emotions = [capped.names.index(e) for e in EMOTIONS if e in capped.names]
+    torch.testing.assert_close(capped.vectors[:, emotions], direct["emotion/probe"].float()[:, :len(emotions)])
+    full = compute_bank(X, [3, 4], ds, "probe")
+    assert not torch.allclose(full.vectors[:, emotions], capped.vectors[:, emotions])

@@ -166,13 +166,17 @@ def diffmean_directions(X: torch.Tensor, ratings: np.ndarray | None = None, labe
 
 
 def probe_directions(X: torch.Tensor, ratings: np.ndarray | None = None, labels: np.ndarray | None = None,
-                     n_classes: int = len(EMOTIONS), alpha: float = 5.0, C: float = 1.0) -> torch.Tensor:
+                     n_classes: int = len(EMOTIONS), alpha: float = 5.0, C: float = 1.0,
+                     max_iter: int = 1000) -> torch.Tensor:
     """Probe-weight directions ``[L, A + K, d]`` (the paper): ridge per appraisal, logistic per emotion.
 
     Each appraisal's ridge is fitted on the items that rate it, the logistic on labelled items
-    (:mod:`emolens.probes.directions`).
+    (:mod:`emolens.probes.directions`) with at most ``max_iter`` L-BFGS iterations: a study passes its
+    probe section's cap (the paper's sklearn default is 100), so its steering directions are the
+    probes it reports; on a fit split smaller than the width the classes separate and the solve
+    would otherwise run the whole budget without converging.
     """
-    return _directions(X, ratings, labels, "probe", n_classes=n_classes, alpha=alpha, C=C)
+    return _directions(X, ratings, labels, "probe", n_classes=n_classes, alpha=alpha, C=C, max_iter=max_iter)
 
 
 def _directions(X: torch.Tensor, ratings, labels, method: str, **options) -> torch.Tensor:
@@ -216,8 +220,9 @@ def pca_directions(X: torch.Tensor, ratings: np.ndarray, high: float = 4, low: f
 
 def compute_bank(X: torch.Tensor, layers: Sequence[int], dataset, method: str = "diffmean",
                  appraisals: Sequence[str] | None = None, emotions: Sequence[str] = EMOTIONS,
-                 high: float = 4, low: float = 2, seed: int = 0) -> ConceptBank:
-    """Directions of every appraisal in ``appraisals`` (default: the dataset's) and every emotion."""
+                 high: float = 4, low: float = 2, seed: int = 0, max_iter: int = 1000) -> ConceptBank:
+    """Directions of every appraisal in ``appraisals`` (default: the dataset's) and every emotion
+    (``max_iter``: the emotion probes' iteration cap, :func:`probe_directions`)."""
     if method not in METHODS:
         raise EmolensError(f"unknown direction method {method!r}", f"use one of {list(METHODS)}")
     appraisals = list(appraisals if appraisals is not None else dataset.appraisal_names)
@@ -226,7 +231,7 @@ def compute_bank(X: torch.Tensor, layers: Sequence[int], dataset, method: str = 
     if method == "diffmean":
         V = diffmean_directions(X, R, y if has_labels else None, len(emotions), high, low)
     elif method == "probe":
-        V = probe_directions(X, R, y if has_labels else None, len(emotions))
+        V = probe_directions(X, R, y if has_labels else None, len(emotions), max_iter=max_iter)
     else:  # pca: appraisals from paired differences; emotions fall back to diff-of-means
         V = pca_directions(X, R, high, low, seed=seed)
         if has_labels:
@@ -236,9 +241,10 @@ def compute_bank(X: torch.Tensor, layers: Sequence[int], dataset, method: str = 
 
 
 def bank_from_store(store_dir: str | Path, dataset, layers: Sequence[int], method: str = "diffmean",
-                    appraisals: Sequence[str] | None = None, seed: int = 0) -> ConceptBank:
+                    appraisals: Sequence[str] | None = None, seed: int = 0, max_iter: int = 1000) -> ConceptBank:
     """Directions from an :class:`~emolens.activations.store.ActivationStore` (site ``resid``, position -1)."""
-    return compute_bank(store_resid(store_dir, dataset, layers), layers, dataset, method, appraisals, seed=seed)
+    return compute_bank(store_resid(store_dir, dataset, layers), layers, dataset, method, appraisals, seed=seed,
+                        max_iter=max_iter)
 
 
 def store_resid(store: str | Path | ActivationStore, dataset, layers: Sequence[int]) -> torch.Tensor:

@@ -76,6 +76,8 @@ class SteerPlan:
     null_design: str = "every"
     #: the selected design's share of the steered items that carry the test
     select_share: float = 0.5
+    #: iteration cap of the emotion probes of a ``probe`` bank fitted here (a study: its probe section's)
+    max_iter: int = 1000
 
 
 @dataclass
@@ -170,7 +172,7 @@ def run_steering(lm, dataset, plan: SteerPlan, spec: PromptSpec | None = None,
                     control=plan.control, spec=spec,
                     fit_dataset=fit, holdout=plan.holdout,
                     batch_size=plan.batch_size, max_rows=plan.max_rows, fast=plan.fast, seed=plan.seed,
-                    progress=progress, acts=acts, skip_undefined=plan.skip_undefined)
+                    progress=progress, acts=acts, skip_undefined=plan.skip_undefined, max_iter=plan.max_iter)
         if res.info.get("skipped_directions"):  # the sweep fitted the bank itself and could not define them
             notes.append(f"no {method} direction for {res.info['skipped_directions']} (their concepts lack items on "
                          "both sides in the fit items)")

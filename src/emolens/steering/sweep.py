@@ -375,7 +375,7 @@ def sweep(lm, dataset, directions: Sequence[str], *, bank: ConceptBank | None = 
           fit_dataset=None, holdout: float | None = 0.5, batch_size: int = 16,
           max_rows: int = 64, fast: bool | None = None, fast_rows: int = 256, n_boot: int = 200, seed: int = 0,
           progress: bool = False, acts: Callable | None = None, skip_undefined: bool = False,
-          ref_norm: Mapping[str, torch.Tensor] | None = None) -> SweepResult:
+          ref_norm: Mapping[str, torch.Tensor] | None = None, max_iter: int = 1000) -> SweepResult:
     """Steer prompts along each direction over windows × β × positions, with controls.
 
     Which items fit the directions and which are steered:
@@ -404,7 +404,8 @@ def sweep(lm, dataset, directions: Sequence[str], *, bank: ConceptBank | None = 
     ``skip_undefined`` leaves out directions the fit items cannot define (a concept without items on
     both sides) instead of failing; ``info["skipped_directions"]`` names them. ``ref_norm`` (the
     ``relative`` scale's norms per position over ``bank.layers``, e.g. an earlier sweep's) makes the
-    vectors those of that sweep instead of being measured on these items.
+    vectors those of that sweep instead of being measured on these items. ``max_iter`` caps the emotion
+    probes of a ``probe`` bank the sweep fits itself (:func:`~emolens.steering.directions.probe_directions`).
     Returns a tidy table (:data:`COLUMNS`); β = 0 rows (the clean run)
     are included for every real direction, so dose-response curves start at 0.
     """
@@ -434,7 +435,7 @@ def sweep(lm, dataset, directions: Sequence[str], *, bank: ConceptBank | None = 
             fit_prompts = prompts if fit is steered else build_prompts(fit.texts, spec, lm.tokenizer)
             X = capture_resid(lm, fit_prompts, layers, batch_size)
     if bank is None:
-        bank = compute_bank(X, layers, fit, method, seed=seed)
+        bank = compute_bank(X, layers, fit, method, seed=seed, max_iter=max_iter)
     skipped = [d for d in directions if not _definable(bank, d)] if skip_undefined else []
     directions = [d for d in directions if d not in skipped]
     if not directions:

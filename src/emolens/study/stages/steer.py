@@ -22,7 +22,8 @@ def _steer_bank(ctx: StageContext, method: str, fit, layers: list[int]):
     s = ctx.cfg.steer
     try:
         if fit is not None:
-            return bank_from_store(ctx.upstream["extract"] / "store", fit, layers, method, seed=ctx.cfg.seed)
+            return bank_from_store(ctx.upstream["extract"] / "store", fit, layers, method, seed=ctx.cfg.seed,
+                                   max_iter=ctx.cfg.probe.max_iter)
         directions_file = ctx.upstream["probe"] / "directions.safetensors"
         if not directions_file.exists():
             raise EmolensError(f"the probe stage saved no directions at site {s.site!r}")
@@ -41,7 +42,7 @@ _STEER_MODULES = ("emolens.steering.apply", "emolens.steering.directions", "emol
 
 
 @stage("steer", lambda c: {"items": c.items, "seed": c.seed, "sites": c.sites, "positions": c.positions,
-                           **dump_section(c.steer)}, modules=_STEER_MODULES)
+                           "probe_max_iter": c.probe.max_iter, **dump_section(c.steer)}, modules=_STEER_MODULES)
 def _steer(ctx: StageContext) -> dict:
     """Steering through :func:`emolens.steering.run.run_steering` (the path of ``emolens steer``).
 
@@ -63,6 +64,7 @@ def _steer(ctx: StageContext) -> dict:
                      max_items=s.max_items,
                      generations=s.generations,
                      gen_position=s.gen_position, gen_window=s.gen_window, skip_undefined=True,
+                     max_iter=ctx.cfg.probe.max_iter,
                      batch_size=ctx.cfg.batch_size, seed=ctx.cfg.seed)
 
     def bank_for(method: str, fit, layers: list[int]):
