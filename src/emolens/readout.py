@@ -8,6 +8,7 @@ module adds contextual calibration (Zhao et al., 2021) and the accuracy metrics.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -106,6 +107,20 @@ def calibrate_scores(scores: np.ndarray, prior: np.ndarray) -> np.ndarray:
     return logp - np.log(prior)[None, :]
 
 
+def frame_metrics(frame: pd.DataFrame, labels: Sequence[str]) -> dict:
+    """Accuracy, balanced accuracy, macro F1 (with intervals) and the predicted-label counts of a
+    readout table (``gold``, ``pred``): the ``raw`` metrics of :func:`readout`, and of an extraction's
+    readout (``ActivationStore.readout``), which reads the same labels in the same forward as its
+    captures."""
+    index = {lab: i for i, lab in enumerate(labels)}
+    gold = np.array([index.get(lab, -1) if lab is not None else -1 for lab in frame["gold"]])
+    pred = np.array([index[lab] for lab in frame["pred"]])
+    has_gold = gold >= 0
+    out = classification_summary(gold[has_gold], pred[has_gold], len(labels)) if has_gold.any() else {"n": 0}
+    out["predicted_distribution"] = {lab: int((pred == k).sum()) for k, lab in enumerate(labels)}
+    return out
+
+
 def readout(lm, dataset: EmotionDataset, spec: PromptSpec | None = None, batch_size: int = 16,
             calibrate: bool = False, progress: bool = True) -> ReadoutResult:
     """Ask the model which label each text implies, as Tak et al. do, plus calibration if asked."""
@@ -122,9 +137,7 @@ def readout(lm, dataset: EmotionDataset, spec: PromptSpec | None = None, batch_s
     for k, lab in enumerate(labels):
         frame[f"logp_{lab}"] = scores[:, k]
     has_gold = gold >= 0
-    metrics: dict = {"raw": classification_summary(gold[has_gold], pred[has_gold], len(labels)) if has_gold.any()
-                     else {"n": 0}}
-    metrics["raw"]["predicted_distribution"] = {lab: int((pred == k).sum()) for k, lab in enumerate(labels)}
+    metrics: dict = {"raw": frame_metrics(frame, labels)}
     prior = None
     if calibrate:
         prior = content_free_prior(lm, spec, reader, batch_size)

@@ -12,13 +12,14 @@ import numpy as np
 import pandas as pd
 
 from emolens.activations.extract import extract
+from emolens.activations.store import ActivationStore
 from emolens.causal.ablation import ablate
 from emolens.causal.patching import patch
 from emolens.errors import EmolensError
 from emolens.inputs.prompts import PAPER_PROMPT_VARIANTS
 from emolens.paths import atomic_write_bytes
 from emolens.probes import probing
-from emolens.readout import readout
+from emolens.readout import frame_metrics, readout
 from emolens.study import registry
 from emolens.study.config import StudyConfig
 from emolens.study.registry import StageContext, dump_section, stage
@@ -42,26 +43,37 @@ def _robustness_section(c: StudyConfig) -> dict:
     return out
 
 
-def _robustness_readout(ctx: StageContext, items, spec) -> tuple[pd.DataFrame, list[str]]:
-    result = readout(ctx.model.lm, items, spec, batch_size=ctx.cfg.batch_size, progress=ctx.progress)
-    raw = result.metrics["raw"]
+def _robustness_readout(ctx: StageContext, items, spec, store_dir: Path | None = None
+                        ) -> tuple[pd.DataFrame, list[str], ActivationStore | None]:
+    """The variant's readout rows and correctly read ids; with ``store_dir`` (the probe is re-run) the
+    readout is the one an extraction of every item reads in the forward that also captures the
+    probe's activations (:func:`emolens.activations.extract.extract` with ``readout``), so the
+    variant pays one pass over its items for both, not two."""
+    if store_dir is None:
+        result = readout(ctx.model.lm, items, spec, batch_size=ctx.cfg.batch_size, progress=ctx.progress)
+        raw, correct, store = result.metrics["raw"], list(result.correct_ids), None
+    else:
+        store = extract(ctx.model.lm, items, store_dir, sites=ctx.cfg.sites, layers=ctx.cfg.layers, positions=[-1],
+                        spec=spec, readout=True, dtype=ctx.cfg.extract.dtype, batch_size=ctx.cfg.batch_size,
+                        chunk_size=ctx.cfg.extract.chunk_size, progress=ctx.progress)
+        frame = store.readout()
+        raw, correct = frame_metrics(frame, spec.labels), frame.loc[frame.correct.astype(bool), "id"].tolist()
     rows = [{"analysis": "readout", "site": "", "metric": m, "value": raw[m],
              "ci_low": raw["accuracy_ci_low"] if m == "accuracy" else np.nan,
              "ci_high": raw["accuracy_ci_high"] if m == "accuracy" else np.nan, "n": raw["n"],
              "chance": raw["majority_baseline"] if m == "accuracy" else raw["chance"]}
             for m in ("accuracy", "balanced_accuracy", "macro_f1")]
-    return pd.DataFrame(rows), list(result.correct_ids)
+    return pd.DataFrame(rows), correct, store
 
 
-def _robustness_probe(ctx: StageContext, items, spec, store_dir: Path) -> pd.DataFrame:
+def _robustness_probe(ctx: StageContext, items, store: ActivationStore) -> pd.DataFrame:
     """The emotion probe at the answer cue per study site and layer, through the probe stage's path
-    (:func:`emolens.activations.extract.extract` into a scratch store, :func:`emolens.probes.probing.run_probing`)."""
+    (:func:`emolens.probes.probing.run_probing`) on the variant's scratch store of every item, on the
+    study's items (``correct``: those this variant's own readout reads correctly)."""
     p = ctx.cfg.probe
-    store = extract(ctx.model.lm, items, store_dir, sites=ctx.cfg.sites, layers=ctx.cfg.layers, positions=[-1],
-                    spec=spec, readout=False, dtype=ctx.cfg.extract.dtype, batch_size=ctx.cfg.batch_size,
-                    chunk_size=ctx.cfg.extract.chunk_size, progress=ctx.progress)
     dataset = items.subset(np.asarray(store.item_ids, dtype=object).astype(str))
-    res = probing.run_probing(store, dataset, tasks=["emotion"], items="all", protocol=p.protocol, probe="logistic",
+    res = probing.run_probing(store, dataset, tasks=["emotion"], items=ctx.cfg.items, protocol=p.protocol,
+                              probe="logistic",
                               shuffled=False, k=p.k, seed=ctx.cfg.seed + 42, C=p.C, alpha=p.alpha, n_boot=p.n_boot,
                               directions=False, max_iter=p.max_iter, standardize=p.standardize,
                               human_baseline=False, device=probe_device(ctx))
@@ -111,7 +123,8 @@ def _robustness(ctx: StageContext) -> dict:
             frames.append(pd.read_parquet(path))
             continue
         spec = replace(ctx.cfg.prompt_spec(template, shots), labels=ctx.prompt.labels)
-        rows, correct = _robustness_readout(ctx, items, spec)
+        store_dir = partial / f"{name}.store" if "probe" in r.analyses else None
+        rows, correct, store = _robustness_readout(ctx, items, spec, store_dir)
         parts = [rows]
         analysed = items if ctx.cfg.items == "all" else \
             items.subset(correct, name=f"{items.name}-correct") if len(correct) else None
@@ -121,7 +134,7 @@ def _robustness(ctx: StageContext) -> dict:
         for analysis in r.analyses if analysed is not None else ():
             try:
                 if analysis == "probe":
-                    parts.append(_robustness_probe(ctx, analysed, spec, partial / f"{name}.store"))
+                    parts.append(_robustness_probe(ctx, items, store))
                 else:
                     parts.append(_robustness_causal(ctx, analysis, analysed, spec))
             except EmolensError as exc:  # e.g. too few items of a class for the probe split: say so
