@@ -18,13 +18,7 @@ from emolens.probes.logistic import (
     fit_logistic_labels,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _gemma_like(S=6, n=96, d=192, K=13, seed=0):
