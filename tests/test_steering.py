@@ -744,3 +744,28 @@ def test_a_probe_bank_fits_its_emotion_probes_under_the_given_iteration_cap():
     torch.testing.assert_close(capped.vectors[:, emotions], direct["emotion/probe"].float()[:, :len(emotions)])
     full = compute_bank(X, [3, 4], ds, "probe")
     assert not torch.allclose(full.vectors[:, emotions], capped.vectors[:, emotions])
+
+
+def test_cli_selected_design_writes_the_test_table_and_says_where_the_nulls_ran(tmp_path, capsys):
+    """``emolens steer --null-design selected``: the test items' table beside the sweep's, alignment rows
+    marked by part, the summary's split, and a CLI line that counts the test's conditions too."""
+    from emolens.cli.app import main
+
+    out = tmp_path / "run"
+    main(["steer", "--model", "tiny:llama", "--data", "stimuli", "--limit", "40", "--direction",
+          "pleasantness+;pleasantness-", "--windows", "1", "--span", "3", "--beta", "2,8", "--scale", "relative",
+          "--n-random", "11", "--n-emotion-null", "3", "--null-design", "selected", "--out", str(out)])
+    line = capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["null_design"] == "selected" and summary["n_selection"] + summary["n_test"] == summary["n_items"]
+    tested = pd.read_parquet(out / "steering_test.parquet")
+    assert set(tested.n) == {summary["n_test"]} and tested[tested.kind == "random"].direction.nunique() == 11
+    at = summary["selected_setting"]
+    raw = tested[(tested.beta != 0) & ~tested.kind.isin(["residualised", "residualised_null"])]
+    assert set(raw.beta) == {at["beta"]}  # the residualised directions are tested at the setting they chose
+    swept = pd.read_parquet(out / "steering.parquet")
+    assert "emotion_null" not in set(swept.kind) and swept[swept.kind == "random"].direction.nunique() == 9
+    align = pd.read_parquet(out / "alignment.parquet")
+    assert {"sweep", "selection", "test"} <= set(align.part)
+    n_test = tested[tested.beta != 0].drop_duplicates(["direction", "window", "beta", "position"]).shape[0]
+    assert f"then {n_test} at the chosen setting on {summary['n_test']} test items" in line

@@ -151,8 +151,12 @@ def steer(*, model, data, out, direction, acts, method, partial, fixed, windows,
                    {"source_id": lm.source_id, "directions_from": json.dumps(provenance)})
     align = run.alignment
     n_conditions = sum(len(r.conditions) for r in run.swept.values())
-    line = (f"{n_conditions} conditions on {run.summary['n_items']} items ({run.summary['fit']} fit) "
-            f"in {seconds:.1f}s")
+    line = f"{n_conditions} conditions on {run.summary['n_items']} items ({run.summary['fit']} fit)"
+    tested = run.test_table
+    if tested is not None:  # the selected design's nulls, at the chosen setting on the test items
+        n_test = tested[tested.beta != 0].drop_duplicates(["direction", "window", "beta", "position"]).shape[0]
+        line += f", then {n_test} at the chosen setting on {run.summary['n_test']} test items"
+    line += f" in {seconds:.1f}s"
     line += theory.headline(align)
     peak = next((p for p in run.summary.get("alignment_peak", {}).values() if p), None)
     if peak:
