@@ -240,7 +240,7 @@ def run_steering(lm, dataset, plan: SteerPlan, spec: PromptSpec | None = None,
             else next(iter(swept))
         res = swept[method]
         at = generation_setting(align[align.method == method] if len(align) else align, res.conditions,
-                                       centres, plan.gen_window, plan.positions[0])
+                                centres, plan.gen_window, plan.positions[0])
         chosen = generation_conditions(res.conditions, *at, plan.positions[0], plan.gen_position)
         records = steered_generations(lm, res.dataset, chosen, n_items=plan.generations, spec=spec,
                                       max_new_tokens=plan.max_new_tokens)
