@@ -68,15 +68,11 @@ def effect_frame(result: SweepResult, ids: Sequence[str], kinds: Sequence[str] =
         if c.kind not in kinds:
             continue
         base = result.clean[(c.layers, c.position)][rows]
-        effect = (_log_normalise(scores[rows]) - _log_normalise(base)).mean(0)
+        effect = (theory.log_normalise(scores[rows]) - theory.log_normalise(base)).mean(0)
         out.append(pd.DataFrame({"direction": c.direction, "kind": c.kind, **common, "window": c.window,
                                  "layers": layers_text(c.layers), "beta": c.beta, "position": c.position,
                                  "metric": "delta_logp", "label": labels, "value": effect, "n": len(rows)}))
     return pd.concat(out, ignore_index=True) if out else pd.DataFrame()
-
-
-def _log_normalise(scores: np.ndarray) -> np.ndarray:
-    return scores - np.logaddexp.reduce(scores, axis=1, keepdims=True)
 
 
 def choose(frame: pd.DataFrame, reference: pd.DataFrame, terms: Mapping[str, Sequence[tuple[str, float]]],

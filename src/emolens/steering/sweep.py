@@ -53,7 +53,7 @@ from emolens.steering.directions import (
     parse_direction,
     random_unit,
 )
-from emolens.steering.theory import EMOTION_NULL_SEP, RESIDUALISED
+from emolens.steering.theory import EMOTION_NULL_SEP, RESIDUALISED, log_normalise
 
 #: Candidates for the specificity control, in order: appraisals not central to the paper's surgery.
 CONTROL_CANDIDATES: tuple[str, ...] = ("familiarity", "suddenness", "attention", "effort", "goal_relevance")
@@ -107,8 +107,7 @@ def outcome_rows(clean: np.ndarray, steered: np.ndarray, labels: Sequence[str], 
     label's log-probability renormalised over the labels, normal CI) and ``flip_rate``.
     """
     N, K = clean.shape
-    norm0 = clean - np.logaddexp.reduce(clean, axis=1, keepdims=True)
-    norm1 = steered - np.logaddexp.reduce(steered, axis=1, keepdims=True)
+    norm0, norm1 = log_normalise(clean), log_normalise(steered)
     pred0, pred1 = clean.argmax(1), steered.argmax(1)
     rows: list[dict] = []
     onehot0, onehot1 = np.eye(K)[pred0], np.eye(K)[pred1]

@@ -417,7 +417,9 @@ def _best_rows(searched: list[tuple[dict, Alignment]]) -> list[dict]:
     return out
 
 
-def _log_normalise(scores: np.ndarray) -> np.ndarray:
+def log_normalise(scores: np.ndarray) -> np.ndarray:
+    """Label log-probabilities ``[N, K]`` renormalised over the labels (rows sum to 1 in probability):
+    every steering effect is a difference of these, whichever head scored the labels."""
     return scores - np.logaddexp.reduce(scores, axis=1, keepdims=True)
 
 
@@ -443,7 +445,7 @@ def alignment_peak(result, reference: pd.DataFrame, terms: Mapping[str, Sequence
         if c.kind == "real" and c.direction in usable and c.position == position:
             base = result.clean[(c.layers, c.position)]
             settings.setdefault((c.window, c.beta), {})[c.direction] = \
-                (_log_normalise(sc) - _log_normalise(base))[:, idx]
+                (log_normalise(sc) - log_normalise(base))[:, idx]
     if len(settings) < 2:
         return None
     keys = sorted(settings)
