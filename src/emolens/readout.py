@@ -107,14 +107,30 @@ def calibrate_scores(scores: np.ndarray, prior: np.ndarray) -> np.ndarray:
     return logp - np.log(prior)[None, :]
 
 
+def label_ids(names: Sequence[str | None], labels: Sequence[str]) -> np.ndarray:
+    """Class ids of label names (-1: no label, or one outside ``labels``)."""
+    index = {lab: i for i, lab in enumerate(labels)}
+    return np.array([index.get(name, -1) if name is not None else -1 for name in names], dtype=np.int64)
+
+
+def readout_frame(ids: Sequence[str], gold: Sequence[str | None], labels: Sequence[str], scores: np.ndarray,
+                  top: Sequence[str]) -> pd.DataFrame:
+    """The readout table: ``id, gold, pred, correct, top1, logp_<label>`` from label scores ``[N, K]``
+    (what :func:`readout` returns and an extraction's store keeps, chunk by chunk)."""
+    pred = scores.argmax(1)
+    frame = pd.DataFrame({"id": list(ids), "gold": list(gold), "pred": [labels[p] for p in pred],
+                          "correct": pred == label_ids(gold, labels), "top1": list(top)})
+    for k, lab in enumerate(labels):
+        frame[f"logp_{lab}"] = scores[:, k]
+    return frame
+
+
 def frame_metrics(frame: pd.DataFrame, labels: Sequence[str]) -> dict:
     """Accuracy, balanced accuracy, macro F1 (with intervals) and the predicted-label counts of a
     readout table (``gold``, ``pred``): the ``raw`` metrics of :func:`readout`, and of an extraction's
     readout (``ActivationStore.readout``), which reads the same labels in the same forward as its
     captures."""
-    index = {lab: i for i, lab in enumerate(labels)}
-    gold = np.array([index.get(lab, -1) if lab is not None else -1 for lab in frame["gold"]])
-    pred = np.array([index[lab] for lab in frame["pred"]])
+    gold, pred = label_ids(frame["gold"], labels), label_ids(frame["pred"], labels)
     has_gold = gold >= 0
     out = classification_summary(gold[has_gold], pred[has_gold], len(labels)) if has_gold.any() else {"n": 0}
     out["predicted_distribution"] = {lab: int((pred == k).sum()) for k, lab in enumerate(labels)}
@@ -129,13 +145,8 @@ def readout(lm, dataset: EmotionDataset, spec: PromptSpec | None = None, batch_s
     prompts = build_prompts(dataset.texts, spec, lm.tokenizer)
     reader = LabelReader.build(lm.tokenizer, labels, prompts[0].text, prompts[0].label_prefix)
     scores, top = score_prompts(lm, prompts, reader, batch_size, progress=progress)
-    index = {lab: i for i, lab in enumerate(labels)}
-    gold = np.array([index.get(lab, -1) if lab is not None else -1 for lab in dataset.labels])
-    pred = scores.argmax(1)
-    frame = pd.DataFrame({"id": dataset.ids, "gold": dataset.labels, "pred": [labels[p] for p in pred],
-                          "correct": pred == gold, "top1": top})
-    for k, lab in enumerate(labels):
-        frame[f"logp_{lab}"] = scores[:, k]
+    frame = readout_frame(dataset.ids, dataset.labels, labels, scores, top)
+    gold = label_ids(dataset.labels, labels)
     has_gold = gold >= 0
     metrics: dict = {"raw": frame_metrics(frame, labels)}
     prior = None

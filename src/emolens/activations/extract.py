@@ -15,7 +15,6 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
@@ -28,6 +27,7 @@ from emolens.errors import EmolensError, arg
 from emolens.inputs.batching import iter_batches
 from emolens.inputs.prompts import PromptSpec, build_prompts
 from emolens.model.sites import SITES
+from emolens.readout import readout_frame
 
 _TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -211,19 +211,8 @@ def _fill(writer, todo, lm, dataset, prompts, spec, ops, layout, site_list, dtyp
                     for i, tok_id in zip(batch.indices, got.top.tolist(), strict=True):
                         top[i] = lm.tokenizer.decode([tok_id])
             bar.update(len(batch))
-        frame = _readout_frame(dataset, rows, spec.labels, scores, top) if reader is not None else None
+        frame = readout_frame([dataset.ids[i] for i in rows], [dataset.labels[i] for i in rows], spec.labels,
+                              scores, top) if reader is not None else None
         writer.commit(chunk, buffers, frame)
         if on_chunk is not None:
             on_chunk(chunk)
-
-
-def _readout_frame(dataset, rows: range, labels: Sequence[str], scores: np.ndarray, top: list[str]):
-    index = {lab: i for i, lab in enumerate(labels)}
-    gold_names = [dataset.labels[i] for i in rows]
-    gold = np.array([index.get(g, -1) if g is not None else -1 for g in gold_names])
-    pred = scores.argmax(1)
-    frame = pd.DataFrame({"id": [dataset.ids[i] for i in rows], "gold": gold_names,
-                          "pred": [labels[p] for p in pred], "correct": pred == gold, "top1": top})
-    for k, lab in enumerate(labels):
-        frame[f"logp_{lab}"] = scores[:, k]
-    return frame
