@@ -171,25 +171,28 @@ def _distinct(value: list, what: str) -> list:
     return value
 
 
-class AblateConfig(_Windowed):
-    kinds: list[Literal["zero", "random", "mean"]] = Field(default_factory=lambda: ["zero", "random"])
-    spans: list[int] = Field(default_factory=lambda: [1, 3])
-    #: token positions ablated (default: the study's ``positions``); each position -k runs a k-token
+class _Positioned(_Windowed):
+    """Windows at token positions of the section's own: ablation and patching."""
+
+    #: token positions edited (default: the study's ``positions``); each position -k runs a k-token
     #: suffix at every window, so the paper's per-model protocol (the last token) costs 1/15 of -1..-5
     positions: list[int] | None = Field(None, min_length=1)
 
-    _spans = field_validator("spans")(classmethod(lambda cls, v: _odd_spans(v)))
     _positions = field_validator("positions")(classmethod(lambda cls, v: v if v is None else _distinct(v, "positions")))
 
 
-class PatchConfig(_Windowed):
+class AblateConfig(_Positioned):
+    kinds: list[Literal["zero", "random", "mean"]] = Field(default_factory=lambda: ["zero", "random"])
+    spans: list[int] = Field(default_factory=lambda: [1, 3])
+
+    _spans = field_validator("spans")(classmethod(lambda cls, v: _odd_spans(v)))
+
+
+class PatchConfig(_Positioned):
     spans: list[int] = Field(default_factory=lambda: [1, 3, 5])
     pairs: int = Field(200, ge=1)
-    #: token positions patched (default: the study's ``positions``)
-    positions: list[int] | None = Field(None, min_length=1)
 
     _spans = field_validator("spans")(classmethod(lambda cls, v: _odd_spans(v)))
-    _positions = field_validator("positions")(classmethod(lambda cls, v: v if v is None else _distinct(v, "positions")))
 
 
 class KnockoutConfig(_Windowed):
