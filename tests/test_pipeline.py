@@ -124,8 +124,9 @@ def test_run_writes_stages_and_report(base_run):
 
 def test_every_stage_records_its_model_work_against_the_plain_forward_floor(base_run):
     """The readout's work is derived from its batches: the P template tokens every prompt shares run
-    once, then one forward per batch over B x (T - P) tokens, each in the 3 layers; the probe stage
-    runs no model; run.json, stage.json and the report carry it."""
+    once, then one forward per batch over B x (T - P) tokens, each in the 3 layers, of which the
+    batch's left pads are padding; the probe stage runs no model; run.json, stage.json and the
+    report carry it."""
     from emolens.causal.common import make_batches
     from emolens.engine.shared_prefix import shared_prefix_length
     from emolens.inputs.prompts import build_prompts
@@ -138,11 +139,14 @@ def test_every_stage_records_its_model_work_against_the_plain_forward_floor(base
     lm = load_model("tiny:llama")
     spec = dataclasses.replace(cfg.prompt_spec(), labels=tuple(data.label_names))
     prompts = build_prompts(data.texts, spec, lm.tokenizer)
-    shapes = [tuple(b.input_ids.shape) for b in make_batches(lm, prompts, 16)]
+    batches = make_batches(lm, prompts, 16)
+    shapes = [tuple(b.input_ids.shape) for b in batches]
     P = shared_prefix_length(lm.tokenizer([p.text for p in prompts])["input_ids"])
     assert P > 5  # the template's instruction and shots
     assert work["readout"]["forwards"] == 1 + len(shapes)
     assert work["readout"]["token_layers"] == (P + sum(B * (T - P) for B, T in shapes)) * 3
+    pads = sum(int((b.attention_mask == 0).sum()) for b in batches)
+    assert pads > 0 and work["readout"]["pad_token_layers"] == pads * 3
     assert work["probe"]["forwards"] == work["probe"]["token_layers"] == 0
     for w in work.values():
         assert w["floor_rate"] > 0 and w["seconds"] > 0
@@ -150,7 +154,7 @@ def test_every_stage_records_its_model_work_against_the_plain_forward_floor(base
     meta = json.loads((run_dir / "run.json").read_text())
     assert meta["stages"]["tiny-llama"]["readout"]["work"]["forwards"] == 1 + len(shapes)
     html = (run_dir / "report.html").read_text()
-    assert "Model work per stage" in html and "token_layers" in html
+    assert "Model work per stage" in html and "token_layers" in html and "<th>padding</th>" in html
 
 
 def test_rerun_skips_cached_stages(base_run):

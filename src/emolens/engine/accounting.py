@@ -14,7 +14,16 @@ batched) shows in a CPU test without a GPU:
 ``token_layers``
     token positions times decoder layers actually run, counted at every layer call; a suffix
     forward from a KV prefix counts its few tokens, a forward that starts at a middle layer
-    counts only the layers it runs.
+    counts only the layers it runs;
+``pad_token_layers``
+    the share of ``token_layers`` spent on padding (positions the call's attention mask masks
+    out). Why count it: a left-padded batch costs its longest row's length in every row, so a
+    subset of a few items in one batch pads far more than the full corpus in length-sorted
+    batches does; a projection from a subset scales the real work, not the subset's padding;
+``ragged_token_layers``
+    the token-layers (padding included) of calls whose rows differ in length, i.e. that padded at
+    all: the whole-prompt and own-token passes. A suffix step on a clean prefix (every row its
+    last ``m`` tokens) never pads, so a projection adds full-scale padding to these calls only.
 
 :func:`plain_forward_rate` measures the machine: token-layers per second of plain batched
 forwards over given prompts. A stage's ``floor_s = token_layers / rate`` is the time those
@@ -48,14 +57,18 @@ class Work:
     tokens: int = 0
     token_layers: int = 0
     seconds: float = 0.0
+    pad_token_layers: int = 0
+    ragged_token_layers: int = 0
 
     def __sub__(self, other: Work) -> Work:
-        return Work(self.forwards - other.forwards, self.tokens - other.tokens,
-                    self.token_layers - other.token_layers, self.seconds - other.seconds)
+        return Work(*(a - b for a, b in zip(self._values(), other._values(), strict=True)))
 
     def __add__(self, other: Work) -> Work:
-        return Work(self.forwards + other.forwards, self.tokens + other.tokens,
-                    self.token_layers + other.token_layers, self.seconds + other.seconds)
+        return Work(*(a + b for a, b in zip(self._values(), other._values(), strict=True)))
+
+    def _values(self) -> tuple:
+        return (self.forwards, self.tokens, self.token_layers, self.seconds, self.pad_token_layers,
+                self.ragged_token_layers)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -67,6 +80,17 @@ def _rows_tokens(args: tuple, kwargs: dict) -> int:
         if isinstance(value, torch.Tensor) and value.ndim >= 2:
             return int(value.shape[0]) * int(value.shape[1])
     return 0
+
+
+def _pad_tokens(args: tuple, kwargs: dict) -> int:
+    """Padded positions among a backbone call's new tokens: the zeros of the last ``T`` columns of
+    its 2-D attention mask (the mask spans cached and new columns, the new ones last); 0 without one."""
+    mask = kwargs.get("attention_mask")
+    rows = _rows_tokens(args, kwargs)
+    if not isinstance(mask, torch.Tensor) or mask.ndim != 2 or not rows:
+        return 0
+    new = rows // max(1, int(mask.shape[0]))
+    return int(mask.shape[0]) * new - int(mask[:, -new:].bool().sum()) if new <= mask.shape[1] else 0
 
 
 @dataclass
@@ -109,13 +133,19 @@ class WorkCounter:
         backbone_path = sites.paths.layers.rsplit(".", 1)[0] if "." in sites.paths.layers else ""
         backbone = model.get_submodule(backbone_path) if backbone_path else model
         total = self.total
+        call = {"rows": 0, "pads": 0}  # the backbone call in progress: its rows and padded positions
 
         def on_forward(_module, args, kwargs):
             total.forwards += 1
-            total.tokens += _rows_tokens(args, kwargs)
+            call["rows"], call["pads"] = _rows_tokens(args, kwargs), _pad_tokens(args, kwargs)
+            total.tokens += call["rows"]
 
         def on_layer(_module, args, kwargs):
-            total.token_layers += _rows_tokens(args, kwargs)
+            rows = _rows_tokens(args, kwargs)
+            total.token_layers += rows
+            if call["pads"] and rows == call["rows"]:
+                total.pad_token_layers += call["pads"]
+                total.ragged_token_layers += rows
 
         self._handles.append(backbone.register_forward_pre_hook(on_forward, with_kwargs=True))
         for layer in layers:
@@ -133,7 +163,8 @@ class WorkCounter:
                 self._handles.pop().remove()
 
     def snapshot(self) -> Work:
-        return Work(self.total.forwards, self.total.tokens, self.total.token_layers, time.perf_counter())
+        return Work(self.total.forwards, self.total.tokens, self.total.token_layers, time.perf_counter(),
+                    self.total.pad_token_layers, self.total.ragged_token_layers)
 
     @contextmanager
     def span(self) -> Iterator[Work]:
@@ -145,8 +176,8 @@ class WorkCounter:
         finally:
             _sync()
             done = self.snapshot() - start
-            out.forwards, out.tokens, out.token_layers, out.seconds = (
-                done.forwards, done.tokens, done.token_layers, done.seconds)
+            for name, value in done.as_dict().items():
+                setattr(out, name, value)
 
     def detach(self) -> None:
         for handle in self._handles:
