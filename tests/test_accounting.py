@@ -7,6 +7,7 @@ clean prefix, changes these numbers.
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -102,7 +103,54 @@ def test_plain_rate_and_stage_row(lm, ds):
     prompts = build_prompts(ds.texts, PromptSpec(), lm.tokenizer)
     rate = plain_forward_rate(lm, prompts, batch_size=3)
     assert rate["token_layers"] == sum(B * T for B, T in _shapes(lm, ds, 3)) * lm.n_layers
-    assert rate["forwards"] == 2 and rate["token_layers_per_s"] > 0
+    assert rate["forwards"] == len(_shapes(lm, ds, 3)) and rate["token_layers_per_s"] > 0
     row = stage_row("ablate", Work(4, 10, 10 * lm.n_layers, 2.0), rate["token_layers_per_s"])
     assert row["floor_s"] == pytest.approx(10 * lm.n_layers / rate["token_layers_per_s"])
     assert row["ratio"] == pytest.approx(row["floor_s"] / 2.0)
+
+
+def test_padding_is_counted_per_layer_and_only_in_calls_that_pad(lm):
+    """A left-padded call's masked positions are its padding; a call whose rows all have their full
+    length pads nothing and is not ragged."""
+    ids = torch.randint(3, 100, (3, 7))
+    mask = torch.ones(3, 7, dtype=torch.long)
+    mask[0, :4] = 0  # row 0: 3 real tokens
+    mask[1, :1] = 0  # row 1: 6
+    counter = WorkCounter.attach(lm)
+    with torch.no_grad():
+        with counter.span() as padded:
+            lm.model(input_ids=ids, attention_mask=mask)
+        with counter.span() as full:
+            lm.model(input_ids=ids, attention_mask=torch.ones_like(mask))
+    counter.detach()
+    L = lm.n_layers
+    assert (padded.token_layers, padded.pad_token_layers, padded.ragged_token_layers) == (21 * L, 5 * L, 21 * L)
+    assert (full.token_layers, full.pad_token_layers, full.ragged_token_layers) == (21 * L, 0, 0)
+    assert (padded - full).pad_token_layers == 5 * L and (padded + full).token_layers == 42 * L
+
+
+def test_batch_plan_takes_every_prompt_once_in_length_order_within_rows_and_slots():
+    """Rows never exceed the batch size, nor token slots (rows x longest) the batch size x the mean
+    length (a lone prompt longer than that goes alone); on a long-tailed set it pads far less than
+    cutting sorted prompts by rows alone, and equal lengths are cut by rows alone."""
+    from emolens.inputs.batching import batch_plan
+
+    rng = np.random.default_rng(0)
+    lengths = np.concatenate([rng.integers(10, 30, 240), rng.integers(100, 500, 16)])
+    rng.shuffle(lengths)
+    plan = batch_plan(lengths, 64)
+    assert sorted(np.concatenate(plan).tolist()) == list(range(len(lengths)))
+    budget = 64 * lengths.mean()
+    for rows in plan:
+        assert 1 <= len(rows) <= 64
+        assert len(rows) == 1 or len(rows) * lengths[rows].max() <= budget
+    flat = lengths[np.concatenate(plan)]
+    assert (np.diff(flat) >= 0).all()
+
+    def pads(batches):
+        return sum(len(b) * lengths[b].max() - lengths[b].sum() for b in batches)
+
+    order = np.argsort(lengths, kind="stable")
+    by_rows = [order[i:i + 64] for i in range(0, len(order), 64)]
+    assert pads(plan) < pads(by_rows) / 4
+    assert [len(b) for b in batch_plan(np.full(10, 7), 4)] == [4, 4, 2]
