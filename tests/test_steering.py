@@ -750,6 +750,7 @@ def test_cli_selected_design_writes_the_test_table_and_says_where_the_nulls_ran(
     """``emolens steer --null-design selected``: the test items' table beside the sweep's, alignment rows
     marked by part, the summary's split, and a CLI line that counts the test's conditions too."""
     from emolens.cli.app import main
+    from emolens.steering import selection
 
     out = tmp_path / "run"
     main(["steer", "--model", "tiny:llama", "--data", "stimuli", "--limit", "40", "--direction",
@@ -764,7 +765,8 @@ def test_cli_selected_design_writes_the_test_table_and_says_where_the_nulls_ran(
     raw = tested[(tested.beta != 0) & ~tested.kind.isin(["residualised", "residualised_null"])]
     assert set(raw.beta) == {at["beta"]}  # the residualised directions are tested at the setting they chose
     swept = pd.read_parquet(out / "steering.parquet")
-    assert "emotion_null" not in set(swept.kind) and swept[swept.kind == "random"].direction.nunique() == 9
+    assert "emotion_null" not in set(swept.kind)
+    assert swept[swept.kind == "random"].direction.nunique() == selection.SWEEP_RANDOM
     align = pd.read_parquet(out / "alignment.parquet")
     assert {"sweep", "selection", "test"} <= set(align.part)
     n_test = tested[tested.beta != 0].drop_duplicates(["direction", "window", "beta", "position"]).shape[0]
