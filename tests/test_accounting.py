@@ -130,15 +130,15 @@ def test_padding_is_counted_per_layer_and_only_in_calls_that_pad(lm):
 
 
 def test_batch_plan_takes_every_prompt_once_in_length_order_within_rows_and_slots():
-    """Rows never exceed the batch size, nor token slots (rows x longest) the batch size x the mean
-    length (a lone prompt longer than that goes alone); on a long-tailed set it pads far less than
-    cutting sorted prompts by rows alone, and equal lengths are cut by rows alone."""
+    """Rows never exceed the batch size; packed, nor token slots (rows x longest) the batch size x
+    the mean length (a lone prompt longer than that goes alone), which on a long-tailed set pads far
+    less than cutting sorted prompts by rows alone (unpacked), and equal lengths are cut by rows."""
     from emolens.inputs.batching import batch_plan
 
     rng = np.random.default_rng(0)
     lengths = np.concatenate([rng.integers(10, 30, 240), rng.integers(100, 500, 16)])
     rng.shuffle(lengths)
-    plan = batch_plan(lengths, 64)
+    plan = batch_plan(lengths, 64, pack=True)
     assert sorted(np.concatenate(plan).tolist()) == list(range(len(lengths)))
     budget = 64 * lengths.mean()
     for rows in plan:
@@ -150,7 +150,8 @@ def test_batch_plan_takes_every_prompt_once_in_length_order_within_rows_and_slot
     def pads(batches):
         return sum(len(b) * lengths[b].max() - lengths[b].sum() for b in batches)
 
+    by_rows = batch_plan(lengths, 64)
     order = np.argsort(lengths, kind="stable")
-    by_rows = [order[i:i + 64] for i in range(0, len(order), 64)]
+    assert [b.tolist() for b in by_rows] == [order[i:i + 64].tolist() for i in range(0, len(order), 64)]
     assert pads(plan) < pads(by_rows) / 4
-    assert [len(b) for b in batch_plan(np.full(10, 7), 4)] == [4, 4, 2]
+    assert [len(b) for b in batch_plan(np.full(10, 7), 4, pack=True)] == [4, 4, 2]

@@ -28,7 +28,7 @@ def plain_readout(lm, prompts, reader, batch_size):
     """The readout's clean pass before it ran through the runner: one bare model call per batch."""
     scores = np.zeros((len(prompts), len(reader.labels)), np.float32)
     top = np.zeros(len(prompts), np.int64)
-    for batch in iter_batches(lm.tokenizer, prompts, batch_size, lm.device):
+    for batch in iter_batches(lm.tokenizer, prompts, batch_size, lm.device, pack=True):  # as a readout batches
         cache = reader.new_cache(lm.model)
         with torch.no_grad():
             out = lm.model(**batch.model_inputs(), cache=cache, use_cache=cache is not None, logits_to_keep=1)

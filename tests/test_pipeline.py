@@ -127,8 +127,8 @@ def test_every_stage_records_its_model_work_against_the_plain_forward_floor(base
     once, then one forward per batch over B x (T - P) tokens, each in the 3 layers, of which the
     batch's left pads are padding; the probe stage runs no model; run.json, stage.json and the
     report carry it."""
-    from emolens.causal.common import make_batches
     from emolens.engine.shared_prefix import shared_prefix_length
+    from emolens.inputs.batching import iter_batches
     from emolens.inputs.prompts import build_prompts
     from emolens.model.loading import load_model
 
@@ -139,7 +139,7 @@ def test_every_stage_records_its_model_work_against_the_plain_forward_floor(base
     lm = load_model("tiny:llama")
     spec = dataclasses.replace(cfg.prompt_spec(), labels=tuple(data.label_names))
     prompts = build_prompts(data.texts, spec, lm.tokenizer)
-    batches = make_batches(lm, prompts, 16)
+    batches = list(iter_batches(lm.tokenizer, prompts, 16, lm.device, pack=True))  # as a readout reads
     shapes = [tuple(b.input_ids.shape) for b in batches]
     P = shared_prefix_length(lm.tokenizer([p.text for p in prompts])["input_ids"])
     assert P > 5  # the template's instruction and shots

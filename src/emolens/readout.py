@@ -82,7 +82,8 @@ def score_prompts(lm, prompts, reader: LabelReader, batch_size: int = 16, top_k:
     runner = ConditionRunner(lm, reader)  # the engine's one forward loop; the clean read has no ops
     runner.share_prefix(prompts)  # the template's shared tokens once; each item's own tokens per read
     bar = tqdm(total=len(prompts), desc=desc, unit="item", disable=not progress, leave=False)
-    for batch in iter_batches(lm.tokenizer, prompts, batch_size, lm.device):
+    # packed as an extraction's reads are, so a readout and an extraction of the same items batch alike
+    for batch in iter_batches(lm.tokenizer, prompts, batch_size, lm.device, pack=True):
         got = runner.read(batch)
         scores[batch.indices] = got.scores.numpy()
         for i, tok_id in zip(batch.indices, got.top.tolist(), strict=True):

@@ -195,7 +195,8 @@ def _fill(writer, todo, lm, dataset, prompts, spec, ops, layout, site_list, dtyp
         scores = np.zeros((len(rows), len(spec.labels)), dtype=np.float32) if reader else None
         top: list[str] = [""] * len(rows)
         chunk_prompts = [prompts[i] for i in rows]
-        for batch in iter_batches(lm.tokenizer, chunk_prompts, batch_size, lm.device):
+        # packed: a chunk sorts only its own items, so its last batch would span the length tail
+        for batch in iter_batches(lm.tokenizer, chunk_prompts, batch_size, lm.device, pack=True):
             with torch.no_grad():
                 got = runner.read(batch, ops)
                 caps = got.captures

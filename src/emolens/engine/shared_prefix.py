@@ -32,21 +32,10 @@ from transformers import DynamicCache
 from emolens.engine.intervention import Intervention
 from emolens.engine.ops import Op
 from emolens.engine.prefix import tile_cache
-from emolens.inputs.batching import Batch, position_ids_from_mask
+from emolens.inputs.batching import Batch, position_ids_from_mask, shared_prefix_length
 
 __all__ = ["SharedPrefix", "SuffixBatch", "laid_out_prefix", "pad_id", "prefix_state", "prompts_prefix",
            "run_suffix", "shared_prefix_length", "suffix_batch"]
-
-
-def shared_prefix_length(token_ids: Sequence[Sequence[int]], keep: int = 1) -> int:
-    """Leading tokens common to every sequence, capped so each keeps at least ``keep`` of its own."""
-    if not token_ids:
-        return 0
-    first, shortest = token_ids[0], min(len(t) for t in token_ids)
-    n = 0
-    while n < shortest and all(t[n] == first[n] for t in token_ids):
-        n += 1
-    return max(0, min(n, shortest - keep))
 
 
 def pad_id(lm) -> int:

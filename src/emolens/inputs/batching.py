@@ -73,26 +73,42 @@ def encode(tokenizer, prompts: Sequence[Prompt], device: torch.device | str = "c
     return Batch(enc["input_ids"], attention_mask, position_ids_from_mask(attention_mask), span_masks).to(device)
 
 
-def token_lengths(tokenizer, prompts: Sequence[Prompt]) -> np.ndarray:
-    """Token count of each prompt (with special tokens), for length-sorted batching."""
-    enc = tokenizer([p.text for p in prompts], add_special_tokens=True)
-    return np.array([len(ids) for ids in enc["input_ids"]], dtype=np.int64)
+def token_lengths(tokenizer, prompts: Sequence[Prompt], own: bool = False) -> np.ndarray:
+    """Token count of each prompt (with special tokens), for length-sorted batching; with ``own``,
+    only the tokens after those every prompt starts with (:func:`shared_prefix_length`)."""
+    ids = tokenizer([p.text for p in prompts], add_special_tokens=True)["input_ids"]
+    lengths = np.array([len(t) for t in ids], dtype=np.int64)
+    return lengths - shared_prefix_length(ids) if own else lengths
 
 
-def batch_plan(lengths: Sequence[int] | np.ndarray, batch_size: int) -> list[np.ndarray]:
-    """Which prompts go together: indices into ``lengths``, in length order, each batch at most
-    ``batch_size`` rows and at most ``batch_size`` times the mean length in token slots (rows times
-    its longest prompt).
+def shared_prefix_length(token_ids: Sequence[Sequence[int]], keep: int = 1) -> int:
+    """Leading tokens common to every sequence, capped so each keeps at least ``keep`` of its own."""
+    if not token_ids:
+        return 0
+    first, shortest = token_ids[0], min(len(t) for t in token_ids)
+    n = 0
+    while n < shortest and all(t[n] == first[n] for t in token_ids):
+        n += 1
+    return max(0, min(n, shortest - keep))
 
-    Why the slot budget: a left-padded batch costs its longest row in every row, and prompt
-    lengths have a long tail (crowd-enVENT: median 51 tokens, 99th percentile 165, longest 511).
-    Cut by rows alone, the last batch of a sorted set spans that whole tail; at 64 rows in chunks
-    of 256 items, padding was 1.5 times the real tokens. Under the budget a batch of long prompts
-    has fewer rows, so every batch costs about the same and pads little.
+
+def batch_plan(lengths: Sequence[int] | np.ndarray, batch_size: int, pack: bool = False) -> list[np.ndarray]:
+    """Which prompts go together: indices into ``lengths``, in length order, at most ``batch_size``
+    rows a batch; with ``pack``, also at most ``batch_size`` times the mean length in token slots
+    (rows times the batch's longest prompt), so a batch of long prompts has fewer rows.
+
+    Why pack: a left-padded batch costs its longest row in every row, and prompt lengths have a
+    long tail (crowd-enVENT: median 51 tokens, 99th percentile 165, longest 511). An extraction
+    sorts within chunks of 256 items; cut by rows alone at 64, a chunk's last batch spans its
+    whole tail and padding was 1.5 times the real tokens (0.28 packed). Reads (readout,
+    extraction) pack. Why not always: every extra forward streams all the weights again, and
+    the causal stages run many one-token condition steps per batch of items (sorted over all of
+    them, padding a few percent), so there more batches cost more than the padding they save
+    (gemma-3-270m's knockout on this CPU: 22 -> 36 forwards, 7.7 -> 9.1 s, packed).
     """
     lengths = np.asarray(lengths, dtype=np.int64)
     order = np.argsort(lengths, kind="stable")
-    budget = batch_size * float(lengths.mean()) if len(lengths) else 0.0
+    budget = batch_size * float(lengths.mean()) if pack and len(lengths) else np.inf
     plan, start = [], 0
     for end in range(1, len(order) + 1):
         rows = end - start
@@ -103,9 +119,14 @@ def batch_plan(lengths: Sequence[int] | np.ndarray, batch_size: int) -> list[np.
 
 
 def iter_batches(tokenizer, prompts: Sequence[Prompt], batch_size: int, device: torch.device | str = "cpu",
-                 sort_by_length: bool = True) -> Iterator[Batch]:
-    """Batches in length order (less padding, faster; :func:`batch_plan`), each carrying its
-    original indices.
+                 sort_by_length: bool = True, pack: bool = False) -> Iterator[Batch]:
+    """Batches in length order (less padding, faster; :func:`batch_plan`, ``pack`` as there), each
+    carrying its original indices.
+
+    The plan reads each prompt's own tokens, those after the ones every prompt starts with: the
+    engine runs the shared ones once (:meth:`~emolens.engine.runner.ConditionRunner.share_prefix`),
+    so a batch costs its own tokens, and a 12-shot template's 300 shared tokens would otherwise
+    hide a 10-fold spread of own lengths from the slot budget.
 
     Results are written back by ``batch.indices``, so callers see the input order whatever the
     batching order.
@@ -113,7 +134,7 @@ def iter_batches(tokenizer, prompts: Sequence[Prompt], batch_size: int, device: 
     if batch_size < 1:
         raise EmolensError(f"batch size {batch_size} is not positive", "use a batch size of 1 or more")
     if sort_by_length and len(prompts) > batch_size:
-        plan = batch_plan(token_lengths(tokenizer, prompts), batch_size)
+        plan = batch_plan(token_lengths(tokenizer, prompts, own=True), batch_size, pack)
     else:
         order = np.arange(len(prompts))
         plan = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
