@@ -10,7 +10,10 @@ study's prompts -- and while it runs it counts each stage's model work with
 (wall, work, floor time of that work, ratio = floor / wall) and projects the full protocol
 (6,600 items; causal and steering stages on 3,300, a paper model's correct subset) two ways:
 measured wall scaled by items (and layer windows), and the work scaled the same way at the
-floor rate -- the time the protocol would take at ratio 1.
+floor rate -- the time the protocol would take at ratio 1. The work is scaled without the subset's
+padding (a few items in one batch pad far more than the corpus in length-sorted batches): padded
+calls count their real positions plus the padding the full corpus has when batched as the stages
+batch it (:func:`full_padding`).
 
 On a GPU host with only torch and transformers (no network): bring the other wheels in a
 folder that travels with the working tree, then install from it::
@@ -46,6 +49,7 @@ from types import SimpleNamespace
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from emolens.engine.accounting import Work  # noqa: E402
 from end_to_end import SHAPES, crowd_envent_here, install_random_shape, n_layers_of, shrink, study_config  # noqa: E402
 from machine import describe as machine  # noqa: E402
 from paths import use_paths  # noqa: E402
@@ -106,6 +110,7 @@ def instrument(rate_prompts: int, batch_size: int) -> SimpleNamespace:
     registry = stage_registry()  # imports every stage module, so the writers they bound can be found
     time_writers(state)
     instrument_parts(state)
+    count_laid_out_padding(state)
     for name, sdef in registry.items():
         if sdef.run is None:
             continue
@@ -124,10 +129,8 @@ def instrument(rate_prompts: int, batch_size: int) -> SimpleNamespace:
                 raise
             finally:
                 if state.counter is not None:  # attached in this stage if the model loaded here: from zero
-                    end = state.counter.snapshot()
-                    work = Work(end.forwards - start.forwards, end.tokens - start.tokens,
-                                end.token_layers - start.token_layers, end.seconds - start.seconds
-                                - (state.floor_seconds if measured_floor_here else 0.0))
+                    work = state.counter.snapshot() - start
+                    work.seconds -= state.floor_seconds if measured_floor_here else 0.0
                     state.work[_name] = work
                     state.status[_name] = status
                     # one line per stage as it ends: a run cut off by its time limit still says what it did
@@ -146,7 +149,10 @@ def instrument(rate_prompts: int, batch_size: int) -> SimpleNamespace:
 #: the whole forward, neither sweeps windows; the selected steering design's test runs one setting;
 #: the sample generations are a fixed number (``steer.generations``) at one setting; the runner's
 #: clean passes (prefix caches, clean scores, clean hidden states) run once per batch of items,
-#: whatever the number of windows. Work is counted exclusively: a part inside another (a clean
+#: whatever the number of windows; the tokens every prompt of a run starts with (the template, its
+#: shots) run once per runner (:meth:`~emolens.engine.runner.ConditionRunner.share_prefix`), whatever
+#: the number of items, so scaling them by the items would price a long few-shot template thousands
+#: of times over. Work is counted exclusively: a part inside another (a clean
 #: prefix inside robustness's ablation) is taken out of the outer one.
 PARTS = {
     ("emolens.study.stages.robustness", "_robustness_readout"): ("readout", "items", False),
@@ -157,6 +163,7 @@ PARTS = {
     ("emolens.engine.runner", "ConditionRunner.prefixes"): ("clean passes", "inherit", False),
     ("emolens.engine.runner", "ConditionRunner.clean"): ("clean passes", "inherit", False),
     ("emolens.engine.runner", "ConditionRunner.clean_hidden"): ("clean passes", "inherit", False),
+    ("emolens.engine.runner", "ConditionRunner.share_prefix"): ("shared prefix", "fixed", False),
 }
 
 
@@ -203,6 +210,35 @@ def instrument_parts(state: SimpleNamespace) -> None:
                     state.parts[(key, how)] = (old + own, how, _windows)
 
         setattr(owner, leaf, counted)
+
+
+def count_laid_out_padding(state: SimpleNamespace) -> None:
+    """Count as padding the shared tokens a laid-out clean prefix re-runs because its row is padded.
+
+    :func:`~emolens.engine.shared_prefix.laid_out_prefix` keeps a batch's column layout: the shared
+    tokens' cache fills columns ``0..P-1``, so a row with ``s`` left pads has its last ``min(s, P)``
+    shared tokens at columns ``P`` and after, and runs them again. That work exists only because
+    the row is padded (in a 16-item subset, most of its clean passes' work; in the full corpus's
+    length-sorted batches, as little as its padding), so the projection treats it as padding."""
+    import emolens.engine.runner as runner_module
+
+    original = runner_module.laid_out_prefix
+
+    def counted(model, batch, prefix, m: int = 1):
+        cache = original(model, batch, prefix, m)
+        if cache is not None and state.counter is not None:
+            B, T = batch.input_ids.shape
+            P, layers = prefix.length, state.n_layers
+            starts = T - batch.attention_mask.sum(1)  # each row's left pads
+            redo = int(starts.clamp(max=P).sum())  # real positions, apart from the pads the hook counted
+            total = state.counter.total
+            if redo > 0:
+                if not bool((batch.attention_mask[:, P:T - m] == 0).any()):  # the hook saw no padding
+                    total.ragged_token_layers += B * (T - m - P) * layers
+                total.pad_token_layers += redo * layers
+        return cache
+
+    runner_module.laid_out_prefix = counted
 
 
 def time_writers(state: SimpleNamespace) -> None:
@@ -279,6 +315,7 @@ def main() -> None:
         install_random_shape(args.model, shape)
     state = instrument(rate_prompts=4 * args.batch_size, batch_size=args.batch_size)
     n_layers = n_layers_of(args.model, shape)
+    state.n_layers = n_layers
     out = {}
     for mode in [m.strip() for m in args.paths.split(",") if m.strip()]:
         state.work, state.status, state.writing = {}, {}, {}
@@ -308,6 +345,7 @@ def run_once(args, state, n_layers: int, shape, tiny: bool, mode: str) -> dict:
     wall = time.perf_counter() - start
     rate = state.rate["token_layers_per_s"] if state.rate else None
     n_items = args.limit
+    padding = full_padding(cfg, getattr(state.lm, "tokenizer", None), args.batch_size)
     rows = []
     for stage, status, seconds in outcomes:
         o = SimpleNamespace(stage=stage, status=status, seconds=seconds)
@@ -325,14 +363,30 @@ def run_once(args, state, n_layers: int, shape, tiny: bool, mode: str) -> dict:
         scale = units * (args.layer_step if o.stage in LAYER_SWEEPS else 1)
         # parts that grow otherwise (PARTS) are taken out of the stage's work and scaled by their own units
         per["stage"] = units
+        population = "pairs" if o.stage == "patch" else "steered" if o.stage == "steer" \
+            else "causal" if o.stage in CAUSAL else "items"
         parts = {f"{name} ({how})" if how != "stage" else name: (w, per[how] * (args.layer_step if windows else 1))
                  for ((stage, name), how), (w, _, windows) in getattr(state, "parts", {}).items()
                  if stage == o.stage}
+        hows = {f"{name} ({how})" if how != "stage" else name: population if how == "stage" else how
+                for ((stage, name), how) in getattr(state, "parts", {}) if stage == o.stage}
+
+        def projected(w: Work, sc: float, how: str) -> float:
+            """Full-protocol token-layers of ``w``: a fixed part as it ran; a scaled one times its
+            scale, its padded calls' real work with the padding its population has at full scale."""
+            if how == "fixed":
+                return w.token_layers
+            real_padded = w.ragged_token_layers - w.pad_token_layers
+            return (w.token_layers - w.ragged_token_layers + real_padded * (1 + padding[how])) * sc
+
         row = {"stage": o.stage, "status": o.status, "wall_s": o.seconds, "scale": scale,
                "parts": {name: {"forwards": w.forwards, "token_layers": w.token_layers, "seconds": w.seconds,
-                                "scale": sc} for name, (w, sc) in parts.items()}}
+                                "pad_token_layers": w.pad_token_layers, "scale": sc,
+                                "projected_token_layers": projected(w, sc, hows[name])}
+                         for name, (w, sc) in parts.items()}}
         if work is not None:
-            row.update(forwards=work.forwards, tokens=work.tokens, token_layers=work.token_layers)
+            row.update(forwards=work.forwards, tokens=work.tokens, token_layers=work.token_layers,
+                       pad_token_layers=work.pad_token_layers)
             if rate:
                 row["floor_s"] = work.token_layers / rate
                 row["ratio"] = row["floor_s"] / o.seconds if o.seconds > 0 else math.nan
@@ -341,8 +395,10 @@ def run_once(args, state, n_layers: int, shape, tiny: bool, mode: str) -> dict:
         row["projected_wall_s"] = rest_s * scale + row["write_s"] * args.layer_step + \
             sum(w.seconds * sc for w, sc in parts.values())
         if rate and work is not None:
-            rest_tl = work.token_layers - sum(w.token_layers for w, _ in parts.values())
-            row["projected_floor_s"] = (rest_tl * scale + sum(w.token_layers * sc for w, sc in parts.values())) / rate
+            rest = work - sum((w for w, _ in parts.values()), Work())
+            row["projected_token_layers"] = projected(rest, scale, population) + \
+                sum(p["projected_token_layers"] for p in row["parts"].values())
+            row["projected_floor_s"] = row["projected_token_layers"] / rate
         else:
             row["projected_floor_s"] = math.nan
         rows.append(row)
@@ -355,26 +411,31 @@ def run_once(args, state, n_layers: int, shape, tiny: bool, mode: str) -> dict:
     if state.rate:
         print(f"plain-forward floor: {rate:,.0f} token-layers/s ({state.rate['forwards']} forwards, "
               f"{state.rate['token_layers']:,} token-layers in {state.rate['seconds']:.2f} s)\n")
-    print("| stage | status | wall s | of it writing s | forwards | token-layers | floor s | ratio | projected s | "
-          "at floor s |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("padding at full scale (length-sorted batches of {}, in extraction chunks of {}): {}\n".format(
+        args.batch_size, CHUNK, ", ".join(f"{k} {v:.1%}" for k, v in padding.items() if k != "fixed")))
+    print("| stage | status | wall s | of it writing s | forwards | token-layers | of them padding | floor s | ratio | "
+          "projected s | projected token-layers | at floor s |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     def num(r: dict, key: str, fmt: str) -> str:
         return format(r[key], fmt) if key in r and not (isinstance(r[key], float) and math.isnan(r[key])) else ""
 
     for r in rows:
         print(f"| {r['stage']} | {r['status']} | {r['wall_s']:.1f} | {r['write_s']:.1f} | {num(r, 'forwards', ',')} | "
-              f"{num(r, 'token_layers', ',')} | {num(r, 'floor_s', '.2f')} | {num(r, 'ratio', '.3f')} | "
-              f"{r['projected_wall_s']:.0f} | {num(r, 'projected_floor_s', '.0f')} |")
+              f"{num(r, 'token_layers', ',')} | {num(r, 'pad_token_layers', ',')} | {num(r, 'floor_s', '.2f')} | "
+              f"{num(r, 'ratio', '.3f')} | {r['projected_wall_s']:.0f} | {num(r, 'projected_token_layers', ',.0f')} | "
+              f"{num(r, 'projected_floor_s', '.0f')} |")
         for name, part in r["parts"].items():
-            print(f"| ↳ {name} | | {part['seconds']:.1f} | | {part['forwards']:,} | {part['token_layers']:,} | | | "
-                  f"x{part['scale']:.1f} | {part['token_layers'] * part['scale'] / rate if rate else math.nan:.0f} |")
+            print(f"| ↳ {name} | | {part['seconds']:.1f} | | {part['forwards']:,} | {part['token_layers']:,} | "
+                  f"{part['pad_token_layers']:,} | | | x{part['scale']:.1f} | {part['projected_token_layers']:,.0f} | "
+                  f"{part['projected_token_layers'] / rate if rate else math.nan:.0f} |")
     cut = [r["stage"] for r in rows if r["status"] != "done"]
     rows_done = [r for r in rows if r["status"] == "done"]
     total = sum(r["projected_wall_s"] for r in rows_done)
     floor = sum(r["projected_floor_s"] for r in rows_done if not math.isnan(r["projected_floor_s"]))
     if cut:
         print(f"not in the totals (did not finish: a lower bound only): {', '.join(cut)}")
-    print(f"| **total** | | {wall:.1f} | | | | | | **{total:.0f}** | **{floor:.0f}** |\n")
+    projected_tl = sum(r.get("projected_token_layers", 0) for r in rows_done)
+    print(f"| **total** | | {wall:.1f} | | | | | | | **{total:.0f}** | **{projected_tl:,.0f}** | **{floor:.0f}** |\n")
     print(f"projected full protocol ({FULL_ITEMS} items, causal/steer on {FULL_CAUSAL_ITEMS}): "
           f"{total / 60:.1f} min at the measured stage speeds, {floor / 60:.1f} min if every stage ran at the "
           "plain-forward floor (the probe stage has no model work: its floor column is empty)")
@@ -383,6 +444,53 @@ def run_once(args, state, n_layers: int, shape, tiny: bool, mode: str) -> dict:
     print(f"machine: {machine(device)}")
     tmp.cleanup()
     return {"rows": rows, "rate": state.rate, "wall_s": wall, "args": dict(vars(args))}
+
+
+CHUNK = 256  # the extract stage's chunk_size: batches are length-sorted within a chunk
+
+
+def full_padding(cfg, tokenizer, batch_size: int, seed: int = 0) -> dict[str, float]:
+    """The padding share (pad positions per real position) of each population's own-token passes at
+    full scale, batched as the stages batch them (:func:`~emolens.inputs.batching.batch_plan` at
+    ``batch_size``): the whole corpus (``items``, in extraction chunks: the extract stage's and the
+    robustness variants' passes), a random half (``causal``, a paper model's correct items), a
+    quarter (``steered``) and the patching pairs' items; ``fixed`` parts do not scale.
+
+    Why simulate: a subset of 16 items is one batch padded to its longest prompt, so its measured
+    token-layers are mostly padding a 6,600-item run in length-sorted batches does not pay. The
+    projection scales the subset's real work and adds this padding back. Own tokens are what
+    follows the prompts' shared prefix (the template, its shots), the same for every variant.
+    Without the corpus here (the built-in stimuli) the share is 0."""
+    import numpy as np
+
+    from emolens.data.loading import load_dataset
+    from emolens.engine.shared_prefix import shared_prefix_length
+    from emolens.inputs.batching import batch_plan
+    from emolens.inputs.prompts import build_prompts
+
+    none = {"items": 0.0, "causal": 0.0, "steered": 0.0, "pairs": 0.0, "fixed": 0.0}
+    if tokenizer is None:
+        return none
+    try:
+        dataset = load_dataset(cfg.dataset.spec)
+    except Exception as exc:  # noqa: BLE001 - the projection then says it has no padding estimate
+        print(f"padding estimate unavailable ({exc}); projected without it", file=sys.stderr)
+        return none
+    ids = tokenizer([p.text for p in build_prompts(dataset.texts, cfg.prompt_spec())])["input_ids"]
+    own = np.array([len(t) for t in ids]) - shared_prefix_length(ids)
+    rng = np.random.default_rng(seed)
+    out = {"fixed": 0.0}
+    for how, n in {"items": FULL_ITEMS, "causal": FULL_CAUSAL_ITEMS,
+                   "steered": int(FULL_CAUSAL_ITEMS * STEER_HOLDOUT), "pairs": 2 * FULL_PAIRS}.items():
+        pick = rng.permutation(len(own))[:n]
+        chunk = CHUNK if how == "items" else len(pick)
+        pads = 0
+        for c in range(0, len(pick), chunk):
+            for rows in batch_plan(own[pick[c:c + chunk]], batch_size, pack=how == "items"):  # as the stages do
+                block = own[pick[c:c + chunk]][rows]
+                pads += len(block) * int(block.max()) - int(block.sum())
+        out[how] = pads / max(1, int(own[pick].sum()))
+    return out
 
 
 if __name__ == "__main__":
