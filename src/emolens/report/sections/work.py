@@ -30,8 +30,8 @@ def work_frame(mr: ModelRun) -> pd.DataFrame:
         if work:
             rows.append({"stage": stage, "forwards": work.get("forwards"), "tokens": work.get("tokens"),
                          "token_layers": work.get("token_layers"),
-                         "padding": work["pad_token_layers"] / work["token_layers"]
-                         if work.get("token_layers") and "pad_token_layers" in work else None,
+                         "padding": (work["pad_token_layers"] / work["token_layers"] if work.get("token_layers")
+                                     else 0.0) if "pad_token_layers" in work else None,
                          "wall_s": work.get("seconds"),
                          "floor_s": work.get("floor_s"), "ratio": work.get("ratio")})
     return pd.DataFrame(rows, columns=list(COLUMNS))
