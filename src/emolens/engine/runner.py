@@ -69,6 +69,14 @@ from emolens.errors import EmolensError
 from emolens.inputs.batching import Batch
 from emolens.model.sites import GLOBAL_SITES
 
+#: Rows one stacked forward of conditions may hold (batch copies x batch), and the tiled key/value
+#: cache it may hold. Why this many: a condition step runs one token (or a few) per row, so a forward
+#: of one 64-row batch streams every weight for 64 tokens of work; on a GPU that is memory- and
+#: launch-bound, and stacking a few conditions' copies of the batch makes it compute-bound. The
+#: cache cap keeps a large model's long prompts in memory (an 8B's 64 x 60-token prefix is ~0.5 GB
+#: a copy: four copies).
+STACK_ROWS, STACK_CACHE_BYTES = 256, 2 ** 31
+
 
 @dataclass
 class Prefix:
@@ -141,7 +149,7 @@ class ConditionRunner:
     """
 
     def __init__(self, lm, scorer: LabelScorer | None, prefix_bytes: int = 2 ** 30,
-                 counter: WorkCounter | None = None, skip: bool = True, stack_rows: int = 64,
+                 counter: WorkCounter | None = None, skip: bool = True, stack_rows: int = STACK_ROWS,
                  label_logits: bool = False):
         self.lm = lm
         self.model, self.sites = unwrap(lm)
@@ -336,7 +344,7 @@ class ConditionRunner:
 
     @torch.no_grad()
     def stack(self, batch: Batch, values: torch.Tensor, op_for: Callable[[torch.Tensor], Op],
-              prefix: Prefix | None = None, rows: int = 64, cache_bytes: int = 2 ** 31,
+              prefix: Prefix | None = None, rows: int = STACK_ROWS, cache_bytes: int = STACK_CACHE_BYTES,
               on_rows: Callable[[int], None] | None = None, start: int | None = None) -> torch.Tensor:
         """Label scores ``[C, B, K]`` of ``C`` conditions that differ only in one op's value, ``values[c]``.
 
@@ -408,7 +416,7 @@ class ConditionRunner:
             for m in sorted({m for m, _ in groups}):
                 prefix = prefixes[m] if m else None
                 if prefix is not None:
-                    per_m = max(1, min(per, (2 ** 31) // max(1, B * bytes_per_row(prefix.cache))))
+                    per_m = max(1, min(per, STACK_CACHE_BYTES // max(1, B * bytes_per_row(prefix.cache))))
                 else:
                     per_m = per
                 hidden = self.clean_hidden(batch, prefix, [k for mm, k in groups if mm == m])
