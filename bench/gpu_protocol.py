@@ -464,8 +464,7 @@ def full_padding(cfg, tokenizer, batch_size: int, seed: int = 0) -> dict[str, fl
     import numpy as np
 
     from emolens.data.loading import load_dataset
-    from emolens.engine.shared_prefix import shared_prefix_length
-    from emolens.inputs.batching import batch_plan
+    from emolens.inputs.batching import batch_plan, shared_prefix_length
     from emolens.inputs.prompts import build_prompts
 
     none = {"items": 0.0, "causal": 0.0, "steered": 0.0, "pairs": 0.0, "fixed": 0.0}

@@ -16,7 +16,7 @@ batched) shows in a CPU test without a GPU:
     forward from a KV prefix counts its few tokens, a forward that starts at a middle layer
     counts only the layers it runs;
 ``pad_token_layers``
-    the share of ``token_layers`` spent on padding (positions the call's attention mask masks
+    the part of ``token_layers`` spent on padding (positions the call's attention mask masks
     out). Why count it: a left-padded batch costs its longest row's length in every row, so a
     subset of a few items in one batch pads far more than the full corpus in length-sorted
     batches does; a projection from a subset scales the real work, not the subset's padding;
