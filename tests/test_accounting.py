@@ -111,7 +111,8 @@ def test_plain_rate_and_stage_row(lm, ds):
 
 def test_padding_is_counted_per_layer_and_only_in_calls_that_pad(lm):
     """A left-padded call's masked positions are its padding; a call whose rows all have their full
-    length pads nothing and is not ragged."""
+    length pads nothing and is not ragged; the hooks never read the padding back to the host (no
+    sync per forward): a snapshot does."""
     ids = torch.randint(3, 100, (3, 7))
     mask = torch.ones(3, 7, dtype=torch.long)
     mask[0, :4] = 0  # row 0: 3 real tokens
@@ -125,6 +126,13 @@ def test_padding_is_counted_per_layer_and_only_in_calls_that_pad(lm):
     counter.detach()
     L = lm.n_layers
     assert (padded.token_layers, padded.pad_token_layers, padded.ragged_token_layers) == (21 * L, 5 * L, 21 * L)
+    counter = WorkCounter.attach(lm)  # the hooks sum padding where the mask is; only a snapshot reads it back
+    with torch.no_grad():
+        lm.model(input_ids=ids, attention_mask=mask)
+        lm.model(input_ids=ids, attention_mask=mask)
+    assert counter.total.pad_token_layers == 0 and counter.total.token_layers == 42 * L
+    assert counter.snapshot().pad_token_layers == 10 * L
+    counter.detach()
     assert (full.token_layers, full.pad_token_layers, full.ragged_token_layers) == (21 * L, 0, 0)
     assert (padded - full).pad_token_layers == 5 * L and (padded + full).token_layers == 42 * L
 

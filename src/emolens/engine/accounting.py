@@ -82,15 +82,16 @@ def _rows_tokens(args: tuple, kwargs: dict) -> int:
     return 0
 
 
-def _pad_tokens(args: tuple, kwargs: dict) -> int:
-    """Padded positions among a backbone call's new tokens: the zeros of the last ``T`` columns of
-    its 2-D attention mask (the mask spans cached and new columns, the new ones last); 0 without one."""
+def _pad_tokens(args: tuple, kwargs: dict) -> torch.Tensor | None:
+    """Padded positions among a backbone call's new tokens, as a 0-d tensor where the mask is (no host
+    sync): the zeros of the last ``T`` columns of its 2-D attention mask (the mask spans cached and
+    new columns, the new ones last); ``None`` without one."""
     mask = kwargs.get("attention_mask")
     rows = _rows_tokens(args, kwargs)
     if not isinstance(mask, torch.Tensor) or mask.ndim != 2 or not rows:
-        return 0
+        return None
     new = rows // max(1, int(mask.shape[0]))
-    return int(mask.shape[0]) * new - int(mask[:, -new:].bool().sum()) if new <= mask.shape[1] else 0
+    return int(mask.shape[0]) * new - mask[:, -new:].bool().sum() if new <= mask.shape[1] else None
 
 
 @dataclass
@@ -103,11 +104,16 @@ class WorkCounter:
     :class:`~emolens.model.loading.LoadedModel` or a plain ``nn.Module`` (sites resolved by
     structure). ``snapshot()`` reads the totals; ``span()`` measures a block's work and wall time.
     Counting at the layers (not from batch shapes) means a forward that skips layers, or runs
-    more than it should, is counted as it really ran.
+    more than it should, is counted as it really ran. Padding is read from each call's attention
+    mask where the mask lives and summed there; it reaches ``total`` at :meth:`snapshot`, so the
+    hooks never wait for the device (a host sync per forward would stall a GPU's queue of
+    one-token condition steps).
     """
 
     total: Work = field(default_factory=Work)
     _handles: list = field(default_factory=list, repr=False)
+    _folds: list = field(default_factory=list, repr=False)
+    _pending: dict = field(default_factory=lambda: {"pads": 0, "ragged": 0}, repr=False)
 
     @classmethod
     def attach(cls, lm) -> WorkCounter:
@@ -132,10 +138,19 @@ class WorkCounter:
         layers: Sequence[torch.nn.Module] = sites.layers
         backbone_path = sites.paths.layers.rsplit(".", 1)[0] if "." in sites.paths.layers else ""
         backbone = model.get_submodule(backbone_path) if backbone_path else model
-        total = self.total
-        call = {"rows": 0, "pads": 0}  # the backbone call in progress: its rows and padded positions
+        total, pending = self.total, self._pending
+        call = {"rows": 0, "pads": None, "layers": 0}  # the backbone call in progress
+
+        def fold() -> None:
+            """Add the call's padding over the layers it has run so far to the pending sums (on its device)."""
+            pads, n = call["pads"], call["layers"]
+            if pads is not None and n:
+                pending["pads"] = pending["pads"] + pads * n
+                pending["ragged"] = pending["ragged"] + (pads > 0).long() * (call["rows"] * n)
+            call["layers"] = 0
 
         def on_forward(_module, args, kwargs):
+            fold()
             total.forwards += 1
             call["rows"], call["pads"] = _rows_tokens(args, kwargs), _pad_tokens(args, kwargs)
             total.tokens += call["rows"]
@@ -143,9 +158,9 @@ class WorkCounter:
         def on_layer(_module, args, kwargs):
             rows = _rows_tokens(args, kwargs)
             total.token_layers += rows
-            if call["pads"] and rows == call["rows"]:
-                total.pad_token_layers += call["pads"]
-                total.ragged_token_layers += rows
+            call["layers"] += rows == call["rows"]
+
+        self._folds.append(fold)
 
         self._handles.append(backbone.register_forward_pre_hook(on_forward, with_kwargs=True))
         for layer in layers:
@@ -154,15 +169,27 @@ class WorkCounter:
     @contextmanager
     def counting(self, lm) -> Iterator[WorkCounter]:
         """Count the work ``lm`` does inside the block (hooks installed for the block only)."""
-        mark = len(self._handles)
+        mark, folds = len(self._handles), len(self._folds)
         self._hook(lm)
         try:
             yield self
         finally:
             while len(self._handles) > mark:
                 self._handles.pop().remove()
+            self._settle()
+            del self._folds[folds:]
+
+    def _settle(self) -> None:
+        """Bring the padding summed on the device into ``total`` (one host sync)."""
+        for fold in self._folds:
+            fold()
+        pending = self._pending
+        self.total.pad_token_layers += int(pending["pads"])
+        self.total.ragged_token_layers += int(pending["ragged"])
+        pending["pads"] = pending["ragged"] = 0
 
     def snapshot(self) -> Work:
+        self._settle()
         return Work(self.total.forwards, self.total.tokens, self.total.token_layers, time.perf_counter(),
                     self.total.pad_token_layers, self.total.ragged_token_layers)
 
@@ -183,6 +210,8 @@ class WorkCounter:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        self._settle()
+        self._folds.clear()
 
 
 def _sync() -> None:
