@@ -358,18 +358,17 @@ def run_once(args, state, n_layers: int, shape, tiny: bool, mode: str) -> dict:
                "items": FULL_ITEMS / max(1, min(args.max_items, n_items) if o.stage == "robustness" else n_items),
                # steering measures the held-out share of the analysed items (the rest fits the directions)
                "steered": FULL_CAUSAL_ITEMS * STEER_HOLDOUT / max(1, min(args.max_items, n_items * STEER_HOLDOUT))}
-        units = per["pairs"] if o.stage == "patch" else per["steered"] if o.stage == "steer" \
-            else per["causal"] if o.stage in CAUSAL else per["items"]
-        scale = units * (args.layer_step if o.stage in LAYER_SWEEPS else 1)
-        # parts that grow otherwise (PARTS) are taken out of the stage's work and scaled by their own units
-        per["stage"] = units
         population = "pairs" if o.stage == "patch" else "steered" if o.stage == "steer" \
             else "causal" if o.stage in CAUSAL else "items"
-        parts = {f"{name} ({how})" if how != "stage" else name: (w, per[how] * (args.layer_step if windows else 1))
+        units = per[population]
+        scale = units * (args.layer_step if o.stage in LAYER_SWEEPS else 1)
+        # parts that grow otherwise (PARTS) are taken out of the stage's work and scaled by their own
+        # units; a part that grows as its stage ("stage") has the stage's population
+        per["stage"] = units
+        parts = {f"{name} ({how})" if how != "stage" else name:
+                 (w, per[how] * (args.layer_step if windows else 1), population if how == "stage" else how)
                  for ((stage, name), how), (w, _, windows) in getattr(state, "parts", {}).items()
                  if stage == o.stage}
-        hows = {f"{name} ({how})" if how != "stage" else name: population if how == "stage" else how
-                for ((stage, name), how) in getattr(state, "parts", {}) if stage == o.stage}
 
         def projected(w: Work, sc: float, how: str) -> float:
             """Full-protocol token-layers of ``w``: a fixed part as it ran; a scaled one times its
@@ -382,8 +381,8 @@ def run_once(args, state, n_layers: int, shape, tiny: bool, mode: str) -> dict:
         row = {"stage": o.stage, "status": o.status, "wall_s": o.seconds, "scale": scale,
                "parts": {name: {"forwards": w.forwards, "token_layers": w.token_layers, "seconds": w.seconds,
                                 "pad_token_layers": w.pad_token_layers, "scale": sc,
-                                "projected_token_layers": projected(w, sc, hows[name])}
-                         for name, (w, sc) in parts.items()}}
+                                "projected_token_layers": projected(w, sc, how)}
+                         for name, (w, sc, how) in parts.items()}}
         if work is not None:
             row.update(forwards=work.forwards, tokens=work.tokens, token_layers=work.token_layers,
                        pad_token_layers=work.pad_token_layers)
@@ -391,11 +390,11 @@ def run_once(args, state, n_layers: int, shape, tiny: bool, mode: str) -> dict:
                 row["floor_s"] = work.token_layers / rate
                 row["ratio"] = row["floor_s"] / o.seconds if o.seconds > 0 else math.nan
         row["write_s"] = state.writing.get(o.stage, 0.0)
-        rest_s = o.seconds - row["write_s"] - sum(w.seconds for w, _ in parts.values())
+        rest_s = o.seconds - row["write_s"] - sum(w.seconds for w, _, _ in parts.values())
         row["projected_wall_s"] = rest_s * scale + row["write_s"] * args.layer_step + \
-            sum(w.seconds * sc for w, sc in parts.values())
+            sum(w.seconds * sc for w, sc, _ in parts.values())
         if rate and work is not None:
-            rest = work - sum((w for w, _ in parts.values()), Work())
+            rest = work - sum((w for w, _, _ in parts.values()), Work())
             row["projected_token_layers"] = projected(rest, scale, population) + \
                 sum(p["projected_token_layers"] for p in row["parts"].values())
             row["projected_floor_s"] = row["projected_token_layers"] / rate
