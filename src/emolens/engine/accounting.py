@@ -82,12 +82,11 @@ def _rows_tokens(args: tuple, kwargs: dict) -> int:
     return 0
 
 
-def _pad_tokens(args: tuple, kwargs: dict) -> torch.Tensor | None:
-    """Padded positions among a backbone call's new tokens, as a 0-d tensor where the mask is (no host
-    sync): the zeros of the last ``T`` columns of its 2-D attention mask (the mask spans cached and
-    new columns, the new ones last); ``None`` without one."""
+def _pad_tokens(kwargs: dict, rows: int) -> torch.Tensor | None:
+    """Padded positions among a backbone call's ``rows`` new token positions, as a 0-d tensor where
+    the mask is (no host sync): the zeros of the last ``T`` columns of its 2-D attention mask (the
+    mask spans cached and new columns, the new ones last); ``None`` without one."""
     mask = kwargs.get("attention_mask")
-    rows = _rows_tokens(args, kwargs)
     if not isinstance(mask, torch.Tensor) or mask.ndim != 2 or not rows:
         return None
     new = rows // max(1, int(mask.shape[0]))
@@ -152,7 +151,8 @@ class WorkCounter:
         def on_forward(_module, args, kwargs):
             fold()
             total.forwards += 1
-            call["rows"], call["pads"] = _rows_tokens(args, kwargs), _pad_tokens(args, kwargs)
+            call["rows"] = _rows_tokens(args, kwargs)
+            call["pads"] = _pad_tokens(kwargs, call["rows"])
             total.tokens += call["rows"]
 
         def on_layer(_module, args, kwargs):

@@ -134,7 +134,8 @@ def iter_batches(tokenizer, prompts: Sequence[Prompt], batch_size: int, device: 
     if batch_size < 1:
         raise EmolensError(f"batch size {batch_size} is not positive", "use a batch size of 1 or more")
     if sort_by_length and len(prompts) > batch_size:
-        plan = batch_plan(token_lengths(tokenizer, prompts, own=True), batch_size, pack)
+        # own tokens matter to the slot budget only; unpacked, the order is the same either way
+        plan = batch_plan(token_lengths(tokenizer, prompts, own=pack), batch_size, pack)
     else:
         order = np.arange(len(prompts))
         plan = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
