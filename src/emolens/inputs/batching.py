@@ -100,11 +100,11 @@ def batch_plan(lengths: Sequence[int] | np.ndarray, batch_size: int, pack: bool 
     Why pack: a left-padded batch costs its longest row in every row, and prompt lengths have a
     long tail (crowd-enVENT: median 51 tokens, 99th percentile 165, longest 511). An extraction
     sorts within chunks of 256 items; cut by rows alone at 64, a chunk's last batch spans its
-    whole tail and padding was 1.5 times the real tokens (0.28 packed). Reads (readout,
+    whole tail and padding was 1.58 times the real tokens (0.28 packed; ``bench/batching.py``). Reads (readout,
     extraction) pack. Why not always: every extra forward streams all the weights again, and
     the causal stages run many one-token condition steps per batch of items (sorted over all of
     them, padding a few percent), so there more batches cost more than the padding they save
-    (gemma-3-270m's knockout on this CPU: 22 -> 36 forwards, 7.7 -> 9.1 s, packed).
+    (gemma-3-270m's knockout on this CPU: 22 -> 36 forwards, 7.2 -> 8.3 s, packed).
     """
     lengths = np.asarray(lengths, dtype=np.int64)
     order = np.argsort(lengths, kind="stable")
