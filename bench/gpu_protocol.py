@@ -152,8 +152,13 @@ def instrument(rate_prompts: int, batch_size: int) -> SimpleNamespace:
 #: whatever the number of windows; the tokens every prompt of a run starts with (the template, its
 #: shots) run once per runner (:meth:`~emolens.engine.runner.ConditionRunner.share_prefix`), whatever
 #: the number of items, so scaling them by the items would price a long few-shot template thousands
-#: of times over. Work is counted exclusively: a part inside another (a clean
-#: prefix inside robustness's ablation) is taken out of the outer one.
+#: of times over. A steering residual capture (``store``) exists here only because the bench keeps
+#: every ``--layer-step``-th layer, so the extract stage's store lacks the steering windows' other
+#: layers; the paper preset stores every layer and reads these residuals there
+#: (:func:`~emolens.steering.directions.store_acts`, as the quick study's steer stage does), so the
+#: projection prices such a capture at zero (and as its stage when every layer is kept). Work is
+#: counted exclusively: a part inside another (a clean prefix inside robustness's ablation) is taken
+#: out of the outer one.
 PARTS = {
     ("emolens.study.stages.robustness", "_robustness_readout"): ("readout", "items", False),
     ("emolens.study.stages.robustness", "_robustness_probe"): ("probe", "causal", False),
@@ -164,6 +169,8 @@ PARTS = {
     ("emolens.engine.runner", "ConditionRunner.clean"): ("clean passes", "inherit", False),
     ("emolens.engine.runner", "ConditionRunner.clean_hidden"): ("clean passes", "inherit", False),
     ("emolens.engine.runner", "ConditionRunner.share_prefix"): ("shared prefix", "fixed", False),
+    ("emolens.steering.run", "capture_resid"): ("residual capture", "store", False),
+    ("emolens.steering.sweep", "capture_resid"): ("residual capture", "store", False),
 }
 
 
@@ -365,8 +372,9 @@ def run_once(args, state, n_layers: int, shape, tiny: bool, mode: str) -> dict:
         # parts that grow otherwise (PARTS) are taken out of the stage's work and scaled by their own
         # units; a part that grows as its stage ("stage") has the stage's population
         per["stage"] = units
+        per["store"] = 0.0 if args.layer_step > 1 else units  # read from the full preset's store (PARTS)
         parts = {f"{name} ({how})" if how != "stage" else name:
-                 (w, per[how] * (args.layer_step if windows else 1), population if how == "stage" else how)
+                 (w, per[how] * (args.layer_step if windows else 1), population if how in ("stage", "store") else how)
                  for ((stage, name), how), (w, _, windows) in getattr(state, "parts", {}).items()
                  if stage == o.stage}
 
@@ -375,6 +383,8 @@ def run_once(args, state, n_layers: int, shape, tiny: bool, mode: str) -> dict:
             scale, its padded calls' real work with the padding its population has at full scale."""
             if how == "fixed":
                 return w.token_layers
+            if sc == 0:
+                return 0.0
             real_padded = w.ragged_token_layers - w.pad_token_layers
             return (w.token_layers - w.ragged_token_layers + real_padded * (1 + padding[how])) * sc
 
