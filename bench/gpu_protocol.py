@@ -145,20 +145,21 @@ def instrument(rate_prompts: int, batch_size: int) -> SimpleNamespace:
 #: the function's ``analysis`` argument; how it scales: ``items`` = corpus items, ``causal`` = the
 #: causal items, ``steered`` = the held-out share of them, ``pairs`` = patching pairs, ``fixed`` = not
 #: at all, ``inherit`` = as the part or stage around it; whether it also scales with the layer step).
-#: The robustness stage's readouts run the whole corpus once per variant and its probe extractions
-#: the whole forward, neither sweeps windows; the selected steering design's test runs one setting;
-#: the sample generations are a fixed number (``steer.generations``) at one setting; the runner's
-#: clean passes (prefix caches, clean scores, clean hidden states) run once per batch of items,
-#: whatever the number of windows; the tokens every prompt of a run starts with (the template, its
-#: shots) run once per runner (:meth:`~emolens.engine.runner.ConditionRunner.share_prefix`), whatever
-#: the number of items, so scaling them by the items would price a long few-shot template thousands
-#: of times over. A steering residual capture (``store``) exists here only because the bench keeps
-#: every ``--layer-step``-th layer, so the extract stage's store lacks the steering windows' other
-#: layers; the paper preset stores every layer and reads these residuals there
+#: The robustness stage's readouts run the whole corpus once per variant and its probe extractions the
+#: whole forward, neither sweeps windows; the selected steering design's test runs one setting; the
+#: sample generations are a fixed number (``steer.generations``) at one setting; the runner's clean
+#: passes (prefix caches, clean scores, clean hidden states) run once per batch of items, whatever the
+#: number of windows; the tokens every prompt of a run starts with (the template, its shots) run once
+#: per runner (:meth:`~emolens.engine.runner.ConditionRunner.share_prefix`), whatever the number of
+#: items, so scaling them by the items would price a long few-shot template thousands of times over; the
+#: label head's check (one forward, the first stacked step a steering runner makes) is made once per
+#: runner however many items and windows. A steering residual capture (``store``) exists here only
+#: because the bench keeps every ``--layer-step``-th layer, so the extract stage's store lacks the
+#: steering windows' other layers; the paper preset stores every layer and reads these residuals there
 #: (:func:`~emolens.steering.directions.store_acts`, as the quick study's steer stage does), so the
-#: projection prices such a capture at zero (and as its stage when every layer is kept). Work is
-#: counted exclusively: a part inside another (a clean prefix inside robustness's ablation) is taken
-#: out of the outer one.
+#: projection prices such a capture at zero (and as its stage when every layer is kept). Work is counted
+#: exclusively: a part inside another (a clean prefix inside robustness's ablation) is taken out of the
+#: outer one.
 PARTS = {
     ("emolens.study.stages.robustness", "_robustness_readout"): ("readout", "items", False),
     ("emolens.study.stages.robustness", "_robustness_probe"): ("probe", "causal", False),
@@ -169,6 +170,7 @@ PARTS = {
     ("emolens.engine.runner", "ConditionRunner.clean"): ("clean passes", "inherit", False),
     ("emolens.engine.runner", "ConditionRunner.clean_hidden"): ("clean passes", "inherit", False),
     ("emolens.engine.runner", "ConditionRunner.share_prefix"): ("shared prefix", "fixed", False),
+    ("emolens.engine.runner", "ConditionRunner._check_label_head"): ("label head check", "fixed", False),
     ("emolens.steering.run", "capture_resid"): ("residual capture", "store", False),
     ("emolens.steering.sweep", "capture_resid"): ("residual capture", "store", False),
 }
@@ -420,6 +422,11 @@ def run_once(args, state, n_layers: int, shape, tiny: bool, mode: str) -> dict:
     if state.rate:
         print(f"plain-forward floor: {rate:,.0f} token-layers/s ({state.rate['forwards']} forwards, "
               f"{state.rate['token_layers']:,} token-layers in {state.rate['seconds']:.2f} s)\n")
+    from emolens.engine.memory import stack_budget
+
+    rows_cap, cache_cap = stack_budget(device)
+    print(f"condition stacking: up to {rows_cap} rows and {cache_cap / 2 ** 30:.2f} GiB of tiled cache a forward "
+          f"(engine.memory.stack_budget on {device})\n")
     print("padding at full scale (length-sorted batches of {}, in extraction chunks of {}): {}\n".format(
         args.batch_size, CHUNK, ", ".join(f"{k} {v:.1%}" for k, v in padding.items() if k != "fixed")))
     print("| stage | status | wall s | of it writing s | forwards | token-layers | of them padding | floor s | ratio | "

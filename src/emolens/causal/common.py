@@ -23,7 +23,7 @@ from scipy import stats
 from emolens.causal.curves import PEAKS_FILE, peak_table
 from emolens.engine.ops import Op
 from emolens.engine.positions import Positions
-from emolens.engine.runner import STACK_ROWS, ConditionRunner, path_suffix
+from emolens.engine.runner import ConditionRunner, path_suffix
 from emolens.engine.scoring import LabelScorer
 from emolens.engine.windows import Window
 from emolens.errors import EmolensError
@@ -185,7 +185,7 @@ def runner_for(lm, prompts, spec, fast: bool = True) -> ConditionRunner:
     if not prompts:
         raise EmolensError("no items to analyse")
     scorer = LabelScorer.build(lm.tokenizer, spec.labels, prompts[0].text, prompts[0].label_prefix)
-    runner = ConditionRunner(lm, scorer, skip=fast, stack_rows=STACK_ROWS if fast else 0)
+    runner = ConditionRunner(lm, scorer, skip=fast, stack_rows=None if fast else 0)
     if fast:  # each batch's clean prefix then runs only the columns after the template's shared tokens
         runner.share_prefix(prompts)
     return runner

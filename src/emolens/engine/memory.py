@@ -9,6 +9,9 @@ scores, and the last position's logits -- and fits as many rows as a share of fr
 On CUDA the free memory is ``torch.cuda.mem_get_info``; on a CPU, the available RAM
 (``/proc/meminfo``'s ``MemAvailable``), but a CPU's throughput stops growing long before its
 memory runs out, so the CPU rule is simply :data:`CPU_BATCH` unless RAM is too short for that.
+
+The same reasoning sizes condition stacking (:func:`stack_budget`): how many rows one stacked
+forward of conditions may hold, and how much tiled key/value cache.
 """
 
 from __future__ import annotations
@@ -17,12 +20,26 @@ import os
 
 import torch
 
-__all__ = ["CPU_BATCH", "GPU_MAX_BATCH", "auto_batch_size", "free_memory", "row_bytes"]
+from emolens.errors import EmolensError
+
+__all__ = ["CPU_BATCH", "GPU_MAX_BATCH", "GPU_STACK_ROWS", "STACK_CACHE_BYTES", "STACK_CACHE_SHARE", "STACK_ROWS",
+           "auto_batch_size", "free_memory", "row_bytes", "stack_budget"]
 
 #: The CPU default: beyond ~16 prompts a forward, a few CPU cores gain no throughput.
 CPU_BATCH = 16
 #: The largest automatic batch on an accelerator (padding waste grows with the batch).
 GPU_MAX_BATCH = 256
+#: Rows one stacked forward of conditions may hold (batch copies x batch) on a CPU, and the tiled
+#: key/value cache it may hold. A condition step runs one token (or a few) per row; a CPU is
+#: compute-bound long before 256 rows, and the cache cap keeps a large model's long prompts in RAM.
+STACK_ROWS, STACK_CACHE_BYTES = 256, 2 ** 31
+#: Rows of a stacked forward on a CUDA device. A one-token step of 256 rows of an 8B model streams
+#: every weight (~0.4 GB a layer) for 256 tokens of work and spends more time launching the
+#: layer's kernels than computing; about 1,000 rows make it compute-bound (docs/gpu.md).
+GPU_STACK_ROWS = 1024
+#: Share of a CUDA device's free memory (measured when a runner is made) the tiled cache may take;
+#: ``batch_size: auto`` takes half for the batches themselves.
+STACK_CACHE_SHARE = 0.25
 
 
 def free_memory(device: torch.device | str) -> int:
@@ -75,3 +92,36 @@ def auto_batch_size(config, device: torch.device | str, dtype: torch.dtype, toke
     fits = int(free * share // per_row)
     cap = GPU_MAX_BATCH if device.type != "cpu" else CPU_BATCH
     return max(1, min(cap, fits))
+
+
+def _env_int(name: str) -> int | None:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise EmolensError(f"{name}={raw!r} is not a positive integer", f"unset {name} or give a number such as 256")
+    return value
+
+
+def stack_budget(device: torch.device | str, free: int | None = None) -> tuple[int, int]:
+    """``(rows, cache bytes)`` a stacked forward of conditions may hold on ``device``.
+
+    A CPU: :data:`STACK_ROWS` and :data:`STACK_CACHE_BYTES`. A CUDA device: :data:`GPU_STACK_ROWS`
+    and :data:`STACK_CACHE_SHARE` of its free memory (``free`` overrides the measured bytes, for
+    tests), never less than the CPU's cache cap. Why it matters there: an 8B model's prompt of
+    ~90 tokens is ~12 MB of cache a row, so the CPU's 2 GiB holds two copies of a 64-row batch, and
+    each condition forward would be 128 one-token rows, launch-bound. ``EMOLENS_STACK_ROWS`` and
+    ``EMOLENS_STACK_CACHE_BYTES`` override either (e.g. to reproduce a GPU's stacking on a CPU).
+    Stacking changes how many conditions share a forward, never a score (tested).
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        free = free_memory(device) if free is None else int(free)
+        rows, cache = GPU_STACK_ROWS, max(STACK_CACHE_BYTES, int(free * STACK_CACHE_SHARE))
+    else:
+        rows, cache = STACK_ROWS, STACK_CACHE_BYTES
+    return _env_int("EMOLENS_STACK_ROWS") or rows, _env_int("EMOLENS_STACK_CACHE_BYTES") or cache

@@ -53,6 +53,7 @@ from tqdm.auto import tqdm
 
 from emolens.engine.accounting import WorkCounter
 from emolens.engine.intervention import Intervention, unwrap
+from emolens.engine.memory import stack_budget
 from emolens.engine.ops import Op
 from emolens.engine.prefix import bytes_per_row, extend_prefix, prefix_cache, suffix_inputs, suffix_mask
 from emolens.engine.replay import layer_outputs, start_at
@@ -68,14 +69,6 @@ from emolens.engine.shared_prefix import (
 from emolens.errors import EmolensError
 from emolens.inputs.batching import Batch
 from emolens.model.sites import GLOBAL_SITES
-
-#: Rows one stacked forward of conditions may hold (batch copies x batch), and the tiled key/value
-#: cache it may hold. Why this many: a condition step runs one token (or a few) per row, so a forward
-#: of one 64-row batch streams every weight for 64 tokens of work; on a GPU that is memory- and
-#: launch-bound, and stacking a few conditions' copies of the batch makes it compute-bound. The
-#: cache cap keeps a large model's long prompts in memory (an 8B's 64 x 60-token prefix is ~0.5 GB
-#: a copy: four copies).
-STACK_ROWS, STACK_CACHE_BYTES = 256, 2 ** 31
 
 
 @dataclass
@@ -139,18 +132,19 @@ def repeat_batch(batch: Batch, times: int) -> Batch:
 class ConditionRunner:
     """Label log-probabilities of batches under op lists, full or on a cached prefix (see the module doc).
 
-    ``skip`` (default on) lets forwards start at the first edited layer; ``stack_rows`` is how many
-    rows (batch copies x batch) :meth:`conditions` may stack into one forward (the batch size
-    itself: no stacking). ``label_logits`` (single-token labels only): suffix steps score the
-    labels from the labels' rows of the output head only, as log-probabilities renormalised over
-    the labels -- for analyses that only compare labels (steering), which must renormalise every
-    score over the labels (full forwards keep the full head's; the two differ by a per-row
-    constant); see :class:`~emolens.engine.scoring.LabelHead`.
+    ``skip`` (default on) lets forwards start at the first edited layer; ``stack_rows`` is how many rows
+    (batch copies x batch) :meth:`conditions` and :meth:`stack` may put into one forward (the batch size
+    itself or 0: no stacking) and ``stack_cache_bytes`` how much tiled key/value cache; None takes
+    :func:`~emolens.engine.memory.stack_budget` for the model's device. ``label_logits`` (single-token
+    labels only): suffix steps score the labels from the labels' rows of the output head only, as
+    log-probabilities renormalised over the labels -- for analyses that only compare labels (steering),
+    which must renormalise every score over the labels (full forwards keep the full head's; the two
+    differ by a per-row constant); see :class:`~emolens.engine.scoring.LabelHead`.
     """
 
     def __init__(self, lm, scorer: LabelScorer | None, prefix_bytes: int = 2 ** 30,
-                 counter: WorkCounter | None = None, skip: bool = True, stack_rows: int = STACK_ROWS,
-                 label_logits: bool = False):
+                 counter: WorkCounter | None = None, skip: bool = True, stack_rows: int | None = None,
+                 label_logits: bool = False, stack_cache_bytes: int | None = None):
         self.lm = lm
         self.model, self.sites = unwrap(lm)
         #: None only for capture-only reads (:meth:`read`: extraction without a readout)
@@ -161,7 +155,11 @@ class ConditionRunner:
         self.prefix_bytes = prefix_bytes
         self.counter = counter if counter is not None else WorkCounter()
         self.skip = skip
-        self.stack_rows = stack_rows
+        if stack_rows is None or stack_cache_bytes is None:
+            rows, cache = stack_budget(next(self.model.parameters()).device)
+            stack_rows = rows if stack_rows is None else stack_rows
+            stack_cache_bytes = cache if stack_cache_bytes is None else stack_cache_bytes
+        self.stack_rows, self.stack_cache_bytes = int(stack_rows), int(stack_cache_bytes)
         self._memo: dict[tuple, Prefix | None] = {}
         self._held = 0
         #: the prompts' common leading tokens, run once (:meth:`share_prefix`); reads run the rest
@@ -279,13 +277,19 @@ class ConditionRunner:
                 out, kwargs, run, rows = self._forward(batch, ops, prefix, times, start, hidden, heads_only=True)
                 scores = self.heads.scores(out.logits[:, -1])
                 if self.heads.usable is None:  # first use: the model's own head must agree, else never again
-                    full, _, _, _ = self._forward(batch, ops, prefix, times, start, hidden)
-                    if not self.heads.check(scores, full.logits[:, -1]):
-                        scores = self.heads.renormalised(full.logits[:, -1])
+                    scores = self._check_label_head(scores, batch, ops, prefix, times, start, hidden)
             else:
                 out, kwargs, run, rows = self._forward(batch, ops, prefix, times, start, hidden)
                 scores = self.scorer.score(self.model, rows, out.logits[:, -1], kwargs["cache"]).float()
         return (scores if device else scores.cpu()), run.captures
+
+    def _check_label_head(self, scores: torch.Tensor, batch: Batch, ops: Sequence[Op], prefix: Prefix | None,
+                          times: int, start: int, hidden: torch.Tensor | None) -> torch.Tensor:
+        """The label head's first scores checked against the same forward with the model's own head
+        (once per runner: kept when they agree, else the full head's scores, and the label head is
+        dropped for good). Its own method so the GPU bench can count this one-off forward apart."""
+        full, _, _, _ = self._forward(batch, ops, prefix, times, start, hidden)
+        return scores if self.heads.check(scores, full.logits[:, -1]) else self.heads.renormalised(full.logits[:, -1])
 
     @torch.no_grad()
     def share_prefix(self, prompts: Sequence, keep: int = 1) -> bool:
@@ -344,19 +348,21 @@ class ConditionRunner:
 
     @torch.no_grad()
     def stack(self, batch: Batch, values: torch.Tensor, op_for: Callable[[torch.Tensor], Op],
-              prefix: Prefix | None = None, rows: int = STACK_ROWS, cache_bytes: int = STACK_CACHE_BYTES,
+              prefix: Prefix | None = None, rows: int | None = None, cache_bytes: int | None = None,
               on_rows: Callable[[int], None] | None = None, start: int | None = None) -> torch.Tensor:
         """Label scores ``[C, B, K]`` of ``C`` conditions that differ only in one op's value, ``values[c]``.
 
-        Each forward stacks the batch once per condition (up to ``rows`` rows; on a ``prefix``, also
-        no more than ``cache_bytes`` of tiled cache), and ``op_for(v)`` builds the op for a chunk
-        whose value ``v`` is ``[chunk * B, ...]`` (condition-major rows). Forwards start at the op's
-        first layer (``start``: None = found from the op), from the batch's clean hidden states.
+        Each forward stacks the batch once per condition (up to ``rows`` rows; on a ``prefix``, also no
+        more than ``cache_bytes`` of tiled cache; None: the runner's budget), and ``op_for(v)`` builds
+        the op for a chunk whose value ``v`` is ``[chunk * B, ...]`` (condition-major rows). Forwards
+        start at the op's first layer (``start``: None = found from the op), from the batch's clean
+        hidden states.
         """
         B = len(batch)
-        per = max(1, rows // B)
+        per = max(1, (self.stack_rows if rows is None else rows) // B)
         if prefix is not None:
-            per = max(1, min(per, cache_bytes // max(1, B * bytes_per_row(prefix.cache))))
+            budget = self.stack_cache_bytes if cache_bytes is None else cache_bytes
+            per = max(1, min(per, budget // max(1, B * bytes_per_row(prefix.cache))))
         dtype = next(self.model.parameters()).dtype
         device = batch.input_ids.device
         if start is None:
@@ -416,7 +422,7 @@ class ConditionRunner:
             for m in sorted({m for m, _ in groups}):
                 prefix = prefixes[m] if m else None
                 if prefix is not None:
-                    per_m = max(1, min(per, STACK_CACHE_BYTES // max(1, B * bytes_per_row(prefix.cache))))
+                    per_m = max(1, min(per, self.stack_cache_bytes // max(1, B * bytes_per_row(prefix.cache))))
                 else:
                     per_m = per
                 hidden = self.clean_hidden(batch, prefix, [k for mm, k in groups if mm == m])

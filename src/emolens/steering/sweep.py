@@ -27,7 +27,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from emolens.engine.runner import STACK_CACHE_BYTES, STACK_ROWS, ConditionRunner, Prefix
+from emolens.engine.runner import ConditionRunner, Prefix
 from emolens.engine.scoring import LabelScorer
 from emolens.engine.windows import Window, layer_windows
 from emolens.errors import EmolensError, arg
@@ -133,8 +133,8 @@ def outcome_rows(clean: np.ndarray, steered: np.ndarray, labels: Sequence[str], 
 
 @torch.no_grad()
 def steered_label_scores(lm, prompts, reader: LabelScorer, conditions: Sequence[Condition], batch_size: int = 16,
-                   max_rows: int = 64, progress: bool = False, fast: bool | None = None, fast_rows: int = STACK_ROWS,
-                   fast_cache_bytes: int = STACK_CACHE_BYTES, info: dict | None = None
+                   max_rows: int = 64, progress: bool = False, fast: bool | None = None, fast_rows: int | None = None,
+                   fast_cache_bytes: int | None = None, info: dict | None = None
                    ) -> tuple[dict[tuple, np.ndarray], list[np.ndarray]]:
     """Label scores ``[N, K]`` of every condition, plus the clean scores per (layers, position) group.
 
@@ -147,7 +147,8 @@ def steered_label_scores(lm, prompts, reader: LabelScorer, conditions: Sequence[
     allows, ``False`` never): steering only the answer cue cannot change an earlier position, so
     each item batch runs its first ``T - 1`` tokens once, and every condition of every window
     then runs only the cue token on a tiled copy of that cache (``fast_rows`` rows per forward, fewer
-    where the tiled cache would exceed ``fast_cache_bytes``).
+    where the tiled cache would exceed ``fast_cache_bytes``; None: the device's
+    :func:`~emolens.engine.memory.stack_budget`).
     Every forward starts at its window's first layer (the layers below replay the batch's clean
     hidden states), and with single-token labels only the labels' rows of the output head are
     computed. Scores are log-probabilities renormalised over the labels (every steering metric
@@ -372,7 +373,7 @@ def sweep(lm, dataset, directions: Sequence[str], *, bank: ConceptBank | None = 
           random_kind: str = "covariance", n_emotion_null: int = 0, residualised: bool = False,
           resid_null: int | None = None, spec: PromptSpec | None = None,
           fit_dataset=None, holdout: float | None = 0.5, batch_size: int = 16,
-          max_rows: int = 64, fast: bool | None = None, fast_rows: int = STACK_ROWS, n_boot: int = 200, seed: int = 0,
+          max_rows: int = 64, fast: bool | None = None, fast_rows: int | None = None, n_boot: int = 200, seed: int = 0,
           progress: bool = False, acts: Callable | None = None, skip_undefined: bool = False,
           ref_norm: Mapping[str, torch.Tensor] | None = None, max_iter: int = 1000) -> SweepResult:
     """Steer prompts along each direction over windows × β × positions, with controls.
