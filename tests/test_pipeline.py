@@ -167,6 +167,31 @@ def test_rerun_skips_cached_stages(base_run):
     assert before == after
 
 
+def test_results_of_other_code_are_neither_cached_nor_reused(tmp_path, monkeypatch):
+    """The version string stays the same while a checkout is edited: the stage key's code fingerprint
+    keeps a run from taking (cached, or reused from a sibling run) what other code computed."""
+    from emolens.study import pipeline
+    from emolens.study.run_folder import code_fingerprint
+
+    assert len(code_fingerprint()) == 64 and code_fingerprint() == code_fingerprint()
+    cfg = cfg_with(tmp_path, stages=["readout"])
+    first = runner.run_study(cfg, progress=False, echo=quiet, report=False)
+    assert statuses(first) == {"readout": "done"}
+    record = json.loads((first.run_dir / "tiny-llama/readout/stage.json").read_text())
+    assert record["code"] == code_fingerprint()
+    assert statuses(runner.run_study(cfg, progress=False, echo=quiet, report=False)) == {"readout": "cached"}
+
+    monkeypatch.setattr(pipeline, "code_fingerprint", lambda: "edited")
+    again = runner.run_study(cfg, progress=False, echo=quiet, report=False)
+    assert statuses(again) == {"readout": "done"}  # same folder, other code: computed again
+    assert list((first.run_dir / "tiny-llama/.superseded").iterdir())  # the old result kept aside
+    sibling = cfg_with(tmp_path, stages=["readout"], probe={"C": 0.5})  # another run folder, same readout
+    assert statuses(runner.run_study(sibling, progress=False, echo=quiet, report=False)) == {"readout": "reused"}
+    monkeypatch.setattr(pipeline, "code_fingerprint", lambda: "edited again")
+    other = cfg_with(tmp_path, stages=["readout"], probe={"C": 0.25})
+    assert statuses(runner.run_study(other, progress=False, echo=quiet, report=False)) == {"readout": "done"}
+
+
 def test_changed_value_reruns_only_affected_stages(base_run):
     cfg, first = base_run
     changed = cfg_with(Path(cfg.output), probe={"C": 0.5})

@@ -1,15 +1,16 @@
 """The staged study pipeline: content-addressed stages, resume after a kill, no silent overwrites.
 
 Every stage has a **key**: the SHA-256 of its own config section, the model's weights id, the
-dataset fingerprint, the prompt fingerprint, the keys of the stages it reads and the emolens
-version. A stage whose folder holds a ``stage.json`` with the same key is skipped. A stage whose
-folder has no ``stage.json`` was interrupted: it is cleared and redone, or resumed where the stage
-can resume (``extract`` resumes its activation store chunk by chunk; ``robustness`` keeps the
-prompt variants it finished). A finished stage whose key changed is moved aside to
-``<model>/.superseded/`` -- never overwritten. Before computing a stage, sibling runs under the
-same output root are searched for a finished stage with the same key; its files are hard-linked
-(or copied) instead of recomputed, so changing one config value re-runs only the stages it
-affects.
+dataset fingerprint, the prompt fingerprint, the keys of the stages it reads, the emolens version
+and the fingerprint of the package's code (:func:`~emolens.study.run_folder.code_fingerprint`:
+results of other code are never cached, reused or resumed). A stage whose folder holds a
+``stage.json`` with the same key is skipped. A stage whose folder has no ``stage.json`` was
+interrupted: it is cleared and redone, or resumed where the stage can resume (``extract`` resumes
+its activation store chunk by chunk; ``robustness`` keeps the prompt variants it finished). A
+finished stage whose key changed is moved aside to ``<model>/.superseded/`` -- never overwritten.
+Before computing a stage, sibling runs under the same output root are searched for a finished stage
+with the same key; its files are hard-linked (or copied) instead of recomputed, so changing one
+config value re-runs only the stages it affects.
 
 Where the parts live: the stages themselves in :mod:`emolens.study.stages` (one module each,
 registered in :mod:`emolens.study.registry`), the run folder's layout in
@@ -35,7 +36,7 @@ from emolens.study.config import StudyConfig
 from emolens.study.data_choice import ResolvedData
 from emolens.study.model_handle import ModelHandle
 from emolens.study.registry import StageContext, StageDef
-from emolens.study.run_folder import content_hash, find_reusable, now, prepare_folder, reuse_stage
+from emolens.study.run_folder import code_fingerprint, content_hash, find_reusable, now, prepare_folder, reuse_stage
 from emolens.study.stages import STAGES
 
 
@@ -46,7 +47,7 @@ def stage_key(name: str, cfg: StudyConfig, model: ModelHandle, data: ResolvedDat
                          "model_dtype": model.dtype_name, "dataset": data.fingerprint,
                          "prompt": replace(cfg.prompt_spec(), labels=tuple(data.dataset.label_names)).fingerprint(),
                          "upstream": upstream_keys,
-                         "emolens": __version__})
+                         "emolens": __version__, "code": code_fingerprint()})
 
 
 @dataclass
@@ -97,7 +98,8 @@ def run_stage(ctx: StageContext, sdef: StageDef, echo=print) -> StageOutcome:
            "inputs": {"model": ctx.model.identity, "model_dtype": ctx.model.dtype_name,
                       "dataset": ctx.data.fingerprint, "prompt": ctx.prompt.fingerprint(),
                       "upstream": {k: (read_stage(v) or {}).get("key") for k, v in ctx.upstream.items()}},
-           "section": STAGES[sdef.name].section(ctx.cfg), "emolens": __version__, "summary": summary,
+           "section": STAGES[sdef.name].section(ctx.cfg), "emolens": __version__, "code": code_fingerprint(),
+           "summary": summary,
            "work": work, "notes": ctx.notes}
     (folder / ".started.json").unlink(missing_ok=True)
     dump_json(folder / "stage.json", rec)

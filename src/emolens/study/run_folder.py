@@ -17,6 +17,7 @@ format marker, ``stage.json``) is :mod:`emolens.report.runs`'s, so the report ne
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import hashlib
 import json
 import os
@@ -44,6 +45,22 @@ def now() -> str:
 def content_hash(obj: Any) -> str:
     """SHA-256 of a JSON-able object, key order ignored (stage keys and the study hash)."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+@functools.lru_cache(maxsize=1)
+def code_fingerprint() -> str:
+    """SHA-256 of the emolens package's own files (its source and resources, by relative path).
+
+    Why stage keys carry it: the version string stays ``0.1.0`` across every change made from a
+    checkout, so a key with only the version would let a run reuse -- from a sibling run, or by
+    resuming an interrupted store -- results that older code computed, silently. Any change to the
+    package's files changes this fingerprint, and with it every stage key."""
+    root = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
 
 
 def study_hash(cfg: StudyConfig, data: ResolvedData) -> str:
@@ -143,5 +160,5 @@ def prepare_folder(folder: Path, key: str, resumable: bool, echo) -> bool:
     return False
 
 
-__all__ = ["claim_run_dir", "content_hash", "default_run_dir", "find_reusable", "link_or_copy", "now",
-           "prepare_folder", "reuse_stage", "study_hash"]
+__all__ = ["claim_run_dir", "code_fingerprint", "content_hash", "default_run_dir", "find_reusable", "link_or_copy",
+           "now", "prepare_folder", "reuse_stage", "study_hash"]
