@@ -161,7 +161,7 @@ def instrument(rate_prompts: int, batch_size: int) -> SimpleNamespace:
 #: exclusively: a part inside another (a clean prefix inside robustness's ablation) is taken out of the
 #: outer one.
 PARTS = {
-    ("emolens.study.stages.robustness", "_robustness_readout"): ("readout", "items", False),
+    ("emolens.study.stages.robustness", "_robustness_readout"): ("readout", "variants", False),
     ("emolens.study.stages.robustness", "_robustness_probe"): ("probe", "causal", False),
     ("emolens.study.stages.robustness", "_robustness_causal"): (None, None, True),
     ("emolens.steering.run", "_selected_test"): ("selected test", "steered", False),
@@ -354,7 +354,8 @@ def run_once(args, state, n_layers: int, shape, tiny: bool, mode: str) -> dict:
     wall = time.perf_counter() - start
     rate = state.rate["token_layers_per_s"] if state.rate else None
     n_items = args.limit
-    padding = full_padding(cfg, getattr(state.lm, "tokenizer", None), args.batch_size)
+    chunks = target_chunks(cfg, args, state.lm)
+    padding = full_padding(cfg, getattr(state.lm, "tokenizer", None), args.batch_size, chunks)
     rows = []
     for stage, status, seconds in outcomes:
         o = SimpleNamespace(stage=stage, status=status, seconds=seconds)
@@ -364,11 +365,15 @@ def run_once(args, state, n_layers: int, shape, tiny: bool, mode: str) -> dict:
         # patching runs pairs, not items: the paper preset's 200 over the pairs run here
         per = {"pairs": FULL_PAIRS / max(1, args.pairs), "fixed": 1.0,
                "causal": FULL_CAUSAL_ITEMS / max(1, min(args.max_items, n_items)),
-               "items": FULL_ITEMS / max(1, min(args.max_items, n_items) if o.stage == "robustness" else n_items),
+               "items": FULL_ITEMS / n_items,
+               # the robustness variants read every item of their (--max-items) subset, each in extraction chunks
+               "variants": FULL_ITEMS / max(1, min(args.max_items, n_items)),
+               # the paper preset's extract and probe stages take the correct items (this bench: all of its items)
+               "correct": FULL_CAUSAL_ITEMS / n_items,
                # steering measures the held-out share of the analysed items (the rest fits the directions)
                "steered": FULL_CAUSAL_ITEMS * STEER_HOLDOUT / max(1, min(args.max_items, n_items * STEER_HOLDOUT))}
         population = "pairs" if o.stage == "patch" else "steered" if o.stage == "steer" \
-            else "causal" if o.stage in CAUSAL else "items"
+            else "causal" if o.stage in CAUSAL else "correct" if o.stage in ("extract", "probe") else "items"
         units = per[population]
         scale = units * (args.layer_step if o.stage in LAYER_SWEEPS else 1)
         # parts that grow otherwise (PARTS) are taken out of the stage's work and scaled by their own
@@ -427,8 +432,9 @@ def run_once(args, state, n_layers: int, shape, tiny: bool, mode: str) -> dict:
     rows_cap, cache_cap = stack_budget(device)
     print(f"condition stacking: up to {rows_cap} rows and {cache_cap / 2 ** 30:.2f} GiB of tiled cache a forward "
           f"(engine.memory.stack_budget on {device})\n")
-    print("padding at full scale (length-sorted batches of {}, in extraction chunks of {}): {}\n".format(
-        args.batch_size, CHUNK, ", ".join(f"{k} {v:.1%}" for k, v in padding.items() if k != "fixed")))
+    print("padding at full scale (length-sorted batches of {}; extraction chunks of {} items, {} for the "
+          "robustness variants): {}\n".format(args.batch_size, chunks["correct"], chunks["variants"],
+                                              ", ".join(f"{k} {v:.1%}" for k, v in padding.items() if k != "fixed")))
     print("| stage | status | wall s | of it writing s | forwards | token-layers | of them padding | floor s | ratio | "
           "projected s | projected token-layers | at floor s |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
@@ -462,15 +468,36 @@ def run_once(args, state, n_layers: int, shape, tiny: bool, mode: str) -> dict:
     return {"rows": rows, "rate": state.rate, "wall_s": wall, "args": dict(vars(args))}
 
 
-CHUNK = 256  # the extract stage's chunk_size: batches are length-sorted within a chunk
+def target_chunks(cfg, args, lm) -> dict[str, int]:
+    """The extraction chunk (items) of the projected model's stores with the preset's ``chunk_size``
+    (``auto``: :func:`~emolens.activations.extract.auto_chunk_size`, rounded to whole batches): the
+    extract stage's (every study position) and a robustness variant's (the answer cue only). The
+    bench's own model is 64 times narrower with ``--tiny``, so its chunks would hold every item; the
+    projection batches as the full-size model's stores do (the 8B shape in bfloat16)."""
+    from emolens.activations.extract import auto_chunk_size
+
+    if args.model in SHAPES:
+        width, layers, dtype = SHAPES[args.model]["hidden_size"], args.layers or \
+            SHAPES[args.model]["num_hidden_layers"], "bfloat16"
+    else:
+        width, layers, dtype = lm.sites.d_model, lm.n_layers, str(lm.dtype).replace("torch.", "")
+    out = {}
+    for name, positions in (("correct", len(cfg.positions)), ("variants", 1)):
+        size = cfg.extract.chunk_size
+        if size == "auto":
+            size = auto_chunk_size({s: ((FULL_ITEMS, layers, positions, width), dtype) for s in cfg.sites})
+        out[name] = max(args.batch_size, size // args.batch_size * args.batch_size)
+    return out
 
 
-def full_padding(cfg, tokenizer, batch_size: int, seed: int = 0) -> dict[str, float]:
+def full_padding(cfg, tokenizer, batch_size: int, chunks: dict[str, int], seed: int = 0) -> dict[str, float]:
     """The padding share (pad positions per real position) of each population's own-token passes at
     full scale, batched as the stages batch them (:func:`~emolens.inputs.batching.batch_plan` at
-    ``batch_size``): the whole corpus (``items``, in extraction chunks: the extract stage's and the
-    robustness variants' passes), a random half (``causal``, a paper model's correct items), a
-    quarter (``steered``) and the patching pairs' items; ``fixed`` parts do not scale.
+    ``batch_size``): the whole corpus packed in one plan (``items``: the readout stage), the corpus
+    in packed extraction chunks of ``chunks["variants"]`` (the robustness variants' readouts), a
+    random half (a paper model's correct items) in packed chunks of ``chunks["correct"]`` (the
+    extract stage) and unpacked in one plan (``causal``), a quarter (``steered``) and the patching
+    pairs' items; ``fixed`` parts do not scale.
 
     Why simulate: a subset of 16 items is one batch padded to its longest prompt, so its measured
     token-layers are mostly padding a 6,600-item run in length-sorted batches does not pay. The
@@ -483,7 +510,7 @@ def full_padding(cfg, tokenizer, batch_size: int, seed: int = 0) -> dict[str, fl
     from emolens.inputs.batching import batch_plan, shared_prefix_length
     from emolens.inputs.prompts import build_prompts
 
-    none = {"items": 0.0, "causal": 0.0, "steered": 0.0, "pairs": 0.0, "fixed": 0.0}
+    none = {k: 0.0 for k in ("items", "variants", "correct", "causal", "steered", "pairs", "fixed")}
     if tokenizer is None:
         return none
     try:
@@ -495,15 +522,18 @@ def full_padding(cfg, tokenizer, batch_size: int, seed: int = 0) -> dict[str, fl
     own = np.array([len(t) for t in ids]) - shared_prefix_length(ids)
     rng = np.random.default_rng(seed)
     out = {"fixed": 0.0}
-    for how, n in {"items": FULL_ITEMS, "causal": FULL_CAUSAL_ITEMS,
-                   "steered": int(FULL_CAUSAL_ITEMS * STEER_HOLDOUT), "pairs": 2 * FULL_PAIRS}.items():
+    half = int(FULL_CAUSAL_ITEMS)
+    plans = {"items": (FULL_ITEMS, None, True), "variants": (FULL_ITEMS, chunks["variants"], True),
+             "correct": (half, chunks["correct"], True), "causal": (half, None, False),
+             "steered": (int(half * STEER_HOLDOUT), None, False), "pairs": (2 * FULL_PAIRS, None, False)}
+    for how, (n, chunk, pack) in plans.items():
         pick = rng.permutation(len(own))[:n]
-        chunk = CHUNK if how == "items" else len(pick)
+        chunk = chunk or len(pick)
         pads = 0
         for c in range(0, len(pick), chunk):
-            for rows in batch_plan(own[pick[c:c + chunk]], batch_size, pack=how == "items"):  # as the stages do
-                block = own[pick[c:c + chunk]][rows]
-                pads += len(block) * int(block.max()) - int(block.sum())
+            block = own[pick[c:c + chunk]]
+            for rows in batch_plan(block, batch_size, pack=pack):  # as the stages do
+                pads += len(rows) * int(block[rows].max()) - int(block[rows].sum())
         out[how] = pads / max(1, int(own[pick].sum()))
     return out
 

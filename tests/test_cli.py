@@ -41,6 +41,17 @@ def test_every_batch_size_option_takes_auto_and_refuses_junk(command, run_cli, t
         assert "'--batch-size'" in err and "auto" in err and "unknown model" not in err
 
 
+def test_chunk_size_takes_auto_and_refuses_junk(run_cli, tmp_path):
+    """``emolens extract --chunk-size auto`` parses (the run then stops at the unknown model); a bad
+    value is one line and exit 2 before any work."""
+    base = ["extract", "--model", "no-such-model", "--data", "stimuli", "--out", str(tmp_path / "s")]
+    code, _, err = run_cli(base + ["--chunk-size", "auto"])
+    assert code == 2 and "unknown model 'no-such-model'" in err
+    for bad in ("0", "big"):
+        code, _, err = run_cli(base + ["--chunk-size", bad])
+        assert code == 2 and err.count("\n") == 1 and "'--chunk-size'" in err and "unknown model" not in err, err
+
+
 def test_batch_size_auto_runs_with_the_memory_chooser(run_cli, tmp_path):
     from emolens.cli.options import parse_batch_size, resolve_batch_size
     from emolens.engine.memory import CPU_BATCH

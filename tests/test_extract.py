@@ -208,3 +208,25 @@ def test_store_dtype_follows_the_model_and_keeps_bfloat16_values_exactly(tiny_ll
     want = captured(tiny_llama)
     assert want.dtype == torch.float32 and not torch.equal(want.to(torch.bfloat16).float(), want)
     assert torch.equal(rounded.torch("resid"), want.to(torch.bfloat16))
+
+
+def test_auto_chunk_size_fills_a_gib_of_buffers_and_stores_the_same_values(tiny_llama, dataset, tmp_path):
+    """``chunk_size: auto`` sizes a chunk by its host buffers (an 8B's one-position store: 1,365 items a
+    GiB; five positions: 273), and changes only how items are grouped, not what is stored."""
+    from emolens.activations.extract import CHUNK_BYTES, MIN_CHUNK, auto_chunk_size
+
+    def store_of(positions: int) -> dict:  # an 8B Llama in bfloat16: 3 sites x 32 layers x 4,096 wide
+        return {s: ((6600, 32, positions, 4096), "bfloat16") for s in ("attn", "mlp", "resid")}
+
+    assert auto_chunk_size(store_of(1)) == CHUNK_BYTES // (3 * 32 * 4096 * 2) == 1365
+    assert auto_chunk_size(store_of(5)) == 273  # 256 in whole batches of 64
+    assert auto_chunk_size(store_of(8)) == MIN_CHUNK  # 170 would fit: never fewer than the fixed default
+    fixed = extract(tiny_llama, dataset, tmp_path / "fixed", dtype="float32", **KW)
+    auto = extract(tiny_llama, dataset, tmp_path / "auto", dtype="float32", **{**KW, "chunk_size": "auto"})
+    chunk = auto.manifest["run"]["chunk_size"]  # a tiny model's store: one chunk holds every item
+    assert chunk >= MIN_CHUNK and chunk % 3 == 0  # a whole number of batches
+    assert fixed.manifest["run"]["chunk_size"] == 3
+    for site in fixed.sites:
+        np.testing.assert_allclose(auto.read(site), fixed.read(site), atol=1e-5, rtol=0)
+    with pytest.raises(EmolensError, match="chunk_size"):
+        extract(tiny_llama, dataset, tmp_path / "bad", **{**KW, "chunk_size": "big"})

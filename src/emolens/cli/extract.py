@@ -34,7 +34,7 @@ def register(app: typer.Typer) -> None:
         limit: int = opt.limit_option(),
         seed: int = opt.seed_option(),
         batch_size: int = opt.batch_size_option(),
-        chunk_size: int = typer.Option(256, help="items per durable chunk (host memory scales with it)"),
+        chunk_size: int = opt.chunk_size_option(),
         template: str = opt.template_option(),
         shots: str = opt.shots_option(),
         separator: str = opt.separator_option(),
@@ -52,8 +52,6 @@ def register(app: typer.Typer) -> None:
         from emolens.model.loading import load_model
 
         # cheap checks before the model loads, so a typo costs no time
-        if chunk_size < 1:
-            raise EmolensError(f"--chunk-size {chunk_size} is not positive", "pass --chunk-size 1 or more")
         if limit < 0:
             raise EmolensError(f"--limit {limit} is negative", "pass --limit 0 (all items) or a positive N")
         check_layer_text(layers)

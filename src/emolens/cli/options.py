@@ -15,9 +15,10 @@ import typer
 
 from emolens.errors import EmolensError
 
-__all__ = ["PARAM_FLAGS", "batch_size_option", "chat_option", "data_option", "device_option", "dtype_option",
-           "flag_of", "force_option", "limit_option", "model_option", "out_option", "parse_batch_size", "prompt_spec",
-           "resolve_batch_size", "seed_option", "separator_option", "shots_option", "template_option"]
+__all__ = ["PARAM_FLAGS", "batch_size_option", "chat_option", "chunk_size_option", "data_option", "device_option",
+           "dtype_option", "flag_of", "force_option", "limit_option", "model_option", "out_option",
+           "parse_batch_size", "prompt_spec", "resolve_batch_size", "seed_option", "separator_option", "shots_option",
+           "template_option"]
 
 #: Library parameter (as :func:`emolens.errors.arg` names it) -> the flag a CLI user types.
 #: ``columns.*`` are the fields of :class:`emolens.data.loading.Columns`, set by the corpus options.
@@ -79,16 +80,27 @@ def seed_option(default: int = 0, help: str = "seed of the --limit sample") -> A
     return typer.Option(default, help=help)
 
 
-def parse_batch_size(value: str | int) -> int | str:
-    """``--batch-size``: a positive whole number, or ``auto`` (chosen once the model is loaded, see
-    :func:`resolve_batch_size`). A bad value is a usage error: exit 2, one line."""
+def _positive_or_auto(value: str | int, flag: str, example: int) -> int | str:
     text = str(value).strip().lower()
     if text == "auto":
         return "auto"
     if not text.isdigit() or int(text) < 1:
-        raise typer.BadParameter(f"{value!r} is not a positive whole number or 'auto'; pass e.g. --batch-size 16 "
-                                 "or --batch-size auto", param_hint="'--batch-size'")
+        raise typer.BadParameter(f"{value!r} is not a positive whole number or 'auto'; pass e.g. {flag} {example} "
+                                 f"or {flag} auto", param_hint=f"'{flag}'")
     return int(text)
+
+
+def parse_batch_size(value: str | int) -> int | str:
+    """``--batch-size``: a positive whole number, or ``auto`` (chosen once the model is loaded, see
+    :func:`resolve_batch_size`). A bad value is a usage error: exit 2, one line."""
+    return _positive_or_auto(value, "--batch-size", 16)
+
+
+def chunk_size_option(default: int = 256) -> Any:
+    """``--chunk-size N`` or ``--chunk-size auto`` (as many items as a GiB of host buffers holds, at
+    least 256: :func:`~emolens.activations.extract.auto_chunk_size`); a bad value: exit 2, one line."""
+    return typer.Option(default, parser=lambda v: _positive_or_auto(v, "--chunk-size", 256), metavar="N|auto",
+                        help="items per durable chunk (host memory scales with it); 'auto': a GiB of buffers")
 
 
 def batch_size_option(default: int = 16, help: str = "prompts per forward pass") -> Any:

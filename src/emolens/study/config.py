@@ -124,7 +124,9 @@ class ExtractConfig(_Section):
     #: float16 or bfloat16 for such a model on a GPU; ``activations.extract.store_dtype_for``);
     #: ``bfloat16``/``float16`` on a float32 model round its values
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
-    chunk_size: int = Field(256, ge=1)
+    #: items per durable chunk (its host buffers scale with it); ``auto``: as many as a GiB of buffers
+    #: holds, at least 256 (``activations.extract.auto_chunk_size``: larger chunks pad less)
+    chunk_size: Annotated[int, Field(ge=1)] | Literal["auto"] = 256
 
 
 class ProbeConfig(_Section):
