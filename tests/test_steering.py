@@ -635,6 +635,16 @@ def test_directions_the_fit_items_cannot_define_are_skipped_when_asked(tiny_llam
     with pytest.raises(EmolensError, match="no steering direction"):
         sweep(tiny_llama, ds, [f"{absent}+"], skip_undefined=True, **kw)
 
+    # a run says so in one note, whether its sweep fitted the directions or they were given
+    from emolens.steering.run import SteerPlan, run_steering
+
+    plan = SteerPlan(directions=["pleasantness+", f"{absent}+"], windows=[1], span=3, betas=[2.0], n_random=2,
+                     control=None, batch_size=8, skip_undefined=True)
+    fitted = run_steering(tiny_llama, ds, plan)
+    given = run_steering(tiny_llama, ds, plan, bank_for=lambda method, fit, layers: fitted.swept[method].bank)
+    note = f"no diffmean direction for ['{absent}+'] (their concepts lack items on both sides in the fit items)"
+    assert note in fitted.notes and note in given.notes
+
 
 def test_the_surgery_panel_shows_real_directions_and_one_row_per_control():
     """The report's appraisal-surgery heatmap: one row per real direction (emotion promotion left

@@ -156,7 +156,7 @@ def run_steering(lm, dataset, plan: SteerPlan, spec: PromptSpec | None = None,
                  if not plan.skip_undefined or all(_defined(bank, names, t.name) for t in parsed[d])]
         skipped = [d for d in plan.directions if d not in specs]
         if skipped:
-            notes.append(f"no {method} direction for {skipped} (their concepts lack items on both sides here)")
+            notes.append(_undefined_note(method, skipped))
         if not specs:
             continue
         if bank is not None:  # only defined concepts: the saved directions file holds no NaN/zero vectors
@@ -174,8 +174,7 @@ def run_steering(lm, dataset, plan: SteerPlan, spec: PromptSpec | None = None,
                     batch_size=plan.batch_size, max_rows=plan.max_rows, fast=plan.fast, seed=plan.seed,
                     progress=progress, acts=acts, skip_undefined=plan.skip_undefined, max_iter=plan.max_iter)
         if res.info.get("skipped_directions"):  # the sweep fitted the bank itself and could not define them
-            notes.append(f"no {method} direction for {res.info['skipped_directions']} (their concepts lack items on "
-                         "both sides in the fit items)")
+            notes.append(_undefined_note(method, res.info["skipped_directions"]))
             specs = [d for d in specs if d not in res.info["skipped_directions"]]
         frames.append(res.frame)
         for d in specs:
@@ -255,6 +254,12 @@ def run_steering(lm, dataset, plan: SteerPlan, spec: PromptSpec | None = None,
                            resid_cells.assign(reference=theory.RESIDUALISED_REFERENCE)], ignore_index=True)
     test_table = test.table.assign(model=model) if test is not None and test.table is not None else None
     return SteeringRun(table, align, cells, swept, generations, summary, terms, notes, model, test_table)
+
+
+def _undefined_note(method: str, directions: Sequence[str]) -> str:
+    """The one note for directions left out because the fit items cannot define them, whether the bank
+    came from elsewhere or the sweep fitted it."""
+    return f"no {method} direction for {list(directions)} (their concepts lack items on both sides in the fit items)"
 
 
 def _once_per_items(lm, spec: PromptSpec, batch_size: int, acts: Callable | None) -> Callable:
