@@ -470,6 +470,9 @@ def test_directions_are_fitted_on_the_train_split_and_measured_on_held_out_items
      "    if response.status_code", ["code"]),
     ("public class DrivingTest {\n    public static void main(String[] args) {", ["code"]),
     ("I told her: we should talk.\nShe said no; I left.\nThen I cried (a lot).", []),
+    # a markdown heading over prose is prose (a chat model's reply); a commented script is still code
+    ("# The day I passed my driving test\nI was so nervous that I could barely hold the wheel.", []),
+    ("# read the results\nscores = load(path)\nprint(scores)", ["code"]),
 ])
 def test_fluency_flags_on_crafted_texts(text, flags):
     got = fluency_flags(text, -2.0)

@@ -235,17 +235,21 @@ def _prompt_prefix(lm, ids: torch.Tensor, mask: torch.Tensor):
 
 _WORD = re.compile(r"\S+")
 #: A line that reads as source code rather than prose: imports, definitions, assignments,
-#: statement punctuation at the end, calls on dotted names, comment markers.
+#: statement punctuation at the end, calls on dotted names, comment markers. Not ``# text``: that
+#: is a markdown heading as often as a comment (:data:`_HASH_LINE`).
 _CODE_LINE = re.compile(
     r"""^(\.?(import|from)\s+[\w.]+"""
     r"""|(def|class|public|private|protected|static|function|var|let|const|return|package|using)\b"""
-    r"""|#include|#\s|//|/\*|@\w+|\"\"\"|'''"""
+    r"""|#include|//|/\*|@\w+|\"\"\"|'''"""
     r"""|['"][\w ]+['"]\s*:"""
     r"""|[\w.\[\]'"]+\s*[-+*/]?=\s*\S"""
     r"""|.*[;{}]$|.*\)\s*:$"""
     r"""|[\w.]+\.\w+\(.*"""
     r"""|```|\$\s|sudo\s|cd\s+[/~.]|(pip|npm|conda|apt|apt-get|brew)\s+install\b|git\s+(clone|commit|push|pull|checkout)\b"""
     r"""|(mkdir|chmod|rm|ls)\s+-?[\w/.~])""")
+#: ``# text``: a comment in a script, a heading in a markdown reply. It counts as a code line only
+#: when the text has other code lines, so a chat model's heading over prose is not "code".
+_HASH_LINE = re.compile(r"^#+\s")
 #: A run of one short unit (1-4 non-space characters) repeated 4+ times and 8+ characters long:
 #: ``1111…``, ``24-24-24-…``, ``yayayaya…``, ``,,,,,,``. Such a run is one "word", so the word-level
 #: loop checks never see it.
@@ -268,7 +272,8 @@ def text_stats(text: str) -> dict[str, float]:
     ``code``: share of non-empty lines that read as source code (a coder model asked to continue
     an event description may switch to Python or Java: fluent under the model, but no longer a
     text whose emotion can be read out), and ``code_lines`` their number -- markdown code fences
-    and the lines between them count, as do shell commands (``cd /home/user``);
+    and the lines between them count, as do shell commands (``cd /home/user``); a ``# text`` line
+    counts only beside other code lines (else it is a markdown heading);
     ``charloop``: share of non-space characters inside a run of one short unit repeated (see
     :data:`_CHAR_LOOP`) -- ``11111111…`` has no spaces, so it is a single word and the word-level
     signals above score it as fluent;
@@ -286,11 +291,14 @@ def text_stats(text: str) -> dict[str, float]:
         longest = size
     nonalpha = sum(not any(ch.isalpha() for ch in w) for w in words) / n if n else 0.0
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    code_lines, fenced = 0, False
+    code_lines, hashed, fenced = 0, 0, False
     for line in lines:
         fence = line.startswith("```")
-        code_lines += bool(fence or fenced or _CODE_LINE.match(line))
+        code = bool(fence or fenced or _CODE_LINE.match(line))
+        code_lines += code
+        hashed += not code and bool(_HASH_LINE.match(line))
         fenced ^= fence
+    code_lines += hashed if code_lines else 0
     chars = sum(not ch.isspace() for ch in text)
     looped = sum(len(m.group(0)) for m in _CHAR_LOOP.finditer(text) if len(m.group(0)) >= 8)
     return {"words": float(n), "distinct2": distinct2, "repeat": longest / n if n else 0.0, "nonalpha": nonalpha,
