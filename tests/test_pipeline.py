@@ -581,7 +581,7 @@ def test_steer_stage_fits_on_the_fit_split_and_measures_held_out_items(steer_run
                               "diffmean")
     rec = json.loads((folder / "stage.json").read_text())
     assert rec["summary"]["fit"] == ["heldout"] and rec["summary"]["n_fit"] == 13
-    assert not any("captured" in n for n in rec["notes"])  # the store served the fit split
+    assert not any("captured" in n for n in rec["notes"])  # the store served the fit split and the nulls
     used = bank_from_file(folder / "directions.safetensors", "diffmean")
     assert {"joy", "pleasantness", "other_responsblt"} <= set(used.names) <= set(bank.names)
     for name in used.names:

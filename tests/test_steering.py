@@ -618,6 +618,17 @@ def test_a_stores_residuals_stand_in_for_the_sweeps_own_capture(tiny_llama, tmp_
     missing = sweep(tiny_llama, ds, ["pleasantness+"], acts=lambda items, layers: None, **kw)  # not in a store
     np.testing.assert_allclose(missing.frame.value.to_numpy(), own.frame.value.to_numpy(), atol=1e-6)
 
+    # a steering run says when a store it was given did not serve (its capture is work the store should spare)
+    from emolens.steering.run import SteerPlan, run_steering
+
+    plan = SteerPlan(directions=["pleasantness+"], windows=[1], span=3, betas=[0.5], n_random=3, control=None,
+                     batch_size=8)
+    served = run_steering(tiny_llama, ds, plan, acts=read)
+    lacking = run_steering(tiny_llama, ds, plan, acts=lambda items, layers: None)
+    mine = run_steering(tiny_llama, ds, plan)  # no store: capturing is the plan, not news
+    assert not any("captured again" in n for n in served.notes + mine.notes)
+    assert any("captured again for 13 items" in n for n in lacking.notes)
+
 
 def test_directions_the_fit_items_cannot_define_are_skipped_when_asked(tiny_llama):
     """A study steers a fixed list of emotions; on a small fit split an emotion without items has no

@@ -139,7 +139,7 @@ def run_steering(lm, dataset, plan: SteerPlan, spec: PromptSpec | None = None,
         selected = False
         notes.append(f"{len(steered)} steered items are too few to choose the setting on some and test it on "
                      "others: the nulls ran at every setting (max-statistic p over the search)")
-    acts = _once_per_items(lm, spec, plan.batch_size, acts)
+    acts = _once_per_items(lm, spec, plan.batch_size, acts, notes)
     # the reference comes from every gold-labelled item (``reference_items``, default the dataset), never
     # a model's correct subset, so it does not depend on the model; n per emotion goes into the summary
     ref_items = reference_items if reference_items is not None else dataset
@@ -262,10 +262,13 @@ def _undefined_note(method: str, directions: Sequence[str]) -> str:
     return f"no {method} direction for {list(directions)} (their concepts lack items on both sides in the fit items)"
 
 
-def _once_per_items(lm, spec: PromptSpec, batch_size: int, acts: Callable | None) -> Callable:
+def _once_per_items(lm, spec: PromptSpec, batch_size: int, acts: Callable | None,
+                    notes: list[str] | None = None) -> Callable:
     """``acts(items, layers)`` that asks ``acts`` (a store) first, captures the residuals at the answer
     cue where it has none, and remembers the result per set of items: the selected design's test
-    sweeps refit their nulls on the same fit items at fewer layers, and must not run them again."""
+    sweeps refit their nulls on the same fit items at fewer layers, and must not run them again.
+    A capture where a store was given (it lacks those items or layers) is said in ``notes``: it is
+    model work the store was meant to spare."""
     seen: dict[tuple, tuple[list[int], object]] = {}
 
     def get(items, layers: Sequence[int]):
@@ -276,6 +279,9 @@ def _once_per_items(lm, spec: PromptSpec, batch_size: int, acts: Callable | None
         X = acts(items, list(layers)) if acts is not None else None
         if X is None:
             X = capture_resid(lm, build_prompts(items.texts, spec, lm.tokenizer), list(layers), batch_size)
+            if acts is not None and notes is not None:
+                notes.append(f"residuals at the answer cue captured again for {len(items)} items at layers "
+                             f"{list(layers)}: the activation store lacks them")
         seen[key] = (list(layers), X)
         return X
 
