@@ -470,24 +470,20 @@ def run_once(args, state, n_layers: int, shape, tiny: bool, mode: str) -> dict:
 
 def target_chunks(cfg, args, lm) -> dict[str, int]:
     """The extraction chunk (items) of the projected model's stores with the preset's ``chunk_size``
-    (``auto``: :func:`~emolens.activations.extract.auto_chunk_size`, rounded to whole batches): the
+    (:func:`~emolens.activations.extract.chunk_items`, as the extract stage sizes them): the
     extract stage's (every study position) and a robustness variant's (the answer cue only). The
     bench's own model is 64 times narrower with ``--tiny``, so its chunks would hold every item; the
     projection batches as the full-size model's stores do (the 8B shape in bfloat16)."""
-    from emolens.activations.extract import auto_chunk_size
+    from emolens.activations.extract import chunk_items
 
     if args.model in SHAPES:
         width, layers, dtype = SHAPES[args.model]["hidden_size"], args.layers or \
             SHAPES[args.model]["num_hidden_layers"], "bfloat16"
     else:
         width, layers, dtype = lm.sites.d_model, lm.n_layers, str(lm.dtype).replace("torch.", "")
-    out = {}
-    for name, positions in (("correct", len(cfg.positions)), ("variants", 1)):
-        size = cfg.extract.chunk_size
-        if size == "auto":
-            size = auto_chunk_size({s: ((FULL_ITEMS, layers, positions, width), dtype) for s in cfg.sites})
-        out[name] = max(args.batch_size, size // args.batch_size * args.batch_size)
-    return out
+    return {name: chunk_items(cfg.extract.chunk_size,
+                              {s: ((FULL_ITEMS, layers, positions, width), dtype) for s in cfg.sites}, args.batch_size)
+            for name, positions in (("correct", len(cfg.positions)), ("variants", 1))}
 
 
 def full_padding(cfg, tokenizer, batch_size: int, chunks: dict[str, int], seed: int = 0) -> dict[str, float]:
@@ -522,10 +518,9 @@ def full_padding(cfg, tokenizer, batch_size: int, chunks: dict[str, int], seed: 
     own = np.array([len(t) for t in ids]) - shared_prefix_length(ids)
     rng = np.random.default_rng(seed)
     out = {"fixed": 0.0}
-    half = int(FULL_CAUSAL_ITEMS)
     plans = {"items": (FULL_ITEMS, None, True), "variants": (FULL_ITEMS, chunks["variants"], True),
-             "correct": (half, chunks["correct"], True), "causal": (half, None, False),
-             "steered": (int(half * STEER_HOLDOUT), None, False), "pairs": (2 * FULL_PAIRS, None, False)}
+             "correct": (FULL_CAUSAL_ITEMS, chunks["correct"], True), "causal": (FULL_CAUSAL_ITEMS, None, False),
+             "steered": (int(FULL_CAUSAL_ITEMS * STEER_HOLDOUT), None, False), "pairs": (2 * FULL_PAIRS, None, False)}
     for how, (n, chunk, pack) in plans.items():
         pick = rng.permutation(len(own))[:n]
         chunk = chunk or len(pick)

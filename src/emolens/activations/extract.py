@@ -111,12 +111,18 @@ def auto_chunk_size(arrays: dict[str, tuple[tuple[int, ...], str]]) -> int:
     Why: a chunk's batches are length-sorted within the chunk only, so a small chunk's last batch
     spans its whole length tail. On crowd-enVENT at 64 rows a batch, 256-item chunks pad 28% of
     the real tokens, 1,365-item chunks 6% (``bench/batching.py``). A store of one position (the
-    robustness variants' probe stores) is 0.8 MB an item for an 8B model in bfloat16, so a GiB holds
-    1,365 items; one of five positions 273 (256 in whole batches of 64). It depends only on the store's shapes, so a
-    resumed store gets the same chunks on any machine."""
-    n = max(1, next(iter(arrays.values()))[0][0]) if arrays else 1
-    per_item = max(1, store_bytes(arrays) // n)
-    return max(MIN_CHUNK, CHUNK_BYTES // per_item)
+    robustness variants' probe stores) is 0.8 MB an item for an 8B model in bfloat16, so a GiB
+    holds 1,365 items; one of five positions 273 (256 in whole batches of 64). It depends only on
+    the store's shapes, so a resumed store gets the same chunks on any machine."""
+    per_item = store_bytes({site: ((1, *shape[1:]), dtype) for site, (shape, dtype) in arrays.items()})
+    return max(MIN_CHUNK, CHUNK_BYTES // max(1, per_item))
+
+
+def chunk_items(chunk_size: int | str, arrays: dict[str, tuple[tuple[int, ...], str]], batch_size: int) -> int:
+    """The items a chunk of this store holds: ``chunk_size`` (``auto``: :func:`auto_chunk_size`) in
+    whole batches, at least one batch."""
+    size = auto_chunk_size(arrays) if chunk_size == "auto" else int(chunk_size)
+    return max(batch_size, size // batch_size * batch_size)
 
 
 def check_free_space(out: str | Path, needed: int, margin: float = 1.05) -> None:
@@ -173,9 +179,7 @@ def extract(lm, dataset, out: str | Path, sites: str | Sequence[str] = ("attn", 
         "dtype": dtype, "readout": bool(readout), "n_items": len(dataset),
     }
     arrays = {s: ((len(dataset), len(layers_of[s]), len(pos), *reg.width(s)), dtype) for s in site_list}
-    if chunk_size == "auto":
-        chunk_size = auto_chunk_size(arrays)
-    chunk_size = max(batch_size, chunk_size // batch_size * batch_size)
+    chunk_size = chunk_items(chunk_size, arrays, batch_size)
     run = {"chunk_size": chunk_size, "batch_size": batch_size, "device": str(lm.device)}
     if not (Path(out) / "manifest.json").exists():
         check_free_space(out, store_bytes(arrays))
