@@ -4,8 +4,9 @@ Two questions behind :func:`emolens.inputs.batching.batch_plan`'s ``pack``:
 
 1. How much padding do left-padded, length-sorted batches carry on the corpus's own tokens (the
    tokens after the ones every prompt shares), cut by rows alone or packed (also capped in token
-   slots), in extraction chunks of 256 items and sorted over the whole corpus? Exact, from the
-   tokenizer; no model runs.
+   slots), in extraction chunks of 256 items and sorted over the whole corpus? And packed at 64
+   rows, by extraction chunk size (``chunk_size: auto`` gives an 8B's one-position store 1,344
+   items a chunk, its five-position store 256)? Exact, from the tokenizer; no model runs.
 2. What does packing do to a causal stage, whose batches each run many one-token condition steps?
    gemma-3-270m's knockout on ``--items`` items, row-only and packed batches in turn (``--repeats``
    times, interleaved), timed in the same process.
@@ -100,6 +101,11 @@ def main() -> None:
         for chunk, label in ((256, "in 256-item chunks"), (None, "over the corpus")):
             (a, na), (b, nb) = padding(own, bs, False, chunk), padding(own, bs, True, chunk)
             print(f"| {bs} | {label} | {a:.0%} ({na}) | {b:.0%} ({nb}) |")
+    print("\npacked at 64 rows, by extraction chunk (items)\n")
+    print("| chunk | padding | batches |\n|---:|---:|---:|")
+    for chunk in (256, 512, 1024, 1344, 1365, None):
+        share, n = padding(own, 64, True, chunk)
+        print(f"| {chunk or 'the corpus'} | {share:.1%} | {n} |")
     if lm is not None:
         knockout_ab(lm, args.items, args.repeats)
     print(f"\nmachine: {machine('cpu')}")
