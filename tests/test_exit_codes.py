@@ -63,6 +63,18 @@ def test_bad_input_is_2_with_one_line(tmp_path, args):
     assert not (tmp_path / "r").exists()  # nothing written that could look like a result
 
 
+@pytest.mark.parametrize("command", [["run", "--preset", "quick", "--out", "r"],
+                                     ["ablate", "--model", "tiny:llama", "--data", "stimuli", "--out", "r"]])
+def test_a_bad_stacking_setting_is_2_before_any_work(tmp_path, monkeypatch, command):
+    """``EMOLENS_STACK_ROWS`` set to junk: a study and a command both refuse it at once, in one line
+    naming the variable, and write nothing (a study used to fail its first stage, exit 1)."""
+    monkeypatch.setenv("EMOLENS_STACK_ROWS", "lots")
+    done = emolens(*command, cwd=tmp_path)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stderr.startswith("emolens: error: EMOLENS_STACK_ROWS='lots'") and done.stderr.count("\n") == 1
+    assert not (tmp_path / "r").exists()
+
+
 def test_failed_stage_is_1(tmp_path):
     # readout succeeds; extract fails at run time (tiny:llama has 3 layers), which only the stage can know.
     config = tmp_path / "fail.yaml"

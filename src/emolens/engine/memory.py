@@ -23,7 +23,7 @@ import torch
 from emolens.errors import EmolensError
 
 __all__ = ["CPU_BATCH", "GPU_MAX_BATCH", "GPU_STACK_ROWS", "STACK_CACHE_BYTES", "STACK_CACHE_SHARE", "STACK_ROWS",
-           "auto_batch_size", "free_memory", "row_bytes", "stack_budget"]
+           "auto_batch_size", "free_memory", "row_bytes", "stack_budget", "stack_overrides"]
 
 #: The CPU default: beyond ~16 prompts a forward, a few CPU cores gain no throughput.
 CPU_BATCH = 16
@@ -107,6 +107,13 @@ def _env_int(name: str) -> int | None:
     return value
 
 
+def stack_overrides() -> tuple[int | None, int | None]:
+    """``EMOLENS_STACK_ROWS`` and ``EMOLENS_STACK_CACHE_BYTES`` (None where unset). A bad value is an
+    :class:`~emolens.errors.EmolensError` naming the variable; a study reads them before any work,
+    so a typo fails at once (exit 2), not in its first stacking stage."""
+    return _env_int("EMOLENS_STACK_ROWS"), _env_int("EMOLENS_STACK_CACHE_BYTES")
+
+
 def stack_budget(device: torch.device | str, free: int | None = None) -> tuple[int, int]:
     """``(rows, cache bytes)`` a stacked forward of conditions may hold on ``device``.
 
@@ -124,4 +131,5 @@ def stack_budget(device: torch.device | str, free: int | None = None) -> tuple[i
         rows, cache = GPU_STACK_ROWS, max(STACK_CACHE_BYTES, int(free * STACK_CACHE_SHARE))
     else:
         rows, cache = STACK_ROWS, STACK_CACHE_BYTES
-    return _env_int("EMOLENS_STACK_ROWS") or rows, _env_int("EMOLENS_STACK_CACHE_BYTES") or cache
+    set_rows, set_cache = stack_overrides()
+    return set_rows or rows, set_cache or cache

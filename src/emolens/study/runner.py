@@ -13,6 +13,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from emolens.engine.memory import stack_overrides
 from emolens.errors import EmolensError, arg
 from emolens.locks import WriterLock
 from emolens.paths import dump_json
@@ -95,6 +96,7 @@ def run_study(cfg: StudyConfig, out: str | Path | None = None, progress: bool = 
     if backend != "ray" and (ray_address is not None or ray_cpus is not None or gpus_per_task is not None):
         raise EmolensError("a Ray address, CPU count or GPUs per task only apply to the ray backend",
                            "drop them or choose backend ray")
+    stack_overrides()  # a bad EMOLENS_STACK_* fails here, before any work, not in the first causal stage
     session = None
     if backend == "ray":  # connect before any work, so a missing Ray or a bad address fails at once
         session = ray_backend.connect(ray_address, ray_cpus)
